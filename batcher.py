@@ -1,0 +1,141 @@
+"""Group commit: items submitted one at a time from many threads leave in batch calls.
+
+The writer coalesces concurrent requests into SendMessageBatch calls with it; each caller gets a
+future for its own item's result. The rule that decides when a call starts is what keeps it fast
+when idle and cheap when busy:
+
+- with no call in flight, whatever is pending leaves at once (a lone item waits for nothing);
+- while calls are in flight, another starts only once a full batch is waiting, up to
+  `max_concurrent` calls; smaller batches form from what arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Callable, Deque, Generic, Sequence, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Overloaded(Exception):
+    """More items are waiting than the batcher accepts: the caller should answer "retry later"."""
+
+
+class Closed(Exception):
+    """The batcher was closed and takes no more items."""
+
+
+class GroupCommit(Generic[T, R]):
+    """Coalesce items into calls of `flush(items) -> results` (one result per item, in order).
+
+    An exception from `flush` fails every item of that call, and only those. Threads start on the
+    first `submit`; `close()` lets pending items leave, then stops them.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch: int,
+        max_concurrent: int = 1,
+        max_pending: int = 1000,
+        name: str = "group-commit",
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._max_concurrent = max_concurrent
+        self._max_pending = max_pending
+        self._name = name
+        self._pending: Deque[tuple[T, Future[R]]] = collections.deque()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self.calls = 0  # flush calls made, for stats
+        self.items = 0
+
+    def submit(self, item: T) -> Future[R]:
+        """Queue one item; the future resolves once the call that carried it has returned."""
+        future: Future[R] = Future()
+        with self._cond:
+            if self._closed:
+                raise Closed(f"{self._name} is closed")
+            if len(self._pending) >= self._max_pending:
+                raise Overloaded(f"{len(self._pending)} items already waiting in {self._name}")
+            if not self._threads:
+                self._start_threads()
+            self._pending.append((item, future))
+            self._cond.notify()
+        return future
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Take no more items; let the pending ones leave; wait for the threads to end."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _start_threads(self) -> None:
+        for number in range(self._max_concurrent):
+            thread = threading.Thread(target=self._run, name=f"{self._name}-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _ready(self) -> bool:
+        waiting = len(self._pending)
+        if not waiting:
+            return False
+        return self._in_flight == 0 or waiting >= self._max_batch or self._closed
+
+    def _take_batch(self) -> list[tuple[T, Future[R]]] | None:
+        with self._cond:
+            while not self._ready():
+                if self._closed and not self._pending:
+                    return None
+                self._cond.wait()
+            count = min(self._max_batch, len(self._pending))
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._in_flight += 1
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            # A caller that gave up (cancelled its future) is not sent.
+            live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            try:
+                if live:
+                    self._call([item for item, _ in live], [fut for _, fut in live])
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self.calls += bool(live)
+                    self.items += len(live)
+                    self._cond.notify_all()
+
+    def _call(self, items: list[T], futures: list[Future[R]]) -> None:
+        try:
+            results = self._flush(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"flush returned {len(results)} results for {len(items)} items")
+        except Exception as exc:
+            log.error("%s: a batch of %d failed", self._name, len(items), exc_info=True)
+            for future in futures:
+                future.set_exception(exc)
+            return
+        for future, result in zip(futures, results):
+            future.set_result(result)

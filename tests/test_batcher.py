@@ -1,0 +1,147 @@
+"""batcher.GroupCommit: when calls start, what they carry, and how failures stay contained."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from batcher import Closed, GroupCommit, Overloaded
+
+TIMEOUT_S = 5
+
+
+class RecordingFlush:
+    """A flush that records each call's items, and can be held until released."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.calls: list[list[int]] = []
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        self.started.release()
+        assert self.release.wait(TIMEOUT_S)
+        if any(item < 0 for item in items):
+            raise ValueError("negative item")
+        return [item * 10 for item in items]
+
+
+def wait_started(flush: RecordingFlush, calls: int = 1) -> None:
+    for _ in range(calls):
+        assert flush.started.acquire(timeout=TIMEOUT_S), "flush was not called"
+
+
+def test_a_lone_item_leaves_at_once_in_a_call_of_its_own() -> None:
+    flush = RecordingFlush()
+    group = GroupCommit(flush, max_batch=10)
+
+    assert group.submit(7).result(TIMEOUT_S) == 70
+    assert flush.calls == [[7]]
+    group.close()
+
+
+def test_items_arriving_during_a_call_leave_together_in_the_next() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=10, max_concurrent=2)
+    first = group.submit(1)
+    wait_started(flush)
+
+    waiting = [group.submit(n) for n in range(2, 7)]
+    assert group.pending == 5  # fewer than a full batch: no second concurrent call
+    flush.release.set()
+
+    assert [f.result(TIMEOUT_S) for f in [first, *waiting]] == [10, 20, 30, 40, 50, 60]
+    assert flush.calls == [[1], [2, 3, 4, 5, 6]]
+    group.close()
+
+
+def test_a_full_batch_starts_a_concurrent_call_and_the_rest_waits() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=3, max_concurrent=2)
+    first = group.submit(0)
+    wait_started(flush)
+
+    rest = [group.submit(n) for n in range(1, 5)]
+    wait_started(flush)  # a second call began while the first is still in flight
+    assert flush.calls[1] == [1, 2, 3]
+    assert group.pending == 1
+    flush.release.set()
+
+    assert [f.result(TIMEOUT_S) for f in [first, *rest]] == [0, 10, 20, 30, 40]
+    assert flush.calls[2] == [4]
+    group.close()
+
+
+def test_a_failing_call_fails_only_its_own_items() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=2)
+    blocker = group.submit(5)
+    wait_started(flush)
+    doomed = [group.submit(-1), group.submit(6)]  # one call: both fail
+    fine = group.submit(7)  # the call after
+    flush.release.set()
+
+    assert blocker.result(TIMEOUT_S) == 50
+    for future in doomed:
+        with pytest.raises(ValueError, match="negative item"):
+            future.result(TIMEOUT_S)
+    assert fine.result(TIMEOUT_S) == 70
+    group.close()
+
+
+def test_submitting_past_the_pending_limit_is_refused() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=10, max_pending=2)
+    group.submit(1)
+    wait_started(flush)
+    group.submit(2)
+    group.submit(3)
+
+    with pytest.raises(Overloaded):
+        group.submit(4)
+    flush.release.set()
+    group.close()
+
+
+def test_a_cancelled_item_is_not_sent() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=10)
+    group.submit(1)
+    wait_started(flush)
+    gave_up: Future[int] = group.submit(2)
+    kept = group.submit(3)
+
+    assert gave_up.cancel()
+    flush.release.set()
+
+    assert kept.result(TIMEOUT_S) == 30
+    assert flush.calls == [[1], [3]]
+    group.close()
+
+
+def test_close_lets_pending_items_leave_then_refuses_more() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=10)
+    first = group.submit(1)
+    wait_started(flush)
+    second = group.submit(2)
+    flush.release.set()
+
+    group.close(timeout_s=TIMEOUT_S)
+
+    assert (first.result(0), second.result(0)) == (10, 20)
+    with pytest.raises(Closed):
+        group.submit(3)
+
+
+def test_a_flush_returning_the_wrong_number_of_results_fails_its_items() -> None:
+    group = GroupCommit(lambda items: [], max_batch=10)
+
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        group.submit(1).result(TIMEOUT_S)
+    group.close()

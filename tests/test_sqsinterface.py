@@ -1,0 +1,153 @@
+"""sqsinterface: batch planning, sending with per-entry outcomes, and error translation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config import Settings
+from sqsinterface import (
+    BATCH_MAX_BYTES,
+    MessageRejected,
+    NotAuthorized,
+    OutgoingMessage,
+    QueueNotFound,
+    QueueUnavailable,
+    SqsQueue,
+    create_client,
+    payload_bytes,
+    plan_batches,
+)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_entries", "max_bytes", "expected"),
+    [
+        ([], 10, 100, []),
+        ([1] * 25, 10, 100, [range(0, 10), range(10, 20), range(20, 25)]),
+        ([40, 40, 40, 40], 10, 100, [range(0, 2), range(2, 4)]),
+        ([50, 50, 1], 10, 100, [range(0, 2), range(2, 3)]),  # exactly full, then a new batch
+        ([10, 500, 10], 10, 100, [range(0, 1), range(1, 2), range(2, 3)]),  # oversized goes alone
+        ([500], 10, 100, [range(0, 1)]),
+    ],
+)
+def test_plan_batches_respects_entry_and_byte_limits(
+    sizes: list[int], max_entries: int, max_bytes: int, expected: list[range]
+) -> None:
+    assert plan_batches(sizes, max_entries=max_entries, max_bytes=max_bytes) == expected
+
+
+def test_payload_bytes_counts_body_and_attributes_in_utf8() -> None:
+    assert payload_bytes("h\u00e9", {}) == 3
+    assert payload_bytes("x", {"k\u00e9": "v\u4e2d"}) == 1 + 3 + len("String") + 4
+
+
+def test_send_uses_the_fewest_calls_and_every_id_is_in_the_queue(
+    queue: SqsQueue, sqs_calls: dict[str, int], drain: Any
+) -> None:
+    messages = [OutgoingMessage(body=f"m{i}") for i in range(25)]
+
+    results = queue.send(messages)
+
+    assert all(r.ok for r in results)
+    assert sqs_calls["SendMessageBatch"] == 3
+    in_queue = {m["MessageId"]: m["Body"] for m in drain(queue)}
+    assert in_queue == {r.message_id: m.body for r, m in zip(results, messages)}
+
+
+def test_send_splits_batches_by_payload_size(queue: SqsQueue, sqs_calls: dict[str, int]) -> None:
+    big = "x" * (BATCH_MAX_BYTES // 2)  # two fit in a batch, a third does not
+
+    results = queue.send([OutgoingMessage(body=big)] * 3)
+
+    assert all(r.ok for r in results)
+    assert sqs_calls["SendMessageBatch"] == 2
+
+
+def test_attributes_delay_and_group_reach_sqs(queue: SqsQueue, drain: Any) -> None:
+    queue.send([OutgoingMessage(body="b", attributes={"kind": "order"}, group_id="g")])
+
+    (received,) = drain(queue)
+
+    assert received["MessageAttributes"]["kind"] == {"DataType": "String", "StringValue": "order"}
+
+
+class PartlyFailingClient:
+    """Passes SendMessageBatch to moto except entries whose body is 'reject' or 'throttle',
+    which it reports as SQS does in `Failed`."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
+        kept = [e for e in Entries if e["MessageBody"] not in ("reject", "throttle")]
+        response = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=kept) if kept else {}
+        failed = [
+            {
+                "Id": e["Id"],
+                "SenderFault": e["MessageBody"] == "reject",
+                "Code": "InvalidParameterValue" if e["MessageBody"] == "reject" else "InternalError",
+                "Message": "refused by the test",
+            }
+            for e in Entries
+            if e not in kept
+        ]
+        return {"Successful": response.get("Successful", []), "Failed": failed}
+
+
+def test_each_entry_reports_its_own_outcome(queue: SqsQueue, drain: Any) -> None:
+    partly_failing = SqsQueue(queue.name, PartlyFailingClient(queue.client))
+    bodies = ["a", "reject", "b", "throttle", "c"]
+
+    results = partly_failing.send([OutgoingMessage(body=b) for b in bodies])
+
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert isinstance(results[1].error, MessageRejected)
+    assert isinstance(results[3].error, QueueUnavailable)
+    assert "InvalidParameterValue" in str(results[1].error)
+    assert sorted(m["Body"] for m in drain(queue)) == ["a", "b", "c"]
+
+
+def test_a_missing_queue_is_queue_not_found(sqs: Any) -> None:
+    missing = SqsQueue("no-such-queue", sqs)
+
+    assert not missing.exists()
+    with pytest.raises(QueueNotFound, match="no-such-queue"):
+        missing.depth()
+
+
+def test_an_unreachable_endpoint_is_queue_unavailable_and_fails_entries_not_the_call(
+    closed_endpoint: str,
+) -> None:
+    client = create_client(Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1))
+    queue = SqsQueue("messages", client)
+
+    with pytest.raises(QueueUnavailable, match="unreachable"):
+        queue.depth()
+    queue._url = f"{closed_endpoint}/000000000000/messages"  # skip the lookup: test send itself
+    results = queue.send([OutgoingMessage(body="a"), OutgoingMessage(body="b")])
+    assert [type(r.error) for r in results] == [QueueUnavailable, QueueUnavailable]
+
+
+def test_missing_credentials_are_not_authorized(
+    monkeypatch: pytest.MonkeyPatch, closed_endpoint: str
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    client = create_client(Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1))
+
+    with pytest.raises(NotAuthorized, match="no AWS credentials"):
+        SqsQueue("messages", client).depth()
+
+
+def test_calls_are_counted_by_operation(queue: SqsQueue) -> None:
+    before = queue.calls.get("GetQueueAttributes", 0)
+
+    queue.depth()
+    queue.depth()
+
+    assert queue.calls["GetQueueAttributes"] == before + 2
