@@ -1,0 +1,284 @@
+"""The queue-writer's handlers (bound by `operationId` in swagger.yml) and what the spec cannot say:
+a message's size in UTF-8, SQS's character set, attribute names, FIFO rules.
+
+The spec has already checked types, required fields and ranges before a handler runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+import threading
+import time
+from typing import Any, Mapping, Optional
+
+import flask
+
+from batcher import GroupCommit, Overloaded
+from config import Settings
+from sqsinterface import (
+    BATCH_MAX_ENTRIES,
+    OutgoingMessage,
+    QueueUnavailable,
+    SendResult,
+    SqsError,
+    SqsQueue,
+)
+
+log = logging.getLogger(__name__)
+
+#: Characters SQS refuses in a body or attribute value: all but #x9, #xA, #xD, #x20-#xD7FF,
+#: #xE000-#xFFFD and #x10000-#x10FFFF. JSON can still carry them (as \u0000 or a lone \ud800).
+_DISALLOWED = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: SQS's rule for attribute names: up to 256 of A-Z a-z 0-9 _ - . ; no leading, trailing or
+#: doubled period; no "AWS." or "Amazon." prefix in any case.
+_ATTRIBUTE_NAME = re.compile(r"^(?!(?i:aws|amazon)\.)(?!.*\.\.)(?!\.)[A-Za-z0-9_.-]{1,256}(?<!\.)$")
+
+WRITER_EXTENSION = "queue_writer"
+
+
+class InvalidMessage(Exception):
+    """The request is well-formed JSON that SQS would refuse; answered with `status`."""
+
+    status = 400
+    title = "Invalid message"
+
+
+class MessageTooLarge(InvalidMessage):
+    status = 413
+    title = "Message too large"
+
+
+def _check_characters(what: str, text: str) -> None:
+    bad = _DISALLOWED.search(text)
+    if bad:
+        raise InvalidMessage(
+            f"{what} holds U+{ord(bad.group()):04X} at position {bad.start()}, a character SQS "
+            "does not accept (allowed: tab, newline, carriage return, U+0020 to U+D7FF, "
+            "U+E000 to U+FFFD, U+10000 to U+10FFFF)"
+        )
+
+
+def to_outgoing(
+    fields: Mapping[str, Any],
+    *,
+    fifo: bool,
+    content_based_dedup: bool,
+    max_bytes: int,
+) -> OutgoingMessage:
+    """Check one message of a request against what SQS accepts and build what will be sent.
+
+    Raises InvalidMessage (400) or MessageTooLarge (413) with a detail a client can act on.
+    """
+    body: str = fields["body"]
+    attributes: dict[str, str] = dict(fields.get("attributes") or {})
+    _check_characters("body", body)
+    for name, value in attributes.items():
+        if not _ATTRIBUTE_NAME.match(name):
+            raise InvalidMessage(
+                f"attribute name {name[:64]!r} is not allowed: use up to 256 letters, digits, "
+                "'_', '-' or '.', not starting with 'AWS.' or 'Amazon.', with no leading, "
+                "trailing or doubled '.'"
+            )
+        _check_characters(f"attribute {name!r}", value)
+    message = OutgoingMessage(
+        body=body,
+        attributes=attributes,
+        delay_s=fields.get("delay_seconds"),
+        group_id=fields.get("group_id"),
+        deduplication_id=fields.get("deduplication_id"),
+    )
+    if message.size_bytes > max_bytes:
+        raise MessageTooLarge(
+            f"the message is {message.size_bytes} bytes (body and attributes in UTF-8); "
+            f"the limit is {max_bytes}"
+        )
+    if fifo:
+        if message.group_id is None:
+            raise InvalidMessage("group_id is required on a FIFO queue")
+        if message.delay_s is not None:
+            raise InvalidMessage(
+                "delay_seconds is not supported per message on a FIFO queue; "
+                "set DelaySeconds on the queue instead"
+            )
+        if message.deduplication_id is None and not content_based_dedup:
+            raise InvalidMessage(
+                "deduplication_id is required: this FIFO queue has no content-based deduplication"
+            )
+    elif message.deduplication_id is not None:
+        raise InvalidMessage("deduplication_id is only for FIFO queues; this queue is standard")
+    return message
+
+
+class Writer:
+    """Everything behind the handlers: the queue, the group commit, and the counters /api/stats
+    reports. One per app, kept in `app.extensions`."""
+
+    def __init__(self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.dead_letter_queue = dead_letter_queue
+        self.started_at = time.time()
+        self._group = GroupCommit(
+            queue.send,
+            max_batch=BATCH_MAX_ENTRIES,
+            max_concurrent=settings.send_concurrency,
+            # Each waiting message holds a handler thread, so this bound is never the first hit.
+            max_pending=settings.handler_threads,
+            name="send",
+        )
+        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0}
+        self._counts_lock = threading.Lock()
+
+    def count(self, outcome: str) -> None:
+        with self._counts_lock:
+            self._counts[outcome] += 1
+
+    def prepare(self, fields: Mapping[str, Any]) -> OutgoingMessage:
+        try:
+            return to_outgoing(
+                fields,
+                fifo=self.queue.is_fifo,
+                content_based_dedup=self.queue.is_fifo and self.queue.content_based_deduplication,
+                max_bytes=self.settings.max_message_bytes,
+            )
+        except InvalidMessage:
+            self.count("invalid")
+            raise
+
+    def send_one(self, message: OutgoingMessage) -> SendResult:
+        """Send through the group commit and wait, at most SEND_TIMEOUT, for this entry's result.
+        Raises the entry's own error; a SendResult comes back only once SQS accepted it."""
+        try:
+            future = self._group.submit(message)
+        except Overloaded as exc:
+            self.count("unavailable")
+            raise QueueUnavailable(f"the writer is saturated: {exc}") from None
+        try:
+            result = future.result(timeout=self.settings.send_timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # not sent yet: it never will be; already sent: SQS has it
+            result = SendResult(
+                error=QueueUnavailable(
+                    f"SQS did not accept the message within {self.settings.send_timeout_s:g} s"
+                )
+            )
+        self._count_results([result])
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def send_many(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+        """Send a client's batch directly: it is already a batch, group commit adds nothing."""
+        results = self.queue.send(messages)
+        self._count_results(results)
+        return results
+
+    def _count_results(self, results: list[SendResult]) -> None:
+        with self._counts_lock:
+            for result in results:
+                if result.ok:
+                    self._counts["accepted"] += 1
+                elif isinstance(result.error, QueueUnavailable):
+                    self._counts["unavailable"] += 1
+                else:
+                    self._counts["invalid"] += 1
+
+    def close(self) -> None:
+        self._group.close(timeout_s=self.settings.send_timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        with self._counts_lock:
+            counts = dict(self._counts)
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "messages": counts,
+            "sqs_calls": self.queue.calls,
+            "group_commit": {"batches": self._group.calls, "messages": self._group.items},
+            "queue": self._depth(self.queue),
+            "dead_letter_queue": self._depth(self.dead_letter_queue),
+        }
+
+    @staticmethod
+    def _depth(queue: SqsQueue) -> dict[str, Any]:
+        try:
+            return {"name": queue.name, **queue.depth()}
+        except SqsError as exc:
+            return {"name": queue.name, "error": str(exc)}
+
+
+def current_writer() -> Writer:
+    return flask.current_app.extensions[WRITER_EXTENSION]
+
+
+def _accepted(result: SendResult) -> dict[str, str]:
+    answer = {"message_id": str(result.message_id)}
+    if result.sequence_number is not None:
+        answer["sequence_number"] = result.sequence_number
+    return answer
+
+
+# Handlers, bound by operationId in swagger.yml. Each names its Content-Type because the spec
+# lists two per operation (application/json, and application/problem+json for errors).
+
+JsonResponse = tuple[dict[str, Any], int, dict[str, str]]
+_JSON = {"Content-Type": "application/json"}
+
+
+
+def post_message(body: dict[str, Any]) -> JsonResponse:
+    writer = current_writer()
+    result = writer.send_one(writer.prepare(body))
+    return _accepted(result), 201, _JSON
+
+
+def post_messages(body: dict[str, Any]) -> JsonResponse:
+    """Each entry is checked and sent on its own merit; the answer reports each one, in order.
+
+    200 even when some entries failed (as SQS's own batch API does), unless SQS could take none
+    of them: then 503, so that a client retries the whole request.
+    """
+    writer = current_writer()
+    outcomes: list[Optional[dict[str, Any]]] = []
+    to_send: list[OutgoingMessage] = []
+    for fields in body["messages"]:
+        try:
+            to_send.append(writer.prepare(fields))
+            outcomes.append(None)
+        except InvalidMessage as exc:
+            outcomes.append({"status": exc.status, "detail": str(exc)})
+    sent = iter(writer.send_many(to_send) if to_send else [])
+    for index, outcome in enumerate(outcomes):
+        if outcome is None:
+            result = next(sent)
+            outcomes[index] = (
+                {"status": 201, **_accepted(result)} if result.ok else _failed_entry(result.error)
+            )
+    results = [{"index": index, **outcome} for index, outcome in enumerate(outcomes)]  # type: ignore[dict-item]
+    accepted = sum(r["status"] == 201 for r in results)
+    unavailable = [r for r in results if r["status"] == 503]
+    if to_send and len(unavailable) == len(to_send):
+        raise QueueUnavailable(unavailable[0]["detail"])
+    return {"accepted": accepted, "failed": len(results) - accepted, "results": results}, 200, _JSON
+
+
+def _failed_entry(error: Optional[SqsError]) -> dict[str, Any]:
+    status = 503 if isinstance(error, QueueUnavailable) else 400
+    return {"status": status, "detail": str(error)}
+
+
+def health() -> JsonResponse:
+    """Liveness: the process answers. No SQS call, so an SQS outage does not restart writers."""
+    return {"status": "ok"}, 200, _JSON
+
+
+def ready() -> JsonResponse:
+    """Readiness: the queue exists and answers (one GetQueueAttributes call)."""
+    writer = current_writer()
+    writer.queue.depth()  # raises QueueNotFound / QueueUnavailable / NotAuthorized -> 503
+    return {"status": "ready", "queue": writer.queue.name}, 200, _JSON
+
+
+def stats() -> JsonResponse:
+    return current_writer().stats(), 200, _JSON

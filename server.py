@@ -1,0 +1,236 @@
+"""The queue-writer's app: `create_app()` assembles swagger.yml, the handlers in message.py, the
+SQS queue and the error mapping; `python server.py` serves it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import sys
+import time
+from typing import Any, AsyncGenerator, AsyncIterator, Optional
+
+import connexion
+import uvicorn
+from a2wsgi import WSGIMiddleware
+from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import MiddlewarePosition
+from connexion.problem import problem
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from config import HERE, ConfigError, Settings, configure_logging
+from message import WRITER_EXTENSION, InvalidMessage, Writer
+from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("access")
+
+
+class BoundedJSONBodyValidator(JSONRequestBodyValidator):
+    """connexion's JSON body validator, made safe for hostile input: it refuses a body over
+    `max_bytes` before reading it whole (413), a request with no Content-Type (415), and answers
+    400, not 500, to invalid UTF-8, NaN, huge integers and deep nesting."""
+
+    def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_bytes = max_bytes
+
+    async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
+        headers = Headers(scope=scope)
+        if "content-type" not in headers:
+            raise UnsupportedMediaTypeProblem(detail="Content-Type must be application/json")
+        charset = _charset(headers["content-type"])
+        if charset not in (None, "utf-8", "utf8"):
+            raise UnsupportedMediaTypeProblem(detail=f"JSON must be UTF-8, not {charset}")
+        if int(headers.get("content-length", 0)) > self._max_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in stream:
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        try:
+            text = b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequestProblem(detail=f"the request body is not valid UTF-8: {exc}") from None
+        if not text:
+            return None
+        try:
+            return json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise BadRequestProblem(detail="the JSON is nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+            raise BadRequestProblem(detail=f"the request body is not valid JSON: {exc}") from None
+
+    def _too_large(self) -> ProblemException:
+        return ProblemException(
+            status=413,
+            title="Request too large",
+            detail=f"the request body is over MAX_REQUEST_BYTES ({self._max_bytes} bytes)",
+        )
+
+
+def _charset(content_type: str) -> Optional[str]:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.strip().partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+class AccessLog:
+    """One line per request, error responses included: client, method, path, status, duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                '%s "%s %s" %d %.1fms',
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+class _Throttled:
+    """Log a repeated error once per `interval_s` per kind, so an outage is not a log flood."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[type, float] = {}
+
+    def warning(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last.get(type(exc), -self.interval_s) >= self.interval_s:
+            self._last[type(exc)] = now
+            log.warning("%s: %s", type(exc).__name__, exc)
+
+
+def create_app(
+    settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None
+) -> connexion.FlaskApp:
+    """Build the writer. `settings` default to the environment's; `queue` to the configured SQS
+    queue on a new client (tests pass one on moto)."""
+    settings = settings or Settings.from_env()
+    if queue is None:
+        queue = SqsQueue(settings.queue_name, create_client(settings))
+    writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        writer.close()  # the server stopped taking requests: let pending sends finish
+
+    app = connexion.FlaskApp(__name__, specification_dir=HERE, lifespan=lifespan)
+    body_validators = MediaTypeDict(
+        {
+            **VALIDATOR_MAP["body"],
+            "*/*json": functools.partial(
+                BoundedJSONBodyValidator, max_bytes=settings.max_request_bytes
+            ),
+        }
+    )
+    app.add_api("swagger.yml", validator_map={"body": body_validators})
+    _set_handler_threads(app, settings.handler_threads)
+    app.app.extensions[WRITER_EXTENSION] = writer
+    app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    _add_error_handlers(app, settings)
+    return app
+
+
+def _set_handler_threads(app: connexion.FlaskApp, threads: int) -> None:
+    """Run Flask handlers on `threads` threads instead of a2wsgi's fixed 10.
+
+    A handler blocks while its message waits for SQS, and group commit can only coalesce the
+    requests that are waiting: with 10 threads, a batch in flight leaves room for at most 9 more.
+    connexion 3.3 has no option for this (spec-first/connexion#1979, "PR welcome"), so the one
+    WSGIMiddleware it builds is rebuilt here with the same app and a larger pool.
+    """
+    flask_bridge = app._middleware_app  # FlaskASGIApp: connexion's Flask-to-ASGI bridge
+    flask_bridge.asgi_app = WSGIMiddleware(flask_bridge.asgi_app.app, workers=threads)
+
+
+def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
+    throttled = _Throttled()
+    retry_after = {"Retry-After": str(settings.retry_after_s)}
+
+    def invalid_message(_: ConnexionRequest, exc: InvalidMessage) -> ConnexionResponse:
+        return problem(exc.status, exc.title, str(exc))
+
+    def rejected_by_sqs(_: ConnexionRequest, exc: MessageRejected) -> ConnexionResponse:
+        return problem(400, "Rejected by SQS", str(exc))
+
+    def unavailable(_: ConnexionRequest, exc: QueueUnavailable) -> ConnexionResponse:
+        throttled.warning(exc)
+        return problem(503, "Queue unavailable", str(exc), headers=retry_after)
+
+    def not_authorized(_: ConnexionRequest, exc: NotAuthorized) -> ConnexionResponse:
+        throttled.warning(exc)
+        return problem(503, "Not authorized for the queue", str(exc), headers=retry_after)
+
+    app.add_error_handler(InvalidMessage, invalid_message)
+    app.add_error_handler(MessageRejected, rejected_by_sqs)
+    app.add_error_handler(QueueUnavailable, unavailable)
+    app.add_error_handler(NotAuthorized, not_authorized)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Serve the writer with uvicorn until SIGINT or SIGTERM: requests in flight complete, then
+    uvicorn re-raises the signal, so the process ends as killed by it (its convention)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"server: {exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(
+        description="Queue-writer: POST /api/message enqueues JSON messages on SQS. "
+        "Every setting comes from the environment (see README); these flags override two."
+    )
+    parser.add_argument("--host", default=settings.host, help="address to bind (HOST, default %(default)s)")
+    parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
+    args = parser.parse_args(argv)
+    configure_logging(settings)
+    app = create_app(settings)
+    log.info(
+        "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui)",
+        settings.queue_name,
+        settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
+        args.host,
+        args.port,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
