@@ -1,0 +1,154 @@
+"""Create (or `--delete`) the queue and its dead-letter queue, as the settings describe them.
+
+Idempotent: a run compares what exists with what the settings ask for, changes only the
+difference, and says what it did; a second run changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Mapping, Optional
+
+from config import ConfigError, Settings, configure_logging
+from sqsinterface import (
+    NotAuthorized,
+    QueueNotFound,
+    QueueUnavailable,
+    SqsError,
+    SqsQueue,
+    create_client,
+)
+
+#: Dead letters are kept as long as SQS allows (14 days), for inspection and redrive.
+DLQ_RETENTION_S = 1_209_600
+
+
+class SetupError(Exception):
+    """The queues cannot be brought to the wanted state; the message says why and what to do."""
+
+
+def desired_attributes(settings: Settings, *, dlq_arn: Optional[str]) -> dict[str, str]:
+    """The attributes the settings ask for: the dead-letter queue's when `dlq_arn` is None."""
+    attributes: dict[str, str] = {}
+    if settings.is_fifo:
+        attributes["FifoQueue"] = "true"
+    if dlq_arn is None:
+        attributes["MessageRetentionPeriod"] = str(DLQ_RETENTION_S)
+        return attributes
+    attributes.update(
+        {
+            "VisibilityTimeout": str(settings.visibility_timeout_s),
+            "ReceiveMessageWaitTimeSeconds": str(settings.receive_wait_s),
+            "MaximumMessageSize": str(settings.max_message_bytes),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count}
+            ),
+        }
+    )
+    if settings.is_fifo:
+        # Repeated bodies are deduplicated within 5 minutes unless a deduplication_id is given.
+        attributes["ContentBasedDeduplication"] = "true"
+    return attributes
+
+
+def _normalised(name: str, value: str) -> object:
+    if name == "RedrivePolicy":
+        policy = json.loads(value)
+        return (policy.get("deadLetterTargetArn"), int(policy.get("maxReceiveCount", 0)))
+    return str(value).lower()
+
+
+def differences(current: Mapping[str, str], desired: Mapping[str, str]) -> dict[str, str]:
+    """The desired attributes whose current value differs (compared as SQS means them)."""
+    return {
+        name: value
+        for name, value in desired.items()
+        if name not in current or _normalised(name, current[name]) != _normalised(name, value)
+    }
+
+
+def ensure(queue: SqsQueue, desired: Mapping[str, str]) -> str:
+    """Create the queue or bring its attributes to `desired`; returns what was done."""
+    if not queue.exists():
+        queue.create(desired)
+        return "created"
+    changed = differences(queue.attributes(), desired)
+    if "FifoQueue" in changed:
+        raise SetupError(
+            f"queue {queue.name!r} exists with another type; a queue's type cannot change: "
+            "delete it (sqs_setup.py --delete) or choose another QUEUE_NAME"
+        )
+    if not changed:
+        return "unchanged"
+    queue.set_attributes(changed)
+    return "updated " + ", ".join(sorted(changed))
+
+
+def set_up(settings: Settings, client: object) -> list[str]:
+    """Bring both queues to the settings' state; one line per queue saying what changed."""
+    dlq = SqsQueue(settings.dlq_name, client)
+    queue = SqsQueue(settings.queue_name, client)
+    dlq_outcome = ensure(dlq, desired_attributes(settings, dlq_arn=None))
+    dlq_arn = dlq.attributes(["QueueArn"])["QueueArn"]
+    queue_outcome = ensure(queue, desired_attributes(settings, dlq_arn=dlq_arn))
+    return [f"dead-letter queue {dlq.name!r}: {dlq_outcome}", f"queue {queue.name!r}: {queue_outcome}"]
+
+
+def tear_down(settings: Settings, client: object) -> list[str]:
+    lines = []
+    for name in (settings.queue_name, settings.dlq_name):
+        queue = SqsQueue(name, client)
+        try:
+            queue.delete()
+            lines.append(f"queue {name!r}: deleted")
+        except QueueNotFound:
+            lines.append(f"queue {name!r}: absent")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Create the SQS queue and its dead-letter queue (redrive after "
+        "MAX_RECEIVE_COUNT receives), or delete them. Names and attributes come from the "
+        "settings (QUEUE_NAME, DLQ_NAME, VISIBILITY_TIMEOUT, RECEIVE_WAIT_SECONDS, "
+        "MAX_MESSAGE_BYTES, MAX_RECEIVE_COUNT); a QUEUE_NAME ending in .fifo makes FIFO queues. "
+        "Running it again changes only what differs."
+    )
+    parser.add_argument("--delete", action="store_true", help="delete both queues instead")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"sqs_setup: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    where = settings.sqs_endpoint_url or f"AWS region {settings.aws_region}"
+    try:
+        client = create_client(settings)
+        lines = (tear_down if args.delete else set_up)(settings, client)
+    except NotAuthorized as exc:
+        print(
+            f"sqs_setup: not authorized at {where}: {exc}\n"
+            "Give credentials with the rights sqs:CreateQueue, sqs:GetQueueUrl, "
+            "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete), "
+            "or set SQS_ENDPOINT_URL to a local endpoint.",
+            file=sys.stderr,
+        )
+        return 2
+    except QueueUnavailable as exc:
+        print(f"sqs_setup: cannot reach SQS at {where}: {exc}", file=sys.stderr)
+        return 2
+    except (SetupError, SqsError) as exc:
+        print(f"sqs_setup: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    if not args.delete and all(line.endswith("unchanged") for line in lines):
+        print("nothing to change")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
