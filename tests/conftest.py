@@ -1,0 +1,220 @@
+"""Shared fixtures: moto in process for SQS, the real app, a live server on loopback.
+
+No test reaches AWS: credentials are fake, instance metadata is off, and every endpoint is
+either moto in process or a process of ours on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import uvicorn
+from moto import mock_aws
+
+import sqs_setup
+from config import ENV_NAMES, Settings
+from server import create_app
+from message import WRITER_EXTENSION
+from sqsinterface import SqsQueue, create_client
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fake credentials and no AWS config files or metadata service, for every test."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name in ENV_NAMES.values():
+            monkeypatch.delenv(name)
+    empty = tmp_path_factory.mktemp("aws") / "none"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def closed_endpoint() -> str:
+    """A loopback URL where nothing listens: SQS 'unreachable', answered at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture
+def sqs(settings: Settings) -> Iterator[Any]:
+    """A boto3 SQS client on moto, in process."""
+    with mock_aws():
+        yield create_client(settings)
+
+
+@pytest.fixture
+def queues(sqs: Any, settings: Settings) -> tuple[SqsQueue, SqsQueue]:
+    """The queue and its dead-letter queue, made by sqs_setup as a user would."""
+    sqs_setup.set_up(settings, sqs)
+    return SqsQueue(settings.queue_name, sqs), SqsQueue(settings.dlq_name, sqs)
+
+
+@pytest.fixture
+def queue(queues: tuple[SqsQueue, SqsQueue]) -> SqsQueue:
+    return queues[0]
+
+
+@pytest.fixture
+def app(settings: Settings, queue: SqsQueue) -> Iterator[Any]:
+    application = create_app(settings, queue=queue)
+    yield application
+    application.app.extensions[WRITER_EXTENSION].close()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def sqs_calls(sqs: Any) -> dict[str, int]:
+    """Counts the SQS API calls made on the moto client from now on, by operation."""
+    counts: dict[str, int] = {}
+
+    def count(model: Any, **_: Any) -> None:
+        counts[model.name] = counts.get(model.name, 0) + 1
+
+    sqs.meta.events.register("before-call.sqs", count)
+    return counts
+
+
+@pytest.fixture
+def drain(sqs: Any) -> Callable[[SqsQueue], list[dict]]:
+    """Receive every message now in a queue (hidden for 10 minutes), with its attributes."""
+
+    def receive_all(queue: SqsQueue) -> list[dict]:
+        messages: list[dict] = []
+        while True:
+            batch = sqs.receive_message(
+                QueueUrl=queue.url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,  # the queue itself long-polls for 20 s
+                VisibilityTimeout=600,
+                MessageAttributeNames=["All"],
+                AttributeNames=["All"],
+            ).get("Messages", [])
+            if not batch:
+                return messages
+            messages.extend(batch)
+
+    return receive_all
+
+
+@pytest.fixture
+def live_server(app: Any) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port, in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll `condition` every 50 ms; fail the test naming `what` if it is not true in time."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Process:
+    """A program of ours started on loopback; its output goes to a file the test can read."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout_s)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[str]:
+    """moto's SQS server as a process on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    process = Process(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        dict(os.environ),
+        tmp_path / "moto_server.log",
+    )
+    try:
+        wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start `python SCRIPT ARGS...` from the project root with extra environment; every process
+    started is stopped at the end of the test."""
+    started: list[Process] = []
+
+    def start_script(script: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        process = Process(
+            [sys.executable, script, *args],
+            {**os.environ, **(env or {})},
+            tmp_path / f"{Path(script).stem}-{len(started)}.log",
+        )
+        started.append(process)
+        return process
+
+    yield start_script
+    for process in started:
+        process.stop(signal.SIGKILL)

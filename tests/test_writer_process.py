@@ -1,0 +1,63 @@
+"""The writer as a user runs it: moto_server, `python sqs_setup.py`, `python server.py`."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any, Callable
+
+import boto3
+import pytest
+import requests
+
+from conftest import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def run_setup(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "sqs_setup.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_seed_example_against_moto_server(moto_server: str, start: Callable[..., Any]) -> None:
+    import os
+
+    env = {**os.environ, "SQS_ENDPOINT_URL": moto_server}
+    port = free_port()
+
+    first, second = run_setup(env), run_setup(env)
+    assert first.returncode == 0, first.stderr
+    assert "queue 'messages': created" in first.stdout
+    assert second.returncode == 0 and "nothing to change" in second.stdout
+
+    writer = start("server.py", "--port", str(port), env={"SQS_ENDPOINT_URL": moto_server})
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: answers(f"{base}/api/health"), timeout_s=30, what="writer answering")
+
+    # The seed's minimal example, unchanged.
+    response = requests.post(f"{base}/api/message", json={"body": "This is a test message to enqueue"})
+    print(response.status_code)
+
+    assert response.status_code == 201
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    url = sqs.get_queue_url(QueueName="messages")["QueueUrl"]
+    (message,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)["Messages"]
+    assert message["Body"] == "This is a test message to enqueue"
+    assert message["MessageId"] == response.json()["message_id"]
+    assert requests.get(f"{base}/api/ready").json()["status"] == "ready"
+
+    # SIGTERM: uvicorn finishes, closes the app, then re-raises the signal (its convention).
+    assert writer.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in writer.output
+    assert '"POST /api/message" 201' in writer.output
+    assert "This is a test message" not in writer.output  # bodies stay out of the log
