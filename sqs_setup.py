@@ -101,7 +101,7 @@ def tear_down(settings: Settings, client: object) -> list[str]:
     for name in (settings.queue_name, settings.dlq_name):
         queue = SqsQueue(name, client)
         try:
-            queue.delete()
+            queue.delete_queue()
             lines.append(f"queue {name!r}: deleted")
         except QueueNotFound:
             lines.append(f"queue {name!r}: absent")

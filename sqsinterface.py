@@ -90,6 +90,38 @@ class SendResult:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message as the worker sees it. `receive_count` counts this delivery (1 = first)."""
+
+    id: str
+    body: str
+    receipt_handle: str
+    receive_count: int = 1
+    sent_at_s: Optional[float] = None  # SQS's SentTimestamp, in epoch seconds
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_sqs(cls, raw: Mapping[str, Any]) -> "ReceivedMessage":
+        system = raw.get("Attributes", {})
+        sent_ms = system.get("SentTimestamp")
+        return cls(
+            id=raw["MessageId"],
+            body=raw.get("Body", ""),
+            receipt_handle=raw["ReceiptHandle"],
+            receive_count=int(system.get("ApproximateReceiveCount", 1)),
+            sent_at_s=int(sent_ms) / 1000 if sent_ms else None,
+            attributes={
+                name: value.get("StringValue", "")
+                for name, value in raw.get("MessageAttributes", {}).items()
+            },
+        )
+
+
+#: The outcome of one entry of a delete or visibility batch: None when SQS did it.
+EntryOutcome = Optional[SqsError]
+
+
 def payload_bytes(body: str, attributes: Mapping[str, str]) -> int:
     """The size SQS checks against its limit: the body plus every attribute's name, data type and
     value, all in UTF-8."""
@@ -244,7 +276,7 @@ class SqsQueue:
     def set_attributes(self, attributes: Mapping[str, str]) -> None:
         self._call("SetQueueAttributes", QueueUrl=self.url, Attributes=dict(attributes))
 
-    def delete(self) -> None:
+    def delete_queue(self) -> None:
         self._call("DeleteQueue", QueueUrl=self.url)
         self._url = None
 
@@ -270,10 +302,61 @@ class SqsQueue:
                 message_id=ok["MessageId"], sequence_number=ok.get("SequenceNumber")
             )
         for failed in response.get("Failed", []):
-            error_type = MessageRejected if failed.get("SenderFault") else QueueUnavailable
-            text = f"{failed.get('Code', '')}: {failed.get('Message', '')}".rstrip(": ")
-            results[int(failed["Id"])] = SendResult(error=error_type(f"SendMessageBatch: {text}"))
+            results[int(failed["Id"])] = SendResult(error=_entry_error("SendMessageBatch", failed))
         return results
+
+
+    def receive(self, *, max_messages: int, wait_s: int) -> list[ReceivedMessage]:
+        """Long-poll for up to `max_messages` (1 to 10) messages, with their receive count,
+        sent time and string attributes."""
+        response = self._call(
+            "ReceiveMessage",
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
+        )
+        return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
+
+    def delete_messages(self, receipt_handles: Sequence[str]) -> list[EntryOutcome]:
+        """Delete messages with DeleteMessageBatch, ten at a time; one outcome per handle."""
+        entries = [{"ReceiptHandle": handle} for handle in receipt_handles]
+        return self._batched("DeleteMessageBatch", entries)
+
+    def change_visibility(self, changes: Sequence[tuple[str, int]]) -> list[EntryOutcome]:
+        """Set each (receipt handle, seconds) pair's visibility timeout: 0 makes a message
+        visible at once. ChangeMessageVisibilityBatch, ten at a time; one outcome per pair."""
+        entries = [
+            {"ReceiptHandle": handle, "VisibilityTimeout": seconds} for handle, seconds in changes
+        ]
+        return self._batched("ChangeMessageVisibilityBatch", entries)
+
+    def _batched(self, operation: str, entries: list[dict[str, Any]]) -> list[EntryOutcome]:
+        outcomes: list[EntryOutcome] = []
+        for start in range(0, len(entries), BATCH_MAX_ENTRIES):
+            chunk = entries[start : start + BATCH_MAX_ENTRIES]
+            try:
+                response = self._call(
+                    operation,
+                    QueueUrl=self.url,
+                    Entries=[{"Id": str(i), **entry} for i, entry in enumerate(chunk)],
+                )
+            except SqsError as exc:
+                outcomes.extend([exc] * len(chunk))
+                continue
+            chunk_outcomes: list[EntryOutcome] = [None] * len(chunk)
+            for failed in response.get("Failed", []):
+                chunk_outcomes[int(failed["Id"])] = _entry_error(operation, failed)
+            outcomes.extend(chunk_outcomes)
+        return outcomes
+
+
+def _entry_error(operation: str, failed: Mapping[str, Any]) -> SqsError:
+    """The error for one entry of a batch's `Failed` list: the sender's fault is final."""
+    error_type = MessageRejected if failed.get("SenderFault") else QueueUnavailable
+    text = f"{failed.get('Code', '')}: {failed.get('Message', '')}".rstrip(": ")
+    return error_type(f"{operation}: {text}")
 
 
 def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
