@@ -7,6 +7,9 @@ when idle and cheap when busy:
 - with no call in flight, whatever is pending leaves at once (a lone item waits for nothing);
 - while calls are in flight, another starts only once a full batch is waiting, up to
   `max_concurrent` calls; smaller batches form from what arrives meanwhile.
+
+With `linger_s`, an idle batcher waits up to that long for more items before a call that is not
+full: for work nobody waits on (the worker's deletes), fewer calls are worth a little delay.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, Deque, Generic, Sequence, TypeVar
 
@@ -45,14 +49,17 @@ class GroupCommit(Generic[T, R]):
         max_batch: int,
         max_concurrent: int = 1,
         max_pending: int = 1000,
+        linger_s: float = 0.0,
         name: str = "group-commit",
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
         self._max_concurrent = max_concurrent
         self._max_pending = max_pending
+        self._linger_s = linger_s
         self._name = name
         self._pending: Deque[tuple[T, Future[R]]] = collections.deque()
+        self._oldest_since = 0.0  # when the oldest pending item arrived (monotonic)
         self._cond = threading.Condition()
         self._in_flight = 0
         self._closed = False
@@ -70,6 +77,8 @@ class GroupCommit(Generic[T, R]):
                 raise Overloaded(f"{len(self._pending)} items already waiting in {self._name}")
             if not self._threads:
                 self._start_threads()
+            if not self._pending:
+                self._oldest_since = time.monotonic()
             self._pending.append((item, future))
             self._cond.notify()
         return future
@@ -93,20 +102,26 @@ class GroupCommit(Generic[T, R]):
             thread.start()
             self._threads.append(thread)
 
-    def _ready(self) -> bool:
+    def _wait_s(self) -> float | None:
+        """0 when a call should start now; otherwise how long to wait (None: until notified)."""
         waiting = len(self._pending)
         if not waiting:
-            return False
-        return self._in_flight == 0 or waiting >= self._max_batch or self._closed
+            return None
+        if waiting >= self._max_batch or self._closed:
+            return 0.0
+        if self._in_flight:
+            return None
+        return max(0.0, self._oldest_since + self._linger_s - time.monotonic())
 
     def _take_batch(self) -> list[tuple[T, Future[R]]] | None:
         with self._cond:
-            while not self._ready():
+            while (wait_s := self._wait_s()) != 0.0:
                 if self._closed and not self._pending:
                     return None
-                self._cond.wait()
+                self._cond.wait(wait_s)
             count = min(self._max_batch, len(self._pending))
             batch = [self._pending.popleft() for _ in range(count)]
+            self._oldest_since = time.monotonic()
             self._in_flight += 1
             return batch
 
