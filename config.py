@@ -51,6 +51,17 @@ class Settings:
     send_concurrency: int = 4
     send_timeout_s: float = 10.0
     retry_after_s: int = 1
+    worker_concurrency: int = 10
+    process_time_s: float = 0.005
+    failure_rate: float = 0.1
+    failure_seed: Optional[int] = None
+    processor: str = ""  # "module:function"; empty: the simulated work
+    retry_backoff_base_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    shutdown_grace_s: float = 30.0
+    stats_interval_s: float = 2.0
+    worker_output: Optional[Path] = None
+    exit_when_idle_s: Optional[float] = None
     log_config: Path = HERE / "log.conf"
 
     def __post_init__(self) -> None:
@@ -76,7 +87,7 @@ class Settings:
     def _check(self) -> None:
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
-            if not low <= value <= high:
+            if value is not None and not low <= value <= high:
                 raise ConfigError(f"{ENV_NAMES[name]}={value!r}: must be from {low} to {high}")
         for name in ("queue_name", "dlq_name"):
             if not _QUEUE_NAME.match(getattr(self, name)):
@@ -95,6 +106,8 @@ class Settings:
             raise ConfigError(
                 f"SQS_ENDPOINT_URL={self.sqs_endpoint_url!r}: must be an http:// or https:// URL"
             )
+        if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor):
+            raise ConfigError(f"PROCESSOR={self.processor!r}: must be 'module:function'")
         if self.max_request_bytes < self.max_message_bytes:
             raise ConfigError(
                 f"MAX_REQUEST_BYTES={self.max_request_bytes}: must be at least "
@@ -134,11 +147,24 @@ ENV_NAMES: dict[str, str] = {
     "send_concurrency": "SEND_CONCURRENCY",
     "send_timeout_s": "SEND_TIMEOUT",
     "retry_after_s": "RETRY_AFTER",
+    "worker_concurrency": "WORKER_CONCURRENCY",
+    "process_time_s": "PROCESS_TIME",
+    "failure_rate": "FAILURE_RATE",
+    "failure_seed": "FAILURE_SEED",
+    "processor": "PROCESSOR",
+    "retry_backoff_base_s": "RETRY_BACKOFF_BASE",
+    "retry_backoff_max_s": "RETRY_BACKOFF_MAX",
+    "shutdown_grace_s": "SHUTDOWN_GRACE",
+    "stats_interval_s": "STATS_INTERVAL",
+    "worker_output": "WORKER_OUTPUT",
+    "exit_when_idle_s": "EXIT_WHEN_IDLE",
     "log_config": "LOG_CONFIG",
 }
 
 _PARSERS: dict[str, Callable[[str], object]] = {
-    field.name: {"int": int, "float": float, "Path": Path}.get(str(field.type), str)
+    field.name: {"int": int, "float": float, "Path": Path}.get(
+        str(field.type).removeprefix("Optional[").removesuffix("]"), str
+    )
     for field in dataclasses.fields(Settings)
 }
 
@@ -157,6 +183,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "send_concurrency": (1, 64),
     "send_timeout_s": (0.1, 300),
     "retry_after_s": (1, 3600),
+    "worker_concurrency": (1, 1000),
+    "process_time_s": (0, 3600),
+    "failure_rate": (0, 1),
+    "retry_backoff_base_s": (0, 43_200),
+    "retry_backoff_max_s": (0, 43_200),
+    "shutdown_grace_s": (0, 3600),
+    "stats_interval_s": (0.1, 3600),
+    "exit_when_idle_s": (0, 86_400),
 }
 
 
