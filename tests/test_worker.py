@@ -1,0 +1,312 @@
+"""worker: batching, retries with backoff, dead letters, heartbeats, idling, outages."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+import sqs_setup
+from config import Settings
+from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue, create_client
+from worker import (
+    SimulatedFailure,
+    SimulatedWork,
+    Worker,
+    compute_backoff,
+    load_processor,
+    percentile,
+    render_stats,
+)
+from conftest import wait_until
+
+FAST = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
+
+
+# Pure parts
+
+
+@pytest.mark.parametrize(
+    ("receive_count", "rng", "expected"),
+    [
+        (1, 0.0, 1),  # half of 2 s
+        (1, 1.0, 2),
+        (2, 1.0, 4),
+        (3, 0.0, 4),
+        (10, 1.0, 60),  # capped
+        (10, 0.0, 30),  # capped, then jittered down to half
+    ],
+)
+def test_backoff_doubles_per_receive_with_jitter_and_a_cap(receive_count: int, rng: float, expected: int) -> None:
+    assert compute_backoff(receive_count, base_s=2, max_s=60, rng=lambda: rng) == expected
+
+
+def test_backoff_of_zero_base_is_immediate() -> None:
+    assert compute_backoff(5, base_s=0, max_s=60) == 0
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = sorted(float(v) for v in range(1, 101))
+
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (50, 99, 100)
+    assert percentile([], 0.5) is None
+
+
+def message(body: str, receive_count: int = 1) -> ReceivedMessage:
+    return ReceivedMessage(id="id", body=body, receipt_handle="rh", receive_count=receive_count)
+
+
+def test_seeded_simulated_work_fails_the_same_attempts_every_run() -> None:
+    def failures(seed: int) -> list[bool]:
+        work = SimulatedWork(process_time_s=0, failure_rate=0.3, seed=seed)
+        outcomes = []
+        for number in range(1000):
+            try:
+                work(message(f"m{number}"))
+                outcomes.append(False)
+            except SimulatedFailure:
+                outcomes.append(True)
+        return outcomes
+
+    first = failures(seed=7)
+
+    assert first == failures(seed=7)
+    assert first != failures(seed=8)
+    assert 250 < sum(first) < 350  # about 30 %
+
+
+def test_render_stats_fits_a_narrow_pane() -> None:
+    snapshot = dict.fromkeys(("received", "processed", "failed", "retried", "dead_lettered", "deleted"), 123456)
+    snapshot.update(uptime_s=12.3, latency_p50_s=0.0052, latency_p99_s=0.0123)
+
+    text = render_stats(
+        "worker", snapshot, in_flight=10, per_second=1234.5,
+        depths={"queue": {"visible": 5, "in_flight": 2, "delayed": 1}, "dlq": None},
+    )
+
+    assert max(len(line) for line in text.splitlines()) <= 28
+    assert "latency p99     12.3 ms" in text and "1234.5" in text and "(unavailable)" in text
+
+
+def test_load_processor_imports_module_function() -> None:
+    assert load_processor("json:loads") is json.loads
+
+
+# The worker on moto
+
+
+class Recorder:
+    """A processing step that records every attempt and can be told what to do per body."""
+
+    def __init__(self, behaviour: Optional[Callable[[ReceivedMessage], None]] = None) -> None:
+        self.attempts: list[tuple[str, int, float]] = []
+        self.behaviour = behaviour
+        self._lock = threading.Lock()
+
+    def __call__(self, message: ReceivedMessage) -> None:
+        with self._lock:
+            self.attempts.append((message.body, message.receive_count, time.monotonic()))
+        if self.behaviour is not None:
+            self.behaviour(message)
+
+    def receive_counts(self, body: str) -> list[int]:
+        with self._lock:
+            return [count for b, count, _ in self.attempts if b == body]
+
+
+class RunningWorker:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.exit_code: Optional[int] = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.worker.run()
+
+    def wait(self, timeout_s: float = 30) -> int:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"worker still running after {timeout_s} s"
+        assert self.exit_code is not None
+        return self.exit_code
+
+    @property
+    def output_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.worker.output.getvalue().splitlines()]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
+    """Create the queues for the given settings, send `bodies`, start a worker in a thread."""
+    running: list[RunningWorker] = []
+
+    def start(
+        processor: Callable[[ReceivedMessage], None],
+        bodies: list[str],
+        exit_when_idle_s: Optional[float] = 1.0,
+        **overrides: Any,
+    ) -> RunningWorker:
+        settings = Settings(**{**FAST, **overrides})
+        sqs_setup.set_up(settings, sqs)
+        queue = SqsQueue(settings.queue_name, sqs)
+        queue.send([OutgoingMessage(body=body) for body in bodies])
+        worker = Worker(
+            queue=queue,
+            dead_letter_queue=SqsQueue(settings.dlq_name, sqs),
+            processor=processor,
+            settings=settings,
+            output=io.StringIO(),
+            exit_when_idle_s=exit_when_idle_s,
+        )
+        running.append(RunningWorker(worker))
+        return running[-1]
+
+    yield start
+    for item in running:
+        item.worker.stop()
+        item.thread.join(10)
+
+
+def test_successes_are_recorded_then_deleted_in_batches(
+    start_worker: Callable[..., RunningWorker], sqs_calls: dict[str, int], queue: SqsQueue
+) -> None:
+    bodies = [f"message {n}" for n in range(30)]
+
+    running = start_worker(SimulatedWork(process_time_s=0.01, failure_rate=0), bodies)
+
+    assert running.wait() == 0
+    assert sorted(line["body"] for line in running.output_lines) == sorted(bodies)
+    assert {line["receive_count"] for line in running.output_lines} == {1}
+    stats = running.worker.stats.snapshot()
+    assert (stats["received"], stats["processed"], stats["deleted"], stats["failed"]) == (30, 30, 30, 0)
+    assert sum(queue.depth().values()) == 0
+    assert sqs_calls["DeleteMessageBatch"] < 15  # coalesced across processors, not one per message
+
+
+def test_a_message_failing_every_time_is_received_max_receive_count_times_then_dead_lettered(
+    start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any
+) -> None:
+    recorder = Recorder(behaviour=SimulatedWork(process_time_s=0, failure_rate=1.0))
+
+    running = start_worker(recorder, ["poison"])
+
+    assert running.wait() == 0
+    assert recorder.receive_counts("poison") == [1, 2, 3]
+    queue, dead_letter_queue = queues
+    assert sum(queue.depth().values()) == 0
+    assert [m["Body"] for m in drain(dead_letter_queue)] == ["poison"]
+    stats = running.worker.stats.snapshot()
+    assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
+    assert running.output_lines == []
+
+
+def test_a_failed_message_comes_back_long_before_the_visibility_timeout(
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    def fail_first_attempt(message: ReceivedMessage) -> None:
+        if message.receive_count == 1:
+            raise RuntimeError("first attempt fails")
+
+    recorder = Recorder(behaviour=fail_first_attempt)
+
+    running = start_worker(recorder, ["flaky"], visibility_timeout_s=30, retry_backoff_base_s=1)
+
+    assert running.wait() == 0
+    (_, _, first), (_, _, second) = recorder.attempts
+    assert second - first < 5  # backoff of 1-2 s, not the 30 s visibility timeout
+    assert [line["receive_count"] for line in running.output_lines] == [2]
+
+
+def test_a_slow_message_is_not_delivered_twice_while_its_heartbeat_runs(
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    def slow(message: ReceivedMessage) -> None:
+        time.sleep(4.5)  # more than twice the visibility timeout
+
+    recorder = Recorder(behaviour=slow)
+
+    # Two slots: one busy with the slow message, one polling all the while.
+    running = start_worker(recorder, ["slow"], visibility_timeout_s=2, worker_concurrency=2)
+
+    assert running.wait() == 0
+    assert recorder.receive_counts("slow") == [1]
+    assert [line["body"] for line in running.output_lines] == ["slow"]
+
+
+def test_an_undecodable_body_fails_that_message_only(
+    start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any
+) -> None:
+    decoded: list[Any] = []
+
+    def decode_json(message: ReceivedMessage) -> None:
+        decoded.append(json.loads(message.body))
+
+    bodies = ['{"n": 1}', "{not json", '{"n": 2}', '"\\ud800 lone"', '{"n": 3}']
+
+    running = start_worker(decode_json, bodies, max_receive_count=2)
+
+    assert running.wait() == 0
+    assert sorted(d["n"] for d in decoded if isinstance(d, dict)) == [1, 2, 3]
+    dead = sorted(m["Body"] for m in drain(queues[1]))
+    assert "{not json" in dead
+    assert running.worker.stats.snapshot()["failed"] >= 2  # twice for the broken one
+
+
+def test_a_stop_finishes_work_in_flight_and_returns_what_was_not_started(
+    start_worker: Callable[..., RunningWorker], queue: SqsQueue
+) -> None:
+    started = threading.Event()
+
+    def slow(message: ReceivedMessage) -> None:
+        started.set()
+        time.sleep(1)
+
+    running = start_worker(slow, [f"m{n}" for n in range(10)], exit_when_idle_s=None, worker_concurrency=3)
+    assert started.wait(10)
+
+    running.worker.stop()
+
+    assert running.wait() == 0
+    done = len(running.output_lines)
+    assert 1 <= done <= 6  # what was in flight finished; no new work began
+    depth = queue.depth()
+    assert depth["in_flight"] == 0  # nothing left invisible
+    assert depth["visible"] == 10 - done
+
+
+def test_an_sqs_outage_is_logged_once_and_does_not_stop_the_worker(
+    closed_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1, **FAST)
+    client = create_client(settings)
+    worker = Worker(
+        queue=SqsQueue("messages", client),
+        dead_letter_queue=SqsQueue("messages-dlq", client),
+        processor=Recorder(),
+        settings=settings,
+    )
+    running = RunningWorker(worker)
+
+    wait_until(lambda: "receiving failed" in caplog.text, timeout_s=10, what="outage logged")
+    time.sleep(2)  # several more attempts, with backoff
+
+    assert running.thread.is_alive()
+    assert caplog.text.count("receiving failed") == 1
+    worker.stop()
+    assert running.wait() == 0
+
+
+def test_help_documents_every_option_with_its_environment_variable() -> None:
+    from worker import build_parser
+
+    text = build_parser(Settings()).format_help()
+
+    for variable in ("WORKER_CONCURRENCY", "PROCESS_TIME", "FAILURE_RATE", "FAILURE_SEED", "PROCESSOR",
+                     "WORKER_OUTPUT", "STATS_INTERVAL", "EXIT_WHEN_IDLE", "SHUTDOWN_GRACE"):
+        assert variable in text
