@@ -1,4 +1,5 @@
-# make setup: virtualenv, dependencies, queues.  make test: the test suite.  make clean.
+# make setup: virtualenv, dependencies, queues.  make test: the test suite.
+# make serve / make worker: the writer / the worker in the foreground.  make clean.
 # Every target creates the virtualenv first when it is missing or requirements.txt changed.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup venv queues test serve clean requirements
+.PHONY: setup venv queues test serve worker clean requirements
 
 setup: queues
 
@@ -27,6 +28,9 @@ test: $(STAMP)
 
 serve: $(STAMP)
 	$(PY) server.py
+
+worker: $(STAMP)
+	$(PY) worker.py $(WORKER_ARGS)
 
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
