@@ -17,11 +17,14 @@ from conftest import wait_until
 pytestmark = pytest.mark.integration
 
 
-def queues_on(endpoint: str, **overrides: Any) -> tuple[SqsQueue, SqsQueue]:
-    settings = Settings(sqs_endpoint_url=endpoint, **overrides)
+def loaded_queues(endpoint: str, bodies: list[str]) -> tuple[SqsQueue, SqsQueue]:
+    """Create the queue and DLQ on `endpoint` and send `bodies` to the queue."""
+    settings = Settings(sqs_endpoint_url=endpoint)
     client = create_client(settings)
     sqs_setup.set_up(settings, client)
-    return SqsQueue(settings.queue_name, client), SqsQueue(settings.dlq_name, client)
+    queue = SqsQueue(settings.queue_name, client)
+    queue.send([OutgoingMessage(body=b) for b in bodies])
+    return queue, SqsQueue(settings.dlq_name, client)
 
 
 def dead_letters(dlq: SqsQueue) -> list[str]:
@@ -41,9 +44,8 @@ def output_bodies(path: Path) -> list[str]:
 def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
     moto_server: str, start: Callable[..., Any], tmp_path: Path
 ) -> None:
-    queue, _ = queues_on(moto_server)
     bodies = [f"m{n}" for n in range(12)]
-    queue.send([OutgoingMessage(body=b) for b in bodies])
+    queue, _ = loaded_queues(moto_server, bodies)
     output = tmp_path / "processed.jsonl"
 
     worker = start(
@@ -67,9 +69,8 @@ def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
 def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_both(
     moto_server: str, start: Callable[..., Any], tmp_path: Path
 ) -> None:
-    queue, dlq = queues_on(moto_server)
     bodies = [f"message {n}" for n in range(300)]
-    queue.send([OutgoingMessage(body=b) for b in bodies])
+    queue, dlq = loaded_queues(moto_server, bodies)
     output = tmp_path / "processed.jsonl"
 
     worker = start(
