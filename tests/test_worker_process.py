@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ import pytest
 import sqs_setup
 from config import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
-from conftest import wait_until
+from conftest import BIN, Process, accepts_connections, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +89,31 @@ def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_b
     assert sorted(processed + dead) == sorted(bodies)
     assert len(dead) > 0  # 0.3 ** 3: about 8 of 300 fail three times
     assert sum(queue.depth().values()) == 0
+
+
+def test_the_worker_resumes_by_itself_when_sqs_comes_back(
+    start: Callable[..., Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    output = tmp_path / "processed.jsonl"
+    worker = start(
+        "worker.py", "--output", str(output), "--failure-rate", "0",
+        env={"SQS_ENDPOINT_URL": endpoint, "RECEIVE_WAIT_SECONDS": "1", "SQS_MAX_ATTEMPTS": "1"},
+    )
+    wait_until(lambda: "receiving failed" in worker.output, timeout_s=20, what="outage noticed")
+
+    sqs = Process(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), tmp_path / "moto.log"
+    )
+    try:
+        wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
+        loaded_queues(endpoint, ["after the outage"])
+
+        wait_until(lambda: output_bodies(output) == ["after the outage"], timeout_s=60, what="processed")
+        assert worker.popen.poll() is None  # the same process, never restarted
+        assert worker.output.count("receiving failed") == 1  # once per kind, not per attempt
+        assert "receiving works again" in worker.output
+    finally:
+        assert worker.stop() == 0
+        sqs.stop()
