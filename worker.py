@@ -10,7 +10,6 @@ reports stats and runs the shutdown.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import importlib
 import json
@@ -26,10 +25,11 @@ import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from typing import Any, Callable, Deque, Optional, Sequence, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from batcher import Closed, GroupCommit, Overloaded
 from config import ConfigError, Settings, configure_logging
+from metrics import LatencyWindow, milliseconds
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
     EntryOutcome,
@@ -99,14 +99,6 @@ def compute_backoff(
     return min(43_200, math.ceil(ceiling * (0.5 + rng() / 2)))
 
 
-def percentile(sorted_values: Sequence[float], fraction: float) -> Optional[float]:
-    """Nearest-rank percentile of already sorted values; None for no values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 class WorkerStats:
     """Counters since start and recent processing latencies, shared by the worker's threads."""
 
@@ -115,7 +107,7 @@ class WorkerStats:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self._counts = dict.fromkeys(self.COUNTERS, 0)
-        self._latencies_s: Deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._latencies = LatencyWindow(LATENCY_WINDOW)
         self._lock = threading.Lock()
 
     def add(self, counter: str, amount: int = 1) -> None:
@@ -123,19 +115,13 @@ class WorkerStats:
             self._counts[counter] += amount
 
     def observe(self, latency_s: float) -> None:
-        with self._lock:
-            self._latencies_s.append(latency_s)
+        self._latencies.observe(latency_s)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
-            latencies = sorted(self._latencies_s)
-        return {
-            **counts,
-            "uptime_s": time.monotonic() - self.started,
-            "latency_p50_s": percentile(latencies, 0.50),
-            "latency_p99_s": percentile(latencies, 0.99),
-        }
+        p50, p99 = self._latencies.percentiles(0.50, 0.99)
+        return {**counts, "uptime_s": time.monotonic() - self.started, "latency_p50_s": p50, "latency_p99_s": p99}
 
 
 def render_stats(
@@ -148,9 +134,6 @@ def render_stats(
 ) -> str:
     """The stats as a block that fits a narrow (28-column) tmux pane."""
 
-    def ms(seconds: Optional[float]) -> str:
-        return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
     lines = [
         f"{title}  up {snapshot['uptime_s']:.0f}s",
         f"received      {snapshot['received']:>9}",
@@ -161,8 +144,8 @@ def render_stats(
         f"deleted       {snapshot['deleted']:>9}",
         f"in flight     {in_flight:>9}",
         f"msg/s         {per_second:>9.1f}",
-        f"latency p50 {ms(snapshot['latency_p50_s']):>11}",
-        f"latency p99 {ms(snapshot['latency_p99_s']):>11}",
+        f"latency p50 {milliseconds(snapshot['latency_p50_s']):>11}",
+        f"latency p99 {milliseconds(snapshot['latency_p99_s']):>11}",
     ]
     for label, depth in depths.items():
         if depth is None:

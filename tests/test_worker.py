@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import io
 import json
-import logging
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -21,9 +19,9 @@ from worker import (
     Worker,
     compute_backoff,
     load_processor,
-    percentile,
     render_stats,
 )
+from metrics import percentile
 from conftest import wait_until
 
 FAST = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
