@@ -1,0 +1,269 @@
+"""Load client for the writer: sends batches of POST /api/message, one malformed on purpose per
+batch, and reports honestly what came back. Or sends a file, one message per line, in order.
+
+Always bounded: `--count` requests or `--duration` seconds (1,000 requests when neither is given).
+Exits 1 when any 5xx or connection error happened, unless `--allow-errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, TextIO
+
+import requests
+
+from metrics import LatencyWindow, milliseconds
+
+DEFAULT_COUNT = 1000
+
+#: Requests the writer must refuse with 400, in turn: one per batch, on purpose.
+MALFORMED: list[tuple[str, dict[str, Any]]] = [
+    ("no body", {"json": {"text": "where the body should be"}}),
+    ("body not a string", {"json": {"body": 42}}),
+    ("invalid JSON", {"data": b'{"body": "unterminated', "headers": {"Content-Type": "application/json"}}),
+    ("empty body", {"json": {"body": ""}}),
+    ("unknown field", {"json": {"body": "ok", "priority": "high"}}),
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request to send: its JSON (or raw) arguments for requests, and whether it is malformed."""
+
+    number: int
+    arguments: dict[str, Any]
+    malformed: bool
+
+
+def load_jobs(*, batch_size: int, malformed_per_batch: int, run_id: str) -> Iterator[Job]:
+    """Endless batches of `batch_size` requests, the last `malformed_per_batch` of each malformed."""
+    malformed_kinds = itertools.cycle(MALFORMED)
+    for number in itertools.count():
+        if number % batch_size >= batch_size - malformed_per_batch:
+            yield Job(number, dict(next(malformed_kinds)[1]), malformed=True)
+        else:
+            yield Job(number, {"json": {"body": f"message {number} of run {run_id}"}}, malformed=False)
+
+
+def file_jobs(path: Path, *, group_id: Optional[str], run_id: str) -> Iterator[Job]:
+    """One message per line of the file, in order. With a group id (FIFO queues), each line also
+    gets a deduplication id of its own, so repeated lines are not dropped as duplicates."""
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines):
+            message: dict[str, Any] = {"body": line.rstrip("\n") or " "}
+            if group_id:
+                message.update(group_id=group_id, deduplication_id=f"{run_id}-{number}")
+            yield Job(number, {"json": message}, malformed=False)
+
+
+class ClientStats:
+    """Outcome counters and latencies, shared by the sending threads."""
+
+    COUNTERS = ("sent", "201", "400", "other 4xx", "5xx", "conn errors")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self.unexpected = 0  # a malformed request accepted, or a valid one refused
+        self.latencies = LatencyWindow()
+        self._lock = threading.Lock()
+
+    def record(self, job: Job, status: Optional[int], latency_s: float) -> None:
+        if status is None:
+            outcome = "conn errors"
+        elif status in (201, 400):
+            outcome = str(status)
+        elif 400 <= status < 500:
+            outcome = "other 4xx"
+        else:
+            outcome = "5xx"
+        expected = 400 if job.malformed else 201
+        with self._lock:
+            self.counts["sent"] += 1
+            self.counts[outcome] += 1
+            self.unexpected += status is not None and status < 500 and status != expected
+        if status is not None:
+            self.latencies.observe(latency_s)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.counts["5xx"] or self.counts["conn errors"])
+
+    def render(self, title: str, *, per_second: float) -> str:
+        with self._lock:
+            counts = dict(self.counts)
+        p50, p95, p99 = self.latencies.percentiles(0.50, 0.95, 0.99)
+        lines = [f"{title}  up {time.monotonic() - self.started:.0f}s"]
+        lines += [f"{name:<12} {value:>10}" for name, value in counts.items()]
+        lines += [
+            f"req/s        {per_second:>10.1f}",
+            f"latency p50  {milliseconds(p50):>10}",
+            f"latency p95  {milliseconds(p95):>10}",
+            f"latency p99  {milliseconds(p99):>10}",
+        ]
+        if self.unexpected:
+            lines.append(f"unexpected   {self.unexpected:>10}")
+        return "\n".join(lines)
+
+
+class Client:
+    """Sends `jobs` from `concurrency` threads until `count` requests or `duration_s` seconds."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        jobs: Iterator[Job],
+        concurrency: int,
+        count: Optional[int],
+        duration_s: Optional[float],
+        rate: Optional[float] = None,
+        ids_out: Optional[TextIO] = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.endpoint = url.rstrip("/") + "/api/message"
+        self.jobs = itertools.islice(jobs, count) if count is not None else jobs
+        self.concurrency = concurrency
+        self.duration_s = duration_s
+        self.rate = rate
+        self.ids_out = ids_out
+        self.timeout_s = timeout_s
+        self.stats = ClientStats()
+        self._jobs_lock = threading.Lock()
+        self._ids_lock = threading.Lock()
+        self._sent = 0
+
+    def _next_job(self) -> Optional[Job]:
+        """The next job, or None when the bound is reached. With a rate, also when to send it."""
+        with self._jobs_lock:
+            elapsed = time.monotonic() - self.stats.started
+            if self.duration_s is not None and elapsed >= self.duration_s:
+                return None
+            job = next(self.jobs, None)
+            if job is None:
+                return None
+            send_at = self.stats.started + self._sent / self.rate if self.rate else 0.0
+            self._sent += 1
+        if send_at:
+            time.sleep(max(0.0, send_at - time.monotonic()))
+        return job
+
+    def _send_loop(self) -> None:
+        with requests.Session() as session:  # keep-alive: one connection per thread
+            while (job := self._next_job()) is not None:
+                started = time.monotonic()
+                try:
+                    response = session.post(self.endpoint, timeout=self.timeout_s, **job.arguments)
+                except requests.RequestException:
+                    self.stats.record(job, None, time.monotonic() - started)
+                    continue
+                self.stats.record(job, response.status_code, time.monotonic() - started)
+                if response.status_code == 201 and self.ids_out is not None:
+                    with self._ids_lock:
+                        self.ids_out.write(response.json()["message_id"] + "\n")
+
+    def run(self, *, stats_out: Optional[TextIO] = None, stats_interval_s: float = 1.0) -> ClientStats:
+        threads = [threading.Thread(target=self._send_loop, daemon=True) for _ in range(self.concurrency)]
+        for thread in threads:
+            thread.start()
+        previous = (time.monotonic(), 0)
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(min(0.05, stats_interval_s))
+            if stats_out is not None and time.monotonic() - previous[0] >= stats_interval_s:
+                previous = self._report(stats_out, previous, "client")
+        if stats_out is not None:
+            elapsed = time.monotonic() - self.stats.started
+            stats_out.write(self.stats.render("summary", per_second=self.stats.counts["sent"] / elapsed) + "\n")
+            stats_out.flush()
+        return self.stats
+
+    def _report(self, out: TextIO, previous: tuple[float, int], title: str) -> tuple[float, int]:
+        now, sent = time.monotonic(), self.stats.counts["sent"]
+        per_second = (sent - previous[1]) / max(1e-9, now - previous[0])
+        clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+        out.write(f"{clear}{self.stats.render(title, per_second=per_second)}\n\n")
+        out.flush()
+        return now, sent
+
+
+def wait_until_ready(url: str, timeout_s: float) -> bool:
+    """Wait for the writer's /api/health, so a client started beside it does not count its
+    start-up as connection errors."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url.rstrip("/") + "/api/health", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Load client for the queue-writer. Sends batches of POST /api/message, "
+        "exactly --malformed-per-batch of each malformed on purpose (the writer must answer "
+        "them 400), or a file line by line with --file. Bounded by --count or --duration "
+        f"({DEFAULT_COUNT} requests when neither is given). Exits 1 on any 5xx or connection "
+        "error unless --allow-errors."
+    )
+    add = parser.add_argument
+    add("--url", default="http://127.0.0.1:5000", help="the writer (default %(default)s)")
+    add("--batch-size", type=int, default=10, help="requests per batch (default %(default)s)")
+    add("--malformed-per-batch", type=int, default=1,
+        help="malformed requests in each batch, 0 to switch off (default %(default)s)")
+    add("--concurrency", type=int, default=8, help="sending threads, each with a keep-alive session (default %(default)s)")
+    add("--rate", type=float, help="at most this many requests per second in all (default: as fast as answered)")
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument("--count", type=int, help=f"send this many requests (default {DEFAULT_COUNT})")
+    bound.add_argument("--duration", type=float, help="send for this many seconds")
+    add("--file", type=Path, help="send this file, one message per line, in order (one thread, nothing malformed)")
+    add("--group-id", help="with --file on a FIFO queue: the message group of every line")
+    add("--ids-out", type=Path, help="write the id of every accepted message to this file, one per line")
+    add("--stats-interval", type=float, default=1.0, help="seconds between live stats (default %(default)s)")
+    add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
+    add("--allow-errors", action="store_true", help="exit 0 even after 5xx or connection errors")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or not 0 <= args.malformed_per_batch <= args.batch_size:
+        parser.error("--malformed-per-batch must be from 0 to --batch-size, which must be at least 1")
+    if args.concurrency < 1 or (args.rate is not None and args.rate <= 0):
+        parser.error("--concurrency and --rate must be positive")
+    if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
+        print(f"client: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
+        return 1
+    run_id = uuid.uuid4().hex[:8]
+    if args.file:
+        jobs = file_jobs(args.file, group_id=args.group_id, run_id=run_id)
+        concurrency, count = 1, args.count  # in order: one request at a time
+    else:
+        jobs = load_jobs(batch_size=args.batch_size, malformed_per_batch=args.malformed_per_batch, run_id=run_id)
+        concurrency = args.concurrency
+        count = args.count if args.count is not None or args.duration is not None else DEFAULT_COUNT
+    ids_out = open(args.ids_out, "w", encoding="utf-8") if args.ids_out else None
+    try:
+        client = Client(
+            url=args.url, jobs=jobs, concurrency=concurrency, count=count,
+            duration_s=args.duration, rate=args.rate, ids_out=ids_out,
+        )
+        stats = client.run(stats_out=sys.stdout, stats_interval_s=args.stats_interval)
+    finally:
+        if ids_out is not None:
+            ids_out.close()
+    return 1 if stats.failed and not args.allow_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

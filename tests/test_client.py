@@ -1,0 +1,94 @@
+"""client: the load it makes, what it counts, its bounds, and its exit code."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from client import Client, file_jobs, load_jobs
+from sqsinterface import SqsQueue
+
+
+def test_each_batch_has_exactly_the_malformed_requests_asked_for() -> None:
+    jobs = list(itertools.islice(load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"), 30))
+
+    assert [sum(j.malformed for j in jobs[i : i + 10]) for i in (0, 10, 20)] == [1, 1, 1]
+    assert len({str(j.arguments) for j in jobs if not j.malformed}) == 27  # distinct bodies
+
+
+def test_malformed_requests_can_be_switched_off() -> None:
+    jobs = itertools.islice(load_jobs(batch_size=5, malformed_per_batch=0, run_id="r"), 20)
+
+    assert not any(job.malformed for job in jobs)
+
+
+def test_a_load_is_counted_as_the_writer_answered_and_ids_are_written(
+    live_server: str, queue: SqsQueue, drain: Any
+) -> None:
+    ids = io.StringIO()
+    load = Client(
+        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
+        concurrency=4, count=50, duration_s=None, ids_out=ids,
+    )
+
+    stats = load.run()
+
+    assert stats.counts == {"sent": 50, "201": 45, "400": 5, "other 4xx": 0, "5xx": 0, "conn errors": 0}
+    assert stats.unexpected == 0 and not stats.failed
+    assert set(ids.getvalue().split()) == {m["MessageId"] for m in drain(queue)}
+
+
+def test_the_rate_limit_spaces_requests_out(live_server: str) -> None:
+    load = Client(
+        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
+        concurrency=4, count=11, duration_s=None, rate=20,
+    )
+
+    started = time.monotonic()
+    assert load.run().counts["201"] == 11
+
+    assert time.monotonic() - started >= 0.5  # the 11th request is due 10/20 s after the first
+
+
+def test_a_duration_bounds_the_run(live_server: str) -> None:
+    load = Client(
+        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
+        concurrency=2, count=None, duration_s=0.5, rate=20,
+    )
+
+    stats = load.run()
+
+    assert 5 <= stats.counts["sent"] <= 12
+
+
+def test_file_mode_sends_every_line_in_order(live_server: str, queue: SqsQueue, drain: Any, tmp_path: Path) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("first\nsecond\n\nfourth\n")
+
+    stats = Client(
+        url=live_server, jobs=file_jobs(source, group_id=None, run_id="r"), concurrency=1, count=None, duration_s=None
+    ).run()
+
+    assert stats.counts["201"] == 4
+    assert sorted(m["Body"] for m in drain(queue)) == sorted(["first", "second", " ", "fourth"])
+
+
+def test_connection_errors_make_the_exit_code_1_unless_allowed(
+    closed_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["--url", closed_endpoint, "--count", "3", "--wait-ready", "0", "--stats-interval", "5"]
+
+    assert client.main(arguments) == 1
+    assert "conn errors           3" in capsys.readouterr().out
+    assert client.main([*arguments, "--allow-errors"]) == 0
+
+
+def test_a_writer_that_never_answers_is_reported(closed_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["--url", closed_endpoint, "--wait-ready", "0.3"]) == 1
+    assert "did not answer" in capsys.readouterr().err
