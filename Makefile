@@ -1,5 +1,7 @@
-# make setup: virtualenv, dependencies, queues.  make test: the test suite.
-# make serve / make worker: the writer / the worker in the foreground.  make clean.
+# make run: the whole system in tmux on a local SQS endpoint (AWS=1: real SQS).  make stop.
+# make test: the test suite.  make e2e: a headless end-to-end check that nothing is lost.
+# make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
+# foreground.  make clean.
 # Every target creates the virtualenv first when it is missing or requirements.txt changed.
 
 PYTHON ?= python3
@@ -7,7 +9,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup venv queues test serve worker clean requirements
+LOCAL_SQS := local/sqs/node_modules/.installed
+
+.PHONY: setup venv local-sqs queues run stop test e2e serve worker clean requirements
 
 setup: queues
 
@@ -20,8 +24,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# fauxqs, the local SQS engine, when Node.js is there; without it, make run uses moto_server.
+local-sqs: $(LOCAL_SQS)
+
+$(LOCAL_SQS): local/sqs/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd local/sqs && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+	  echo "Node.js not found: the local SQS endpoint will be moto_server (slower as queues grow)"; \
+	fi
+
 queues: $(STAMP)
 	$(PY) sqs_setup.py
+
+run: $(STAMP) local-sqs
+	./runall.sh $(RUN_ARGS)
+
+stop:
+	./runall.sh stop
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -40,5 +60,5 @@ requirements:
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info build dist
+	rm -rf $(VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
