@@ -100,6 +100,7 @@ class ReceivedMessage:
     receive_count: int = 1
     sent_at_s: Optional[float] = None  # SQS's SentTimestamp, in epoch seconds
     attributes: Mapping[str, str] = field(default_factory=dict)
+    group_id: Optional[str] = None  # FIFO queues: messages of one group must stay in order
 
     @classmethod
     def from_sqs(cls, raw: Mapping[str, Any]) -> "ReceivedMessage":
@@ -115,6 +116,7 @@ class ReceivedMessage:
                 name: value.get("StringValue", "")
                 for name, value in raw.get("MessageAttributes", {}).items()
             },
+            group_id=system.get("MessageGroupId"),
         )
 
 
@@ -314,7 +316,7 @@ class SqsQueue:
             QueueUrl=self.url,
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"],
             MessageAttributeNames=["All"],
         )
         return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]

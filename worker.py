@@ -99,6 +99,17 @@ def compute_backoff(
     return min(43_200, math.ceil(ceiling * (0.5 + rng() / 2)))
 
 
+def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[list[ReceivedMessage]]:
+    """Split a receive into units for the processors. Standard queue: one message each. FIFO
+    queue: one unit per message group, in the order SQS gave them, processed one after another."""
+    if not fifo:
+        return [[message] for message in messages]
+    groups: dict[Optional[str], list[ReceivedMessage]] = {}
+    for message in messages:
+        groups.setdefault(message.group_id, []).append(message)
+    return list(groups.values())
+
+
 class WorkerStats:
     """Counters since start and recent processing latencies, shared by the worker's threads."""
 
@@ -203,7 +214,9 @@ class Worker:
             self.poll_wait_s = min(self.poll_wait_s, max(1, int(exit_when_idle_s)))
         self._stopping = threading.Event()  # receive no more
         self._done = threading.Event()  # nothing in flight any more: the heartbeat can end
-        self._work: queue_module.Queue[Optional[ReceivedMessage]] = queue_module.Queue()
+        # Units of work: one message, or on a FIFO queue one group's messages from a receive,
+        # which must be processed in order by one processor.
+        self._work: queue_module.Queue[Optional[list[ReceivedMessage]]] = queue_module.Queue()
         self._slots = threading.Condition()
         self._in_flight = 0
         self._in_progress: dict[str, tuple[ReceivedMessage, float]] = {}  # handle -> deadline
@@ -337,8 +350,8 @@ class Worker:
             for message in messages:
                 self._in_progress[message.receipt_handle] = (message, deadline)
         self.stats.add("received", len(messages))
-        for message in messages:
-            self._work.put(message)
+        for unit in work_units(messages, fifo=self.queue.is_fifo):
+            self._work.put(unit)
 
     def _idle_check(self, idle_since: Optional[float]) -> Optional[float]:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages
@@ -363,23 +376,43 @@ class Worker:
 
     def _process_loop(self) -> None:
         while True:
-            message = self._work.get()
-            if message is None:
+            unit = self._work.get()
+            if unit is None:
                 return
-            try:
+            for position, message in enumerate(unit):
                 if self._stopping.is_set():
-                    self._release([message])  # never started: back to the queue at once
-                else:
-                    self._handle(message)
-            except Exception:
-                log.error("unexpected error handling message %r", message.id, exc_info=True)
-            finally:
-                self._forget(message)
-                with self._slots:
-                    self._in_flight -= 1
-                    self._slots.notify_all()
+                    self._finish(unit[position:], release=True)  # never started: back at once
+                    break
+                succeeded = self._handle_safely(message)
+                self._finish([message], release=False)
+                if not succeeded and len(unit) > position + 1:
+                    # FIFO: later messages of the group must not overtake the failed one.
+                    self._finish(unit[position + 1 :], release=True)
+                    break
 
-    def _handle(self, message: ReceivedMessage) -> None:
+    def _finish(self, messages: list[ReceivedMessage], *, release: bool) -> None:
+        """These messages are no longer this worker's: free their slots (after releasing them)."""
+        try:
+            if release:
+                self._release(messages)
+        except Exception:
+            log.error("could not release %d messages", len(messages), exc_info=True)
+        finally:
+            for message in messages:
+                self._forget(message)
+            with self._slots:
+                self._in_flight -= len(messages)
+                self._slots.notify_all()
+
+    def _handle_safely(self, message: ReceivedMessage) -> bool:
+        try:
+            return self._handle(message)
+        except Exception:
+            log.error("unexpected error handling message %r", message.id, exc_info=True)
+            return False
+
+    def _handle(self, message: ReceivedMessage) -> bool:
+        """Process one message; True when it succeeded."""
         started = time.monotonic()
         error: Optional[Exception] = None
         try:
@@ -389,10 +422,11 @@ class Worker:
         self.stats.observe(time.monotonic() - started)
         if error is not None:
             self._failed(message, error)
-            return
+            return False
         self._record(message)  # flushed before the delete: nothing acknowledged is missing from it
         self.stats.add("processed")
         self._acknowledge(self._deletes, message.receipt_handle, message, "deleted")
+        return True
 
     def _failed(self, message: ReceivedMessage, exc: Exception) -> None:
         self.stats.add("failed")

@@ -153,7 +153,9 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         settings = Settings(**{**FAST, **overrides})
         sqs_setup.set_up(settings, sqs)
         queue = SqsQueue(settings.queue_name, sqs)
-        queue.send([OutgoingMessage(body=body) for body in bodies])
+        group_id = "one-group" if settings.is_fifo else None
+        results = queue.send([OutgoingMessage(body=body, group_id=group_id) for body in bodies])
+        assert all(result.ok for result in results)
         worker = Worker(
             queue=queue,
             dead_letter_queue=SqsQueue(settings.dlq_name, sqs),
@@ -308,3 +310,22 @@ def test_help_documents_every_option_with_its_environment_variable() -> None:
     for variable in ("WORKER_CONCURRENCY", "PROCESS_TIME", "FAILURE_RATE", "FAILURE_SEED", "PROCESSOR",
                      "WORKER_OUTPUT", "STATS_INTERVAL", "EXIT_WHEN_IDLE", "SHUTDOWN_GRACE"):
         assert variable in text
+
+
+def test_a_fifo_group_is_processed_in_order_even_when_a_receive_brings_several_of_it(
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    """moto, like SQS, returns up to 10 messages of one group per receive: they must not be
+    processed concurrently, and a failure must hold back the ones after it."""
+    bodies = [f"line {n:02d}" for n in range(30)]
+
+    def uneven_and_sometimes_failing(message: ReceivedMessage) -> None:
+        number = int(message.body.split()[1])
+        time.sleep((7 * number % 5) / 1000)  # completion order would differ from arrival order
+        if number % 5 == 0 and message.receive_count == 1:
+            raise RuntimeError("first attempt fails")
+
+    running = start_worker(uneven_and_sometimes_failing, bodies, queue_name="lines.fifo", max_receive_count=5)
+
+    assert running.wait() == 0
+    assert [line["body"] for line in running.output_lines] == bodies
