@@ -43,8 +43,11 @@ run: $(STAMP) local-sqs
 stop:
 	./runall.sh stop
 
-test: $(STAMP)
+test: $(STAMP) local-sqs
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+e2e: $(STAMP) local-sqs
+	$(PY) scripts/e2e.py $(E2E_ARGS)
 
 serve: $(STAMP)
 	$(PY) server.py

@@ -1,0 +1,230 @@
+"""make e2e: the whole pipeline, headless, on a local SQS endpoint, and proof that nothing was lost.
+
+Starts the local endpoint, the writer and the worker on free loopback ports, sends a bounded load
+with the client (which writes every accepted id), lets the worker drain the queue, and checks that
+every accepted message was processed or is in the dead-letter queue. Exit 0 only if none is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Iterator, Mapping, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqs_setup  # noqa: E402
+from config import Settings  # noqa: E402
+from sqsinterface import SqsQueue, create_client  # noqa: E402
+
+
+@dataclass(frozen=True)
+class E2EResult:
+    accepted: int
+    processed: int  # distinct accepted messages the worker processed
+    redelivered: int  # extra processings of the same message (at-least-once)
+    dead_lettered: int
+    lost: int
+    in_both: int  # processed and also dead-lettered: should not happen
+    client_exit: int
+    seconds: float  # from the client's first request to the last message processed
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.in_both == 0 and self.client_exit == 0
+
+    def report(self) -> str:
+        rate = self.accepted / self.seconds if self.seconds else 0.0
+        return (
+            f"accepted {self.accepted}, processed {self.processed}, dead-lettered "
+            f"{self.dead_lettered}, lost {self.lost}, in both {self.in_both}, redelivered "
+            f"{self.redelivered}; {self.seconds:.2f} s from first request to last processed "
+            f"({rate:.0f} messages/s)"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:g} s")
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with `values`, restored afterwards: its own SQS calls (setup,
+    reading the dead-letter queue) must see the local endpoint's dummy credentials too."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def dead_letter_ids(queue: SqsQueue) -> set[str]:
+    ids: set[str] = set()
+    while batch := queue.receive(max_messages=10, wait_s=0):
+        ids.update(message.id for message in batch)
+        queue.change_visibility([(message.receipt_handle, 600) for message in batch])
+    return ids
+
+
+class LocalSystem:
+    """A local SQS endpoint with the queues, and the writer, on free loopback ports."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.writer_url = f"http://127.0.0.1:{env['PORT']}"
+        self.settings = Settings.from_env(env)
+        self._running: list[tuple[subprocess.Popen, BinaryIO]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """Start a program of the project (logs in workdir/NAME.log); stopped with the system."""
+        log_file = open(self.workdir / f"{name}.log", "wb")
+        process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        self._running.append((process, log_file))
+        return process
+
+    def stop(self) -> None:
+        """Ctrl-C to each (the worker finishes what it holds), a kill for any that lingers."""
+        for process, _ in reversed(self._running):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process, log_file in self._running:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log_file.close()
+
+    def python(self, name: str, *args: str) -> subprocess.Popen:
+        return self.start(name, sys.executable, *args)
+
+    def client(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "client.py", "--url", self.writer_url, "--stats-interval", "5", *args],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s,
+        )
+
+    def queue(self, name: str) -> SqsQueue:
+        return SqsQueue(name, create_client(self.settings))
+
+
+@contextlib.contextmanager
+def local_system(workdir: Path, *, engine: str, **settings: str) -> Iterator[LocalSystem]:
+    """Start the local endpoint (`engine`: fauxqs or moto), create the queues, start the writer;
+    `settings` are extra environment variables (QUEUE_NAME="lines.fifo", say). All stop on exit."""
+    sqs_port, writer_port = free_port(), free_port()
+    local = {
+        "SQS_LOCAL": engine,
+        "LOCAL_SQS_PORT": str(sqs_port),
+        "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PORT": str(writer_port),
+        "RECEIVE_WAIT_SECONDS": "1",
+        "VENV_BIN": str(Path(sys.executable).parent),
+        **settings,
+    }
+    env = {name: value for name, value in os.environ.items() if name != "AWS_PROFILE"}
+    env.update(local)
+    system = LocalSystem(workdir, env)
+    with environment(local), contextlib.ExitStack() as stop_all:
+        stop_all.callback(system.stop)
+        system.start("sqs", str(ROOT / "local/sqs/serve.sh"))
+        wait_for_port(sqs_port, 30)
+        sqs_setup.set_up(system.settings, create_client(system.settings))
+        system.python("writer", "server.py")
+        wait_for_port(writer_port, 30)
+        yield system
+
+
+def run_e2e(
+    *,
+    count: int,
+    workdir: Path,
+    engine: str = "fauxqs",
+    concurrency: int = 16,
+    failure_rate: float = 0.1,
+    retry_backoff_base_s: float = 1.0,
+    timeout_s: float = 600,
+    log: Optional[callable] = print,  # type: ignore[valid-type]
+) -> E2EResult:
+    say = log or (lambda *_: None)
+    ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
+    with local_system(
+        workdir, engine=engine, FAILURE_RATE=str(failure_rate), RETRY_BACKOFF_BASE=str(retry_backoff_base_s)
+    ) as system:
+        worker = system.python(
+            "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5"
+        )
+        say(f"e2e: {engine} at {system.settings.sqs_endpoint_url}, writer at {system.writer_url}; "
+            f"sending {count} messages")
+        started = time.time()
+        load = system.client(
+            "--count", str(count), "--malformed-per-batch", "0", "--concurrency", str(concurrency),
+            "--ids-out", str(ids_path), timeout_s=timeout_s,
+        )
+        worker.wait(timeout=timeout_s)
+        accepted = set(ids_path.read_text().split())
+        lines = [json.loads(line) for line in output_path.read_text().splitlines()]
+        processed_ids = [line["id"] for line in lines]
+        dead = dead_letter_ids(system.queue(system.settings.dlq_name))
+    last = max((datetime.fromisoformat(line["processed_at"]).timestamp() for line in lines), default=started)
+    return E2EResult(
+        accepted=len(accepted),
+        processed=len(accepted & set(processed_ids)),
+        redelivered=len(processed_ids) - len(set(processed_ids)),
+        dead_lettered=len(accepted & dead),
+        lost=len(accepted - set(processed_ids) - dead),
+        in_both=len(set(processed_ids) & dead),
+        client_exit=load.returncode,
+        seconds=last - started,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=5000, help="messages to send (default %(default)s)")
+    parser.add_argument("--engine", choices=("fauxqs", "moto"), default=os.environ.get("SQS_LOCAL", "fauxqs"),
+                        help="local SQS engine (SQS_LOCAL, default fauxqs; moto when Node is missing)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".e2e", help="logs and outputs (default %(default)s)")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    result = run_e2e(count=args.count, workdir=args.workdir, engine=args.engine)
+    print(f"e2e: {result.report()}")
+    print(f"e2e: {'OK, nothing lost' if result.ok else 'FAILED'} (logs in {args.workdir})")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""make e2e's check on a smaller load, in the test suite: nothing accepted is lost."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from e2e import run_e2e
+
+pytestmark = pytest.mark.integration
+
+FAUXQS_READY = shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
+
+
+def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) -> None:
+    engine = "fauxqs" if FAUXQS_READY else "moto"  # moto: the fallback without Node
+
+    result = run_e2e(
+        count=400, workdir=tmp_path, engine=engine, failure_rate=0.3, retry_backoff_base_s=0, log=None
+    )
+
+    print(result.report())
+    assert result.client_exit == 0
+    assert result.accepted == 400
+    assert result.lost == 0 and result.in_both == 0
+    assert result.processed + result.dead_lettered == result.accepted
+    assert result.dead_lettered > 0  # 0.3 ** 3 of 400: the dead-letter path was exercised
+
+
+def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path: Path) -> None:
+    import json
+
+    from e2e import local_system
+
+    lines = [f"line {n:03d}" for n in range(60)] + ["line 007"]  # a repeat, not a duplicate
+    source = tmp_path / "input.txt"
+    source.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "processed.jsonl"
+    engine = "fauxqs" if FAUXQS_READY else "moto"
+
+    settings = {"QUEUE_NAME": "lines.fifo", "MAX_RECEIVE_COUNT": "10", "RETRY_BACKOFF_BASE": "0"}
+    with local_system(tmp_path, engine=engine, **settings) as system:
+        sent = system.client("--file", str(source), "--group-id", "one-group")
+        worker = system.python(
+            "worker", "worker.py", "--output", str(output), "--failure-rate", "0.2", "--seed", "1",
+            "--exit-when-idle", "2",
+        )
+        assert worker.wait(timeout=120) == 0
+        log = (tmp_path / "worker.log").read_text()
+
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    processed = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [p["body"] for p in processed] == lines, log[-2000:]
+    assert max(p["receive_count"] for p in processed) > 1  # some failed and were retried in place
