@@ -28,10 +28,12 @@ $(STAMP): requirements.txt pyproject.toml
 local-sqs: $(LOCAL_SQS)
 
 $(LOCAL_SQS): local/sqs/package-lock.json
-	@if command -v npm >/dev/null 2>&1; then \
-	  cd local/sqs && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
-	else \
+	@if ! command -v npm >/dev/null 2>&1; then \
 	  echo "Node.js not found: the local SQS endpoint will be moto_server (slower as queues grow)"; \
+	elif (cd local/sqs && npm ci --no-audit --no-fund --loglevel=error); then \
+	  touch $@; \
+	else \
+	  echo "npm ci failed: the local SQS endpoint will be moto_server (slower as queues grow)"; \
 	fi
 
 queues: $(STAMP)

@@ -53,7 +53,7 @@ env_args=(-e "PORT=${PORT:-5000}")
 if [ "${AWS:-0}" = 1 ]; then
   echo "runall.sh: real AWS SQS, region ${AWS_REGION:-us-east-1}, with your credentials"
   unset SQS_ENDPOINT_URL
-  tmux new-session -d -s "$SESSION" -n sqs "echo 'real AWS: no local endpoint'; sleep infinity"
+  tmux new-session -d -x 180 -y 30 -s "$SESSION" -n sqs "echo 'real AWS: no local endpoint'; sleep infinity"
 else
   export LOCAL_SQS_PORT="${LOCAL_SQS_PORT:-4566}"
   export SQS_ENDPOINT_URL="http://127.0.0.1:$LOCAL_SQS_PORT"
@@ -62,7 +62,7 @@ else
   env_args+=(-e "SQS_ENDPOINT_URL=$SQS_ENDPOINT_URL" -e "AWS_ACCESS_KEY_ID=local"
              -e "AWS_SECRET_ACCESS_KEY=local" -e "AWS_REGION=$AWS_REGION"
              -e "LOCAL_SQS_PORT=$LOCAL_SQS_PORT" -e "SQS_LOCAL=${SQS_LOCAL:-fauxqs}")
-  tmux new-session -d -s "$SESSION" -n sqs "${env_args[@]}" local/sqs/serve.sh
+  tmux new-session -d -x 180 -y 30 -s "$SESSION" -n sqs "${env_args[@]}" local/sqs/serve.sh
   tmux set-option -w -t "$SESSION:sqs" remain-on-exit on >/dev/null
   for _ in $(seq 1 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$LOCAL_SQS_PORT") 2>/dev/null && break
