@@ -22,6 +22,7 @@ from moto import mock_aws
 
 import sqs_setup
 from config import ENV_NAMES, Settings
+from e2e import free_port
 from server import create_app
 from message import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
@@ -42,12 +43,6 @@ def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
