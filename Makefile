@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e .  # builds with setuptools>=77 from PyPI (PEP 639 license)
 	touch $@
 
 # fauxqs, the local SQS engine, when Node.js is there; without it, make run uses moto_server.
