@@ -127,6 +127,7 @@ class Client:
         rate: Optional[float] = None,
         ids_out: Optional[TextIO] = None,
         timeout_s: float = 30.0,
+        api_key: Optional[str] = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/api/message"
         self.jobs = itertools.islice(jobs, count) if count is not None else jobs
@@ -135,6 +136,7 @@ class Client:
         self.rate = rate
         self.ids_out = ids_out
         self.timeout_s = timeout_s
+        self.headers = {"X-API-Key": api_key} if api_key else {}
         self.stats = ClientStats()
         self._jobs_lock = threading.Lock()
         self._ids_lock = threading.Lock()
@@ -157,6 +159,7 @@ class Client:
 
     def _send_loop(self) -> None:
         with requests.Session() as session:  # keep-alive: one connection per thread
+            session.headers.update(self.headers)
             while (job := self._next_job()) is not None:
                 started = time.monotonic()
                 try:
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ids-out", type=Path, help="write the id of every accepted message to this file, one per line")
     add("--stats-interval", type=float, default=1.0, help="seconds between live stats (default %(default)s)")
     add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
+    add("--api-key", help="sent as X-API-Key, for a writer with API_KEYS")
     add("--allow-errors", action="store_true", help="exit 0 even after 5xx or connection errors")
     return parser
 
@@ -256,7 +260,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         client = Client(
             url=args.url, jobs=jobs, concurrency=concurrency, count=count,
-            duration_s=args.duration, rate=args.rate, ids_out=ids_out,
+            duration_s=args.duration, rate=args.rate, ids_out=ids_out, api_key=args.api_key,
         )
         stats = client.run(stats_out=sys.stdout, stats_interval_s=args.stats_interval)
     finally:

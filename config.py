@@ -62,6 +62,8 @@ class Settings:
     stats_interval_s: float = 2.0
     worker_output: Optional[Path] = None
     exit_when_idle_s: Optional[float] = None
+    api_keys: str = ""  # comma-separated; with api_keys_file, empty both: no keys needed
+    api_keys_file: Optional[Path] = None
     log_config: Path = HERE / "log.conf"
 
     def __post_init__(self) -> None:
@@ -72,6 +74,15 @@ class Settings:
     @property
     def is_fifo(self) -> bool:
         return self.queue_name.endswith(".fifo")
+
+    def load_api_keys(self) -> frozenset[str]:
+        """The accepted API keys: API_KEYS (comma-separated) and API_KEYS_FILE (one per line,
+        '#' comments). Empty: the writer needs no key."""
+        keys = [key.strip() for key in self.api_keys.split(",")]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+        return frozenset(key for key in keys if key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -106,6 +117,8 @@ class Settings:
             raise ConfigError(
                 f"SQS_ENDPOINT_URL={self.sqs_endpoint_url!r}: must be an http:// or https:// URL"
             )
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")
         if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor):
             raise ConfigError(f"PROCESSOR={self.processor!r}: must be 'module:function'")
         if self.max_request_bytes < self.max_message_bytes:
@@ -158,6 +171,8 @@ ENV_NAMES: dict[str, str] = {
     "stats_interval_s": "STATS_INTERVAL",
     "worker_output": "WORKER_OUTPUT",
     "exit_when_idle_s": "EXIT_WHEN_IDLE",
+    "api_keys": "API_KEYS",
+    "api_keys_file": "API_KEYS_FILE",
     "log_config": "LOG_CONFIG",
 }
 

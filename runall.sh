@@ -83,8 +83,10 @@ fi
 tmux new-window -t "$SESSION" -n run "${env_args[@]}" "$PY server.py"
 tmux set-option -w -t "$SESSION:run" remain-on-exit on >/dev/null  # keep each summary on screen
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" "$PY worker.py --stats-interval 1"
+client_key=""
+[ -n "${API_KEYS:-}" ] && client_key="--api-key ${API_KEYS%%,*}"  # the writer's first key
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" \
-  "$PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600}"
+  "$PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600} $client_key"
 tmux select-layout -t "$SESSION:run" even-horizontal >/dev/null
 tmux select-pane -t "$SESSION:run.0" -T writer
 tmux select-pane -t "$SESSION:run.1" -T worker

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import sys
@@ -14,12 +15,14 @@ from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 import connexion
 import uvicorn
+import yaml
 from a2wsgi import WSGIMiddleware
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from connexion.problem import problem
+from connexion.security import ApiKeySecurityHandler
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -152,6 +155,10 @@ def create_app(
         writer.close()  # the server stopped taking requests: let pending sends finish
 
     app = connexion.FlaskApp(__name__, specification_dir=HERE, lifespan=lifespan)
+    spec = yaml.safe_load((HERE / "swagger.yml").read_text(encoding="utf-8"))
+    api_keys = settings.load_api_keys()
+    if not api_keys:
+        del spec["security"]  # no keys configured: the served spec says so too
     body_validators = MediaTypeDict(
         {
             **VALIDATOR_MAP["body"],
@@ -160,12 +167,36 @@ def create_app(
             ),
         }
     )
-    app.add_api("swagger.yml", validator_map={"body": body_validators})
+    app.add_api(
+        spec,
+        validator_map={"body": body_validators},
+        security_map={"apiKey": _api_key_handler(api_keys)},
+    )
     _set_handler_threads(app, settings.handler_threads)
     app.app.extensions[WRITER_EXTENSION] = writer
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     _add_error_handlers(app, settings)
     return app
+
+
+def _api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
+    """connexion's API-key handler, checking this app's keys. Every key is compared in constant
+    time and none ends the loop early, so timing tells nothing of which key, or how much of one,
+    matched."""
+    known = [key.encode("utf-8") for key in keys]
+
+    def check(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
+        candidate = presented.encode("utf-8", "surrogateescape")
+        matched = False
+        for key in known:
+            matched |= hmac.compare_digest(candidate, key)
+        return {"sub": "api-key"} if matched else None
+
+    class ConfiguredApiKeys(ApiKeySecurityHandler):
+        def _resolve_func(self, security_scheme: dict) -> Any:
+            return check
+
+    return ConfiguredApiKeys
 
 
 def _set_handler_threads(app: connexion.FlaskApp, threads: int) -> None:

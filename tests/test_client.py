@@ -12,6 +12,7 @@ import pytest
 
 import client
 from client import Client, file_jobs, load_jobs
+from config import Settings
 from sqsinterface import SqsQueue
 
 
@@ -92,3 +93,15 @@ def test_connection_errors_make_the_exit_code_1_unless_allowed(
 def test_a_writer_that_never_answers_is_reported(closed_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["--url", closed_endpoint, "--wait-ready", "0.3"]) == 1
     assert "did not answer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [Settings(api_keys="secret-key")])
+def test_the_api_key_is_sent_with_every_request(live_server: str) -> None:
+    def jobs() -> Any:
+        return load_jobs(batch_size=5, malformed_per_batch=0, run_id="r")
+
+    with_key = Client(url=live_server, jobs=jobs(), concurrency=2, count=5, duration_s=None, api_key="secret-key")
+    without_key = Client(url=live_server, jobs=jobs(), concurrency=2, count=5, duration_s=None)
+
+    assert with_key.run().counts["201"] == 5
+    assert without_key.run().counts["other 4xx"] == 5  # 401

@@ -61,6 +61,8 @@ def test_a_fifo_queue_gets_a_fifo_dead_letter_queue() -> None:
         ({"DLQ_NAME": "messages"}, "DLQ_NAME='messages': must differ"),
         ({"SQS_ENDPOINT_URL": "localhost:4566"}, "SQS_ENDPOINT_URL='localhost:4566'"),
         ({"MAX_REQUEST_BYTES": "2048", "MAX_MESSAGE_BYTES": "4096"}, "MAX_REQUEST_BYTES=2048"),
+        ({"API_KEYS_FILE": "/no/such/keys.txt"}, "API_KEYS_FILE='/no/such/keys.txt': no such file"),
+        ({"PROCESSOR": "not a function"}, "PROCESSOR='not a function'"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_its_variable(environ: dict, named: str) -> None:

@@ -319,3 +319,56 @@ def test_bodies_and_attribute_values_stay_out_of_info_logs(
 
     assert "POST /api/message" in caplog.text  # the access lines are there
     assert "SECRET" not in caplog.text
+
+
+@pytest.fixture
+def keyed_client(queue: SqsQueue, tmp_path: Any) -> Any:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("# one key per line\nfile-key-2\n\n")
+    settings = Settings(api_keys="key-1, key-3", api_keys_file=keys_file)
+    return create_app(settings, queue=queue).test_client()
+
+
+@pytest.mark.parametrize("key", ["key-1", "file-key-2", "key-3"])
+def test_a_valid_api_key_is_let_in(keyed_client: Any, key: str) -> None:
+    response = keyed_client.post("/api/message", json=SEED, headers={"X-API-Key": key})
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-API-Key": ""}, {"X-API-Key": "key-2"}, {"X-API-Key": "key-1 "}, {"X-API-Key": b"k\xe9y"}],
+    ids=["none", "empty", "unknown", "trailing-space", "non-ascii"],
+)
+def test_without_a_valid_api_key_every_operation_but_health_is_401(
+    keyed_client: Any, queue: SqsQueue, headers: dict
+) -> None:
+    requests_needing_a_key = [
+        keyed_client.post("/api/message", json=SEED, headers=headers),
+        keyed_client.post("/api/messages", json={"messages": [SEED]}, headers=headers),
+        keyed_client.get("/api/ready", headers=headers),
+        keyed_client.get("/api/stats", headers=headers),
+    ]
+    for response in requests_needing_a_key:
+        assert_problem(response, 401)
+    assert keyed_client.get("/api/health", headers=headers).status_code == 200
+    assert queue.depth()["visible"] == 0
+
+
+def test_the_served_spec_says_whether_a_key_is_needed(keyed_client: Any, client: Any) -> None:
+    keyed_spec = keyed_client.get("/api/openapi.json").json()
+    open_spec = client.get("/api/openapi.json").json()
+
+    assert keyed_spec["security"] == [{"apiKey": []}]
+    assert "security" not in open_spec
+    assert keyed_spec["paths"]["/health"]["get"]["security"] == []
+
+
+def test_api_keys_never_reach_the_logs(keyed_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    keyed_client.post("/api/message", json=SEED, headers={"X-API-Key": "key-1"})
+    keyed_client.post("/api/message", json=SEED, headers={"X-API-Key": "guess-123"})
+
+    assert "key-1" not in caplog.text and "guess-123" not in caplog.text
