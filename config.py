@@ -47,7 +47,7 @@ class Settings:
     sqs_connect_timeout_s: float = 2.0
     sqs_read_timeout_s: float = 5.0
     sqs_max_attempts: int = 3
-    handler_threads: int = 32
+    handler_threads: int = 64
     send_concurrency: int = 4
     send_timeout_s: float = 10.0
     retry_after_s: int = 1

@@ -128,7 +128,7 @@ class Writer:
             max_pending=settings.handler_threads,
             name="send",
         )
-        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0}
+        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0}
         self._counts_lock = threading.Lock()
 
     def count(self, outcome: str) -> None:

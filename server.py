@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, AsyncGenerator, AsyncIterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional
 
 import connexion
 import uvicorn
@@ -21,10 +21,12 @@ from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
+from connexion.middleware.abstract import ROUTING_CONTEXT
 from connexion.problem import problem
 from connexion.security import ApiKeySecurityHandler
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import HERE, ConfigError, Settings, configure_logging
@@ -125,6 +127,53 @@ class AccessLog:
             )
 
 
+class WriterBusy(Exception):
+    """Every handler thread is taken: the request is refused before it waits for one."""
+
+
+class AdmissionLimit:
+    """Answer 503 at once, before reading the body, to a request that would wait for a handler
+    thread. This bounds the queue of waiting requests, and with it memory and latency, when SQS
+    slows down. Counts requests in progress, without locks (one event loop).
+
+    Health checks are never limited: one thread is kept for them, so a saturated writer still
+    answers its liveness probe instead of being restarted.
+    """
+
+    UNLIMITED = frozenset({"message.health"})
+
+    def __init__(self, app: ASGIApp, *, limit: int, retry_after_s: int, on_reject: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = str(retry_after_s)
+        self.on_reject = on_reject
+        self.in_progress = 0
+        self._throttled = _Throttled()  # a log line per 10 s, not one per refused request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
+        if scope["type"] != "http" or routing.get("operation_id") in self.UNLIMITED:
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.limit:
+            self.on_reject()
+            busy = WriterBusy(f"{self.in_progress} requests already in progress; retry later")
+            self._throttled.warning(busy)
+            response = JSONResponse(
+                {"type": "about:blank", "title": "Writer busy", "status": 503, "detail": str(busy)},
+                status_code=503,
+                headers={"Retry-After": self.retry_after},
+                media_type="application/problem+json",
+            )
+            await response(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
 class _Throttled:
     """Log a repeated error once per `interval_s` per kind, so an outage is not a log flood."""
 
@@ -175,6 +224,13 @@ def create_app(
     _set_handler_threads(app, settings.handler_threads)
     app.app.extensions[WRITER_EXTENSION] = writer
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    app.add_middleware(  # after routing and keys, before the body is read
+        AdmissionLimit,
+        position=MiddlewarePosition.BEFORE_VALIDATION,
+        limit=max(1, settings.handler_threads - 1),
+        retry_after_s=settings.retry_after_s,
+        on_reject=functools.partial(writer.count, "busy"),
+    )
     _add_error_handlers(app, settings)
     return app
 

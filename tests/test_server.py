@@ -176,7 +176,7 @@ def test_health_ready_stats_and_ui(client: Any) -> None:
     assert client.get("/api/health").json() == {"status": "ok"}
     assert client.get("/api/ready").json() == {"status": "ready", "queue": "messages"}
     stats = client.get("/api/stats").json()
-    assert stats["messages"] == {"accepted": 1, "invalid": 0, "unavailable": 0}
+    assert stats["messages"] == {"accepted": 1, "invalid": 0, "unavailable": 0, "busy": 0}
     assert stats["queue"] == {"name": "messages", "visible": 1, "in_flight": 0, "delayed": 0}
     assert stats["dead_letter_queue"]["name"] == "messages-dlq"
     assert stats["sqs_calls"]["SendMessageBatch"] == 1
@@ -307,6 +307,41 @@ def test_group_commit_coalesces_concurrent_requests(
     assert sqs_calls["SendMessageBatch"] < 15
     stats = app.app.extensions[WRITER_EXTENSION].stats()["group_commit"]
     assert stats == {"batches": sqs_calls["SendMessageBatch"], "messages": 50}
+
+
+@pytest.mark.parametrize("settings", [Settings(handler_threads=4, send_timeout_s=5)])
+def test_a_writer_with_every_thread_waiting_on_sqs_answers_503_at_once(
+    app: Any, live_server: str, queue: SqsQueue, sqs: Any, drain: Any
+) -> None:
+    # GIVEN an SQS that takes a second per send, and a writer with 4 handler threads (3 for
+    # requests that reach SQS, one kept for health checks)
+    sqs.meta.events.register("before-call.sqs.SendMessageBatch", lambda **_: time.sleep(1.0))
+
+    def post(number: int) -> tuple[requests.Response, float]:
+        started = time.monotonic()
+        response = requests.post(f"{live_server}/api/message", json={"body": f"m{number}"}, timeout=30)
+        return response, time.monotonic() - started
+
+    # WHEN 10 requests arrive at once, and a health check while they wait
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        pending = [pool.submit(post, n) for n in range(10)]
+        time.sleep(0.3)
+        health_started = time.monotonic()
+        health = requests.get(f"{live_server}/api/health", timeout=30)
+        health_s = time.monotonic() - health_started
+        answers = [future.result() for future in pending]
+
+    # THEN 3 wait for SQS and are accepted; the other 7 get 503 at once, without waiting
+    accepted = [(r, s) for r, s in answers if r.status_code == 201]
+    refused = [(r, s) for r, s in answers if r.status_code != 201]
+    assert len(accepted) == 3, [r.status_code for r, _ in answers]
+    for response, seconds in refused:
+        assert_problem(response, 503, "requests already in progress")
+        assert response.headers["Retry-After"] == "1"
+        assert seconds < 0.5
+    assert health.status_code == 200 and health_s < 0.5
+    assert {m["MessageId"] for m in drain(queue)} == {r.json()["message_id"] for r, _ in accepted}
+    assert app.app.extensions[WRITER_EXTENSION].stats()["messages"]["busy"] == 7
 
 
 def test_bodies_and_attribute_values_stay_out_of_info_logs(
