@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flask
 
@@ -130,6 +130,9 @@ class Writer:
         )
         self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0}
         self._counts_lock = threading.Lock()
+        # Readiness and stats ask SQS for queue depths here, so that a hanging SQS cannot hold
+        # them longer than SEND_TIMEOUT, as it cannot hold a send.
+        self._lookups = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookup")
 
     def count(self, outcome: str) -> None:
         with self._counts_lock:
@@ -185,27 +188,47 @@ class Writer:
                 else:
                     self._counts["invalid"] += 1
 
+    def depths(self, *queues: SqsQueue) -> list[Union[dict[str, int], SqsError]]:
+        """Each queue's approximate depth, or its SqsError; asked at once and waited for at most
+        SEND_TIMEOUT in all. A call left behind ends at the SQS client's own read timeout."""
+        futures = [self._lookups.submit(queue.depth) for queue in queues]
+        concurrent.futures.wait(futures, timeout=self.settings.send_timeout_s)
+        results: list[Union[dict[str, int], SqsError]] = []
+        for queue, future in zip(queues, futures):
+            if not future.done():
+                future.cancel()
+                results.append(QueueUnavailable(
+                    f"GetQueueAttributes {queue.name!r}: SQS did not answer within "
+                    f"{self.settings.send_timeout_s:g} s"
+                ))
+            elif isinstance(future.exception(), SqsError):
+                results.append(future.exception())  # type: ignore[arg-type]
+            else:
+                results.append(future.result())  # raises what is not an SQS error: a bug, 500
+        return results
+
     def close(self) -> None:
         self._group.close(timeout_s=self.settings.send_timeout_s)
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
         with self._counts_lock:
             counts = dict(self._counts)
+        queue_depth, dead_letter_depth = self.depths(self.queue, self.dead_letter_queue)
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
             "messages": counts,
             "sqs_calls": self.queue.calls,
             "group_commit": {"batches": self._group.calls, "messages": self._group.items},
-            "queue": self._depth(self.queue),
-            "dead_letter_queue": self._depth(self.dead_letter_queue),
+            "queue": _named_depth(self.queue, queue_depth),
+            "dead_letter_queue": _named_depth(self.dead_letter_queue, dead_letter_depth),
         }
 
-    @staticmethod
-    def _depth(queue: SqsQueue) -> dict[str, Any]:
-        try:
-            return {"name": queue.name, **queue.depth()}
-        except SqsError as exc:
-            return {"name": queue.name, "error": str(exc)}
+
+def _named_depth(queue: SqsQueue, depth: Union[dict[str, int], SqsError]) -> dict[str, Any]:
+    if isinstance(depth, SqsError):
+        return {"name": queue.name, "error": str(depth)}
+    return {"name": queue.name, **depth}
 
 
 def current_writer() -> Writer:
@@ -276,7 +299,9 @@ def health() -> JsonResponse:
 def ready() -> JsonResponse:
     """Readiness: the queue exists and answers (one GetQueueAttributes call)."""
     writer = current_writer()
-    writer.queue.depth()  # raises QueueNotFound / QueueUnavailable / NotAuthorized -> 503
+    (depth,) = writer.depths(writer.queue)
+    if isinstance(depth, SqsError):
+        raise depth  # QueueNotFound / QueueUnavailable / NotAuthorized -> 503
     return {"status": "ready", "queue": writer.queue.name}, 200, _JSON
 
 

@@ -101,15 +101,24 @@ class LocalSystem:
         self.workdir = workdir
         self.env = env
         self.writer_url = f"http://127.0.0.1:{env['PORT']}"
+        self.sqs_port = int(env["LOCAL_SQS_PORT"])
         self.settings = Settings.from_env(env)
+        self.processes: dict[str, subprocess.Popen] = {}  # by name, the latest of each
         self._running: list[tuple[subprocess.Popen, BinaryIO]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        """Start a program of the project (logs in workdir/NAME.log); stopped with the system."""
+    def start(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+        """Start a program (logs in workdir/NAME.log, environment plus `env`); stopped with the
+        system."""
         log_file = open(self.workdir / f"{name}.log", "wb")
-        process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        self.processes[name] = process
         self._running.append((process, log_file))
         return process
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
         """Ctrl-C to each (the worker finishes what it holds), a kill for any that lingers."""
@@ -124,8 +133,22 @@ class LocalSystem:
                 process.wait()
             log_file.close()
 
-    def python(self, name: str, *args: str) -> subprocess.Popen:
-        return self.start(name, sys.executable, *args)
+    def python(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+        return self.start(name, sys.executable, *args, env=env)
+
+    def start_sqs(self) -> subprocess.Popen:
+        """The local endpoint (again, after a stop: in memory, so without queues or messages)."""
+        process = self.start("sqs", str(ROOT / "local/sqs/serve.sh"))
+        wait_for_port(self.sqs_port, 30)
+        return process
+
+    def start_writer(self, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+        process = self.python("writer", "server.py", env=env)
+        wait_for_port(int(self.env["PORT"]), 30)
+        return process
+
+    def set_up_queues(self) -> None:
+        sqs_setup.set_up(self.settings, create_client(self.settings))
 
     def client(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -138,9 +161,10 @@ class LocalSystem:
 
 
 @contextlib.contextmanager
-def local_system(workdir: Path, *, engine: str, **settings: str) -> Iterator[LocalSystem]:
-    """Start the local endpoint (`engine`: fauxqs or moto), create the queues, start the writer;
-    `settings` are extra environment variables (QUEUE_NAME="lines.fifo", say). All stop on exit."""
+def local_system(workdir: Path, *, engine: str, writer: bool = True, **settings: str) -> Iterator[LocalSystem]:
+    """Start the local endpoint (`engine`: fauxqs or moto), create the queues, start the writer
+    (unless `writer` is False); `settings` are extra environment variables
+    (QUEUE_NAME="lines.fifo", say). All stop on exit."""
     sqs_port, writer_port = free_port(), free_port()
     local = {
         "SQS_LOCAL": engine,
@@ -160,11 +184,10 @@ def local_system(workdir: Path, *, engine: str, **settings: str) -> Iterator[Loc
     system = LocalSystem(workdir, env)
     with environment(local), contextlib.ExitStack() as stop_all:
         stop_all.callback(system.stop)
-        system.start("sqs", str(ROOT / "local/sqs/serve.sh"))
-        wait_for_port(sqs_port, 30)
-        sqs_setup.set_up(system.settings, create_client(system.settings))
-        system.python("writer", "server.py")
-        wait_for_port(writer_port, 30)
+        system.start_sqs()
+        system.set_up_queues()
+        if writer:
+            system.start_writer()
         yield system
 
 

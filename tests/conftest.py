@@ -6,7 +6,9 @@ either moto in process or a process of ours on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,12 @@ from sqsinterface import SqsQueue, create_client
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: The local SQS engine for whole-system tests: fauxqs when make installed it, moto without Node.
+LOCAL_ENGINE = (
+    "fauxqs"
+    if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
+    else "moto"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -213,3 +221,69 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     yield start_script
     for process in started:
         process.stop(signal.SIGKILL)
+
+
+class SlowProxy:
+    """A TCP proxy on loopback that holds every chunk coming back from `upstream_port` for
+    `delay_s`: an SQS that answers, slowly. Runs its own event loop in a thread."""
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.upstream_port = upstream_port
+        self.delay_s = delay_s
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._connections: set[asyncio.Task] = set()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._started.wait(10), "proxy did not start"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._connections.add(asyncio.current_task())  # type: ignore[arg-type]
+        writers = [client_writer]
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            writers.append(upstream_writer)
+            await asyncio.gather(
+                self._pipe(client_reader, upstream_writer, 0.0),
+                self._pipe(upstream_reader, client_writer, self.delay_s),
+            )
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for writer in writers:
+                writer.close()
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+            self._connections.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+        while chunk := await reader.read(65536):
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+
+    async def _shut_down(self) -> None:
+        self._server.close()
+        for connection in list(self._connections):
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import LOCAL_ENGINE
 from e2e import run_e2e
 
 pytestmark = pytest.mark.integration
 
-FAUXQS_READY = shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
-
 
 def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) -> None:
-    engine = "fauxqs" if FAUXQS_READY else "moto"  # moto: the fallback without Node
-
     result = run_e2e(
-        count=400, workdir=tmp_path, engine=engine, failure_rate=0.3, retry_backoff_base_s=0, log=None
+        count=400, workdir=tmp_path, engine=LOCAL_ENGINE, failure_rate=0.3, retry_backoff_base_s=0, log=None
     )
 
     print(result.report())
@@ -39,10 +34,9 @@ def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path
     source = tmp_path / "input.txt"
     source.write_text("\n".join(lines) + "\n")
     output = tmp_path / "processed.jsonl"
-    engine = "fauxqs" if FAUXQS_READY else "moto"
 
     settings = {"QUEUE_NAME": "lines.fifo", "MAX_RECEIVE_COUNT": "10", "RETRY_BACKOFF_BASE": "0"}
-    with local_system(tmp_path, engine=engine, **settings) as system:
+    with local_system(tmp_path, engine=LOCAL_ENGINE, **settings) as system:
         sent = system.client("--file", str(source), "--group-id", "one-group")
         worker = system.python(
             "worker", "worker.py", "--output", str(output), "--failure-rate", "0.2", "--seed", "1",
