@@ -1,5 +1,6 @@
 # make run: the whole system in tmux on a local SQS endpoint (AWS=1: real SQS).  make stop.
 # make test: the test suite.  make e2e: a headless end-to-end check that nothing is lost.
+# make soak: steady load, flat memory and depth.  make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
 # foreground.  make clean.
 # Every target creates the virtualenv first when it is missing or requirements.txt changed.
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test e2e serve worker clean requirements
+.PHONY: setup venv local-sqs queues run stop test e2e soak audit serve worker clean requirements
 
 setup: queues
 
@@ -51,6 +52,17 @@ test: $(STAMP) local-sqs
 e2e: $(STAMP) local-sqs
 	$(PY) scripts/e2e.py $(E2E_ARGS)
 
+# Two minutes at half the measured capacity: writer and worker memory and queue depth stay flat.
+soak: $(STAMP) local-sqs
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# Known vulnerabilities in the pinned requirements: pip-audit, in a virtualenv of its own so that
+# its dependencies stay out of the service's. Needs a vulnerability service (PyPI's or OSV).
+AUDIT_VENV := .venv-audit
+audit:
+	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet pip-audit==2.10.1; }
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip --requirement requirements.txt
+
 serve: $(STAMP)
 	$(PY) server.py
 
@@ -65,5 +77,5 @@ requirements:
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
