@@ -39,12 +39,25 @@ access_log = logging.getLogger("access")
 
 class BoundedJSONBodyValidator(JSONRequestBodyValidator):
     """connexion's JSON body validator, made safe for hostile input: it refuses a body over
-    `max_bytes` before reading it whole (413), a request with no Content-Type (415), and answers
-    400, not 500, to invalid UTF-8, NaN, huge integers and deep nesting."""
+    `max_bytes` before reading it whole (413), a chunked upload (411), a request with no
+    Content-Type (415), and answers 400, not 500, to invalid UTF-8, NaN, huge integers and deep
+    nesting."""
 
     def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_bytes = max_bytes
+
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        # connexion takes a request without Content-Length for one without a body, and would
+        # answer a chunked upload "RequestBody is required": say what to change instead.
+        headers = Headers(scope=scope)
+        if "content-length" not in headers and "chunked" in headers.get("transfer-encoding", "").lower():
+            raise ProblemException(
+                status=411,
+                title="Length required",
+                detail="send the JSON body with a Content-Length header; chunked uploads are not accepted",
+            )
+        return await super().wrap_receive(receive, scope=scope)
 
     async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
         headers = Headers(scope=scope)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -71,8 +72,19 @@ def test_attributes_and_delay_reach_sqs(client: Any, queue: SqsQueue, sqs: Any) 
         ({"body": "b", "group_id": "has space"}, "does not match"),
         ({"body": "b", "deduplication_id": "d"}, "only for FIFO"),
         ({"body": "nul \u0000 inside"}, "U+0000"),
+        ({"body": "not a character \uffff"}, "U+FFFF"),
+        ({"body": "b", "attributes": {"k": "bell \u0007"}}, "U+0007"),
+        ({"body": "b", "attributes": {"has space": "v"}}, "attribute name"),
+        ({"body": "b", "attributes": {"a..b": "v"}}, "attribute name"),
+        ({"body": "b", "attributes": {"n" * 257: "v"}}, "attribute name"),
+        ({"body": "b", "attributes": ["k", "v"]}, "not of type 'object'"),
+        ({"body": "b", "attributes": {f"a{i}": "v" for i in range(100_000)}}, "too many properties"),
+        ({"body": "b", "group_id": "g" * 129}, "is too long"),
+        ({"body": "b", "delay_seconds": "5"}, "not of type 'integer'"),
+        ({"body": ["nested", {"deep": [1]}]}, "not of type 'string'"),
         (["body"], "is not of type 'object'"),
         ("body", "is not of type 'object'"),
+        (5, "is not of type 'object'"),
     ],
 )
 def test_invalid_messages_are_400_with_a_detail(client: Any, queue: SqsQueue, request_json: Any, detail: str) -> None:
@@ -93,6 +105,7 @@ def test_invalid_messages_are_400_with_a_detail(client: Any, queue: SqsQueue, re
         (b'{"body": "x", "delay_seconds": NaN}', "NaN is not a JSON value"),
         (b'{"body": "x", "delay_seconds": 1' + b"0" * 5000 + b"}", "not valid JSON"),
         (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b'{"body": "x", "attributes": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001, "nested too deeply"),
     ],
 )
 def test_malformed_bodies_are_400_never_500(client: Any, content: bytes, detail: str) -> None:
@@ -112,6 +125,39 @@ def test_a_request_over_max_request_bytes_is_413_before_it_is_parsed(queue: SqsQ
     response = client.post("/api/message", json={"body": "x" * 5000})
 
     assert_problem(response, 413, "MAX_REQUEST_BYTES")
+
+
+def raw_post(base_url: str, headers: str, chunks: Any) -> bytes:
+    """Send a POST by hand on a socket, as much of it as the writer takes, and read the answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /api/message HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the writer answered and closed before taking it all: what this test wants
+        return sock.recv(65536)
+
+
+def test_a_request_larger_than_any_valid_one_is_refused_before_it_is_read_whole(live_server: str) -> None:
+    # GIVEN a request that declares 100 MiB but sends only 64 KiB of it
+    declared = raw_post(
+        live_server, "Content-Type: application/json\r\nContent-Length: 104857600\r\n", [b"x" * 65536]
+    )
+    # AND one without a length that streams 64 KiB chunks, 3 MiB in all (MAX_REQUEST_BYTES is 2)
+    chunk = b"x" * 65536
+    streamed = raw_post(
+        live_server,
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+        [b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(48)] + [b"0\r\n\r\n"],
+    )
+
+    # THEN neither is read whole: the first is 413, the second 411 (a length is required)
+    assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    assert b"MAX_REQUEST_BYTES" in declared
+    assert streamed.startswith(b"HTTP/1.1 411"), streamed[:200]
+    assert b"Content-Length" in streamed
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None, "application/json; charset=latin-1"])
