@@ -31,8 +31,9 @@ from sqsinterface import SqsQueue, create_client
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-#: The local SQS engine for whole-system tests: fauxqs when make installed it, moto without Node.
-LOCAL_ENGINE = (
+#: The local SQS engine for whole-system tests: SQS_LOCAL when set, else fauxqs when make
+#: installed it, moto without Node.
+LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
     "fauxqs"
     if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
     else "moto"

@@ -5,6 +5,9 @@ One check is left out: "schema-valid request rejected". OpenAPI 3.0 cannot say e
 refuses (its character set, attribute names, FIFO-only fields), so message.py answers 400 to some
 requests the schema allows, on purpose and as the spec's 400 response describes.
 
+Stateful checks do not apply: no operation returns something another one takes (a message id
+cannot be fetched back, SQS has no such call), so the spec has no links to follow.
+
 schemathesis's pytest plugin (4.32) does not run under pytest 9 ('Function' object has no
 attribute '_nodeid'), so each operation's strategy runs under plain Hypothesis here.
 """
