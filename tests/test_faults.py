@@ -144,7 +144,9 @@ def test_sigterm_during_a_load_exits_0_within_the_grace_period_and_processes_not
 
             # THEN it exits 0 within its grace period, leaving nothing invisible
             assert worker.wait(timeout=grace_s + 5) == 0, system.log(f"worker-{attempt}")[-2000:]
-            assert time.monotonic() - signalled < grace_s
+            exit_s = time.monotonic() - signalled
+            print(f"worker {attempt} exited {exit_s:.2f} s after SIGTERM")
+            assert exit_s < grace_s
             assert queue.depth()["in_flight"] == 0
         assert client.wait(timeout=60) == 0, system.log("client")[-2000:]
         drain_with_a_last_worker(system, outputs)
