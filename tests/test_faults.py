@@ -174,14 +174,17 @@ def test_sqs_gone_gives_fast_503s_and_writer_and_worker_recover_without_a_restar
         sqs.terminate()
         sqs.wait(10)
 
-        # THEN every request gets a fast 503 with Retry-After, and readiness says why
-        for response, seconds in post_at_once(url, 20, concurrency=10):
+        # THEN every request gets a 503 with Retry-After, fast: after botocore's few quick
+        # retries (50 ms backoff base), long before SEND_TIMEOUT (10 s); readiness says why
+        answers = post_at_once(url, 20, concurrency=10)
+        print(f"slowest 503 while SQS is gone: {max(s for _, s in answers):.3f} s")
+        for response, seconds in answers:
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["Retry-After"] == "1"
-            assert seconds < 1.0
+            assert seconds < 2.0
         ready, seconds = timed_get(f"{url}/api/ready")
-        assert ready.status_code == 503 and "unreachable" in ready.json()["detail"] and seconds < 1.0
+        assert ready.status_code == 503 and "unreachable" in ready.json()["detail"] and seconds < 2.0
 
         # WHEN it is back (in memory: without its queues, which setup creates again)
         system.start_sqs()
