@@ -378,14 +378,15 @@ def test_a_writer_with_every_thread_waiting_on_sqs_answers_503_at_once(
         answers = [future.result() for future in pending]
 
     # THEN 3 wait for SQS and are accepted; the other 7 get 503 at once, without waiting
+    # (anything that waited took the second SQS takes), and so does the health check
     accepted = [(r, s) for r, s in answers if r.status_code == 201]
     refused = [(r, s) for r, s in answers if r.status_code != 201]
     assert len(accepted) == 3, [r.status_code for r, _ in answers]
     for response, seconds in refused:
         assert_problem(response, 503, "requests already in progress")
         assert response.headers["Retry-After"] == "1"
-        assert seconds < 0.5
-    assert health.status_code == 200 and health_s < 0.5
+        assert seconds < 0.9
+    assert health.status_code == 200 and health_s < 0.9
     assert {m["MessageId"] for m in drain(queue)} == {r.json()["message_id"] for r, _ in accepted}
     assert app.app.extensions[WRITER_EXTENSION].stats()["messages"]["busy"] == 7
 
