@@ -66,7 +66,9 @@ def file_jobs(path: Path, *, group_id: Optional[str], run_id: str) -> Iterator[J
 class ClientStats:
     """Outcome counters and latencies, shared by the sending threads."""
 
-    COUNTERS = ("sent", "201", "400", "other 4xx", "5xx", "conn errors")
+    #: "sent" counts messages, each once, with its final answer; "retry-after" counts the 503s
+    #: with Retry-After that were waited out and sent again.
+    COUNTERS = ("sent", "201", "400", "other 4xx", "5xx", "conn errors", "retry-after")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -91,6 +93,10 @@ class ClientStats:
             self.unexpected += status is not None and status < 500 and status != expected
         if status is not None:
             self.latencies.observe(latency_s)
+
+    def waited(self) -> None:
+        with self._lock:
+            self.counts["retry-after"] += 1
 
     @property
     def failed(self) -> bool:
@@ -128,6 +134,7 @@ class Client:
         ids_out: Optional[TextIO] = None,
         timeout_s: float = 30.0,
         api_key: Optional[str] = None,
+        max_retries: int = 10,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/api/message"
         self.jobs = itertools.islice(jobs, count) if count is not None else jobs
@@ -137,6 +144,7 @@ class Client:
         self.ids_out = ids_out
         self.timeout_s = timeout_s
         self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.max_retries = max_retries
         self.stats = ClientStats()
         self._jobs_lock = threading.Lock()
         self._ids_lock = threading.Lock()
@@ -161,16 +169,34 @@ class Client:
         with requests.Session() as session:  # keep-alive: one connection per thread
             session.headers.update(self.headers)
             while (job := self._next_job()) is not None:
-                started = time.monotonic()
-                try:
-                    response = session.post(self.endpoint, timeout=self.timeout_s, **job.arguments)
-                except requests.RequestException:
-                    self.stats.record(job, None, time.monotonic() - started)
-                    continue
-                self.stats.record(job, response.status_code, time.monotonic() - started)
-                if response.status_code == 201 and self.ids_out is not None:
-                    with self._ids_lock:
-                        self.ids_out.write(response.json()["message_id"] + "\n")
+                self._send(session, job)
+
+    def _send(self, session: requests.Session, job: Job) -> None:
+        """Send one job and record its final answer. A 503 with Retry-After (SQS unavailable,
+        the writer busy, the queue over MAX_QUEUE_DEPTH) is waited out as told and the job sent
+        again, up to `max_retries` times and never past the duration."""
+        for attempt in itertools.count():
+            started = time.monotonic()
+            try:
+                response = session.post(self.endpoint, timeout=self.timeout_s, **job.arguments)
+            except requests.RequestException:
+                self.stats.record(job, None, time.monotonic() - started)
+                return
+            wait_s = _retry_after_s(response)
+            if wait_s is not None and attempt < self.max_retries and not self._ends_within(wait_s):
+                self.stats.waited()
+                time.sleep(wait_s)
+                continue
+            self.stats.record(job, response.status_code, time.monotonic() - started)
+            if response.status_code == 201 and self.ids_out is not None:
+                with self._ids_lock:
+                    self.ids_out.write(response.json()["message_id"] + "\n")
+            return
+
+    def _ends_within(self, seconds: float) -> bool:
+        if self.duration_s is None:
+            return False
+        return time.monotonic() + seconds - self.stats.started >= self.duration_s
 
     def run(self, *, stats_out: Optional[TextIO] = None, stats_interval_s: float = 1.0) -> ClientStats:
         threads = [threading.Thread(target=self._send_loop, daemon=True) for _ in range(self.concurrency)]
@@ -194,6 +220,16 @@ class Client:
         out.write(f"{clear}{self.stats.render(title, per_second=per_second)}\n\n")
         out.flush()
         return now, sent
+
+
+def _retry_after_s(response: requests.Response) -> Optional[float]:
+    """Seconds to wait before sending again, for a 503 with a Retry-After in seconds."""
+    if response.status_code != 503:
+        return None
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def wait_until_ready(url: str, timeout_s: float) -> bool:
@@ -234,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stats-interval", type=float, default=1.0, help="seconds between live stats (default %(default)s)")
     add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
     add("--api-key", help="sent as X-API-Key, for a writer with API_KEYS")
+    add("--max-retries", type=int, default=10,
+        help="times one message is sent again after a 503 with Retry-After (default %(default)s)")
     add("--allow-errors", action="store_true", help="exit 0 even after 5xx or connection errors")
     return parser
 
@@ -261,6 +299,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         client = Client(
             url=args.url, jobs=jobs, concurrency=concurrency, count=count,
             duration_s=args.duration, rate=args.rate, ids_out=ids_out, api_key=args.api_key,
+            max_retries=args.max_retries,
         )
         stats = client.run(stats_out=sys.stdout, stats_interval_s=args.stats_interval)
     finally:

@@ -51,6 +51,8 @@ class Settings:
     send_concurrency: int = 4
     send_timeout_s: float = 10.0
     retry_after_s: int = 1
+    max_queue_depth: Optional[int] = None  # None: no backpressure
+    depth_poll_interval_s: float = 5.0
     worker_concurrency: int = 10
     process_time_s: float = 0.005
     failure_rate: float = 0.1
@@ -160,6 +162,8 @@ ENV_NAMES: dict[str, str] = {
     "send_concurrency": "SEND_CONCURRENCY",
     "send_timeout_s": "SEND_TIMEOUT",
     "retry_after_s": "RETRY_AFTER",
+    "max_queue_depth": "MAX_QUEUE_DEPTH",
+    "depth_poll_interval_s": "DEPTH_POLL_INTERVAL",
     "worker_concurrency": "WORKER_CONCURRENCY",
     "process_time_s": "PROCESS_TIME",
     "failure_rate": "FAILURE_RATE",
@@ -198,6 +202,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "send_concurrency": (1, 64),
     "send_timeout_s": (0.1, 300),
     "retry_after_s": (1, 3600),
+    "max_queue_depth": (1, 1_000_000_000),
+    "depth_poll_interval_s": (0.1, 3600),
     "worker_concurrency": (1, 1000),
     "process_time_s": (0, 3600),
     "failure_rate": (0, 1),

@@ -50,6 +50,11 @@ class MessageTooLarge(InvalidMessage):
     title = "Message too large"
 
 
+class QueueBacklogged(QueueUnavailable):
+    """The queue holds more than MAX_QUEUE_DEPTH messages: the writer refuses more (503) until
+    the workers catch up."""
+
+
 def _check_characters(what: str, text: str) -> None:
     bad = _DISALLOWED.search(text)
     if bad:
@@ -128,8 +133,12 @@ class Writer:
             max_pending=settings.handler_threads,
             name="send",
         )
-        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0}
+        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0, "backlogged": 0}
         self._counts_lock = threading.Lock()
+        self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
+        self._closed = threading.Event()
+        if settings.max_queue_depth is not None:
+            threading.Thread(target=self._watch_depth, name="depth-watch", daemon=True).start()
         # Readiness and stats ask SQS for queue depths here, so that a hanging SQS cannot hold
         # them longer than SEND_TIMEOUT, as it cannot hold a send.
         self._lookups = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookup")
@@ -150,9 +159,37 @@ class Writer:
             self.count("invalid")
             raise
 
+    def _watch_depth(self) -> None:
+        """Poll the queue's depth every DEPTH_POLL_INTERVAL, in the background, so that
+        backpressure costs a request nothing. While SQS does not answer, the last verdict holds:
+        sends report the outage themselves."""
+        while True:
+            try:
+                visible = self.queue.depth()["visible"]
+            except SqsError:
+                pass
+            else:
+                over = visible > self.settings.max_queue_depth  # type: ignore[operator]
+                if over != (self._backlog is not None):
+                    log.info("queue depth %d: backpressure %s", visible, "on" if over else "off")
+                self._backlog = visible if over else None
+            if self._closed.wait(self.settings.depth_poll_interval_s):
+                return
+
+    def _refuse_when_backlogged(self, messages: int) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            with self._counts_lock:
+                self._counts["backlogged"] += messages
+            raise QueueBacklogged(
+                f"the queue holds {backlog} messages, more than MAX_QUEUE_DEPTH="
+                f"{self.settings.max_queue_depth}; retry once the workers have caught up"
+            )
+
     def send_one(self, message: OutgoingMessage) -> SendResult:
         """Send through the group commit and wait, at most SEND_TIMEOUT, for this entry's result.
         Raises the entry's own error; a SendResult comes back only once SQS accepted it."""
+        self._refuse_when_backlogged(1)
         try:
             future = self._group.submit(message)
         except Overloaded as exc:
@@ -174,6 +211,7 @@ class Writer:
 
     def send_many(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         """Send a client's batch directly: it is already a batch, group commit adds nothing."""
+        self._refuse_when_backlogged(len(messages))
         results = self.queue.send(messages)
         self._count_results(results)
         return results
@@ -208,6 +246,7 @@ class Writer:
         return results
 
     def close(self) -> None:
+        self._closed.set()
         self._group.close(timeout_s=self.settings.send_timeout_s)
         self._lookups.shutdown(wait=False, cancel_futures=True)
 

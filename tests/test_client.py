@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def test_a_load_is_counted_as_the_writer_answered_and_ids_are_written(
 
     stats = load.run()
 
-    assert stats.counts == {"sent": 50, "201": 45, "400": 5, "other 4xx": 0, "5xx": 0, "conn errors": 0}
+    assert stats.counts == {
+        "sent": 50, "201": 45, "400": 5, "other 4xx": 0, "5xx": 0, "conn errors": 0, "retry-after": 0,
+    }
     assert stats.unexpected == 0 and not stats.failed
     assert set(ids.getvalue().split()) == {m["MessageId"] for m in drain(queue)}
 
@@ -105,3 +108,30 @@ def test_the_api_key_is_sent_with_every_request(live_server: str) -> None:
 
     assert with_key.run().counts["201"] == 5
     assert without_key.run().counts["other 4xx"] == 5  # 401
+
+
+@pytest.mark.parametrize("settings", [Settings(max_queue_depth=2, depth_poll_interval_s=0.1)])
+def test_a_503_with_retry_after_is_waited_out_and_the_message_sent_again(live_server: str, queue: SqsQueue) -> None:
+    # GIVEN a writer that refuses while its queue holds more than 2 messages, and a consumer
+    # that empties the queue every half second
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.wait(0.5):
+            while batch := queue.receive(max_messages=10, wait_s=0):
+                queue.delete_messages([message.receipt_handle for message in batch])
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    jobs = load_jobs(batch_size=10, malformed_per_batch=0, run_id="r")
+
+    # WHEN the client sends 20 messages at 20 a second, faster than the consumer drains them
+    try:
+        stats = Client(url=live_server, jobs=jobs, concurrency=3, count=20, duration_s=None, rate=20).run()
+    finally:
+        stop.set()
+        consumer.join(5)
+
+    # THEN it waited out the 503s and every message was accepted: none reported as a 5xx
+    assert stats.counts["retry-after"] > 0
+    assert (stats.counts["sent"], stats.counts["201"], stats.counts["5xx"]) == (20, 20, 0)

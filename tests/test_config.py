@@ -62,6 +62,8 @@ def test_a_fifo_queue_gets_a_fifo_dead_letter_queue() -> None:
         ({"SQS_ENDPOINT_URL": "localhost:4566"}, "SQS_ENDPOINT_URL='localhost:4566'"),
         ({"MAX_REQUEST_BYTES": "2048", "MAX_MESSAGE_BYTES": "4096"}, "MAX_REQUEST_BYTES=2048"),
         ({"API_KEYS_FILE": "/no/such/keys.txt"}, "API_KEYS_FILE='/no/such/keys.txt': no such file"),
+        ({"MAX_QUEUE_DEPTH": "0"}, "MAX_QUEUE_DEPTH=0: must be from 1"),
+        ({"DEPTH_POLL_INTERVAL": "fast"}, "DEPTH_POLL_INTERVAL='fast': must be a number"),
         ({"PROCESSOR": "not a function"}, "PROCESSOR='not a function'"),
     ],
 )

@@ -16,6 +16,7 @@ from config import Settings
 from message import WRITER_EXTENSION
 from server import create_app
 from sqsinterface import SqsQueue, create_client
+from conftest import wait_until
 from test_sqsinterface import PartlyFailingClient
 
 SEED = {"body": "This is a test message to enqueue"}
@@ -222,7 +223,7 @@ def test_health_ready_stats_and_ui(client: Any) -> None:
     assert client.get("/api/health").json() == {"status": "ok"}
     assert client.get("/api/ready").json() == {"status": "ready", "queue": "messages"}
     stats = client.get("/api/stats").json()
-    assert stats["messages"] == {"accepted": 1, "invalid": 0, "unavailable": 0, "busy": 0}
+    assert stats["messages"] == {"accepted": 1, "invalid": 0, "unavailable": 0, "busy": 0, "backlogged": 0}
     assert stats["queue"] == {"name": "messages", "visible": 1, "in_flight": 0, "delayed": 0}
     assert stats["dead_letter_queue"]["name"] == "messages-dlq"
     assert stats["sqs_calls"]["SendMessageBatch"] == 1
@@ -389,6 +390,32 @@ def test_a_writer_with_every_thread_waiting_on_sqs_answers_503_at_once(
     assert health.status_code == 200 and health_s < 0.9
     assert {m["MessageId"] for m in drain(queue)} == {r.json()["message_id"] for r, _ in accepted}
     assert app.app.extensions[WRITER_EXTENSION].stats()["messages"]["busy"] == 7
+
+
+@pytest.mark.parametrize("settings", [Settings(max_queue_depth=3, depth_poll_interval_s=0.1)])
+def test_backpressure_refuses_above_max_queue_depth_and_recovers_below(
+    client: Any, queue: SqsQueue, drain: Any
+) -> None:
+    # GIVEN a writer with MAX_QUEUE_DEPTH=3, and 4 messages in its queue
+    for number in range(4):
+        assert client.post("/api/message", json={"body": f"m{number}"}).status_code == 201
+
+    # WHEN the next depth poll has seen them
+    wait_until(lambda: client.post("/api/message", json=SEED).status_code == 503, timeout_s=10, what="503")
+
+    # THEN single and batch requests are refused with 503 + Retry-After, saying why
+    single = client.post("/api/message", json=SEED)
+    batch = client.post("/api/messages", json={"messages": [SEED, SEED]})
+    for response in (single, batch):
+        assert_problem(response, 503, "more than MAX_QUEUE_DEPTH=3")
+        assert response.headers["Retry-After"] == "1"
+    assert client.get("/api/stats").json()["messages"]["backlogged"] >= 3
+
+    # WHEN the workers catch up (here: everything received, none left visible)
+    drain(queue)
+
+    # THEN the writer accepts again
+    wait_until(lambda: client.post("/api/message", json=SEED).status_code == 201, timeout_s=10, what="201")
 
 
 def test_bodies_and_attribute_values_stay_out_of_info_logs(
