@@ -25,6 +25,8 @@ BATCH_MAX_ENTRIES = 10
 #: 256 KiB so that every endpoint (and older emulators) accepts our batches. A single message
 #: larger than this still travels, alone in its batch.
 BATCH_MAX_BYTES = 262_144
+#: SQS accepts at most this many message attributes on one message.
+MAX_ATTRIBUTES = 10
 #: SQS's data type for the string attributes this service sends.
 STRING = "String"
 

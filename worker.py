@@ -32,7 +32,9 @@ from config import ConfigError, Settings, configure_logging
 from metrics import LatencyWindow, milliseconds
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
+    MAX_ATTRIBUTES,
     EntryOutcome,
+    OutgoingMessage,
     ReceivedMessage,
     SqsError,
     SqsQueue,
@@ -54,6 +56,14 @@ MAX_OUTAGE_BACKOFF_S = 30.0
 RECEIVE_GATHER_S = 0.05
 #: How long a delete or visibility change may wait for others to share its batch call.
 ACK_LINGER_S = 0.02
+
+
+#: The attributes a dead letter gets from the worker that moved it; `SOURCE_ID` holds the id the
+#: message had in the source queue (the copy in the dead-letter queue gets an id of its own).
+DEAD_LETTER_PREFIX = "dead_letter."
+SOURCE_ID = DEAD_LETTER_PREFIX + "source_id"
+#: How much of an error's text travels with a dead letter.
+ERROR_TEXT_CHARS = 256
 
 
 class SimulatedFailure(Exception):
@@ -97,6 +107,22 @@ def compute_backoff(
     failed together do not return together. Whole seconds, as SQS takes them."""
     ceiling = min(max_s, base_s * 2 ** max(0, receive_count - 1))
     return min(43_200, math.ceil(ceiling * (0.5 + rng() / 2)))
+
+
+def failure_attributes(
+    message: ReceivedMessage, error: BaseException, *, worker_id: str, at: datetime
+) -> dict[str, str]:
+    """Why a message is dead-lettered, as message attributes an operator can read in any SQS
+    console: its source id, the error's type and text, the attempts, which worker, when."""
+    text = "".join(c if c.isprintable() else " " for c in str(error))[:ERROR_TEXT_CHARS].strip()
+    return {
+        SOURCE_ID: message.id,
+        DEAD_LETTER_PREFIX + "error_type": type(error).__name__,
+        DEAD_LETTER_PREFIX + "error": text or "(no message)",
+        DEAD_LETTER_PREFIX + "attempts": str(message.receive_count),
+        DEAD_LETTER_PREFIX + "worker": worker_id,
+        DEAD_LETTER_PREFIX + "at": at.isoformat(timespec="milliseconds"),
+    }
 
 
 def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[list[ReceivedMessage]]:
@@ -207,6 +233,7 @@ class Worker:
         self.output = output
         self.stats_out = stats_out
         self.exit_when_idle_s = exit_when_idle_s
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
         self.visibility_timeout_s = settings.visibility_timeout_s
         self.poll_wait_s = settings.receive_wait_s
@@ -439,15 +466,40 @@ class Worker:
             )
             log.debug("message %r failed (%s); retry in %d s", message.id, type(exc).__name__, delay_s)
         else:
-            # The last allowed receive: visible at once, so SQS's redrive policy moves it to the
-            # dead-letter queue on the next receive instead of after the visibility timeout.
             self.stats.add("dead_lettered")
-            delay_s = 0
             log.info(
-                "message %r failed %d times (%s: %s): leaving it to the dead-letter queue",
+                "message %r failed %d times (%s: %s): to the dead-letter queue",
                 message.id, message.receive_count, type(exc).__name__, exc,
             )
+            if self._dead_letter(message, exc):
+                # Only now that the dead-letter queue has it: dying before this delete leaves
+                # a copy in each queue, never none.
+                self._acknowledge(self._deletes, message.receipt_handle, message, "deleted after dead-lettering")
+                return
+            # Visible at once instead: SQS's redrive policy moves it on the next receive.
+            delay_s = 0
         self._acknowledge(self._visibility, (message.receipt_handle, delay_s), message, "rescheduled")
+
+    def _dead_letter(self, message: ReceivedMessage, exc: Exception) -> bool:
+        """Send the message to the dead-letter queue with why it failed; True once SQS has it.
+        False, leaving it to SQS's redrive policy, when the reasons do not fit beside the
+        message's own attributes, or SQS refuses the send."""
+        reason = failure_attributes(message, exc, worker_id=self.worker_id, at=datetime.now(timezone.utc))
+        if len(message.attributes) + len(reason) > MAX_ATTRIBUTES:
+            log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
+                     message.id, len(message.attributes))
+            return False
+        dead_letter = OutgoingMessage(
+            body=message.body,
+            attributes={**message.attributes, **reason},
+            group_id=message.group_id,
+            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None,
+        )
+        (result,) = self.dead_letter_queue.send([dead_letter])
+        if result.error is not None:
+            log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive moves it",
+                        message.id, result.error)
+        return result.ok
 
     def _acknowledge(self, batcher: GroupCommit, item: Any, message: ReceivedMessage, done: str) -> None:
         """Hand a delete or visibility change to its batcher without waiting for it. If it
@@ -613,8 +665,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     _install_signal_handlers(worker)
     log.info(
-        "worker %s:%d on queue %r (%s), concurrency %d",
-        socket.gethostname(), os.getpid(), settings.queue_name,
+        "worker %s on queue %r (%s), concurrency %d", worker.worker_id, settings.queue_name,
         settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.worker_concurrency,
     )
     try:

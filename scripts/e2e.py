@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import sqs_setup  # noqa: E402
 from config import Settings  # noqa: E402
 from sqsinterface import SqsQueue, create_client  # noqa: E402
+from worker import SOURCE_ID  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,11 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def dead_letter_ids(queue: SqsQueue) -> set[str]:
+    """The source ids of the dead letters: the worker's copy carries it in an attribute, what
+    SQS's redrive moved keeps its own."""
     ids: set[str] = set()
     while batch := queue.receive(max_messages=10, wait_s=0):
-        ids.update(message.id for message in batch)
+        ids.update(message.attributes.get(SOURCE_ID, message.id) for message in batch)
         queue.change_visibility([(message.receipt_handle, 600) for message in batch])
     return ids
 

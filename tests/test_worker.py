@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
@@ -14,10 +15,12 @@ import sqs_setup
 from config import Settings
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue, create_client
 from worker import (
+    SOURCE_ID,
     SimulatedFailure,
     SimulatedWork,
     Worker,
     compute_backoff,
+    failure_attributes,
     load_processor,
     render_stats,
 )
@@ -148,13 +151,16 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         processor: Callable[[ReceivedMessage], None],
         bodies: list[str],
         exit_when_idle_s: Optional[float] = 1.0,
+        attributes: Optional[dict[str, str]] = None,
         **overrides: Any,
     ) -> RunningWorker:
         settings = Settings(**{**FAST, **overrides})
         sqs_setup.set_up(settings, sqs)
         queue = SqsQueue(settings.queue_name, sqs)
         group_id = "one-group" if settings.is_fifo else None
-        results = queue.send([OutgoingMessage(body=body, group_id=group_id) for body in bodies])
+        results = queue.send(
+            [OutgoingMessage(body=body, group_id=group_id, attributes=attributes or {}) for body in bodies]
+        )
         assert all(result.ok for result in results)
         worker = Worker(
             queue=queue,
@@ -189,21 +195,67 @@ def test_successes_are_recorded_then_deleted_in_batches(
     assert sqs_calls["DeleteMessageBatch"] < 15  # coalesced across processors, not one per message
 
 
-def test_a_message_failing_every_time_is_received_max_receive_count_times_then_dead_lettered(
+def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone_from_the_source(
     start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any
 ) -> None:
-    recorder = Recorder(behaviour=SimulatedWork(process_time_s=0, failure_rate=1.0))
+    ids: set[str] = set()
 
-    running = start_worker(recorder, ["poison"])
+    def fail(message: ReceivedMessage) -> None:
+        ids.add(message.id)
+        raise ValueError("cannot parse order\x00 42")
+
+    recorder = Recorder(behaviour=fail)
+
+    running = start_worker(recorder, ["poison"], attributes={"kind": "order"})
 
     assert running.wait() == 0
     assert recorder.receive_counts("poison") == [1, 2, 3]
     queue, dead_letter_queue = queues
     assert sum(queue.depth().values()) == 0
-    assert [m["Body"] for m in drain(dead_letter_queue)] == ["poison"]
+    (dead,) = drain(dead_letter_queue)
+    attributes = {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()}
+    assert dead["Body"] == "poison"
+    assert attributes == {
+        "kind": "order",
+        SOURCE_ID: ids.pop(),
+        "dead_letter.error_type": "ValueError",
+        "dead_letter.error": "cannot parse order  42",
+        "dead_letter.attempts": "3",
+        "dead_letter.worker": running.worker.worker_id,
+        "dead_letter.at": attributes["dead_letter.at"],
+    }
+    assert datetime.fromisoformat(attributes["dead_letter.at"]).tzinfo is not None
     stats = running.worker.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
     assert running.output_lines == []
+
+
+def test_a_message_with_no_room_for_the_reasons_is_left_to_sqs_redrive(
+    start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any
+) -> None:
+    own = {f"a{n}": "v" for n in range(5)}  # 5 + the 6 reasons > SQS's 10
+
+    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=1.0), ["crowded"], attributes=own)
+
+    assert running.wait() == 0
+    queue, dead_letter_queue = queues
+    (dead,) = drain(dead_letter_queue)
+    assert dead["Body"] == "crowded"
+    assert {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()} == own
+    assert sum(queue.depth().values()) == 0
+
+
+def test_failure_attributes_are_short_printable_and_never_empty() -> None:
+    message = ReceivedMessage(id="m-1", body="b", receipt_handle="r", receive_count=5)
+    at = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+    long_error = failure_attributes(message, RuntimeError("x\n" * 500), worker_id="host:1", at=at)
+    silent_error = failure_attributes(message, KeyError(), worker_id="host:1", at=at)
+
+    assert len(long_error["dead_letter.error"]) <= 256 and "\n" not in long_error["dead_letter.error"]
+    assert silent_error["dead_letter.error"] == "(no message)"
+    assert silent_error["dead_letter.attempts"] == "5"
+    assert silent_error["dead_letter.at"] == "2026-11-22T12:00:00.000+00:00"
 
 
 def test_a_failed_message_comes_back_long_before_the_visibility_timeout(
