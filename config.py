@@ -53,6 +53,8 @@ class Settings:
     retry_after_s: int = 1
     max_queue_depth: Optional[int] = None  # None: no backpressure
     depth_poll_interval_s: float = 5.0
+    idempotency_window_s: float = 300.0  # as long as SQS's own FIFO deduplication interval
+    idempotency_max_keys: int = 100_000
     worker_concurrency: int = 10
     process_time_s: float = 0.005
     failure_rate: float = 0.1
@@ -164,6 +166,8 @@ ENV_NAMES: dict[str, str] = {
     "retry_after_s": "RETRY_AFTER",
     "max_queue_depth": "MAX_QUEUE_DEPTH",
     "depth_poll_interval_s": "DEPTH_POLL_INTERVAL",
+    "idempotency_window_s": "IDEMPOTENCY_WINDOW",
+    "idempotency_max_keys": "IDEMPOTENCY_MAX_KEYS",
     "worker_concurrency": "WORKER_CONCURRENCY",
     "process_time_s": "PROCESS_TIME",
     "failure_rate": "FAILURE_RATE",
@@ -204,6 +208,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "retry_after_s": (1, 3600),
     "max_queue_depth": (1, 1_000_000_000),
     "depth_poll_interval_s": (0.1, 3600),
+    "idempotency_window_s": (1, 86_400),
+    "idempotency_max_keys": (1, 10_000_000),
     "worker_concurrency": (1, 1000),
     "process_time_s": (0, 3600),
     "failure_rate": (0, 1),

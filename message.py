@@ -17,6 +17,7 @@ import flask
 
 from batcher import GroupCommit, Overloaded
 from config import Settings
+from idempotency import IdempotencyStore, fingerprint, scoped_key
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
     OutgoingMessage,
@@ -136,6 +137,9 @@ class Writer:
         self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0, "backlogged": 0}
         self._counts_lock = threading.Lock()
         self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
+        self.idempotency = IdempotencyStore(
+            window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys
+        )
         self._closed = threading.Event()
         if settings.max_queue_depth is not None:
             threading.Thread(target=self._watch_depth, name="depth-watch", daemon=True).start()
@@ -147,7 +151,15 @@ class Writer:
         with self._counts_lock:
             self._counts[outcome] += 1
 
-    def prepare(self, fields: Mapping[str, Any]) -> OutgoingMessage:
+    def prepare(self, fields: Mapping[str, Any], idempotency_key: Optional[str] = None) -> OutgoingMessage:
+        """Check one message and build what will be sent. On a FIFO queue an Idempotency-Key
+        becomes the deduplication id, so that SQS too drops a repeat, across writers."""
+        if idempotency_key is not None and self.queue.is_fifo:
+            given = fields.get("deduplication_id")
+            if given is not None and given != idempotency_key:
+                self.count("invalid")
+                raise InvalidMessage("deduplication_id and Idempotency-Key differ: give one, or the same")
+            fields = {**fields, "deduplication_id": idempotency_key}
         try:
             return to_outgoing(
                 fields,
@@ -208,6 +220,21 @@ class Writer:
         if result.error is not None:
             raise result.error
         return result
+
+    def send_once(self, key: str, client: str, fields: Mapping[str, Any], message: OutgoingMessage) -> tuple[dict[str, str], bool]:
+        """Send under an Idempotency-Key: (the answer, whether it is a replay). A repeat of the
+        same request gets the first answer and sends nothing; a failed send forgets the key."""
+        scoped = scoped_key(key, client)
+        remembered = self.idempotency.begin(scoped, fingerprint(fields))
+        if remembered is not None:
+            return remembered, True
+        try:
+            answer = _accepted(self.send_one(message))
+        except BaseException:
+            self.idempotency.abandon(scoped)
+            raise
+        self.idempotency.finish(scoped, answer)
+        return answer, False
 
     def send_many(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         """Send a client's batch directly: it is already a batch, group commit adds nothing."""
@@ -291,8 +318,24 @@ _JSON = {"Content-Type": "application/json"}
 
 def post_message(body: dict[str, Any]) -> JsonResponse:
     writer = current_writer()
-    result = writer.send_one(writer.prepare(body))
-    return _accepted(result), 201, _JSON
+    key = _idempotency_key(flask.request.headers)
+    message = writer.prepare(body, idempotency_key=key)
+    if key is None:
+        return _accepted(writer.send_one(message)), 201, _JSON
+    client = flask.request.headers.get("X-API-Key", "")
+    answer, replayed = writer.send_once(key, client, body, message)
+    return answer, 201, {**_JSON, "Idempotent-Replayed": "true" if replayed else "false"}
+
+
+def _idempotency_key(headers: Mapping[str, str]) -> Optional[str]:
+    """The header's key, without the quotes of the IETF draft's form ("key"); the spec has
+    checked its length and characters."""
+    key = headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    return key or None
 
 
 def post_messages(body: dict[str, Any]) -> JsonResponse:

@@ -24,12 +24,13 @@ from connexion.middleware import MiddlewarePosition
 from connexion.middleware.abstract import ROUTING_CONTEXT
 from connexion.problem import problem
 from connexion.security import ApiKeySecurityHandler
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import HERE, ConfigError, Settings, configure_logging
+from idempotency import IdempotencyError
 from message import WRITER_EXTENSION, InvalidMessage, Writer
 from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
 
@@ -93,6 +94,15 @@ class BoundedJSONBodyValidator(JSONRequestBodyValidator):
             title="Request too large",
             detail=f"the request body is over MAX_REQUEST_BYTES ({self._max_bytes} bytes)",
         )
+
+
+class NamedParameterValidator(ParameterValidator):
+    """connexion's parameter validator, with errors that name the header they are about, on one
+    line (jsonschema's own text neither names it nor fits a `detail`)."""
+
+    def validate_header_parameter(self, param: dict, request: Any) -> Optional[str]:
+        error = super().validate_header_parameter(param, request)
+        return f"header {param['name']}: {error.splitlines()[0]}" if error else error
 
 
 def _charset(content_type: str) -> Optional[str]:
@@ -231,7 +241,7 @@ def create_app(
     )
     app.add_api(
         spec,
-        validator_map={"body": body_validators},
+        validator_map={"body": body_validators, "parameter": NamedParameterValidator},
         security_map={"apiKey": _api_key_handler(api_keys)},
     )
     _set_handler_threads(app, settings.handler_threads)
@@ -298,7 +308,11 @@ def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
         throttled.warning(exc)
         return problem(503, "Not authorized for the queue", str(exc), headers=retry_after)
 
+    def idempotency_refused(_: ConnexionRequest, exc: IdempotencyError) -> ConnexionResponse:
+        return problem(exc.status, exc.title, str(exc))
+
     app.add_error_handler(InvalidMessage, invalid_message)
+    app.add_error_handler(IdempotencyError, idempotency_refused)
     app.add_error_handler(MessageRejected, rejected_by_sqs)
     app.add_error_handler(QueueUnavailable, unavailable)
     app.add_error_handler(NotAuthorized, not_authorized)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+import sqs_setup
 from config import Settings
 from message import WRITER_EXTENSION
 from server import create_app
@@ -416,6 +417,81 @@ def test_backpressure_refuses_above_max_queue_depth_and_recovers_below(
 
     # THEN the writer accepts again
     wait_until(lambda: client.post("/api/message", json=SEED).status_code == 201, timeout_s=10, what="201")
+
+
+def test_a_repeated_idempotency_key_enqueues_once_and_returns_the_same_id(
+    client: Any, queue: SqsQueue, drain: Any
+) -> None:
+    headers = {"Idempotency-Key": "order-1001"}
+
+    first = client.post("/api/message", json=SEED, headers=headers)
+    repeat = client.post("/api/message", json=SEED, headers={"Idempotency-Key": '"order-1001"'})
+
+    assert (first.status_code, repeat.status_code) == (201, 201)
+    assert repeat.json() == first.json()
+    assert (first.headers["Idempotent-Replayed"], repeat.headers["Idempotent-Replayed"]) == ("false", "true")
+    assert [m["MessageId"] for m in drain(queue)] == [first.json()["message_id"]]
+
+
+def test_an_idempotency_key_reused_with_another_request_is_422(client: Any, queue: SqsQueue) -> None:
+    headers = {"Idempotency-Key": "order-1001"}
+    assert client.post("/api/message", json=SEED, headers=headers).status_code == 201
+
+    response = client.post("/api/message", json={"body": "something else"}, headers=headers)
+
+    assert_problem(response, 422, "used with a different request")
+    assert queue.depth()["visible"] == 1
+
+
+@pytest.mark.parametrize("key", ["", "has space", "k" * 129, "caf\u00e9"])
+def test_a_malformed_idempotency_key_is_400(client: Any, key: str) -> None:
+    response = client.post("/api/message", json=SEED, headers={"Idempotency-Key": key.encode("utf-8")})
+
+    assert_problem(response, 400, "Idempotency-Key")
+
+
+def test_a_repeat_while_the_first_is_being_sent_is_409(live_server: str, sqs: Any, queue: SqsQueue) -> None:
+    sqs.meta.events.register("before-call.sqs.SendMessageBatch", lambda **_: time.sleep(1.0))
+    headers = {"Idempotency-Key": "slow-1"}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(requests.post, f"{live_server}/api/message", json=SEED, headers=headers, timeout=30)
+        time.sleep(0.3)
+        repeat = requests.post(f"{live_server}/api/message", json=SEED, headers=headers, timeout=30)
+
+    assert first.result().status_code == 201
+    assert repeat.status_code == 409 and "still being sent" in repeat.json()["detail"]
+    assert queue.depth()["visible"] == 1
+
+
+@pytest.mark.parametrize("settings", [Settings(api_keys="alice,bob")])
+def test_idempotency_keys_are_scoped_per_api_key(client: Any, queue: SqsQueue) -> None:
+    same_key = {"Idempotency-Key": "k-1"}
+
+    alice = client.post("/api/message", json=SEED, headers={**same_key, "X-API-Key": "alice"})
+    bob = client.post("/api/message", json=SEED, headers={**same_key, "X-API-Key": "bob"})
+
+    assert (alice.status_code, bob.status_code) == (201, 201)
+    assert alice.json() != bob.json()
+    assert queue.depth()["visible"] == 2
+
+
+def test_on_a_fifo_queue_the_idempotency_key_becomes_the_deduplication_id(sqs: Any, drain: Any) -> None:
+    settings = Settings(queue_name="orders.fifo")
+    sqs_setup.set_up(settings, sqs)
+    queue = SqsQueue(settings.queue_name, sqs)
+    client = create_app(settings, queue=queue).test_client()
+    fifo_message = {**SEED, "group_id": "g"}
+
+    accepted = client.post("/api/message", json=fifo_message, headers={"Idempotency-Key": "k-7"})
+    conflicting = client.post(
+        "/api/message", json={**fifo_message, "deduplication_id": "other"}, headers={"Idempotency-Key": "k-8"}
+    )
+
+    assert accepted.status_code == 201
+    assert_problem(conflicting, 400, "deduplication_id and Idempotency-Key differ")
+    (received,) = drain(queue)
+    assert received["Attributes"]["MessageDeduplicationId"] == "k-7"
 
 
 def test_bodies_and_attribute_values_stay_out_of_info_logs(
