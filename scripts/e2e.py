@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import sqs_setup  # noqa: E402
 from config import Settings  # noqa: E402
+from metrics import milliseconds, percentile  # noqa: E402
 from sqsinterface import SqsQueue, create_client  # noqa: E402
 from worker import SOURCE_ID  # noqa: E402
 
@@ -40,6 +41,8 @@ class E2EResult:
     in_both: int  # processed and also dead-lettered: should not happen
     client_exit: int
     seconds: float  # from the client's first request to the last message processed
+    latency_p50_s: Optional[float] = None  # SQS accepted (SentTimestamp) to processed
+    latency_p99_s: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -51,7 +54,8 @@ class E2EResult:
             f"accepted {self.accepted}, processed {self.processed}, dead-lettered "
             f"{self.dead_lettered}, lost {self.lost}, in both {self.in_both}, redelivered "
             f"{self.redelivered}; {self.seconds:.2f} s from first request to last processed "
-            f"({rate:.0f} messages/s)"
+            f"({rate:.0f} messages/s); accepted to processed p50 {milliseconds(self.latency_p50_s)}, "
+            f"p99 {milliseconds(self.latency_p99_s)}"
         )
 
 
@@ -226,6 +230,11 @@ def run_e2e(
         processed_ids = [line["id"] for line in lines]
         dead = dead_letter_ids(system.queue(system.settings.dlq_name))
     last = max((datetime.fromisoformat(line["processed_at"]).timestamp() for line in lines), default=started)
+    latencies = sorted(
+        datetime.fromisoformat(line["processed_at"]).timestamp() - datetime.fromisoformat(line["sent_at"]).timestamp()
+        for line in lines
+        if line.get("sent_at")
+    )
     return E2EResult(
         accepted=len(accepted),
         processed=len(accepted & set(processed_ids)),
@@ -235,6 +244,8 @@ def run_e2e(
         in_both=len(set(processed_ids) & dead),
         client_exit=load.returncode,
         seconds=last - started,
+        latency_p50_s=percentile(latencies, 0.50),
+        latency_p99_s=percentile(latencies, 0.99),
     )
 
 

@@ -84,7 +84,9 @@ def test_seeded_simulated_work_fails_the_same_attempts_every_run() -> None:
 
 def test_render_stats_fits_a_narrow_pane() -> None:
     snapshot = dict.fromkeys(("received", "processed", "failed", "retried", "dead_lettered", "deleted"), 123456)
-    snapshot.update(uptime_s=12.3, latency_p50_s=0.0052, latency_p99_s=0.0123)
+    snapshot.update(
+        uptime_s=12.3, latency_p50_s=0.0052, latency_p99_s=0.0123, end_to_end_p50_s=0.25, end_to_end_p99_s=None
+    )
 
     text = render_stats(
         "worker", snapshot, in_flight=10, per_second=1234.5,
@@ -93,6 +95,7 @@ def test_render_stats_fits_a_narrow_pane() -> None:
 
     assert max(len(line) for line in text.splitlines()) <= 28
     assert "latency p99     12.3 ms" in text and "1234.5" in text and "(unavailable)" in text
+    assert "e2e p50        250.0 ms" in text and "e2e p99               -" in text
 
 
 def test_load_processor_imports_module_function() -> None:
@@ -189,7 +192,10 @@ def test_successes_are_recorded_then_deleted_in_batches(
     assert running.wait() == 0
     assert sorted(line["body"] for line in running.output_lines) == sorted(bodies)
     assert {line["receive_count"] for line in running.output_lines} == {1}
+    for line in running.output_lines:  # SQS's send time and ours, both from this machine's clock here
+        assert line["sent_at"] <= line["processed_at"]
     stats = running.worker.stats.snapshot()
+    assert 0 < stats["end_to_end_p50_s"] <= stats["end_to_end_p99_s"] < 30
     assert (stats["received"], stats["processed"], stats["deleted"], stats["failed"]) == (30, 30, 30, 0)
     assert sum(queue.depth().values()) == 0
     assert sqs_calls["DeleteMessageBatch"] < 15  # coalesced across processors, not one per message
