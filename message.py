@@ -285,6 +285,7 @@ class Writer:
             "uptime_s": round(time.time() - self.started_at, 3),
             "messages": counts,
             "sqs_calls": self.queue.calls,
+            "sqs_billable_requests": self.queue.billable_requests + self.dead_letter_queue.billable_requests,
             "group_commit": {"batches": self._group.calls, "messages": self._group.items},
             "queue": _named_depth(self.queue, queue_depth),
             "dead_letter_queue": _named_depth(self.dead_letter_queue, dead_letter_depth),

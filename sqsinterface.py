@@ -25,6 +25,8 @@ BATCH_MAX_ENTRIES = 10
 #: 256 KiB so that every endpoint (and older emulators) accepts our batches. A single message
 #: larger than this still travels, alone in its batch.
 BATCH_MAX_BYTES = 262_144
+#: SQS bills a request per started 64 KiB of payload in a call.
+BILLING_CHUNK_BYTES = 65_536
 #: SQS accepts at most this many message attributes on one message.
 MAX_ATTRIBUTES = 10
 #: SQS's data type for the string attributes this service sends.
@@ -135,6 +137,12 @@ def payload_bytes(body: str, attributes: Mapping[str, str]) -> int:
     return size
 
 
+def billable_requests(payload_bytes: int) -> int:
+    """What SQS bills for one call carrying `payload_bytes`: a request per started 64 KiB,
+    and at least one."""
+    return max(1, -(-payload_bytes // BILLING_CHUNK_BYTES))
+
+
 def plan_batches(
     sizes_bytes: Sequence[int],
     *,
@@ -213,20 +221,34 @@ class SqsQueue:
         self._url: Optional[str] = None
         self._content_based_dedup: Optional[bool] = None
         self._calls: collections.Counter[str] = collections.Counter()
+        self._billable = 0
         self._calls_lock = threading.Lock()
 
-    def _call(self, operation: str, **kwargs: Any) -> dict:
+    def _call(self, operation: str, *, payload_bytes: int = 0, **kwargs: Any) -> dict:
+        """Call SQS; `payload_bytes` is what the call sends, for the bill."""
         with self._calls_lock:
             self._calls[operation] += 1
+            self._billable += billable_requests(payload_bytes)
         method = getattr(self.client, _snake_case(operation))
         with translated_errors(f"{operation} {self.name!r}"):
             return method(**kwargs)
+
+    def _bill_received(self, payload_bytes: int) -> None:
+        """A receive is billed by what it brought back too: the requests beyond its first."""
+        with self._calls_lock:
+            self._billable += billable_requests(payload_bytes) - 1
 
     @property
     def calls(self) -> dict[str, int]:
         """SQS API calls made through this queue since start, by operation."""
         with self._calls_lock:
             return dict(self._calls)
+
+    @property
+    def billable_requests(self) -> int:
+        """What SQS bills for those calls: one request per call and per further 64 KiB."""
+        with self._calls_lock:
+            return self._billable
 
     @property
     def url(self) -> str:
@@ -295,7 +317,10 @@ class SqsQueue:
     def _send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         entries = [_entry(str(index), message) for index, message in enumerate(messages)]
         try:
-            response = self._call("SendMessageBatch", QueueUrl=self.url, Entries=entries)
+            response = self._call(
+                "SendMessageBatch", QueueUrl=self.url, Entries=entries,
+                payload_bytes=sum(message.size_bytes for message in messages),
+            )
         except (QueueUnavailable, MessageRejected, NotAuthorized) as exc:
             return [SendResult(error=exc) for _ in messages]
         results: list[SendResult] = [
@@ -321,7 +346,9 @@ class SqsQueue:
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"],
             MessageAttributeNames=["All"],
         )
-        return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
+        received = [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
+        self._bill_received(sum(payload_bytes(message.body, message.attributes) for message in received))
+        return received
 
     def delete_messages(self, receipt_handles: Sequence[str]) -> list[EntryOutcome]:
         """Delete messages with DeleteMessageBatch, ten at a time; one outcome per handle."""

@@ -176,6 +176,7 @@ def render_stats(
     in_flight: int,
     per_second: float,
     depths: dict[str, Optional[dict[str, int]]],
+    sqs_requests: int = 0,
 ) -> str:
     """The stats as a block that fits a narrow (28-column) tmux pane."""
 
@@ -193,6 +194,8 @@ def render_stats(
         f"latency p99 {milliseconds(snapshot['latency_p99_s']):>11}",
         f"e2e p50     {milliseconds(snapshot['end_to_end_p50_s']):>11}",
         f"e2e p99     {milliseconds(snapshot['end_to_end_p99_s']):>11}",
+        f"sqs requests  {sqs_requests:>9}",
+        f"sqs req/msg   {sqs_requests / max(1, snapshot['processed']):>9.2f}",
     ]
     for label, depth in depths.items():
         if depth is None:
@@ -597,6 +600,7 @@ class Worker:
             text = render_stats(
                 title, snapshot, in_flight=self.in_flight, per_second=per_second,
                 depths={"queue": self._depth(self.queue), "dlq": self._depth(self.dead_letter_queue)},
+                sqs_requests=self.queue.billable_requests + self.dead_letter_queue.billable_requests,
             )
             clear = "\x1b[H\x1b[2J" if title != "summary" and self.stats_out.isatty() else ""
             self.stats_out.write(f"{clear}{text}\n\n")

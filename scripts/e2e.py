@@ -11,11 +11,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +45,8 @@ class E2EResult:
     seconds: float  # from the client's first request to the last message processed
     latency_p50_s: Optional[float] = None  # SQS accepted (SentTimestamp) to processed
     latency_p99_s: Optional[float] = None
+    writer_sqs_requests: int = 0  # billable: a request per call and per further 64 KiB
+    worker_sqs_requests: int = 0
 
     @property
     def ok(self) -> bool:
@@ -55,7 +59,9 @@ class E2EResult:
             f"{self.dead_lettered}, lost {self.lost}, in both {self.in_both}, redelivered "
             f"{self.redelivered}; {self.seconds:.2f} s from first request to last processed "
             f"({rate:.0f} messages/s); accepted to processed p50 {milliseconds(self.latency_p50_s)}, "
-            f"p99 {milliseconds(self.latency_p99_s)}"
+            f"p99 {milliseconds(self.latency_p99_s)}; billable SQS requests per message: writer "
+            f"{self.writer_sqs_requests / max(1, self.accepted):.3f}, worker "
+            f"{self.worker_sqs_requests / max(1, self.accepted):.3f}"
         )
 
 
@@ -225,6 +231,8 @@ def run_e2e(
             "--ids-out", str(ids_path), timeout_s=timeout_s,
         )
         worker.wait(timeout=timeout_s)
+        writer_stats = json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
+        worker_summary = system.log("worker").rsplit("summary", 1)[-1]
         accepted = set(ids_path.read_text().split())
         lines = [json.loads(line) for line in output_path.read_text().splitlines()]
         processed_ids = [line["id"] for line in lines]
@@ -246,6 +254,8 @@ def run_e2e(
         seconds=last - started,
         latency_p50_s=percentile(latencies, 0.50),
         latency_p99_s=percentile(latencies, 0.99),
+        writer_sqs_requests=writer_stats["sqs_billable_requests"],
+        worker_sqs_requests=int(re.search(r"sqs requests\s+(\d+)", worker_summary).group(1)),  # type: ignore[union-attr]
     )
 
 

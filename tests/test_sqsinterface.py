@@ -15,6 +15,7 @@ from sqsinterface import (
     QueueNotFound,
     QueueUnavailable,
     SqsQueue,
+    billable_requests,
     create_client,
     payload_bytes,
     plan_batches,
@@ -151,3 +152,22 @@ def test_calls_are_counted_by_operation(queue: SqsQueue) -> None:
     queue.depth()
 
     assert queue.calls["GetQueueAttributes"] == before + 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "requests"), [(0, 1), (1, 1), (65_536, 1), (65_537, 2), (262_144, 4), (262_145, 5)]
+)
+def test_sqs_bills_a_request_per_started_64_kib(payload: int, requests: int) -> None:
+    assert billable_requests(payload) == requests
+
+
+def test_billable_requests_count_calls_and_their_payload(queue: SqsQueue) -> None:
+    queue.url  # the URL lookup is one billable request of its own
+    before = queue.billable_requests
+
+    queue.send([OutgoingMessage(body="x" * 40_000) for _ in range(5)])  # 200,000 bytes: 4 requests
+    received = queue.receive(max_messages=10, wait_s=0)  # 4 requests if all 5 came back
+    queue.delete_messages([message.receipt_handle for message in received])  # 1 request
+
+    assert len(received) == 5
+    assert queue.billable_requests - before == 4 + 4 + 1

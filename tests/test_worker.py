@@ -90,12 +90,13 @@ def test_render_stats_fits_a_narrow_pane() -> None:
 
     text = render_stats(
         "worker", snapshot, in_flight=10, per_second=1234.5,
-        depths={"queue": {"visible": 5, "in_flight": 2, "delayed": 1}, "dlq": None},
+        depths={"queue": {"visible": 5, "in_flight": 2, "delayed": 1}, "dlq": None}, sqs_requests=40_000,
     )
 
     assert max(len(line) for line in text.splitlines()) <= 28
     assert "latency p99     12.3 ms" in text and "1234.5" in text and "(unavailable)" in text
     assert "e2e p50        250.0 ms" in text and "e2e p99               -" in text
+    assert "sqs requests      40000" in text and "sqs req/msg        0.32" in text  # 40,000 / 123,456
 
 
 def test_load_processor_imports_module_function() -> None:
