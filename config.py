@@ -10,6 +10,7 @@ import dataclasses
 import logging.config
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, TypeVar
@@ -130,6 +131,18 @@ class Settings:
                 f"MAX_REQUEST_BYTES={self.max_request_bytes}: must be at least "
                 f"MAX_MESSAGE_BYTES={self.max_message_bytes}"
             )
+
+
+def settings_for_command(program: str) -> Optional[Settings]:
+    """The settings for a command-line tool, logging configured; None, after saying which
+    variable is wrong on stderr, when one is invalid (the tool then exits 2)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return None
+    configure_logging(settings)
+    return settings
 
 
 def configure_logging(settings: Settings) -> None:

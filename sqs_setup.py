@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Mapping, Optional
 
-from config import ConfigError, Settings, configure_logging
+from config import Settings, settings_for_command
 from sqsinterface import (
     NotAuthorized,
     QueueNotFound,
@@ -118,12 +118,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--delete", action="store_true", help="delete both queues instead")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"sqs_setup: {exc}", file=sys.stderr)
+    settings = settings_for_command("sqs_setup")
+    if settings is None:
         return 2
-    configure_logging(settings)
     where = settings.sqs_endpoint_url or f"AWS region {settings.aws_region}"
     try:
         client = create_client(settings)

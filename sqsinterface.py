@@ -219,6 +219,7 @@ class SqsQueue:
         self.client = client
         self.is_fifo = name.endswith(".fifo")
         self._url: Optional[str] = None
+        self._arn: Optional[str] = None
         self._content_based_dedup: Optional[bool] = None
         self._calls: collections.Counter[str] = collections.Counter()
         self._billable = 0
@@ -293,6 +294,29 @@ class SqsQueue:
             self._content_based_dedup = str(value).lower() == "true"
         return self._content_based_dedup
 
+    @property
+    def arn(self) -> str:
+        if self._arn is None:
+            self._arn = self.attributes(["QueueArn"])["QueueArn"]
+        return self._arn
+
+    def start_move_task(self, *, destination_arn: str, max_per_second: Optional[int] = None) -> str:
+        """Ask SQS to move every message of this queue (a dead-letter queue) to `destination_arn`
+        (StartMessageMoveTask); returns the task's handle."""
+        extra = {} if max_per_second is None else {"MaxNumberOfMessagesPerSecond": max_per_second}
+        return self._call(
+            "StartMessageMoveTask", SourceArn=self.arn, DestinationArn=destination_arn, **extra
+        )["TaskHandle"]
+
+    def move_task(self, handle: str) -> dict[str, Any]:
+        """The move task's state (ListMessageMoveTasks): Status, ApproximateNumberOfMessagesMoved,
+        ApproximateNumberOfMessagesToMove, FailureReason."""
+        tasks = self._call("ListMessageMoveTasks", SourceArn=self.arn, MaxResults=10)["Results"]
+        for task in tasks:
+            if task.get("TaskHandle") == handle:
+                return task
+        return tasks[0] if tasks else {"Status": "UNKNOWN"}  # finished tasks lose their handle
+
     def create(self, attributes: Mapping[str, str]) -> str:
         self._url = self._call("CreateQueue", QueueName=self.name, Attributes=dict(attributes))[
             "QueueUrl"
@@ -335,9 +359,13 @@ class SqsQueue:
         return results
 
 
-    def receive(self, *, max_messages: int, wait_s: int) -> list[ReceivedMessage]:
+    def receive(
+        self, *, max_messages: int, wait_s: int, visibility_timeout_s: Optional[int] = None
+    ) -> list[ReceivedMessage]:
         """Long-poll for up to `max_messages` (1 to 10) messages, with their receive count,
-        sent time and string attributes."""
+        sent time and string attributes; hidden for the queue's visibility timeout, or
+        `visibility_timeout_s`."""
+        extra = {} if visibility_timeout_s is None else {"VisibilityTimeout": visibility_timeout_s}
         response = self._call(
             "ReceiveMessage",
             QueueUrl=self.url,
@@ -345,6 +373,7 @@ class SqsQueue:
             WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"],
             MessageAttributeNames=["All"],
+            **extra,
         )
         received = [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
         self._bill_received(sum(payload_bytes(message.body, message.attributes) for message in received))

@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Mapping, Optional, TextIO
 
 from batcher import Closed, GroupCommit, Overloaded
 from config import ConfigError, Settings, configure_logging
@@ -123,6 +123,11 @@ def failure_attributes(
         DEAD_LETTER_PREFIX + "worker": worker_id,
         DEAD_LETTER_PREFIX + "at": at.isoformat(timespec="milliseconds"),
     }
+
+
+def without_reasons(attributes: Mapping[str, str]) -> dict[str, str]:
+    """A message's own attributes, without the dead_letter.* ones a worker added."""
+    return {name: value for name, value in attributes.items() if not name.startswith(DEAD_LETTER_PREFIX)}
 
 
 def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[list[ReceivedMessage]]:
@@ -500,13 +505,14 @@ class Worker:
         False, leaving it to SQS's redrive policy, when the reasons do not fit beside the
         message's own attributes, or SQS refuses the send."""
         reason = failure_attributes(message, exc, worker_id=self.worker_id, at=datetime.now(timezone.utc))
-        if len(message.attributes) + len(reason) > MAX_ATTRIBUTES:
+        own = without_reasons(message.attributes)  # a redriven message's earlier reasons go
+        if len(own) + len(reason) > MAX_ATTRIBUTES:
             log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
-                     message.id, len(message.attributes))
+                     message.id, len(own))
             return False
         dead_letter = OutgoingMessage(
             body=message.body,
-            attributes={**message.attributes, **reason},
+            attributes={**own, **reason},
             group_id=message.group_id,
             deduplication_id=message.id if self.dead_letter_queue.is_fifo else None,
         )

@@ -1,0 +1,209 @@
+"""Dead letters: list them with the reasons the worker gave, and move them back to the source
+queue (redrive) once the cause is fixed.
+
+    python dlq.py list [--max N] [--bodies]
+    python dlq.py redrive [--max N] [--rate R] [--method auto|move-task|receive]
+
+Listing consumes nothing: what it received is made visible again at once. Redrive uses SQS's
+own StartMessageMoveTask where the endpoint has it, and otherwise receives, sends to the source
+queue, then deletes, in that order: an interrupted redrive can leave a message in both queues,
+never in neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+from config import settings_for_command
+from sqsinterface import OutgoingMessage, ReceivedMessage, SqsError, SqsQueue, create_client
+from worker import DEAD_LETTER_PREFIX, SOURCE_ID, without_reasons
+
+#: How long a listed or moving message stays hidden from others while this tool holds it.
+HOLD_S = 60
+#: Seconds between looks at a move task's progress.
+MOVE_TASK_POLL_S = 1.0
+
+Progress = Callable[[int, Optional[int]], None]
+
+
+def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies: bool, out: TextIO) -> int:
+    """Print up to `max_messages` dead letters with their reasons; returns how many. They are
+    made visible again before this returns, so nothing is consumed."""
+    held: list[ReceivedMessage] = []
+    try:
+        while len(held) < max_messages:
+            batch = dead_letter_queue.receive(
+                max_messages=min(10, max_messages - len(held)), wait_s=1, visibility_timeout_s=HOLD_S
+            )
+            if not batch:
+                break
+            held.extend(batch)
+    finally:
+        if held:
+            dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message in held])
+    for message in held:
+        out.write(describe(message, body=bodies) + "\n")
+    out.write(f"{len(held)} dead letters shown ({dead_letter_queue.name!r})\n")
+    return len(held)
+
+
+def describe(message: ReceivedMessage, *, body: bool) -> str:
+    """One line per dead letter: its source id, then why it failed, as the worker recorded it."""
+    reason = message.attributes
+    if SOURCE_ID in reason:
+        why = (
+            f"{reason.get(DEAD_LETTER_PREFIX + 'attempts', '?')} attempts, "
+            f"{reason.get(DEAD_LETTER_PREFIX + 'at', '?')}, {reason.get(DEAD_LETTER_PREFIX + 'worker', '?')}: "
+            f"{reason.get(DEAD_LETTER_PREFIX + 'error_type', '?')}: {reason.get(DEAD_LETTER_PREFIX + 'error', '')}"
+        )
+    else:
+        why = "moved by SQS's redrive policy: no reason recorded (see the worker's log)"
+    line = f"{reason.get(SOURCE_ID, message.id)}  {why}"
+    return f"{line}\n    body: {message.body!r}" if body else line
+
+
+def back_to_source(message: ReceivedMessage, *, fifo: bool) -> OutgoingMessage:
+    """The message as the source queue first had it: its own attributes, not the reasons. On
+    FIFO, the dead letter's id deduplicates a send repeated by an interrupted redrive."""
+    return OutgoingMessage(
+        body=message.body,
+        attributes=without_reasons(message.attributes),
+        group_id=message.group_id if fifo else None,
+        deduplication_id=message.id if fifo else None,
+    )
+
+
+def redrive_by_hand(
+    dead_letter_queue: SqsQueue,
+    source: SqsQueue,
+    *,
+    max_messages: Optional[int],
+    rate: Optional[float],
+    progress: Progress,
+) -> int:
+    """Receive, send to the source, then delete, ten at a time; returns how many moved. Stops
+    at the first send SQS refuses, leaving that message in the dead-letter queue."""
+    moved, started = 0, time.monotonic()
+    while max_messages is None or moved < max_messages:
+        wanted = 10 if max_messages is None else min(10, max_messages - moved)
+        batch = dead_letter_queue.receive(max_messages=wanted, wait_s=1, visibility_timeout_s=HOLD_S)
+        if not batch:
+            break
+        results = source.send([back_to_source(message, fifo=source.is_fifo) for message in batch])
+        sent = [message for message, result in zip(batch, results) if result.ok]
+        dead_letter_queue.delete_messages([message.receipt_handle for message in sent])
+        moved += len(sent)
+        progress(moved, max_messages)
+        refused = [(message, result) for message, result in zip(batch, results) if not result.ok]
+        if refused:
+            dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message, _ in refused])
+            raise SqsError(f"the source queue refused a message: {refused[0][1].error}")
+        if rate:
+            time.sleep(max(0.0, started + moved / rate - time.monotonic()))
+    return moved
+
+
+def redrive_with_move_task(
+    dead_letter_queue: SqsQueue, source: SqsQueue, *, rate: Optional[float], progress: Progress
+) -> int:
+    """Let SQS move every dead letter back (StartMessageMoveTask) and follow its progress."""
+    handle = dead_letter_queue.start_move_task(
+        destination_arn=source.arn, max_per_second=None if rate is None else max(1, min(500, int(rate)))
+    )
+    while True:
+        task = dead_letter_queue.move_task(handle)
+        moved = int(task.get("ApproximateNumberOfMessagesMoved", 0))
+        progress(moved, task.get("ApproximateNumberOfMessagesToMove"))
+        if task["Status"] == "COMPLETED":
+            return moved
+        if task["Status"] in ("FAILED", "CANCELLED", "UNKNOWN"):
+            raise SqsError(f"the move task ended {task['Status']}: {task.get('FailureReason', 'no reason given')}")
+        time.sleep(MOVE_TASK_POLL_S)
+
+
+def redrive(
+    dead_letter_queue: SqsQueue,
+    source: SqsQueue,
+    *,
+    method: str = "auto",
+    max_messages: Optional[int] = None,
+    rate: Optional[float] = None,
+    progress: Progress = lambda moved, total: None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Move dead letters back to `source`; returns how many. `auto`: SQS's move task, unless a
+    --max is asked for (a move task moves everything) or the endpoint does not have it."""
+    if method == "move-task" or (method == "auto" and max_messages is None):
+        try:
+            return redrive_with_move_task(dead_letter_queue, source, rate=rate, progress=progress)
+        except SqsError as exc:
+            if method == "move-task":
+                raise
+            say(f"StartMessageMoveTask is not available here ({exc}); moving by receive, send, delete")
+    return redrive_by_hand(dead_letter_queue, source, max_messages=max_messages, rate=rate, progress=progress)
+
+
+def progress_bar(out: TextIO) -> Progress:
+    """Redrive progress on one line of a terminal, or a line per 100 messages in a log."""
+    shown = [0]
+
+    def show(moved: int, total: Optional[int]) -> None:
+        if out.isatty():
+            width, fraction = 30, (min(1.0, moved / total) if total else 0.0)
+            bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
+            out.write(f"\rredrive [{bar}] {moved}" + (f"/{total}" if total else ""))
+        elif moved - shown[0] >= 100:
+            out.write(f"redrive: {moved} moved\n")
+            shown[0] = moved
+        out.flush()
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Dead letters of QUEUE_NAME's dead-letter queue (DLQ_NAME): list them with "
+        "their reasons, or move them back to QUEUE_NAME. Settings come from the environment."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="show dead letters and why they failed; consumes none")
+    listing.add_argument("--max", type=int, default=100, help="show at most this many (default %(default)s)")
+    listing.add_argument("--bodies", action="store_true", help="show each body too (off: bodies may be private)")
+    moving = commands.add_parser("redrive", help="move dead letters back to the source queue")
+    moving.add_argument("--max", type=int, help="move at most this many (default: all)")
+    moving.add_argument("--rate", type=float, help="messages per second at most (default: as fast as SQS goes)")
+    moving.add_argument(
+        "--method", choices=("auto", "move-task", "receive"), default="auto",
+        help="auto (default): StartMessageMoveTask where the endpoint has it and no --max is "
+        "given, else receive, send, delete",
+    )
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_for_command("dlq")
+    if settings is None:
+        return 2
+    client = create_client(settings)
+    dead_letter_queue, source = SqsQueue(settings.dlq_name, client), SqsQueue(settings.queue_name, client)
+    try:
+        if args.command == "list":
+            list_dead_letters(dead_letter_queue, max_messages=args.max, bodies=args.bodies, out=sys.stdout)
+            return 0
+        moved = redrive(
+            dead_letter_queue, source, method=args.method, max_messages=args.max, rate=args.rate,
+            progress=progress_bar(sys.stderr),
+        )
+    except SqsError as exc:
+        print(f"\ndlq: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nredrive: {moved} messages moved from {settings.dlq_name!r} back to {settings.queue_name!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
