@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
 import requests
 
-from metrics import LatencyWindow, milliseconds
+from metrics import LatencyWindow, milliseconds, percentile
 
 DEFAULT_COUNT = 1000
 
@@ -149,6 +151,7 @@ class Client:
         self._jobs_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._sent = 0
+        self.requested_at: dict[str, float] = {}  # accepted message id -> when it was first sent
 
     def _next_job(self) -> Optional[Job]:
         """The next job, or None when the bound is reached. With a rate, also when to send it."""
@@ -175,6 +178,7 @@ class Client:
         """Send one job and record its final answer. A 503 with Retry-After (SQS unavailable,
         the writer busy, the queue over MAX_QUEUE_DEPTH) is waited out as told and the job sent
         again, up to `max_retries` times and never past the duration."""
+        first_sent = time.time()
         for attempt in itertools.count():
             started = time.monotonic()
             try:
@@ -189,8 +193,10 @@ class Client:
                 continue
             self.stats.record(job, response.status_code, time.monotonic() - started)
             if response.status_code == 201 and self.ids_out is not None:
+                message_id = response.json()["message_id"]
                 with self._ids_lock:
-                    self.ids_out.write(response.json()["message_id"] + "\n")
+                    self.ids_out.write(message_id + "\n")
+                    self.requested_at[message_id] = first_sent
             return
 
     def _ends_within(self, seconds: float) -> bool:
@@ -220,6 +226,28 @@ class Client:
         out.write(f"{clear}{self.stats.render(title, per_second=per_second)}\n\n")
         out.flush()
         return now, sent
+
+
+def processing_latencies(requested_at: dict[str, float], processed: Path, *, quiet_s: float) -> list[float]:
+    """Seconds from sending each accepted message (its first attempt) to its `processed_at` in
+    the worker's --output file, once all are there or the file has not grown for `quiet_s`
+    (dead letters never arrive). Sorted; only those found. Not from the 201: the worker can
+    finish before the answer arrives."""
+    size, quiet_since = -1, time.monotonic()
+    while True:
+        found: dict[str, float] = {}
+        if processed.exists():
+            for line in processed.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    found.setdefault(record["id"], datetime.fromisoformat(record["processed_at"]).timestamp())
+                except (ValueError, KeyError):
+                    continue  # a line being written, or not the worker's
+        if len(found) != size:
+            size, quiet_since = len(found), time.monotonic()
+        if set(requested_at) <= set(found) or time.monotonic() - quiet_since >= quiet_s:
+            return sorted(found[id_] - requested_at[id_] for id_ in requested_at if id_ in found)
+        time.sleep(0.2)
 
 
 def _retry_after_s(response: requests.Response) -> Optional[float]:
@@ -270,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stats-interval", type=float, default=1.0, help="seconds between live stats (default %(default)s)")
     add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
     add("--api-key", help="sent as X-API-Key, for a writer with API_KEYS")
+    add("--processed", type=Path, metavar="FILE",
+        help="the worker's --output file: with --ids-out, wait for the accepted messages to "
+        "appear in it and add the latency from sending to processed to the summary")
+    add("--wait-processed", type=float, default=5.0,
+        help="with --processed, stop waiting once the file has not grown for this many seconds "
+        "(default %(default)s)")
     add("--max-retries", type=int, default=10,
         help="times one message is sent again after a 503 with Retry-After (default %(default)s)")
     add("--allow-errors", action="store_true", help="exit 0 even after 5xx or connection errors")
@@ -305,6 +339,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if ids_out is not None:
             ids_out.close()
+    if args.processed and ids_out is not None:
+        latencies = processing_latencies(client.requested_at, args.processed, quiet_s=args.wait_processed)
+        print(
+            f"processed    {len(latencies):>5}/{len(client.requested_at)}\n"
+            f"e2e p50      {milliseconds(percentile(latencies, 0.50)):>10}\n"
+            f"e2e p99      {milliseconds(percentile(latencies, 0.99)):>10}"
+        )
     return 1 if stats.failed and not args.allow_errors else 0
 
 

@@ -47,6 +47,7 @@ class E2EResult:
     latency_p99_s: Optional[float] = None
     writer_sqs_requests: int = 0  # billable: a request per call and per further 64 KiB
     worker_sqs_requests: int = 0
+    client_summary: str = ""  # the client's own summary, its sent-to-processed latency included
 
     @property
     def ok(self) -> bool:
@@ -228,8 +229,10 @@ def run_e2e(
         started = time.time()
         load = system.client(
             "--count", str(count), "--malformed-per-batch", "0", "--concurrency", str(concurrency),
-            "--ids-out", str(ids_path), timeout_s=timeout_s,
+            "--ids-out", str(ids_path), "--processed", str(output_path), timeout_s=timeout_s,
         )
+        client_summary = load.stdout.rsplit("summary", 1)[-1].rstrip()
+        say(client_summary)
         worker.wait(timeout=timeout_s)
         writer_stats = json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
         worker_summary = system.log("worker").rsplit("summary", 1)[-1]
@@ -255,6 +258,7 @@ def run_e2e(
         latency_p50_s=percentile(latencies, 0.50),
         latency_p99_s=percentile(latencies, 0.99),
         writer_sqs_requests=writer_stats["sqs_billable_requests"],
+        client_summary=client_summary,
         worker_sqs_requests=int(re.search(r"sqs requests\s+(\d+)", worker_summary).group(1)),  # type: ignore[union-attr]
     )
 

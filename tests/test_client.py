@@ -135,3 +135,18 @@ def test_a_503_with_retry_after_is_waited_out_and_the_message_sent_again(live_se
     # THEN it waited out the 503s and every message was accepted: none reported as a 5xx
     assert stats.counts["retry-after"] > 0
     assert (stats.counts["sent"], stats.counts["201"], stats.counts["5xx"]) == (20, 20, 0)
+
+
+def test_processing_latency_is_from_sending_to_processed_at(tmp_path: Path) -> None:
+    requested_at = {"a": 1000.0, "b": 1000.5, "c": 1001.0}
+    processed = tmp_path / "processed.jsonl"
+    processed.write_text(
+        '{"id": "a", "processed_at": "1970-01-01T00:16:40.250+00:00"}\n'  # 1000.25
+        '{"id": "b", "processed_at": "1970-01-01T00:16:41.500+00:00"}\n'  # 1001.5
+        '{"id": "a", "processed_at": "1970-01-01T00:16:50.000+00:00"}\n'  # a redelivery: the first counts
+        '{"id": "c", "proc'  # a line being written
+    )
+
+    latencies = client.processing_latencies(requested_at, processed, quiet_s=0.3)
+
+    assert latencies == [0.25, 1.0]  # c is not there: left out once the file stayed quiet

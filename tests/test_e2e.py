@@ -24,6 +24,8 @@ def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) ->
     assert result.processed + result.dead_lettered == result.accepted
     assert result.dead_lettered > 0  # 0.3 ** 3 of 400: the dead-letter path was exercised
     assert 0 < result.latency_p50_s <= result.latency_p99_s < 60  # type: ignore[operator]
+    # client.py --processed saw each processed message, and gave up on the dead letters
+    assert f"processed    {result.processed:>5}/400" in result.client_summary
 
 
 def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path: Path) -> None:
