@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+from errors import RequestRefused
 
-class IdempotencyError(Exception):
-    """A key that cannot be honoured for this request; answered with `status`."""
 
-    status = 400
-    title = "Idempotency-Key"
+class IdempotencyError(RequestRefused):
+    """A key that cannot be honoured for this request."""
 
 
 class KeyReused(IdempotencyError):

@@ -17,6 +17,7 @@ import flask
 
 from batcher import GroupCommit, Overloaded
 from config import Settings
+from errors import RequestRefused
 from idempotency import IdempotencyStore, fingerprint, scoped_key
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
@@ -39,10 +40,9 @@ _ATTRIBUTE_NAME = re.compile(r"^(?!(?i:aws|amazon)\.)(?!.*\.\.)(?!\.)[A-Za-z0-9_
 WRITER_EXTENSION = "queue_writer"
 
 
-class InvalidMessage(Exception):
-    """The request is well-formed JSON that SQS would refuse; answered with `status`."""
+class InvalidMessage(RequestRefused):
+    """The request is well-formed JSON that SQS would refuse."""
 
-    status = 400
     title = "Invalid message"
 
 

@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import HERE, ConfigError, Settings, configure_logging
-from idempotency import IdempotencyError
-from message import WRITER_EXTENSION, InvalidMessage, Writer
+from errors import RequestRefused
+from message import WRITER_EXTENSION, Writer
 from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
     throttled = _Throttled()
     retry_after = {"Retry-After": str(settings.retry_after_s)}
 
-    def invalid_message(_: ConnexionRequest, exc: InvalidMessage) -> ConnexionResponse:
+    def refused(_: ConnexionRequest, exc: RequestRefused) -> ConnexionResponse:
         return problem(exc.status, exc.title, str(exc))
 
     def rejected_by_sqs(_: ConnexionRequest, exc: MessageRejected) -> ConnexionResponse:
@@ -308,11 +308,7 @@ def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
         throttled.warning(exc)
         return problem(503, "Not authorized for the queue", str(exc), headers=retry_after)
 
-    def idempotency_refused(_: ConnexionRequest, exc: IdempotencyError) -> ConnexionResponse:
-        return problem(exc.status, exc.title, str(exc))
-
-    app.add_error_handler(InvalidMessage, invalid_message)
-    app.add_error_handler(IdempotencyError, idempotency_refused)
+    app.add_error_handler(RequestRefused, refused)
     app.add_error_handler(MessageRejected, rejected_by_sqs)
     app.add_error_handler(QueueUnavailable, unavailable)
     app.add_error_handler(NotAuthorized, not_authorized)
