@@ -233,21 +233,33 @@ def processing_latencies(requested_at: dict[str, float], processed: Path, *, qui
     the worker's --output file, once all are there or the file has not grown for `quiet_s`
     (dead letters never arrive). Sorted; only those found. Not from the 201: the worker can
     finish before the answer arrives."""
-    size, quiet_since = -1, time.monotonic()
+    found: dict[str, float] = {}
+    offset, quiet_since = 0, time.monotonic()
     while True:
-        found: dict[str, float] = {}
-        if processed.exists():
-            for line in processed.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    found.setdefault(record["id"], datetime.fromisoformat(record["processed_at"]).timestamp())
-                except (ValueError, KeyError):
-                    continue  # a line being written, or not the worker's
-        if len(found) != size:
-            size, quiet_since = len(found), time.monotonic()
-        if set(requested_at) <= set(found) or time.monotonic() - quiet_since >= quiet_s:
+        offset, lines = _lines_appended(processed, offset)
+        for line in lines:
+            try:
+                record = json.loads(line)
+                found.setdefault(record["id"], datetime.fromisoformat(record["processed_at"]).timestamp())
+            except (ValueError, KeyError):
+                continue  # not one of the worker's records
+        if lines:
+            quiet_since = time.monotonic()
+        if requested_at.keys() <= found.keys() or time.monotonic() - quiet_since >= quiet_s:
             return sorted(found[id_] - requested_at[id_] for id_ in requested_at if id_ in found)
         time.sleep(0.2)
+
+
+def _lines_appended(path: Path, offset: int) -> tuple[int, list[bytes]]:
+    """The complete lines written to `path` after byte `offset`, and the offset after them: a
+    line still being written is left for the next look."""
+    if not path.exists():
+        return offset, []
+    with open(path, "rb") as file:
+        file.seek(offset)
+        data = file.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    return offset + len(complete), complete.splitlines()
 
 
 def _retry_after_s(response: requests.Response) -> Optional[float]:

@@ -52,16 +52,16 @@ def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies:
 
 def describe(message: ReceivedMessage, *, body: bool) -> str:
     """One line per dead letter: its source id, then why it failed, as the worker recorded it."""
-    reason = message.attributes
-    if SOURCE_ID in reason:
-        why = (
-            f"{reason.get(DEAD_LETTER_PREFIX + 'attempts', '?')} attempts, "
-            f"{reason.get(DEAD_LETTER_PREFIX + 'at', '?')}, {reason.get(DEAD_LETTER_PREFIX + 'worker', '?')}: "
-            f"{reason.get(DEAD_LETTER_PREFIX + 'error_type', '?')}: {reason.get(DEAD_LETTER_PREFIX + 'error', '')}"
-        )
+    attributes = message.attributes
+
+    def reason(name: str) -> str:
+        return attributes.get(DEAD_LETTER_PREFIX + name, "?")
+
+    if SOURCE_ID in attributes:
+        why = f"{reason('attempts')} attempts, {reason('at')}, {reason('worker')}: {reason('error_type')}: {reason('error')}"
     else:
         why = "moved by SQS's redrive policy: no reason recorded (see the worker's log)"
-    line = f"{reason.get(SOURCE_ID, message.id)}  {why}"
+    line = f"{attributes.get(SOURCE_ID, message.id)}  {why}"
     return f"{line}\n    body: {message.body!r}" if body else line
 
 

@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TextIO
 
 from batcher import Closed, GroupCommit, Overloaded
@@ -619,6 +620,20 @@ class Worker:
             return queue.depth()
         except SqsError:
             return None
+
+
+def read_output(path: Path) -> list[dict[str, Any]]:
+    """The records of an --output file, in order. A line cut short by a worker killed while
+    writing it is skipped: its message was not deleted, so it comes back."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 def _iso(epoch_s: float) -> str:

@@ -21,17 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from e2e import LocalSystem, local_system  # noqa: E402
+from e2e import LocalSystem, local_system, rss_mib  # noqa: E402
 
 #: Memory may grow this much from the middle of the run to its end and still count as flat.
 FLAT_RSS_MIB = 10.0
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def measure_capacity(system: LocalSystem, workdir: Path, count: int) -> float:

@@ -30,7 +30,7 @@ import sqs_setup  # noqa: E402
 from config import Settings  # noqa: E402
 from metrics import milliseconds, percentile  # noqa: E402
 from sqsinterface import SqsQueue, create_client  # noqa: E402
-from worker import SOURCE_ID  # noqa: E402
+from worker import SOURCE_ID, read_output  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,18 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def dead_letter_ids(queue: SqsQueue) -> set[str]:
-    """The source ids of the dead letters: the worker's copy carries it in an attribute, what
-    SQS's redrive moved keeps its own."""
+def rss_mib(pid: int) -> float:
+    """A process's resident memory, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def ids_in(queue: SqsQueue) -> set[str]:
+    """The ids of every message now in `queue`, each hidden for 10 minutes so that it is read
+    once. A worker's dead letter gives the id it had in the source queue (SQS's redrive keeps
+    the id anyway)."""
     ids: set[str] = set()
     while batch := queue.receive(max_messages=10, wait_s=0):
         ids.update(message.attributes.get(SOURCE_ID, message.id) for message in batch)
@@ -237,9 +246,9 @@ def run_e2e(
         writer_stats = json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
         worker_summary = system.log("worker").rsplit("summary", 1)[-1]
         accepted = set(ids_path.read_text().split())
-        lines = [json.loads(line) for line in output_path.read_text().splitlines()]
+        lines = read_output(output_path)
         processed_ids = [line["id"] for line in lines]
-        dead = dead_letter_ids(system.queue(system.settings.dlq_name))
+        dead = ids_in(system.queue(system.settings.dlq_name))
     last = max((datetime.fromisoformat(line["processed_at"]).timestamp() for line in lines), default=started)
     latencies = sorted(
         datetime.fromisoformat(line["processed_at"]).timestamp() - datetime.fromisoformat(line["sent_at"]).timestamp()

@@ -11,9 +11,8 @@ import pytest
 from botocore.stub import Stubber
 
 import dlq
-from config import Settings
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
-from worker import DEAD_LETTER_PREFIX, SOURCE_ID, failure_attributes
+from worker import failure_attributes
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -105,10 +104,10 @@ def test_where_sqs_has_move_tasks_redrive_uses_one_and_follows_it(monkeypatch: p
         {"SourceArn": "arn:aws:sqs:us-east-1:123456789012:messages-dlq",
          "DestinationArn": "arn:aws:sqs:us-east-1:123456789012:messages", "MaxNumberOfMessagesPerSecond": 50},
     )
-    for status, moved in (("RUNNING", 40), ("COMPLETED", 120)):
-        task = {"TaskHandle": "task-1", "Status": status, "ApproximateNumberOfMessagesMoved": moved,
-                "ApproximateNumberOfMessagesToMove": 120}
-        stubber.add_response("list_message_move_tasks", {"Results": [task]})
+    running = {"TaskHandle": "task-1", "Status": "RUNNING", "ApproximateNumberOfMessagesMoved": 40}
+    completed = {"Status": "COMPLETED", "ApproximateNumberOfMessagesMoved": 120}  # SQS drops the handle
+    for task in (running, completed):
+        stubber.add_response("list_message_move_tasks", {"Results": [{**task, "ApproximateNumberOfMessagesToMove": 120}]})
     seen: list[tuple[int, Any]] = []
 
     with stubber:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LOCAL_ENGINE
-from e2e import run_e2e
+from e2e import local_system, run_e2e
+from worker import read_output
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,6 @@ def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) ->
 
 
 def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path: Path) -> None:
-    import json
-
-    from e2e import local_system
-
     lines = [f"line {n:03d}" for n in range(60)] + ["line 007"]  # a repeat, not a duplicate
     source = tmp_path / "input.txt"
     source.write_text("\n".join(lines) + "\n")
@@ -49,6 +46,6 @@ def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path
         log = (tmp_path / "worker.log").read_text()
 
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    processed = [json.loads(line) for line in output.read_text().splitlines()]
+    processed = read_output(output)
     assert [p["body"] for p in processed] == lines, log[-2000:]
     assert max(p["receive_count"] for p in processed) > 1  # some failed and were retried in place

@@ -3,7 +3,6 @@ goes away, hangs, or slows down. Each test is bounded in time and count, on loop
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,8 @@ import pytest
 import requests
 
 from conftest import LOCAL_ENGINE, SlowProxy, wait_until
-from e2e import LocalSystem, dead_letter_ids, local_system
+from e2e import LocalSystem, ids_in, local_system, rss_mib
+from worker import read_output
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,25 +27,15 @@ pytestmark = [
 
 
 def processed_ids(outputs: list[Path]) -> list[str]:
-    """Every id in the workers' --output files. A worker killed mid-write may leave a partial
-    last line: its message was not deleted, so it comes back, and is not counted here."""
-    ids = []
-    for output in outputs:
-        if not output.exists():
-            continue
-        for line in output.read_text().splitlines():
-            try:
-                ids.append(json.loads(line)["id"])
-            except ValueError:
-                pass
-    return ids
+    """Every id in the workers' --output files."""
+    return [record["id"] for output in outputs for record in read_output(output)]
 
 
 def line_count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def start_load(system: LocalSystem, ids_out: Path, *, count: int, rate: int, body_bytes: int = 0) -> Any:
+def start_load(system: LocalSystem, ids_out: Path, *, count: int, rate: int) -> Any:
     args = ["--count", str(count), "--rate", str(rate), "--malformed-per-batch", "0"]
     return system.python(
         "client", "client.py", "--url", system.writer_url, *args, "--ids-out", str(ids_out), "--stats-interval", "5"
@@ -84,13 +74,6 @@ def timed_get(url: str) -> tuple[requests.Response, float]:
     return response, time.monotonic() - started
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def test_kill_9_of_the_worker_during_a_load_loses_no_accepted_message(tmp_path: Path) -> None:
     # GIVEN a load of 1,500 messages, and a worker killed with SIGKILL three times while it
     # works (a short visibility timeout, so that what a killed worker held comes back soon)
@@ -111,7 +94,7 @@ def test_kill_9_of_the_worker_during_a_load_loses_no_accepted_message(tmp_path: 
 
         # WHEN a worker is started again and runs until the queue is empty
         drain_with_a_last_worker(system, outputs)
-        dead = dead_letter_ids(system.queue(system.settings.dlq_name))
+        dead = ids_in(system.queue(system.settings.dlq_name))
 
     # THEN every accepted message was processed or is in the dead-letter queue
     accepted, processed = set(ids_out.read_text().split()), set(processed_ids(outputs))
@@ -161,7 +144,7 @@ def test_sqs_gone_gives_fast_503s_and_writer_and_worker_recover_without_a_restar
     output = tmp_path / "processed.jsonl"
 
     def processed_bodies() -> list[str]:
-        return [json.loads(line)["body"] for line in output.read_text().splitlines()] if output.exists() else []
+        return [record["body"] for record in read_output(output)]
 
     with local_system(tmp_path, engine=LOCAL_ENGINE) as system:
         url = system.writer_url
@@ -251,11 +234,7 @@ def test_a_slow_sqs_gets_503s_instead_of_a_pile_of_waiting_requests(tmp_path: Pa
             stats = requests.get(f"{system.writer_url}/api/stats", timeout=30).json()["messages"]
         finally:
             proxy.stop()
-        in_queue = set()
-        queue = system.queue(system.settings.queue_name)
-        while batch := queue.receive(max_messages=10, wait_s=0):
-            in_queue.update(message.id for message in batch)
-            queue.change_visibility([(message.receipt_handle, 600) for message in batch])
+        in_queue = ids_in(system.queue(system.settings.queue_name))
 
     # THEN each is answered within SEND_TIMEOUT (without the admission limit, 48 of the 64 would
     # first wait for a thread), most with an immediate 503; memory stays within a few buffers'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -14,6 +13,7 @@ import sqs_setup
 from config import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
 from conftest import BIN, Process, accepts_connections, free_port, wait_until
+from worker import read_output
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,7 @@ def dead_letters(dlq: SqsQueue) -> list[str]:
 
 
 def output_bodies(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(line)["body"] for line in path.read_text().splitlines()]
+    return [record["body"] for record in read_output(path)]
 
 
 def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
