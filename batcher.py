@@ -9,7 +9,10 @@ when idle and cheap when busy:
   `max_concurrent` calls; smaller batches form from what arrives meanwhile.
 
 With `linger_s`, an idle batcher waits up to that long for more items before a call that is not
-full: for work nobody waits on (the worker's deletes), fewer calls are worth a little delay.
+full: fewer calls are worth a little delay. For work nobody waits on (the worker's deletes) every
+batch lingers. With `eager_when_quiet` (the writer, whose callers wait for their answer) only a
+stream does: an item that arrives after a quiet spell of `linger_s` leaves at once, so a lone
+request pays nothing, while a steady stream fills its calls instead of sending one per item.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class GroupCommit(Generic[T, R]):
         max_concurrent: int = 1,
         max_pending: int = 1000,
         linger_s: float = 0.0,
+        eager_when_quiet: bool = False,
         name: str = "group-commit",
     ) -> None:
         self._flush = flush
@@ -57,9 +61,12 @@ class GroupCommit(Generic[T, R]):
         self._max_concurrent = max_concurrent
         self._max_pending = max_pending
         self._linger_s = linger_s
+        self._eager_when_quiet = eager_when_quiet
         self._name = name
         self._pending: Deque[tuple[T, Future[R]]] = collections.deque()
         self._oldest_since = 0.0  # when the oldest pending item arrived (monotonic)
+        self._last_arrival = float("-inf")
+        self._quiet_before = False  # the oldest pending item came after a quiet spell
         self._cond = threading.Condition()
         self._in_flight = 0
         self._closed = False
@@ -77,8 +84,11 @@ class GroupCommit(Generic[T, R]):
                 raise Overloaded(f"{len(self._pending)} items already waiting in {self._name}")
             if not self._threads:
                 self._start_threads()
+            now = time.monotonic()
             if not self._pending:
-                self._oldest_since = time.monotonic()
+                self._oldest_since = now
+                self._quiet_before = now - self._last_arrival >= self._linger_s
+            self._last_arrival = now
             self._pending.append((item, future))
             self._cond.notify()
         return future
@@ -111,6 +121,8 @@ class GroupCommit(Generic[T, R]):
             return 0.0
         if self._in_flight:
             return None
+        if self._eager_when_quiet and self._quiet_before:
+            return 0.0
         return max(0.0, self._oldest_since + self._linger_s - time.monotonic())
 
     def _take_batch(self) -> list[tuple[T, Future[R]]] | None:
@@ -121,7 +133,8 @@ class GroupCommit(Generic[T, R]):
                 self._cond.wait(wait_s)
             count = min(self._max_batch, len(self._pending))
             batch = [self._pending.popleft() for _ in range(count)]
-            self._oldest_since = time.monotonic()
+            self._oldest_since = time.monotonic()  # of those left: they came in a stream
+            self._quiet_before = False
             self._in_flight += 1
             return batch
 

@@ -50,6 +50,7 @@ class Settings:
     sqs_max_attempts: int = 3
     handler_threads: int = 64
     send_concurrency: int = 4
+    send_linger_s: float = 0.02
     send_timeout_s: float = 10.0
     retry_after_s: int = 1
     max_queue_depth: Optional[int] = None  # None: no backpressure
@@ -175,6 +176,7 @@ ENV_NAMES: dict[str, str] = {
     "sqs_max_attempts": "SQS_MAX_ATTEMPTS",
     "handler_threads": "HANDLER_THREADS",
     "send_concurrency": "SEND_CONCURRENCY",
+    "send_linger_s": "SEND_LINGER",
     "send_timeout_s": "SEND_TIMEOUT",
     "retry_after_s": "RETRY_AFTER",
     "max_queue_depth": "MAX_QUEUE_DEPTH",
@@ -217,6 +219,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sqs_max_attempts": (1, 10),
     "handler_threads": (1, 1024),
     "send_concurrency": (1, 64),
+    "send_linger_s": (0, 1),
     "send_timeout_s": (0.1, 300),
     "retry_after_s": (1, 3600),
     "max_queue_depth": (1, 1_000_000_000),

@@ -130,6 +130,8 @@ class Writer:
             queue.send,
             max_batch=BATCH_MAX_ENTRIES,
             max_concurrent=settings.send_concurrency,
+            linger_s=settings.send_linger_s,
+            eager_when_quiet=True,  # a lone request is sent at once
             # Each waiting message holds a handler thread, so this bound is never the first hit.
             max_pending=settings.handler_threads,
             name="send",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -57,6 +58,36 @@ def test_items_arriving_during_a_call_leave_together_in_the_next() -> None:
 
     assert [f.result(TIMEOUT_S) for f in [first, *waiting]] == [10, 20, 30, 40, 50, 60]
     assert flush.calls == [[1], [2, 3, 4, 5, 6]]
+    group.close()
+
+
+def test_linger_makes_a_stream_share_calls() -> None:
+    flush = RecordingFlush()
+    group = GroupCommit(flush, max_batch=10, linger_s=0.3)
+
+    first = group.submit(1)
+    time.sleep(0.05)
+    second = group.submit(2)
+
+    assert [first.result(TIMEOUT_S), second.result(TIMEOUT_S)] == [10, 20]
+    assert flush.calls == [[1, 2]]
+    group.close()
+
+
+def test_eager_when_quiet_sends_a_lone_item_at_once_and_lingers_for_a_stream() -> None:
+    flush = RecordingFlush()
+    group = GroupCommit(flush, max_batch=10, linger_s=0.3, eager_when_quiet=True)
+
+    started = time.monotonic()
+    assert group.submit(1).result(TIMEOUT_S) == 10
+    lone_s = time.monotonic() - started
+    second = group.submit(2)  # within the linger of the first: a stream
+    time.sleep(0.05)
+    third = group.submit(3)
+
+    assert [second.result(TIMEOUT_S), third.result(TIMEOUT_S)] == [20, 30]
+    assert lone_s < 0.15  # did not wait out the 0.3 s linger
+    assert flush.calls == [[1], [2, 3]]
     group.close()
 
 
