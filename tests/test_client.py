@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import socket
 import itertools
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ def test_each_batch_has_exactly_the_malformed_requests_asked_for() -> None:
     jobs = list(itertools.islice(load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"), 30))
 
     assert [sum(j.malformed for j in jobs[i : i + 10]) for i in (0, 10, 20)] == [1, 1, 1]
-    assert len({str(j.arguments) for j in jobs if not j.malformed}) == 27  # distinct bodies
+    assert len({j.body for j in jobs if not j.malformed}) == 27  # distinct bodies
 
 
 def test_malformed_requests_can_be_switched_off() -> None:
@@ -150,3 +152,34 @@ def test_processing_latency_is_from_sending_to_processed_at(tmp_path: Path) -> N
     latencies = client.processing_latencies(requested_at, processed, quiet_s=0.3)
 
     assert latencies == [0.25, 1.0]  # c is not there: left out once the file stayed quiet
+
+
+def test_a_connection_the_writer_closed_while_idle_is_opened_again_not_failed() -> None:
+    # GIVEN a server that answers one request per connection, then closes it, as uvicorn closes
+    # a keep-alive connection left idle for 5 s
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve() -> None:
+        while len(connections) < 3:
+            conn, _ = listener.accept()
+            connections.append(conn)
+            conn.recv(65536)
+            conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 20\r\n\r\n{"message_id": "m1"}')
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = urllib.parse.urlsplit(f"http://127.0.0.1:{listener.getsockname()[1]}/api/message")
+    connection = client._KeepAlive(url, timeout_s=5)
+
+    # WHEN three requests go out one after the other, the server having closed in between
+    answers = []
+    for _ in range(3):
+        answers.append(connection.post(b'{"body": "x"}', {"Content-Type": "application/json"})[0])
+        time.sleep(0.05)
+
+    # THEN each went on a new connection instead of failing on the closed one
+    assert answers == [201, 201, 201]
+    assert len(connections) == 3
+    connection.close()
+    listener.close()
