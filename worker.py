@@ -244,6 +244,7 @@ class Worker:
         output: Optional[TextIO] = None,
         stats_out: Optional[TextIO] = None,
         exit_when_idle_s: Optional[float] = None,
+        summary_path: Optional[Path] = None,
     ) -> None:
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
@@ -252,6 +253,7 @@ class Worker:
         self.output = output
         self.stats_out = stats_out
         self.exit_when_idle_s = exit_when_idle_s
+        self.summary_path = summary_path
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
         self.visibility_timeout_s = settings.visibility_timeout_s
@@ -310,7 +312,22 @@ class Worker:
                 next_report += self.settings.stats_interval_s
         clean = self._shut_down()
         self._report(previous, title="summary")
+        if self.summary_path is not None:
+            self.summary_path.write_text(json.dumps(self.summary(), indent=1) + "\n", encoding="utf-8")
         return 0 if clean else 1
+
+    def summary(self) -> dict[str, Any]:
+        """The counters and the SQS calls by operation, for programs (make e2e, make bench)."""
+        queues = (self.queue, self.dead_letter_queue)
+        calls: dict[str, int] = {}
+        for queue in queues:
+            for operation, count in queue.calls.items():
+                calls[operation] = calls.get(operation, 0) + count
+        return {
+            **self.stats.snapshot(),
+            "sqs_calls": calls,
+            "sqs_billable_requests": sum(queue.billable_requests for queue in queues),
+        }
 
     def _read_visibility_timeout(self) -> None:
         """Heartbeats follow the queue's real visibility timeout, not just the setting."""
@@ -664,6 +681,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="seconds between stats reports (STATS_INTERVAL, default %(default)s)")
     add("--exit-when-idle", type=float, default=settings.exit_when_idle_s, metavar="SECONDS",
         help="exit gracefully once the queue has been empty this long (EXIT_WHEN_IDLE)")
+    add("--summary-json", type=Path, metavar="FILE",
+        help="on exit, write the counters and the SQS calls by operation to FILE as JSON")
     add("--grace", type=float, default=settings.shutdown_grace_s,
         help="seconds to finish in-flight work after SIGINT/SIGTERM (SHUTDOWN_GRACE, default %(default)s)")
     return parser
@@ -704,6 +723,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         output=output,
         stats_out=sys.stdout,
         exit_when_idle_s=args.exit_when_idle,
+        summary_path=args.summary_json,
     )
     _install_signal_handlers(worker)
     log.info(

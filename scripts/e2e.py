@@ -11,14 +11,13 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping, Optional
@@ -47,6 +46,7 @@ class E2EResult:
     latency_p99_s: Optional[float] = None
     writer_sqs_requests: int = 0  # billable: a request per call and per further 64 KiB
     worker_sqs_requests: int = 0
+    worker_sqs_calls: Mapping[str, int] = field(default_factory=dict)  # by operation
     client_summary: str = ""  # the client's own summary, its sent-to-processed latency included
 
     @property
@@ -227,11 +227,15 @@ def run_e2e(
 ) -> E2EResult:
     say = log or (lambda *_: None)
     ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
+    summary_path = workdir / "worker-summary.json"
+    for stale in (ids_path, output_path, summary_path):  # the worker appends to its output
+        stale.unlink(missing_ok=True)
     with local_system(
         workdir, engine=engine, FAILURE_RATE=str(failure_rate), RETRY_BACKOFF_BASE=str(retry_backoff_base_s)
     ) as system:
         worker = system.python(
-            "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5"
+            "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5",
+            "--summary-json", str(summary_path),
         )
         say(f"e2e: {engine} at {system.settings.sqs_endpoint_url}, writer at {system.writer_url}; "
             f"sending {count} messages")
@@ -244,7 +248,7 @@ def run_e2e(
         say(client_summary)
         worker.wait(timeout=timeout_s)
         writer_stats = json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
-        worker_summary = system.log("worker").rsplit("summary", 1)[-1]
+        worker_summary = json.loads(summary_path.read_text())
         accepted = set(ids_path.read_text().split())
         lines = read_output(output_path)
         processed_ids = [line["id"] for line in lines]
@@ -268,7 +272,8 @@ def run_e2e(
         latency_p99_s=percentile(latencies, 0.99),
         writer_sqs_requests=writer_stats["sqs_billable_requests"],
         client_summary=client_summary,
-        worker_sqs_requests=int(re.search(r"sqs requests\s+(\d+)", worker_summary).group(1)),  # type: ignore[union-attr]
+        worker_sqs_requests=worker_summary["sqs_billable_requests"],
+        worker_sqs_calls=worker_summary["sqs_calls"],
     )
 
 
