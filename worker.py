@@ -55,6 +55,9 @@ MAX_OUTAGE_BACKOFF_S = 30.0
 #: While some slots are busy, how long the consumer waits for more to free up, so that one
 #: receive fills several slots instead of one receive per finished message.
 RECEIVE_GATHER_S = 0.05
+#: Messages received ahead of free processors (a receive's worth). They are in flight, kept
+#: invisible by the heartbeat, and returned at once on shutdown if no processor started them.
+PREFETCH = BATCH_MAX_ENTRIES
 #: How long a delete or visibility change may wait for others to share its batch call.
 ACK_LINGER_S = 0.02
 
@@ -361,19 +364,22 @@ class Worker:
 
     def _wait_for_free_slots(self) -> int:
         """Block until a slot is free; then, if others are still busy, give them up to
-        RECEIVE_GATHER_S to finish so that one receive fills several slots."""
-        concurrency = self.settings.worker_concurrency
-        wanted = min(BATCH_MAX_ENTRIES, concurrency)
+        RECEIVE_GATHER_S to finish so that one receive fills several slots.
+
+        Slots are the processors plus PREFETCH: messages received ahead wait for a processor,
+        so that one finishing a message finds the next instead of waiting for a receive."""
+        capacity = self.settings.worker_concurrency + PREFETCH
+        wanted = min(BATCH_MAX_ENTRIES, capacity)
         with self._slots:
-            while self._in_flight >= concurrency and not self._stopping.is_set():
+            while self._in_flight >= capacity and not self._stopping.is_set():
                 self._slots.wait()
             gather_until = time.monotonic() + RECEIVE_GATHER_S
-            while concurrency - self._in_flight < wanted and not self._stopping.is_set():
+            while capacity - self._in_flight < wanted and not self._stopping.is_set():
                 remaining_s = gather_until - time.monotonic()
                 if remaining_s <= 0:
                     break
                 self._slots.wait(remaining_s)
-            return concurrency - self._in_flight
+            return capacity - self._in_flight
 
     def _consume(self) -> None:
         outage = _OncePerKind()

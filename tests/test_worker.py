@@ -13,7 +13,7 @@ import pytest
 
 import sqs_setup
 from config import Settings
-from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue, create_client
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsQueue, create_client
 from worker import (
     SOURCE_ID,
     SimulatedFailure,
@@ -337,6 +337,29 @@ def test_a_stop_finishes_work_in_flight_and_returns_what_was_not_started(
     depth = queue.depth()
     assert depth["in_flight"] == 0  # nothing left invisible
     assert depth["visible"] == 10 - done
+
+
+def test_the_next_messages_are_received_before_a_processor_frees_up(
+    start_worker: Callable[..., RunningWorker], queue: SqsQueue
+) -> None:
+    # GIVEN one processor, busy with a slow message, and more messages waiting
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(message: ReceivedMessage) -> None:
+        started.set()
+        assert finish.wait(10)
+
+    running = start_worker(slow, [f"m{n}" for n in range(15)], exit_when_idle_s=None, worker_concurrency=1)
+    assert started.wait(10)
+
+    # THEN a receive's worth is already taken ahead (prefetched), beside the one in progress
+    try:
+        wait_until(lambda: queue.depth()["in_flight"] == 1 + BATCH_MAX_ENTRIES, timeout_s=5,
+                   what="one message in progress and a receive's worth prefetched")
+    finally:
+        finish.set()
+    running.worker.stop()
+    assert running.wait() == 0
 
 
 def test_an_sqs_outage_is_logged_once_and_does_not_stop_the_worker(
