@@ -1,6 +1,7 @@
 # make run: the whole system in tmux on a local SQS endpoint (AWS=1: real SQS).  make stop.
 # make test: the test suite.  make e2e: a headless end-to-end check that nothing is lost.
-# make soak: steady load, flat memory and depth.  make audit: known vulnerabilities in the pins.
+# make soak: steady load, flat memory and depth.  make bench: throughput and cost, as ratios.
+# make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
 # foreground.  make clean.
 # Every target creates the virtualenv first when it is missing or requirements.txt changed.
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test e2e soak audit serve worker clean requirements
+.PHONY: setup venv local-sqs queues run stop test e2e soak bench audit serve worker clean requirements
 
 setup: queues
 
@@ -56,6 +57,11 @@ e2e: $(STAMP) local-sqs
 soak: $(STAMP) local-sqs
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
+# Under 5 minutes: write path real/stub, SQS calls per message, batch endpoint, worker scaling,
+# end to end. Prints a table with the targets; every figure goes to bench/results.json.
+bench: $(STAMP) local-sqs
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
 # Known vulnerabilities in the pinned requirements: pip-audit, in a virtualenv of its own so that
 # its dependencies stay out of the service's. Needs a vulnerability service (PyPI's or OSV).
 AUDIT_VENV := .venv-audit
@@ -77,5 +83,5 @@ requirements:
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
 clean:
-	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules .e2e .soak .bench
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

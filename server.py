@@ -338,8 +338,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.host,
         args.port,
     )
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    serve(app, host=args.host, port=args.port)
     return 0
+
+
+def serve(app: connexion.FlaskApp, *, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM: the one serving configuration, for the writer and for the
+    benchmark's writer with a stubbed queue."""
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None)
 
 
 if __name__ == "__main__":

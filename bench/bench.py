@@ -1,0 +1,351 @@
+"""make bench: the write path, the worker and the whole pipeline, measured in one run as ratios.
+
+On a local SQS endpoint (fauxqs, or moto when Node.js is missing), on free loopback ports, each
+stage on a fresh queue:
+
+1. raw floor: plain boto3 SendMessageBatch, 10 a call, from a few threads;
+2. write path: POST /api/message through the real writer, then through the same app with its
+   SendMessageBatch answered in memory (bench/writer.py --stub), same load generator and
+   connections; the ratio real/stub is what SQS costs the write path;
+3. cost: SQS calls per accepted message at saturation (group commit), and per processed message
+   for a worker draining a backlog with the default 10 % failures (receives, deletes,
+   visibility changes, dead letters);
+4. batch endpoint: POST /api/messages with 100 messages a request, against single messages;
+5. worker scaling: a pre-filled queue drained at concurrency 1, 4, 16 and 64 with 20 ms of
+   simulated work, as a ratio to the ideal concurrency / work time;
+6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
+   the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
+   queue and worker, with the number lost.
+
+Prints a table with each target and writes every figure, flat, to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import load  # noqa: E402
+import sqs_setup  # noqa: E402
+from e2e import LocalSystem, local_system, run_e2e, wait_for_port  # noqa: E402
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue, create_client  # noqa: E402
+from worker import read_output  # noqa: E402
+
+#: Each target: the figure it reads, how it compares, and the bound (from issue 7).
+TARGETS: list[tuple[str, str, float]] = [
+    ("write_ratio", ">=", 0.85),
+    ("sqs_calls_per_msg_write", "<=", 0.15),
+    ("sqs_calls_per_msg_worker", "<=", 0.3),
+    ("worker_c16_ratio", ">=", 0.85),
+    ("e2e_1000_seconds", "<", 3.0),
+    ("e2e_10000_lost", "==", 0),
+]
+
+WORK_S = 0.020  # the simulated work of the scaling stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How long and how much each stage runs: the full benchmark, or --quick for its test."""
+
+    write_seconds: float = 8.0
+    connections: int = 32
+    raw_seconds: float = 4.0
+    worker_seconds: float = 3.0  # of work at the ideal rate, per concurrency
+    worker_max_messages: int = 6000
+    cost_messages: int = 3000
+    e2e_small: int = 1000
+    e2e_large: int = 10_000
+
+
+QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
+              worker_max_messages=400, cost_messages=200, e2e_small=100, e2e_large=300)
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
+    """Create queue `bench-NAME` and its dead-letter queue; the environment that selects them."""
+    settings = dataclasses.replace(system.settings, queue_name=f"bench-{name}", dlq_name="")
+    sqs_setup.set_up(settings, create_client(settings))
+    return {"QUEUE_NAME": settings.queue_name, "DLQ_NAME": settings.dlq_name}
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def send_raw(queue: SqsQueue, *, count: Optional[int] = None, seconds: Optional[float] = None,
+             threads: int = 4) -> tuple[int, float]:
+    """Plain SendMessageBatch calls of 10 from `threads` threads: (messages sent, seconds)."""
+    batch = [OutgoingMessage(body=f"benchmark message {i}") for i in range(BATCH_MAX_ENTRIES)]
+    calls = None if count is None else -(-count // BATCH_MAX_ENTRIES)
+    started = time.perf_counter()
+    deadline = started + seconds if seconds is not None else float("inf")
+    made = [0] * threads
+
+    def send(number: int) -> None:
+        while time.perf_counter() < deadline and (calls is None or sum(made) < calls):
+            made[number] += 1
+            if not all(result.ok for result in queue.send(batch)):
+                raise RuntimeError("SendMessageBatch refused an entry")
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(send, number) for number in range(threads)]:
+            future.result()
+    return sum(made) * BATCH_MAX_ENTRIES, time.perf_counter() - started
+
+
+def raw_floor(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    env = fresh_queue(system, "raw")
+    queue = SqsQueue(env["QUEUE_NAME"], create_client(system.settings))
+    sent, seconds = send_raw(queue, seconds=sizes.raw_seconds)
+    return {"raw_send_batch_msgs_per_s": sent / seconds}
+
+
+def writer_stats(system: LocalSystem) -> dict[str, Any]:
+    return json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
+
+
+def write_path(system: LocalSystem, sizes: Sizes, *, stub: bool) -> dict[str, Any]:
+    """POST /api/message at full speed for `write_seconds` after a one-second warm-up."""
+    name = "stub" if stub else "real"
+    env = fresh_queue(system, f"write-{name}")
+    writer = system.python(f"writer-{name}", "bench/writer.py", *(["--stub"] if stub else []), env=env)
+    try:
+        wait_for_port(int(system.env["PORT"]), 30)
+        load.drive(system.writer_url, "/api/message", connections=sizes.connections, duration_s=1.0)
+        before, cpu_before = writer_stats(system), cpu_seconds(writer.pid)
+        result = load.drive(system.writer_url, "/api/message", connections=sizes.connections,
+                            duration_s=sizes.write_seconds)
+        after, cpu_after = writer_stats(system), cpu_seconds(writer.pid)
+    finally:
+        stop(writer)
+    calls = after["sqs_calls"].get("SendMessageBatch", 0) - before["sqs_calls"].get("SendMessageBatch", 0)
+    accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
+    return {
+        f"write_{name}_msgs_per_s": result.ok_per_second(201),
+        f"write_{name}_refused": sum(count for status, count in result.statuses.items() if status != 201),
+        f"write_{name}_p50_ms": 1000 * (result.latency(0.50) or 0),
+        f"write_{name}_p99_ms": 1000 * (result.latency(0.99) or 0),
+        f"write_{name}_writer_cores": (cpu_after - cpu_before) / result.seconds,
+        f"write_{name}_generator_core_share": result.cpu_share,
+        f"write_{name}_mean_batch": accepted / max(1, calls),
+        f"sqs_calls_per_msg_write{'_stub' if stub else ''}": calls / max(1, accepted),
+    }
+
+
+def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """POST /api/messages, 100 messages a request, from 4 connections."""
+    env = fresh_queue(system, "batch")
+    writer = system.python("writer-batch", "bench/writer.py", env=env)
+    try:
+        wait_for_port(int(system.env["PORT"]), 30)
+        before = writer_stats(system)
+        result = load.drive(system.writer_url, "/api/messages", load.batch_body(100), connections=4,
+                            duration_s=sizes.write_seconds)
+        after = writer_stats(system)
+    finally:
+        stop(writer)
+    accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
+    return {"batch_endpoint_msgs_per_s": accepted / result.seconds,
+            "batch_endpoint_p50_ms": 1000 * (result.latency(0.50) or 0)}
+
+
+def drain(system: LocalSystem, name: str, *, count: int, args: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+    """Fill a fresh queue with `count` messages, then run a worker with `args` until it is empty:
+    (its output records, its summary, its CPU cores while it ran)."""
+    env = fresh_queue(system, name)
+    send_raw(SqsQueue(env["QUEUE_NAME"], create_client(system.settings)), count=count)
+    output, summary = system.workdir / f"{name}.jsonl", system.workdir / f"{name}-summary.json"
+    for stale in (output, summary):
+        stale.unlink(missing_ok=True)
+    started = time.perf_counter()
+    worker = system.python(f"worker-{name}", "worker.py", "--output", str(output), "--summary-json", str(summary),
+                           "--exit-when-idle", "1", "--stats-interval", "60", *args, env=env)
+    cpu = 0.0
+    while worker.poll() is None:
+        cpu = cpu_seconds(worker.pid)
+        time.sleep(0.1)
+    if worker.returncode != 0:
+        raise RuntimeError(f"the worker of stage {name} exited {worker.returncode}: {system.log(f'worker-{name}')[-2000:]}")
+    return read_output(output), json.loads(summary.read_text()), cpu / (time.perf_counter() - started)
+
+
+def processing_rate(records: list[dict[str, Any]]) -> float:
+    """Messages per second between the first and the last processed: start-up excluded."""
+    times = sorted(datetime.fromisoformat(record["processed_at"]).timestamp() for record in records)
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+
+
+def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000}
+    for concurrency in (1, 4, 16, 64):
+        ideal = concurrency / WORK_S
+        count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+        records, _, cores = drain(system, f"worker-c{concurrency}", count=count, args=[
+            "--concurrency", str(concurrency), "--process-time", str(WORK_S), "--failure-rate", "0"])
+        rate = processing_rate(records)
+        figures.update({
+            f"worker_c{concurrency}_msgs_per_s": rate,
+            f"worker_c{concurrency}_ideal_msgs_per_s": ideal,
+            f"worker_c{concurrency}_ratio": rate / ideal,
+            f"worker_c{concurrency}_cores": cores,
+        })
+    return figures
+
+
+def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """SQS calls per processed message for a worker with the default settings (10 % failures)
+    draining a backlog: the worker at saturation, as the write path is measured."""
+    records, summary, _ = drain(system, "worker-cost", count=sizes.cost_messages, args=[])
+    processed = max(1, len({record["id"] for record in records}))
+    calls = summary["sqs_calls"]
+    per_message = {
+        operation: calls.get(operation, 0) / processed
+        for operation in ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch")
+    }
+    return {
+        "sqs_calls_per_msg_worker": sum(per_message.values()),
+        "worker_receives_per_msg": per_message["ReceiveMessage"],
+        "worker_deletes_per_msg": per_message["DeleteMessageBatch"],
+        "worker_visibility_changes_per_msg": per_message["ChangeMessageVisibilityBatch"],
+        "worker_dead_letter_sends_per_msg": per_message["SendMessageBatch"],
+        "worker_failed": summary["failed"],
+    }
+
+
+def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -> dict[str, Any]:
+    (workdir / f"e2e-{count}").mkdir(exist_ok=True)
+    result = run_e2e(count=count, workdir=workdir / f"e2e-{count}", engine=engine, failure_rate=failure_rate, log=None)
+    calls = sum(result.worker_sqs_calls.get(operation, 0) for operation in
+                ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch"))
+    prefix = f"e2e_{count}"
+    return {
+        f"{prefix}_seconds": result.seconds,
+        f"{prefix}_msgs_per_s": result.accepted / result.seconds if result.seconds else 0.0,
+        f"{prefix}_accepted": result.accepted,
+        f"{prefix}_lost": result.lost if result.client_exit == 0 else max(1, result.lost),
+        f"{prefix}_p50_ms": 1000 * (result.latency_p50_s or 0),
+        f"{prefix}_p99_ms": 1000 * (result.latency_p99_s or 0),
+        f"{prefix}_failure_rate": failure_rate,
+        f"{prefix}_sqs_calls_per_msg_worker": calls / max(1, result.accepted),
+    }
+
+
+STAGES = ("raw", "write", "batch", "worker", "cost", "e2e")
+
+
+def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "engine": engine, "cores": os.cpu_count(), "python": platform.python_version(),
+        "load_generator": "bench/load.py (asyncio, keep-alive)", "connections": sizes.connections,
+    }
+    started = time.perf_counter()
+    with local_system(workdir, engine=engine, writer=False) as system:
+        for stage, title, measure in [
+            ("raw", "raw floor", lambda: raw_floor(system, sizes)),
+            ("write", "write path, real", lambda: write_path(system, sizes, stub=False)),
+            ("write", "write path, stub", lambda: write_path(system, sizes, stub=True)),
+            ("batch", "batch endpoint", lambda: batch_endpoint(system, sizes)),
+            ("worker", "worker scaling", lambda: worker_scaling(system, sizes)),
+            ("cost", "worker cost", lambda: worker_cost(system, sizes)),
+        ]:
+            if stage in stages:
+                say(f"bench: {title}")
+                results.update(measure())
+    for count, failure_rate in ((sizes.e2e_small, 0.0), (sizes.e2e_large, 0.1)) if "e2e" in stages else ():
+        say(f"bench: end to end, {count} messages")
+        results.update(end_to_end(workdir, engine, count, failure_rate=failure_rate))
+    if "write" in stages:
+        results["write_ratio"] = results["write_real_msgs_per_s"] / max(1e-9, results["write_stub_msgs_per_s"])
+    if "write" in stages and "batch" in stages:
+        results["batch_endpoint_ratio"] = results["batch_endpoint_msgs_per_s"] / max(1e-9, results["write_real_msgs_per_s"])
+    if "e2e" in stages:  # the figures the targets name, whatever the sizes (--quick sends fewer)
+        results["e2e_1000_seconds"] = results[f"e2e_{sizes.e2e_small}_seconds"] * 1000 / sizes.e2e_small
+        results["e2e_10000_lost"] = results[f"e2e_{sizes.e2e_large}_lost"]
+    results["bench_seconds"] = time.perf_counter() - started
+    return results
+
+
+def met(value: float, comparison: str, bound: float) -> bool:
+    return {">=": value >= bound, "<=": value <= bound, "<": value < bound, "==": value == bound}[comparison]
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        ("raw SendMessageBatch (boto3, 4 threads)", f"{results['raw_send_batch_msgs_per_s']:.0f} msg/s"),
+        ("POST /api/message, real SQS call", f"{results['write_real_msgs_per_s']:.0f} msg/s, p50 {results['write_real_p50_ms']:.0f} ms, p99 {results['write_real_p99_ms']:.0f} ms"),
+        ("POST /api/message, stubbed SQS call", f"{results['write_stub_msgs_per_s']:.0f} msg/s, p50 {results['write_stub_p50_ms']:.0f} ms, p99 {results['write_stub_p99_ms']:.0f} ms"),
+        ("load generator's share of the cores", f"{results['write_real_generator_core_share']:.1%} (real), {results['write_stub_generator_core_share']:.1%} (stub)"),
+        ("write: mean SendMessageBatch size", f"{results['write_real_mean_batch']:.1f}"),
+        ("POST /api/messages, 100 a request", f"{results['batch_endpoint_msgs_per_s']:.0f} msg/s ({results['batch_endpoint_ratio']:.1f}x single)"),
+        *[(f"worker, concurrency {c}, {results['worker_work_ms']:.0f} ms work",
+           f"{results[f'worker_c{c}_msgs_per_s']:.0f} of {results[f'worker_c{c}_ideal_msgs_per_s']:.0f} msg/s ({results[f'worker_c{c}_ratio']:.2f})")
+          for c in (1, 4, 16, 64)],
+        ("worker: receives/deletes/visibility per msg",
+         f"{results['worker_receives_per_msg']:.3f} / {results['worker_deletes_per_msg']:.3f} / {results['worker_visibility_changes_per_msg']:.3f}"),
+    ]
+    for key in sorted(k for k in results if k.startswith("e2e_") and k.endswith("_msgs_per_s")):
+        prefix = key.removesuffix("_msgs_per_s")
+        rows.append((f"end to end, {results[prefix + '_accepted']} msgs, {results[prefix + '_failure_rate']:.0%} failing",
+                     f"{results[prefix + '_seconds']:.2f} s ({results[key]:.0f} msg/s), p50 {results[prefix + '_p50_ms']:.0f} ms, "
+                     f"p99 {results[prefix + '_p99_ms']:.0f} ms, lost {results[prefix + '_lost']}"))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    lines.append("")
+    for key, comparison, bound in TARGETS:
+        value = results[key]
+        lines.append(f"{key:<{width}}  {value:.3f}  target {comparison} {bound}  "
+                     f"{'met' if met(value, comparison, bound) else 'MISSED'}")
+    lines.append(f"\n{results['engine']} on {results['cores']} cores, Python {results['python']}, "
+                 f"{results['bench_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("fauxqs", "moto"), default=os.environ.get("SQS_LOCAL", "fauxqs"),
+                        help="local SQS engine (SQS_LOCAL, default fauxqs)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".bench", help="logs (default %(default)s)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json",
+                        help="where the figures go (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a few seconds a stage: checks the benchmark, measures little")
+    parser.add_argument("--stage", action="append", choices=STAGES,
+                        help="run only this stage (repeatable; default all): for profiling one part")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = run(args.workdir, args.engine, QUICK if args.quick else Sizes(), tuple(args.stage or STAGES))
+    args.output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(table(results) if not args.stage else json.dumps(results, indent=1, sort_keys=True))
+    print(f"bench: figures in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
