@@ -284,6 +284,9 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
         results.update(end_to_end(workdir, engine, count, failure_rate=failure_rate))
     if "write" in stages:
         results["write_ratio"] = results["write_real_msgs_per_s"] / max(1e-9, results["write_stub_msgs_per_s"])
+    if "write" in stages and "cost" in stages:  # on real SQS, the bill is per request
+        results["sqs_requests_per_million_msgs"] = round(
+            1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"]))
     if "write" in stages and "batch" in stages:
         results["batch_endpoint_ratio"] = results["batch_endpoint_msgs_per_s"] / max(1e-9, results["write_real_msgs_per_s"])
     if "e2e" in stages:  # the figures the targets name, whatever the sizes (--quick sends fewer)
@@ -308,11 +311,13 @@ def table(results: dict[str, Any]) -> str:
         *[(f"worker, concurrency {c}, {results['worker_work_ms']:.0f} ms work",
            f"{results[f'worker_c{c}_msgs_per_s']:.0f} of {results[f'worker_c{c}_ideal_msgs_per_s']:.0f} msg/s ({results[f'worker_c{c}_ratio']:.2f})")
           for c in (1, 4, 16, 64)],
+        ("SQS requests per million messages (write + worker)", f"{results['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
          f"{results['worker_receives_per_msg']:.3f} / {results['worker_deletes_per_msg']:.3f} / {results['worker_visibility_changes_per_msg']:.3f}"),
     ]
-    for key in sorted(k for k in results if k.startswith("e2e_") and k.endswith("_msgs_per_s")):
-        prefix = key.removesuffix("_msgs_per_s")
+    for prefix in sorted((k.removesuffix("_accepted") for k in results if k.startswith("e2e_") and k.endswith("_accepted")),
+                         key=lambda prefix: results[prefix + "_accepted"]):
+        key = prefix + "_msgs_per_s"
         rows.append((f"end to end, {results[prefix + '_accepted']} msgs, {results[prefix + '_failure_rate']:.0%} failing",
                      f"{results[prefix + '_seconds']:.2f} s ({results[key]:.0f} msg/s), p50 {results[prefix + '_p50_ms']:.0f} ms, "
                      f"p99 {results[prefix + '_p99_ms']:.0f} ms, lost {results[prefix + '_lost']}"))

@@ -1,0 +1,48 @@
+"""bench: `make bench` runs every stage and writes every figure issue 7 names.
+
+Run with --quick (a second or so a stage): this checks that the benchmark works and that its
+figures are coherent, not how fast anything is; speed is the benchmark's own report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import LOCAL_ENGINE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NAMED = ["write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
+         "e2e_1000_seconds", "e2e_10000_lost"]
+
+
+def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+
+    run = subprocess.run(
+        [sys.executable, "bench/bench.py", "--quick", "--engine", LOCAL_ENGINE, "--workdir", str(tmp_path),
+         "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for name in NAMED:
+        assert isinstance(results[name], (int, float)), name
+        assert any(line.startswith(name) and ("met" in line or "MISSED" in line) for line in run.stdout.splitlines()), name
+    assert (results["engine"], results["cores"]) == (LOCAL_ENGINE, os.cpu_count())
+    # every request of the write stages was answered 201, so the rates compare like with like
+    assert results["write_real_refused"] == results["write_stub_refused"] == 0
+    assert results["write_real_msgs_per_s"] > 0 and results["write_stub_msgs_per_s"] > 0
+    # group commit: never more than one call a message, and the stub really replaced the calls
+    assert 0 < results["sqs_calls_per_msg_write"] <= 1
+    assert results["batch_endpoint_msgs_per_s"] > 0
+    for concurrency in (1, 4, 16, 64):
+        assert 0 < results[f"worker_c{concurrency}_ratio"] <= 1.05
+    assert results["worker_receives_per_msg"] > 0 and results["worker_deletes_per_msg"] > 0
+    assert results["e2e_100_lost"] == results["e2e_300_lost"] == 0
+    assert results["e2e_300_accepted"] == 300
