@@ -250,7 +250,8 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
         f"{prefix}_seconds": result.seconds,
         f"{prefix}_msgs_per_s": result.accepted / result.seconds if result.seconds else 0.0,
         f"{prefix}_accepted": result.accepted,
-        f"{prefix}_lost": result.lost if result.client_exit == 0 else max(1, result.lost),
+        f"{prefix}_lost": result.lost,
+        f"{prefix}_client_exit": result.client_exit,  # 1: the client saw a 5xx or a connection error
         f"{prefix}_p50_ms": 1000 * (result.latency_p50_s or 0),
         f"{prefix}_p99_ms": 1000 * (result.latency_p99_s or 0),
         f"{prefix}_failure_rate": failure_rate,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import os
 import time
@@ -87,8 +88,8 @@ async def _drive(
     url_host: str, port: int, path: str, body: BodyFactory, *, connections: int,
     count: Optional[int], duration_s: Optional[float],
 ) -> LoadResult:
-    numbers = iter(range(count) if count is not None else iter(int, 1))  # count, or endless
-    counter = iter(range(10**12))
+    numbers = iter(range(count)) if count is not None else itertools.count()  # shared: the bound
+    bodies = itertools.count()
     result = LoadResult(requests=0, seconds=0.0)
     started = time.perf_counter()
     deadline = started + duration_s if duration_s is not None else float("inf")
@@ -101,7 +102,7 @@ async def _drive(
                 if time.perf_counter() >= deadline:
                     return
                 sent = time.perf_counter()
-                writer.write(_request(path, host, body(next(counter))))
+                writer.write(_request(path, host, body(next(bodies))))
                 status = await _read_response(reader)
                 result.latencies_s.append(time.perf_counter() - sent)
                 result.statuses[status] += 1

@@ -45,4 +45,5 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
         assert 0 < results[f"worker_c{concurrency}_ratio"] <= 1.05
     assert results["worker_receives_per_msg"] > 0 and results["worker_deletes_per_msg"] > 0
     assert results["e2e_100_lost"] == results["e2e_300_lost"] == 0
+    assert results["e2e_100_client_exit"] == results["e2e_300_client_exit"] == 0
     assert results["e2e_300_accepted"] == 300
