@@ -10,6 +10,7 @@ reports stats and runs the shutdown.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import importlib
 import json
@@ -321,16 +322,13 @@ class Worker:
 
     def summary(self) -> dict[str, Any]:
         """The counters and the SQS calls by operation, for programs (make e2e, make bench)."""
-        queues = (self.queue, self.dead_letter_queue)
-        calls: dict[str, int] = {}
-        for queue in queues:
-            for operation, count in queue.calls.items():
-                calls[operation] = calls.get(operation, 0) + count
-        return {
-            **self.stats.snapshot(),
-            "sqs_calls": calls,
-            "sqs_billable_requests": sum(queue.billable_requests for queue in queues),
-        }
+        calls = collections.Counter(self.queue.calls) + collections.Counter(self.dead_letter_queue.calls)
+        return {**self.stats.snapshot(), "sqs_calls": dict(calls), "sqs_billable_requests": self._billable_requests}
+
+    @property
+    def _billable_requests(self) -> int:
+        """What SQS bills this worker: both queues, depth polls for the stats included."""
+        return self.queue.billable_requests + self.dead_letter_queue.billable_requests
 
     def _read_visibility_timeout(self) -> None:
         """Heartbeats follow the queue's real visibility timeout, not just the setting."""
@@ -630,7 +628,7 @@ class Worker:
             text = render_stats(
                 title, snapshot, in_flight=self.in_flight, per_second=per_second,
                 depths={"queue": self._depth(self.queue), "dlq": self._depth(self.dead_letter_queue)},
-                sqs_requests=self.queue.billable_requests + self.dead_letter_queue.billable_requests,
+                sqs_requests=self._billable_requests,
             )
             clear = "\x1b[H\x1b[2J" if title != "summary" and self.stats_out.isatty() else ""
             self.stats_out.write(f"{clear}{text}\n\n")

@@ -28,11 +28,8 @@ import dataclasses
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -42,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import load  # noqa: E402
-import sqs_setup  # noqa: E402
-from e2e import LocalSystem, local_system, run_e2e, wait_for_port  # noqa: E402
-from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue, create_client  # noqa: E402
+from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
 from worker import read_output  # noqa: E402
 
 #: Each target: the figure it reads, how it compares, and the bound (from issue 7).
@@ -58,6 +54,10 @@ TARGETS: list[tuple[str, str, float]] = [
 ]
 
 WORK_S = 0.020  # the simulated work of the scaling stage
+WRITER = "bench/writer.py"
+#: The worker's calls that are billed per message: receives, deletes, visibility changes, and
+#: the dead letters it sends itself. (Depth polls for its stats are left out.)
+WORKER_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +87,8 @@ def cpu_seconds(pid: int) -> float:
 def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
     """Create queue `bench-NAME` and its dead-letter queue; the environment that selects them."""
     settings = dataclasses.replace(system.settings, queue_name=f"bench-{name}", dlq_name="")
-    sqs_setup.set_up(settings, create_client(settings))
+    system.set_up_queues(settings)
     return {"QUEUE_NAME": settings.queue_name, "DLQ_NAME": settings.dlq_name}
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def send_raw(queue: SqsQueue, *, count: Optional[int] = None, seconds: Optional[float] = None,
@@ -123,36 +114,31 @@ def send_raw(queue: SqsQueue, *, count: Optional[int] = None, seconds: Optional[
 
 def raw_floor(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     env = fresh_queue(system, "raw")
-    queue = SqsQueue(env["QUEUE_NAME"], create_client(system.settings))
-    sent, seconds = send_raw(queue, seconds=sizes.raw_seconds)
+    sent, seconds = send_raw(system.queue(env["QUEUE_NAME"]), seconds=sizes.raw_seconds)
     return {"raw_send_batch_msgs_per_s": sent / seconds}
-
-
-def writer_stats(system: LocalSystem) -> dict[str, Any]:
-    return json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
 
 
 def write_path(system: LocalSystem, sizes: Sizes, *, stub: bool) -> dict[str, Any]:
     """POST /api/message at full speed for `write_seconds` after a one-second warm-up."""
     name = "stub" if stub else "real"
     env = fresh_queue(system, f"write-{name}")
-    writer = system.python(f"writer-{name}", "bench/writer.py", *(["--stub"] if stub else []), env=env)
+    writer = system.start_writer(*(["--stub"] if stub else []), env=env, program=WRITER, name=f"writer-{name}")
     try:
-        wait_for_port(int(system.env["PORT"]), 30)
         load.drive(system.writer_url, "/api/message", connections=sizes.connections, duration_s=1.0)
-        before, cpu_before = writer_stats(system), cpu_seconds(writer.pid)
+        before, cpu_before = system.writer_stats(), cpu_seconds(writer.pid)
         result = load.drive(system.writer_url, "/api/message", connections=sizes.connections,
                             duration_s=sizes.write_seconds)
-        after, cpu_after = writer_stats(system), cpu_seconds(writer.pid)
+        after, cpu_after = system.writer_stats(), cpu_seconds(writer.pid)
     finally:
-        stop(writer)
+        system.stop_process(writer)
     calls = after["sqs_calls"].get("SendMessageBatch", 0) - before["sqs_calls"].get("SendMessageBatch", 0)
     accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
+    p50, p99 = result.latencies(0.50, 0.99)
     return {
         f"write_{name}_msgs_per_s": result.ok_per_second(201),
         f"write_{name}_refused": sum(count for status, count in result.statuses.items() if status != 201),
-        f"write_{name}_p50_ms": 1000 * (result.latency(0.50) or 0),
-        f"write_{name}_p99_ms": 1000 * (result.latency(0.99) or 0),
+        f"write_{name}_p50_ms": 1000 * (p50 or 0),
+        f"write_{name}_p99_ms": 1000 * (p99 or 0),
         f"write_{name}_writer_cores": (cpu_after - cpu_before) / result.seconds,
         f"write_{name}_generator_core_share": result.cpu_share,
         f"write_{name}_mean_batch": accepted / max(1, calls),
@@ -163,25 +149,24 @@ def write_path(system: LocalSystem, sizes: Sizes, *, stub: bool) -> dict[str, An
 def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     """POST /api/messages, 100 messages a request, from 4 connections."""
     env = fresh_queue(system, "batch")
-    writer = system.python("writer-batch", "bench/writer.py", env=env)
+    writer = system.start_writer(env=env, program=WRITER, name="writer-batch")
     try:
-        wait_for_port(int(system.env["PORT"]), 30)
-        before = writer_stats(system)
+        before = system.writer_stats()
         result = load.drive(system.writer_url, "/api/messages", load.batch_body(100), connections=4,
                             duration_s=sizes.write_seconds)
-        after = writer_stats(system)
+        after = system.writer_stats()
     finally:
-        stop(writer)
+        system.stop_process(writer)
     accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
     return {"batch_endpoint_msgs_per_s": accepted / result.seconds,
-            "batch_endpoint_p50_ms": 1000 * (result.latency(0.50) or 0)}
+            "batch_endpoint_p50_ms": 1000 * (result.latencies(0.50)[0] or 0)}
 
 
 def drain(system: LocalSystem, name: str, *, count: int, args: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
     """Fill a fresh queue with `count` messages, then run a worker with `args` until it is empty:
     (its output records, its summary, its CPU cores while it ran)."""
     env = fresh_queue(system, name)
-    send_raw(SqsQueue(env["QUEUE_NAME"], create_client(system.settings)), count=count)
+    send_raw(system.queue(env["QUEUE_NAME"]), count=count)
     output, summary = system.workdir / f"{name}.jsonl", system.workdir / f"{name}-summary.json"
     for stale in (output, summary):
         stale.unlink(missing_ok=True)
@@ -225,11 +210,7 @@ def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     draining a backlog: the worker at saturation, as the write path is measured."""
     records, summary, _ = drain(system, "worker-cost", count=sizes.cost_messages, args=[])
     processed = max(1, len({record["id"] for record in records}))
-    calls = summary["sqs_calls"]
-    per_message = {
-        operation: calls.get(operation, 0) / processed
-        for operation in ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch")
-    }
+    per_message = {operation: summary["sqs_calls"].get(operation, 0) / processed for operation in WORKER_OPERATIONS}
     return {
         "sqs_calls_per_msg_worker": sum(per_message.values()),
         "worker_receives_per_msg": per_message["ReceiveMessage"],
@@ -243,8 +224,7 @@ def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
 def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -> dict[str, Any]:
     (workdir / f"e2e-{count}").mkdir(exist_ok=True)
     result = run_e2e(count=count, workdir=workdir / f"e2e-{count}", engine=engine, failure_rate=failure_rate, log=None)
-    calls = sum(result.worker_sqs_calls.get(operation, 0) for operation in
-                ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch"))
+    calls = sum(result.worker_sqs_calls.get(operation, 0) for operation in WORKER_OPERATIONS)
     prefix = f"e2e_{count}"
     return {
         f"{prefix}_seconds": result.seconds,

@@ -98,6 +98,14 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _wait_or_kill(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def rss_mib(pid: int) -> float:
     """A process's resident memory, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -149,12 +157,14 @@ class LocalSystem:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
         for process, log_file in self._running:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _wait_or_kill(process)
             log_file.close()
+
+    @staticmethod
+    def stop_process(process: subprocess.Popen) -> None:
+        """Stop one of the system's programs before the rest, as `stop` does."""
+        process.send_signal(signal.SIGINT)
+        _wait_or_kill(process)
 
     def python(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
         return self.start(name, sys.executable, *args, env=env)
@@ -165,13 +175,22 @@ class LocalSystem:
         wait_for_port(self.sqs_port, 30)
         return process
 
-    def start_writer(self, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
-        process = self.python("writer", "server.py", env=env)
+    def start_writer(
+        self, *args: str, env: Optional[Mapping[str, str]] = None, program: str = "server.py", name: str = "writer"
+    ) -> subprocess.Popen:
+        """The writer (or `program`, another that serves it, such as the benchmark's), once it
+        listens on PORT."""
+        process = self.python(name, program, *args, env=env)
         wait_for_port(int(self.env["PORT"]), 30)
         return process
 
-    def set_up_queues(self) -> None:
-        sqs_setup.set_up(self.settings, create_client(self.settings))
+    def writer_stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(f"{self.writer_url}/api/stats", timeout=30).read())
+
+    def set_up_queues(self, settings: Optional[Settings] = None) -> None:
+        """The queues of `settings` (default: the system's own) and their dead-letter queues."""
+        settings = settings or self.settings
+        sqs_setup.set_up(settings, create_client(settings))
 
     def client(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -247,7 +266,7 @@ def run_e2e(
         client_summary = load.stdout.rsplit("summary", 1)[-1].rstrip()
         say(client_summary)
         worker.wait(timeout=timeout_s)
-        writer_stats = json.loads(urllib.request.urlopen(f"{system.writer_url}/api/stats", timeout=30).read())
+        writer_stats = system.writer_stats()
         worker_summary = json.loads(summary_path.read_text())
         accepted = set(ids_path.read_text().split())
         lines = read_output(output_path)
