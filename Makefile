@@ -78,7 +78,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 requests moto flask-cors pytest httpx2 schemathesis
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client moto flask-cors pytest httpx2 schemathesis requests build
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 

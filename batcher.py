@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Deque, Generic, Sequence, TypeVar
+from typing import Callable, Deque, Generic, Optional, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class GroupCommit(Generic[T, R]):
         max_pending: int = 1000,
         linger_s: float = 0.0,
         eager_when_quiet: bool = False,
+        on_batch: Optional[Callable[[list[float]], None]] = None,
         name: str = "group-commit",
     ) -> None:
         self._flush = flush
@@ -62,8 +63,9 @@ class GroupCommit(Generic[T, R]):
         self._max_pending = max_pending
         self._linger_s = linger_s
         self._eager_when_quiet = eager_when_quiet
+        self._on_batch = on_batch  # each call's items' waits (seconds), for metrics
         self._name = name
-        self._pending: Deque[tuple[T, Future[R]]] = collections.deque()
+        self._pending: Deque[tuple[T, Future[R], float]] = collections.deque()  # with arrival
         self._oldest_since = 0.0  # when the oldest pending item arrived (monotonic)
         self._last_arrival = float("-inf")
         self._quiet_before = False  # the oldest pending item came after a quiet spell
@@ -71,8 +73,6 @@ class GroupCommit(Generic[T, R]):
         self._in_flight = 0
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self.calls = 0  # flush calls made, for stats
-        self.items = 0
 
     def submit(self, item: T) -> Future[R]:
         """Queue one item; the future resolves once the call that carried it has returned."""
@@ -89,7 +89,7 @@ class GroupCommit(Generic[T, R]):
                 self._oldest_since = now
                 self._quiet_before = now - self._last_arrival >= self._linger_s
             self._last_arrival = now
-            self._pending.append((item, future))
+            self._pending.append((item, future, now))
             self._cond.notify()
         return future
 
@@ -125,7 +125,7 @@ class GroupCommit(Generic[T, R]):
             return 0.0
         return max(0.0, self._oldest_since + self._linger_s - time.monotonic())
 
-    def _take_batch(self) -> list[tuple[T, Future[R]]] | None:
+    def _take_batch(self) -> list[tuple[T, Future[R], float]] | None:
         with self._cond:
             while (wait_s := self._wait_s()) != 0.0:
                 if self._closed and not self._pending:
@@ -144,15 +144,16 @@ class GroupCommit(Generic[T, R]):
             if batch is None:
                 return
             # A caller that gave up (cancelled its future) is not sent.
-            live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            live = [entry for entry in batch if entry[1].set_running_or_notify_cancel()]
             try:
                 if live:
-                    self._call([item for item, _ in live], [fut for _, fut in live])
+                    if self._on_batch is not None:
+                        started = time.monotonic()
+                        self._on_batch([started - arrived for _, _, arrived in live])
+                    self._call([item for item, _, _ in live], [fut for _, fut, _ in live])
             finally:
                 with self._cond:
                     self._in_flight -= 1
-                    self.calls += bool(live)
-                    self.items += len(live)
                     self._cond.notify_all()
 
     def _call(self, items: list[T], futures: list[Future[R]]) -> None:

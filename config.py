@@ -11,11 +11,32 @@ import logging.config
 import os
 import re
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, TypeVar
 
-HERE = Path(__file__).resolve().parent
+#: The distribution's name: `pip install sqs-message-service`.
+DISTRIBUTION = "sqs-message-service"
+
+
+def _data_dir() -> Path:
+    """Where swagger.yml and log.conf are: beside this module in a checkout (and an editable
+    install); in <prefix>/share/sqs-message-service once the wheel is installed, into a
+    virtualenv, the system or the user's site (`pip install --user`)."""
+    here = Path(__file__).resolve().parent
+    installed = [
+        Path(sysconfig.get_path("data", scheme)) / "share" / DISTRIBUTION
+        for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))
+    ]
+    for candidate in (here, *installed):
+        if (candidate / "swagger.yml").is_file():
+            return candidate
+    return here  # not found: the errors that follow name this place
+
+
+#: The directory holding swagger.yml and log.conf.
+DATA_DIR = _data_dir()
 
 #: SQS's own ceiling for one message (body plus attributes) since August 2025; queues default
 #: to 256 KiB, which is our default too.
@@ -66,11 +87,12 @@ class Settings:
     retry_backoff_max_s: float = 60.0
     shutdown_grace_s: float = 30.0
     stats_interval_s: float = 2.0
+    metrics_port: int = 9102  # the worker's /metrics; 0: not served
     worker_output: Optional[Path] = None
     exit_when_idle_s: Optional[float] = None
     api_keys: str = ""  # comma-separated; with api_keys_file, empty both: no keys needed
     api_keys_file: Optional[Path] = None
-    log_config: Path = HERE / "log.conf"
+    log_config: Path = DATA_DIR / "log.conf"
 
     def __post_init__(self) -> None:
         if not self.dlq_name:
@@ -192,6 +214,7 @@ ENV_NAMES: dict[str, str] = {
     "retry_backoff_max_s": "RETRY_BACKOFF_MAX",
     "shutdown_grace_s": "SHUTDOWN_GRACE",
     "stats_interval_s": "STATS_INTERVAL",
+    "metrics_port": "METRICS_PORT",
     "worker_output": "WORKER_OUTPUT",
     "exit_when_idle_s": "EXIT_WHEN_IDLE",
     "api_keys": "API_KEYS",
@@ -233,6 +256,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "retry_backoff_max_s": (0, 43_200),
     "shutdown_grace_s": (0, 3600),
     "stats_interval_s": (0.1, 3600),
+    "metrics_port": (0, 65_535),
     "exit_when_idle_s": (0, 86_400),
 }
 

@@ -6,6 +6,7 @@ The spec has already checked types, required fields and ranges before a handler 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import re
@@ -19,6 +20,7 @@ from batcher import GroupCommit, Overloaded
 from config import Settings
 from errors import RequestRefused
 from idempotency import IdempotencyStore, fingerprint, scoped_key
+from metrics import WriterMetrics, by_label, histogram_sum, total
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
     OutgoingMessage,
@@ -118,13 +120,20 @@ def to_outgoing(
 
 
 class Writer:
-    """Everything behind the handlers: the queue, the group commit, and the counters /api/stats
-    reports. One per app, kept in `app.extensions`."""
+    """Everything behind the handlers: the queue, the group commit, and the counters that
+    /metrics and /api/stats report. One per app, kept in `app.extensions`."""
 
-    def __init__(self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue) -> None:
+    OUTCOMES = ("accepted", "invalid", "unavailable", "busy", "backlogged")
+
+    def __init__(
+        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics
+    ) -> None:
         self.settings = settings
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
+        self.metrics = metrics
+        for outcome in self.OUTCOMES:  # every outcome shows, at 0 until it happens
+            metrics.messages.labels(outcome)
         self.started_at = time.time()
         self._group = GroupCommit(
             queue.send,
@@ -134,10 +143,9 @@ class Writer:
             eager_when_quiet=True,  # a lone request is sent at once
             # Each waiting message holds a handler thread, so this bound is never the first hit.
             max_pending=settings.handler_threads,
+            on_batch=metrics.observe_batch,
             name="send",
         )
-        self._counts = {"accepted": 0, "invalid": 0, "unavailable": 0, "busy": 0, "backlogged": 0}
-        self._counts_lock = threading.Lock()
         self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
         self.idempotency = IdempotencyStore(
             window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys
@@ -149,9 +157,8 @@ class Writer:
         # them longer than SEND_TIMEOUT, as it cannot hold a send.
         self._lookups = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookup")
 
-    def count(self, outcome: str) -> None:
-        with self._counts_lock:
-            self._counts[outcome] += 1
+    def count(self, outcome: str, messages: int = 1) -> None:
+        self.metrics.messages.labels(outcome).inc(messages)
 
     def prepare(self, fields: Mapping[str, Any], idempotency_key: Optional[str] = None) -> OutgoingMessage:
         """Check one message and build what will be sent. On a FIFO queue an Idempotency-Key
@@ -193,8 +200,7 @@ class Writer:
     def _refuse_when_backlogged(self, messages: int) -> None:
         backlog = self._backlog
         if backlog is not None:
-            with self._counts_lock:
-                self._counts["backlogged"] += messages
+            self.count("backlogged", messages)
             raise QueueBacklogged(
                 f"the queue holds {backlog} messages, more than MAX_QUEUE_DEPTH="
                 f"{self.settings.max_queue_depth}; retry once the workers have caught up"
@@ -246,14 +252,14 @@ class Writer:
         return results
 
     def _count_results(self, results: list[SendResult]) -> None:
-        with self._counts_lock:
-            for result in results:
-                if result.ok:
-                    self._counts["accepted"] += 1
-                elif isinstance(result.error, QueueUnavailable):
-                    self._counts["unavailable"] += 1
-                else:
-                    self._counts["invalid"] += 1
+        outcomes = collections.Counter(
+            "accepted" if result.ok
+            else "unavailable" if isinstance(result.error, QueueUnavailable)
+            else "invalid"
+            for result in results
+        )
+        for outcome, messages in outcomes.items():
+            self.count(outcome, messages)
 
     def depths(self, *queues: SqsQueue) -> list[Union[dict[str, int], SqsError]]:
         """Each queue's approximate depth, or its SqsError; asked at once and waited for at most
@@ -280,15 +286,16 @@ class Writer:
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
-        with self._counts_lock:
-            counts = dict(self._counts)
         queue_depth, dead_letter_depth = self.depths(self.queue, self.dead_letter_queue)
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
-            "messages": counts,
+            "messages": by_label(self.metrics.messages, "outcome"),
             "sqs_calls": self.queue.calls,
             "sqs_billable_requests": self.queue.billable_requests + self.dead_letter_queue.billable_requests,
-            "group_commit": {"batches": self._group.calls, "messages": self._group.items},
+            "group_commit": {
+                "batches": int(total(self.metrics.batch_size)),
+                "messages": int(histogram_sum(self.metrics.batch_size)),
+            },
             "queue": _named_depth(self.queue, queue_depth),
             "dead_letter_queue": _named_depth(self.dead_letter_queue, dead_letter_depth),
         }

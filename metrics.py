@@ -1,11 +1,184 @@
-"""Small measurement helpers shared by the worker's and the client's live stats."""
+"""Measurement: the Prometheus metrics of the writer and the worker, and the helpers that read
+them back for the live stats.
+
+Each writer app and each worker keeps its metrics in a `CollectorRegistry` of its own instead of
+prometheus_client's global one: tests build many apps in one process, and a registry holds
+exactly what its /metrics serves. `/api/stats` and the worker's stats pane read the same
+counters, so the numbers an operator sees in a terminal and in Prometheus cannot disagree.
+
+Names follow Prometheus conventions: base units (seconds, messages), `_total` on counters (added
+by prometheus_client), and a label only where summing over it means something.
+"""
 
 from __future__ import annotations
 
 import collections
 import math
 import threading
-from typing import Deque, Optional, Sequence
+from typing import Deque, Iterable, Optional, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+#: Request and processing latencies: from a millisecond (an in-memory SQS) to a minute.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Messages per SendMessageBatch call: SQS takes 1 to 10.
+BATCH_SIZE_BUCKETS = tuple(range(1, 11))
+
+
+class SqsMetrics:
+    """SQS API calls and what SQS bills for them, by queue; `SqsQueue` counts into these, and a
+    process's queues share one instance. Registered in no registry until `expose_in`: the
+    writer's app or the worker that uses the queues adds them to its own."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "sqs_requests", "SQS API calls made, by queue and operation",
+            ("queue", "operation"), registry=None,
+        )
+        self.billable_requests = Counter(
+            "sqs_billable_requests",
+            "SQS requests billed for those calls: one per call and one per further 64 KiB of payload",
+            ("queue",), registry=None,
+        )
+
+    def expose_in(self, registry: CollectorRegistry) -> None:
+        registry.register(self.requests)
+        registry.register(self.billable_requests)
+
+
+class WriterMetrics:
+    """The queue-writer's metrics, served on its /metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "writer_requests", "HTTP requests answered, by method, route (the spec's path) and status",
+            ("method", "route", "status"), registry=registry,
+        )
+        self.request_duration = Histogram(
+            "writer_request_duration_seconds", "Time to answer an HTTP request, by method and route",
+            ("method", "route"), buckets=LATENCY_BUCKETS_S, registry=registry,
+        )
+        self.messages = Counter(
+            "writer_messages",
+            "Messages by outcome: accepted by SQS, invalid (4xx), unavailable (SQS failed), "
+            "busy (refused by the admission limit), backlogged (refused by MAX_QUEUE_DEPTH)",
+            ("outcome",), registry=registry,
+        )
+        self.batch_size = Histogram(
+            "writer_send_batch_messages", "Messages per SendMessageBatch call made by the group commit",
+            buckets=BATCH_SIZE_BUCKETS, registry=registry,
+        )
+        self.group_commit_wait = Histogram(
+            "writer_group_commit_wait_seconds",
+            "Time a message waited in the group commit before its SendMessageBatch call started",
+            buckets=LATENCY_BUCKETS_S, registry=registry,
+        )
+
+    def observe_batch(self, waits_s: Sequence[float]) -> None:
+        self.batch_size.observe(len(waits_s))
+        for wait_s in waits_s:
+            self.group_commit_wait.observe(wait_s)
+
+
+class WorkerMetrics:
+    """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane."""
+
+    COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released")
+    _HELP = {
+        "received": "Messages received from SQS",
+        "processed": "Messages whose processing succeeded",
+        "failed": "Processing attempts that failed (retried plus dead-lettered)",
+        "retried": "Failed messages left to come back after a backoff",
+        "dead_lettered": "Failed messages at MAX_RECEIVE_COUNT, sent to the dead-letter queue "
+        "(or left to SQS's redrive when that send failed): an estimate of the DLQ's arrivals",
+        "deleted": "Processed messages deleted from the queue (SQS confirmed the delete)",
+        "released": "Messages received but not started (shutdown), made visible again at once",
+    }
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counters = {
+            name: Counter(f"worker_messages_{name}", self._HELP[name], registry=registry)
+            for name in self.COUNTERS
+        }
+        self.processing_duration = Histogram(
+            "worker_processing_duration_seconds", "Time the processing step took, failures included",
+            buckets=LATENCY_BUCKETS_S, registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "worker_end_to_end_latency_seconds",
+            "From SQS accepting a message (its SentTimestamp) to its processing succeeding",
+            buckets=LATENCY_BUCKETS_S, registry=registry,
+        )
+        self.in_flight = Gauge(
+            "worker_messages_in_flight", "Messages received and not yet finished (processing or prefetched)",
+            registry=registry,
+        )
+        self.queue_messages = Gauge(
+            "sqs_queue_messages", "Messages in a queue at the last poll, by state (visible, in_flight, delayed)",
+            ("queue", "state"), registry=registry,
+        )
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        self.counters[counter].inc(amount)
+
+    def count(self, counter: str) -> int:
+        return int(total(self.counters[counter]))
+
+
+def total(metric: MetricWrapperBase, **labels: str) -> float:
+    """Sum of a counter's (or a histogram's observations') samples whose labels match `labels`.
+    For a histogram, the number of observations."""
+    suffix = "_count" if isinstance(metric, Histogram) else "_total"
+    return sum(
+        sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name.endswith(suffix) and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def by_label(metric: MetricWrapperBase, label: str, **labels: str) -> dict[str, int]:
+    """A counter's totals keyed by one label, among the samples matching `labels`."""
+    values: collections.Counter[str] = collections.Counter()
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items()):
+                values[sample.labels[label]] += int(sample.value)
+    return dict(values)
+
+
+def histogram_sum(histogram: Histogram) -> float:
+    return sum(s.value for f in histogram.collect() for s in f.samples if s.name.endswith("_sum"))
+
+
+def buckets(histogram: Histogram) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets, as (upper bound, observations up to it)."""
+    return [
+        (float(sample.labels["le"]), sample.value)
+        for family in histogram.collect()
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    ]
+
+
+def quantile(cumulative: Iterable[tuple[float, float]], fraction: float) -> Optional[float]:
+    """Estimate a quantile from cumulative buckets the way PromQL's histogram_quantile does:
+    linear within the bucket that holds it. None for no observations; the largest finite bound
+    when it falls in the +Inf bucket."""
+    bounds = list(cumulative)
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    rank = fraction * bounds[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in bounds:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = upper, count
+    return lower
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> Optional[float]:

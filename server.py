@@ -17,6 +17,7 @@ import connexion
 import uvicorn
 import yaml
 from a2wsgi import WSGIMiddleware
+from prometheus_client import CollectorRegistry, make_asgi_app
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -29,9 +30,10 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from config import HERE, ConfigError, Settings, configure_logging
+from config import DATA_DIR, ConfigError, Settings, configure_logging
 from errors import RequestRefused
 from message import WRITER_EXTENSION, Writer
+from metrics import WriterMetrics
 from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
 
 log = logging.getLogger(__name__)
@@ -117,11 +119,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-class AccessLog:
-    """One line per request, error responses included: client, method, path, status, duration."""
+class RequestObserver:
+    """Counts and times every request, error responses included, into the writer's metrics, and
+    logs one access line for it: client, method, path, status, duration.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Requests are labelled by the spec's route (`/api/message`), never by the raw path, so that
+    probing random URLs cannot grow the metrics without bound: whatever is not an operation of
+    the spec is `other`.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str]) -> None:
         self.app = app
+        self.metrics = metrics
+        self.routes = routes  # operationId -> path in the spec
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,18 +146,40 @@ class AccessLog:
                 status = message["status"]
             await send(message)
 
+        # connexion's routing notes the operation in scope["extensions"] of a shallow copy of
+        # the scope: an extensions dict that exists already is shared, and shows it here too.
+        scope.setdefault("extensions", {})
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
+            duration_s = time.perf_counter() - started
+            route = self._route(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.request_duration.labels(scope["method"], route).observe(duration_s)
             client = scope.get("client") or ("-", 0)
             access_log.info(
-                '%s "%s %s" %d %.1fms',
-                client[0],
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
+                '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000
             )
+
+    def _route(self, scope: Scope) -> str:
+        routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
+        path = self.routes.get(routing.get("operation_id") or "")
+        return "other" if path is None else routing.get("api_base_path", "") + path
+
+
+class MetricsEndpoint:
+    """`GET /metrics`: the registry in Prometheus' text format. Served here, outside the API and
+    before the admission limit, so that a saturated writer still answers its scrapes."""
+
+    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.metrics_app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            await self.metrics_app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class WriterBusy(Exception):
@@ -219,15 +251,18 @@ def create_app(
     settings = settings or Settings.from_env()
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings))
-    writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client))
+    registry = CollectorRegistry()  # what /metrics serves: the writer's metrics and its SQS calls
+    metrics = WriterMetrics(registry)
+    queue.metrics.expose_in(registry)
+    writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
         writer.close()  # the server stopped taking requests: let pending sends finish
 
-    app = connexion.FlaskApp(__name__, specification_dir=HERE, lifespan=lifespan)
-    spec = yaml.safe_load((HERE / "swagger.yml").read_text(encoding="utf-8"))
+    app = connexion.FlaskApp(__name__, specification_dir=DATA_DIR, lifespan=lifespan)
+    spec = yaml.safe_load((DATA_DIR / "swagger.yml").read_text(encoding="utf-8"))
     api_keys = settings.load_api_keys()
     if not api_keys:
         del spec["security"]  # no keys configured: the served spec says so too
@@ -246,7 +281,14 @@ def create_app(
     )
     _set_handler_threads(app, settings.handler_threads)
     app.app.extensions[WRITER_EXTENSION] = writer
-    app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    routes = {
+        operation["operationId"]: path
+        for path, operations in spec["paths"].items()
+        for operation in operations.values()
+    }
+    # Outermost first: scrapes are answered before anything else, and not counted as requests.
+    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_EXCEPTION, registry=registry)
+    app.add_middleware(RequestObserver, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics, routes=routes)
     app.add_middleware(  # after routing and keys, before the body is read
         AdmissionLimit,
         position=MiddlewarePosition.BEFORE_VALIDATION,

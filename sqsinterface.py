@@ -4,9 +4,7 @@ instead of botocore's many, and batch helpers that report each entry's own outco
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -16,6 +14,7 @@ import botocore.config
 import botocore.exceptions
 
 from config import Settings
+from metrics import SqsMetrics, by_label, total
 
 log = logging.getLogger(__name__)
 
@@ -214,42 +213,38 @@ class SqsQueue:
     by its queues; tests pass one under moto). The URL and FIFO settings are looked up on first
     use, so a process can start before its queue exists and report that through readiness."""
 
-    def __init__(self, name: str, client: Any) -> None:
+    def __init__(self, name: str, client: Any, metrics: Optional[SqsMetrics] = None) -> None:
         self.name = name
         self.client = client
         self.is_fifo = name.endswith(".fifo")
+        # Shared by a process's queues, so that its /metrics shows all of them; a queue made
+        # alone (tools, tests) counts into a registry of its own.
+        self.metrics = metrics if metrics is not None else SqsMetrics()
         self._url: Optional[str] = None
         self._arn: Optional[str] = None
         self._content_based_dedup: Optional[bool] = None
-        self._calls: collections.Counter[str] = collections.Counter()
-        self._billable = 0
-        self._calls_lock = threading.Lock()
 
     def _call(self, operation: str, *, payload_bytes: int = 0, **kwargs: Any) -> dict:
         """Call SQS; `payload_bytes` is what the call sends, for the bill."""
-        with self._calls_lock:
-            self._calls[operation] += 1
-            self._billable += billable_requests(payload_bytes)
+        self.metrics.requests.labels(self.name, operation).inc()
+        self.metrics.billable_requests.labels(self.name).inc(billable_requests(payload_bytes))
         method = getattr(self.client, _snake_case(operation))
         with translated_errors(f"{operation} {self.name!r}"):
             return method(**kwargs)
 
     def _bill_received(self, payload_bytes: int) -> None:
         """A receive is billed by what it brought back too: the requests beyond its first."""
-        with self._calls_lock:
-            self._billable += billable_requests(payload_bytes) - 1
+        self.metrics.billable_requests.labels(self.name).inc(billable_requests(payload_bytes) - 1)
 
     @property
     def calls(self) -> dict[str, int]:
         """SQS API calls made through this queue since start, by operation."""
-        with self._calls_lock:
-            return dict(self._calls)
+        return by_label(self.metrics.requests, "operation", queue=self.name)
 
     @property
     def billable_requests(self) -> int:
         """What SQS bills for those calls: one request per call and per further 64 KiB."""
-        with self._calls_lock:
-            return self._billable
+        return int(total(self.metrics.billable_requests, queue=self.name))
 
     @property
     def url(self) -> str:

@@ -28,10 +28,13 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TextIO
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
 
 from batcher import Closed, GroupCommit, Overloaded
 from config import ConfigError, Settings, configure_logging
-from metrics import LatencyWindow, milliseconds
+from metrics import SqsMetrics, WorkerMetrics, buckets, milliseconds, quantile
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
     MAX_ATTRIBUTES,
@@ -49,8 +52,6 @@ log = logging.getLogger(__name__)
 #: is deleted); raising anything means failure (the message comes back after a backoff).
 Processor = Callable[[ReceivedMessage], None]
 
-#: Latencies kept for the percentiles in the stats: the most recent ones.
-LATENCY_WINDOW = 10_000
 #: Longest pause between receive attempts while SQS keeps failing.
 MAX_OUTAGE_BACKOFF_S = 30.0
 #: While some slots are busy, how long the consumer waits for more to free up, so that one
@@ -146,37 +147,21 @@ def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[list[Rece
     return list(groups.values())
 
 
-class WorkerStats:
-    """Counters since start and recent processing latencies, shared by the worker's threads."""
+@dataclasses.dataclass(frozen=True)
+class StatsMark:
+    """Where one stats report stood, so that the next shows the rate and the latency
+    percentiles of the interval between them rather than since start."""
 
-    COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released")
+    at: float
+    processed: int
+    processing: list[tuple[float, float]]  # cumulative histogram buckets
+    end_to_end: list[tuple[float, float]]
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self._counts = dict.fromkeys(self.COUNTERS, 0)
-        self._latencies = LatencyWindow(LATENCY_WINDOW)
-        self._end_to_end = LatencyWindow(LATENCY_WINDOW)  # SQS's SentTimestamp to processed
-        self._lock = threading.Lock()
 
-    def add(self, counter: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[counter] += amount
-
-    def observe(self, latency_s: float) -> None:
-        self._latencies.observe(latency_s)
-
-    def observe_end_to_end(self, latency_s: float) -> None:
-        self._end_to_end.observe(latency_s)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            counts = dict(self._counts)
-        p50, p99 = self._latencies.percentiles(0.50, 0.99)
-        e2e_p50, e2e_p99 = self._end_to_end.percentiles(0.50, 0.99)
-        return {
-            **counts, "uptime_s": time.monotonic() - self.started, "latency_p50_s": p50, "latency_p99_s": p99,
-            "end_to_end_p50_s": e2e_p50, "end_to_end_p99_s": e2e_p99,
-        }
+def _since(current: list[tuple[float, float]], earlier: Optional[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    if earlier is None:
+        return current
+    return [(bound, count - before) for (bound, count), (_, before) in zip(current, earlier)]
 
 
 def render_stats(
@@ -259,7 +244,11 @@ class Worker:
         self.exit_when_idle_s = exit_when_idle_s
         self.summary_path = summary_path
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.stats = WorkerStats()
+        self.started = time.monotonic()
+        self.registry = CollectorRegistry()  # what METRICS_PORT serves
+        self.metrics = WorkerMetrics(self.registry)
+        queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.visibility_timeout_s = settings.visibility_timeout_s
         self.poll_wait_s = settings.receive_wait_s
         if exit_when_idle_s is not None:  # notice idleness within about its own length
@@ -308,7 +297,7 @@ class Worker:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         for number in range(self.settings.worker_concurrency):
             threading.Thread(target=self._process_loop, name=f"processor-{number}", daemon=True).start()
-        previous = (time.monotonic(), 0)
+        previous: Optional[StatsMark] = None
         next_report = time.monotonic() + self.settings.stats_interval_s
         while not self._stopping.wait(0.1):
             if time.monotonic() >= next_report:
@@ -320,10 +309,33 @@ class Worker:
             self.summary_path.write_text(json.dumps(self.summary(), indent=1) + "\n", encoding="utf-8")
         return 0 if clean else 1
 
+    def snapshot(self, since: Optional[StatsMark] = None) -> tuple[dict[str, Any], StatsMark]:
+        """The counters since start, read from the metrics, with latency percentiles estimated
+        from their histograms over the observations since `since` (or since start); and the
+        mark for the next snapshot."""
+        now = time.monotonic()
+        counts = {name: self.metrics.count(name) for name in WorkerMetrics.COUNTERS}
+        mark = StatsMark(now, counts["processed"], buckets(self.metrics.processing_duration),
+                         buckets(self.metrics.end_to_end))
+        processing = _since(mark.processing, since and since.processing)
+        end_to_end = _since(mark.end_to_end, since and since.end_to_end)
+        interval_s = now - (since.at if since else self.started)
+        snapshot = {
+            **counts,
+            "uptime_s": now - self.started,
+            "processed_per_s": (counts["processed"] - (since.processed if since else 0)) / max(1e-9, interval_s),
+            "latency_p50_s": quantile(processing, 0.50),
+            "latency_p99_s": quantile(processing, 0.99),
+            "end_to_end_p50_s": quantile(end_to_end, 0.50),
+            "end_to_end_p99_s": quantile(end_to_end, 0.99),
+        }
+        return snapshot, mark
+
     def summary(self) -> dict[str, Any]:
         """The counters and the SQS calls by operation, for programs (make e2e, make bench)."""
         calls = collections.Counter(self.queue.calls) + collections.Counter(self.dead_letter_queue.calls)
-        return {**self.stats.snapshot(), "sqs_calls": dict(calls), "sqs_billable_requests": self._billable_requests}
+        snapshot, _ = self.snapshot()
+        return {**snapshot, "sqs_calls": dict(calls), "sqs_billable_requests": self._billable_requests}
 
     @property
     def _billable_requests(self) -> int:
@@ -416,7 +428,7 @@ class Worker:
         with self._in_progress_lock:
             for message in messages:
                 self._in_progress[message.receipt_handle] = (message, deadline)
-        self.stats.add("received", len(messages))
+        self.metrics.add("received", len(messages))
         for unit in work_units(messages, fifo=self.queue.is_fifo):
             self._work.put(unit)
 
@@ -486,21 +498,21 @@ class Worker:
             self.processor(message)
         except Exception as exc:  # whatever the step raises is a failure of this message only
             error = exc
-        self.stats.observe(time.monotonic() - started)
+        self.metrics.processing_duration.observe(time.monotonic() - started)
         if error is not None:
             self._failed(message, error)
             return False
         self._record(message)  # flushed before the delete: nothing acknowledged is missing from it
-        self.stats.add("processed")
+        self.metrics.add("processed")
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
-            self.stats.observe_end_to_end(max(0.0, time.time() - message.sent_at_s))
+            self.metrics.end_to_end.observe(max(0.0, time.time() - message.sent_at_s))
         self._acknowledge(self._deletes, message.receipt_handle, message, "deleted")
         return True
 
     def _failed(self, message: ReceivedMessage, exc: Exception) -> None:
-        self.stats.add("failed")
+        self.metrics.add("failed")
         if message.receive_count < self.settings.max_receive_count:
-            self.stats.add("retried")
+            self.metrics.add("retried")
             delay_s = compute_backoff(
                 message.receive_count,
                 base_s=self.settings.retry_backoff_base_s,
@@ -508,7 +520,7 @@ class Worker:
             )
             log.debug("message %r failed (%s); retry in %d s", message.id, type(exc).__name__, delay_s)
         else:
-            self.stats.add("dead_lettered")
+            self.metrics.add("dead_lettered")
             log.info(
                 "message %r failed %d times (%s: %s): to the dead-letter queue",
                 message.id, message.receive_count, type(exc).__name__, exc,
@@ -553,7 +565,7 @@ class Worker:
             if error is not None:
                 log.warning("message %r not %s (%s): it will be delivered again", message.id, done, error)
             elif done == "deleted":
-                self.stats.add("deleted")
+                self.metrics.add("deleted")
 
         try:
             batcher.submit(item).add_done_callback(outcome_known)
@@ -582,7 +594,7 @@ class Worker:
         if not messages:
             return
         outcomes = self.queue.change_visibility([(m.receipt_handle, 0) for m in messages])
-        self.stats.add("released", sum(outcome is None for outcome in outcomes))
+        self.metrics.add("released", sum(outcome is None for outcome in outcomes))
 
     def _forget(self, message: ReceivedMessage) -> None:
         with self._in_progress_lock:
@@ -618,29 +630,29 @@ class Worker:
 
     # Stats
 
-    def _report(self, previous: tuple[float, int], title: str = "worker") -> tuple[float, int]:
-        snapshot = self.stats.snapshot()
-        now = time.monotonic()
-        per_second = (snapshot["processed"] - previous[1]) / max(1e-9, now - previous[0])
-        if title == "summary":
-            per_second = snapshot["processed"] / max(1e-9, snapshot["uptime_s"])
+    def _report(self, previous: Optional[StatsMark], title: str = "worker") -> StatsMark:
+        """Poll the queues' depths into their gauges and, with a stats pane, show the stats: the
+        rate and percentiles over the last interval, or over the whole run for the summary."""
+        snapshot, mark = self.snapshot(since=None if title == "summary" else previous)
+        depths = {"queue": self._poll_depth(self.queue), "dlq": self._poll_depth(self.dead_letter_queue)}
         if self.stats_out is not None:
             text = render_stats(
-                title, snapshot, in_flight=self.in_flight, per_second=per_second,
-                depths={"queue": self._depth(self.queue), "dlq": self._depth(self.dead_letter_queue)},
-                sqs_requests=self._billable_requests,
+                title, snapshot, in_flight=self.in_flight, per_second=snapshot["processed_per_s"],
+                depths=depths, sqs_requests=self._billable_requests,
             )
             clear = "\x1b[H\x1b[2J" if title != "summary" and self.stats_out.isatty() else ""
             self.stats_out.write(f"{clear}{text}\n\n")
             self.stats_out.flush()
-        return now, snapshot["processed"]
+        return mark
 
-    @staticmethod
-    def _depth(queue: SqsQueue) -> Optional[dict[str, int]]:
+    def _poll_depth(self, queue: SqsQueue) -> Optional[dict[str, int]]:
         try:
-            return queue.depth()
+            depth = queue.depth()
         except SqsError:
             return None
+        for state, messages in depth.items():
+            self.metrics.queue_messages.labels(queue.name, state).set(messages)
+        return depth
 
 
 def read_output(path: Path) -> list[dict[str, Any]]:
@@ -718,10 +730,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
     # A long poll holds the connection for up to RECEIVE_WAIT_SECONDS: the read timeout covers it.
     client = create_client(settings, read_timeout_s=settings.receive_wait_s + settings.sqs_read_timeout_s)
+    sqs_metrics = SqsMetrics()
     output = open(args.output, "a", encoding="utf-8") if args.output else None
     worker = Worker(
-        queue=SqsQueue(settings.queue_name, client),
-        dead_letter_queue=SqsQueue(settings.dlq_name, client),
+        queue=SqsQueue(settings.queue_name, client, sqs_metrics),
+        dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
         processor=processor,
         settings=settings,
         output=output,
@@ -729,6 +742,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         exit_when_idle_s=args.exit_when_idle,
         summary_path=args.summary_json,
     )
+    try:
+        metrics_server = serve_metrics(settings, worker.registry)
+    except OSError as exc:
+        print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
+              file=sys.stderr)
+        return 2
     _install_signal_handlers(worker)
     log.info(
         "worker %s on queue %r (%s), concurrency %d", worker.worker_id, settings.queue_name,
@@ -739,6 +758,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if output is not None:
             output.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+def serve_metrics(settings: Settings, registry: CollectorRegistry) -> Optional[WSGIServer]:
+    """Serve `registry` for Prometheus on HOST:METRICS_PORT from a thread of its own (none when
+    METRICS_PORT is 0). Raises OSError when the port is taken: better than running unwatched."""
+    if not settings.metrics_port:
+        return None
+    server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    return server
 
 
 def _install_signal_handlers(worker: Worker) -> None:

@@ -28,8 +28,7 @@ class InMemorySends(SqsQueue):
     def _call(self, operation: str, *, payload_bytes: int = 0, **kwargs: Any) -> dict:
         if operation != "SendMessageBatch":
             return super()._call(operation, payload_bytes=payload_bytes, **kwargs)
-        with self._calls_lock:
-            self._calls[operation] += 1
+        self.metrics.requests.labels(self.name, operation).inc()
         return {"Successful": [{"Id": entry["Id"], "MessageId": str(uuid.uuid4())} for entry in kwargs["Entries"]]}
 
 

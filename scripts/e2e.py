@@ -207,7 +207,7 @@ def local_system(workdir: Path, *, engine: str, writer: bool = True, **settings:
     """Start the local endpoint (`engine`: fauxqs or moto), create the queues, start the writer
     (unless `writer` is False); `settings` are extra environment variables
     (QUEUE_NAME="lines.fifo", say). All stop on exit."""
-    sqs_port, writer_port = free_port(), free_port()
+    sqs_port, writer_port, metrics_port = free_port(), free_port(), free_port()
     local = {
         "SQS_LOCAL": engine,
         "LOCAL_SQS_PORT": str(sqs_port),
@@ -217,6 +217,7 @@ def local_system(workdir: Path, *, engine: str, writer: bool = True, **settings:
         "AWS_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
         "PORT": str(writer_port),
+        "METRICS_PORT": str(metrics_port),  # the worker's; not the default, which `make run` may hold
         "RECEIVE_WAIT_SECONDS": "1",
         "VENV_BIN": str(Path(sys.executable).parent),
         **settings,

@@ -42,7 +42,8 @@ LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
 
 @pytest.fixture(autouse=True)
 def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Fake credentials and no AWS config files or metadata service, for every test."""
+    """Fake credentials and no AWS config files or metadata service, for every test; and no
+    worker metrics port that two tests could both want."""
     for name in list(os.environ):
         if name.startswith("AWS_") or name in ENV_NAMES.values():
             monkeypatch.delenv(name)
@@ -52,6 +53,7 @@ def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("METRICS_PORT", "0")  # workers started by tests serve no metrics unless asked
 
 
 @pytest.fixture

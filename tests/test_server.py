@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
 from config import Settings
@@ -230,6 +231,71 @@ def test_health_ready_stats_and_ui(client: Any) -> None:
     assert stats["sqs_calls"]["SendMessageBatch"] == 1
     assert client.get("/api/ui/").status_code == 200
     assert client.get("/api/openapi.json").json()["info"]["title"] == "Queue writer"
+
+
+def scrape(client: Any) -> dict[tuple[str, frozenset], float]:
+    """GET /metrics as Prometheus parses it: (sample name, labels) -> value."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def moved(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_a_request_moves_the_writers_metrics(client: Any) -> None:
+    before = scrape(client)
+    assert client.post("/api/message", json=SEED).status_code == 201
+    after = scrape(client)
+
+    post = {"method": "POST", "route": "/api/message"}
+    assert moved(before, after, "writer_requests_total", **post, status="201") == 1
+    assert moved(before, after, "writer_request_duration_seconds_count", **post) == 1
+    assert moved(before, after, "writer_messages_total", outcome="accepted") == 1
+    assert moved(before, after, "sqs_requests_total", queue="messages", operation="SendMessageBatch") == 1
+    assert moved(before, after, "sqs_billable_requests_total", queue="messages") >= 1
+    assert moved(before, after, "writer_send_batch_messages_count") == 1
+    assert moved(before, after, "writer_send_batch_messages_sum") == 1
+    assert moved(before, after, "writer_group_commit_wait_seconds_count") == 1
+
+
+def test_refusals_are_counted_by_status_and_unknown_paths_as_other(client: Any) -> None:
+    before = scrape(client)
+    client.post("/api/message", json={"body": "\u0000"})  # JSON can carry it, SQS would refuse it
+    client.get("/no/such/path/42")
+    client.get("/api/message")  # a route of the spec, with a method it does not have
+    after = scrape(client)
+
+    assert moved(before, after, "writer_requests_total", method="POST", route="/api/message", status="400") == 1
+    assert moved(before, after, "writer_messages_total", outcome="invalid") == 1
+    assert moved(before, after, "writer_requests_total", method="GET", route="other", status="404") == 1
+    assert moved(before, after, "writer_requests_total", method="GET", route="other", status="405") == 1
+    assert not any("/no/such" in str(labels) for _, labels in after)  # raw paths never become labels
+
+
+def test_stats_and_metrics_read_the_same_counters(client: Any) -> None:
+    for body in ("one", "two", "\u0000"):
+        client.post("/api/message", json={"body": body})
+
+    stats = client.get("/api/stats").json()
+    metrics = scrape(client)
+
+    for outcome, count in stats["messages"].items():
+        assert metrics[("writer_messages_total", frozenset({("outcome", outcome)}))] == count
+    for operation, count in stats["sqs_calls"].items():
+        assert metrics[("sqs_requests_total", frozenset({("queue", "messages"), ("operation", operation)}))] == count
+    assert stats["group_commit"] == {
+        "batches": metrics[("writer_send_batch_messages_count", frozenset())],
+        "messages": metrics[("writer_send_batch_messages_sum", frozenset())],
+    }
+    assert stats["messages"]["accepted"] == 2 and stats["messages"]["invalid"] == 1
 
 
 def test_stats_answers_while_sqs_is_unreachable(settings: Settings, closed_endpoint: str) -> None:

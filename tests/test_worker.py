@@ -24,7 +24,7 @@ from worker import (
     load_processor,
     render_stats,
 )
-from metrics import percentile
+from metrics import WorkerMetrics, percentile
 from conftest import wait_until
 
 FAST = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
@@ -168,7 +168,7 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         assert all(result.ok for result in results)
         worker = Worker(
             queue=queue,
-            dead_letter_queue=SqsQueue(settings.dlq_name, sqs),
+            dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics),  # as worker.main does
             processor=processor,
             settings=settings,
             output=io.StringIO(),
@@ -195,11 +195,52 @@ def test_successes_are_recorded_then_deleted_in_batches(
     assert {line["receive_count"] for line in running.output_lines} == {1}
     for line in running.output_lines:  # SQS's send time and ours, both from this machine's clock here
         assert line["sent_at"] <= line["processed_at"]
-    stats = running.worker.stats.snapshot()
+    stats, _ = running.worker.snapshot()
     assert 0 < stats["end_to_end_p50_s"] <= stats["end_to_end_p99_s"] < 30
     assert (stats["received"], stats["processed"], stats["deleted"], stats["failed"]) == (30, 30, 30, 0)
     assert sum(queue.depth().values()) == 0
     assert sqs_calls["DeleteMessageBatch"] < 15  # coalesced across processors, not one per message
+
+
+def test_the_stats_are_the_metrics_prometheus_scrapes(start_worker: Callable[..., RunningWorker]) -> None:
+    bodies = [f"message {n}" for n in range(20)]
+
+    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=0.5, seed=4), bodies, max_receive_count=2)
+
+    assert running.wait() == 0
+    stats, _ = running.worker.snapshot()
+    assert stats["processed"] + stats["dead_lettered"] == 20 and stats["retried"] > 0  # a mixed run
+    value = running.worker.registry.get_sample_value
+    for name in WorkerMetrics.COUNTERS:
+        assert value(f"worker_messages_{name}_total") == stats[name], name
+    assert value("worker_processing_duration_seconds_count") == stats["processed"] + stats["failed"]
+    assert value("worker_end_to_end_latency_seconds_count") == stats["processed"]
+    assert value("worker_messages_in_flight") == 0
+    # The summary's depth poll: what the dead-letter queue holds is what was dead-lettered.
+    assert value("sqs_queue_messages", {"queue": "messages", "state": "visible"}) == 0
+    assert value("sqs_queue_messages", {"queue": "messages-dlq", "state": "visible"}) == stats["dead_lettered"]
+    assert value("sqs_requests_total", {"queue": "messages-dlq", "operation": "SendMessageBatch"}) == stats["dead_lettered"]
+    assert value("sqs_requests_total", {"queue": "messages", "operation": "ReceiveMessage"}) >= 3
+
+
+def test_the_stats_pane_shows_percentiles_of_the_last_interval(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    queue, dead_letter_queue = queues
+    worker = Worker(
+        queue=queue, dead_letter_queue=dead_letter_queue, processor=SimulatedWork(process_time_s=0, failure_rate=0),
+        settings=Settings(),
+    )
+    for _ in range(10):
+        worker.metrics.processing_duration.observe(0.001)
+    _, mark = worker.snapshot()
+    for _ in range(10):
+        worker.metrics.processing_duration.observe(4.0)
+
+    since_start, _ = worker.snapshot()
+    last_interval, _ = worker.snapshot(since=mark)
+
+    assert since_start["latency_p50_s"] <= 0.001
+    assert 2.5 < last_interval["latency_p50_s"] <= 5.0  # the bucket that holds 4.0
+    assert last_interval["end_to_end_p50_s"] is None  # nothing observed
 
 
 def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone_from_the_source(
@@ -232,7 +273,7 @@ def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone
         "dead_letter.at": attributes["dead_letter.at"],
     }
     assert datetime.fromisoformat(attributes["dead_letter.at"]).tzinfo is not None
-    stats = running.worker.stats.snapshot()
+    stats, _ = running.worker.snapshot()
     assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
     assert running.output_lines == []
 
@@ -314,7 +355,7 @@ def test_an_undecodable_body_fails_that_message_only(
     assert sorted(d["n"] for d in decoded if isinstance(d, dict)) == [1, 2, 3]
     dead = sorted(m["Body"] for m in drain(queues[1]))
     assert "{not json" in dead
-    assert running.worker.stats.snapshot()["failed"] >= 2  # twice for the broken one
+    assert running.worker.snapshot()[0]["failed"] >= 2  # twice for the broken one
 
 
 def test_a_stop_finishes_work_in_flight_and_returns_what_was_not_started(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
 from config import Settings
@@ -120,3 +123,47 @@ def test_the_worker_resumes_by_itself_when_sqs_comes_back(
     finally:
         assert worker.stop() == 0
         sqs.stop()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Unlabelled samples of a /metrics page, by name."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def test_the_worker_serves_its_metrics_on_metrics_port_and_they_move(
+    moto_server: str, start: Callable[..., Any]
+) -> None:
+    loaded_queues(moto_server, [f"m{n}" for n in range(5)])
+    port = free_port()
+    worker = start(
+        "worker.py", "--failure-rate", "0", "--process-time", "0",
+        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "METRICS_PORT": str(port)},
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_until(lambda: accepts_connections(port), timeout_s=20, what="metrics port open")
+
+    wait_until(lambda: scrape(url).get("worker_messages_processed_total") == 5, timeout_s=30, what="5 processed")
+    loaded_queues(moto_server, ["one more"])
+    wait_until(lambda: scrape(url).get("worker_messages_processed_total") == 6, timeout_s=30, what="6 processed")
+    assert scrape(url)["worker_messages_received_total"] == 6
+    assert worker.stop() == 0
+
+
+def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
+    moto_server: str, start: Callable[..., Any]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = start("worker.py", env={"SQS_ENDPOINT_URL": moto_server, "METRICS_PORT": str(port)})
+
+        assert worker.popen.wait(timeout=30) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT)" in worker.output
