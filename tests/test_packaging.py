@@ -1,0 +1,89 @@
+"""pyproject.toml: the wheel `python -m build` makes, installed into a fresh virtualenv, away from
+the checkout, gives the console scripts, and its writer serves the spec and the metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import ROOT, Process, accepts_connections, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+SCRIPTS = ("queue-writer", "queue-worker", "queue-client", "queue-setup", "queue-dlq")
+
+
+def run(*args: str | Path, cwd: Path) -> str:
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bin directory of a fresh virtualenv with the wheel installed (its dependencies at the
+    versions of requirements.txt, which pip takes from its cache when it can)."""
+    work = tmp_path_factory.mktemp("wheel")
+    run(sys.executable, "-m", "build", "--wheel", "--outdir", work / "dist", ROOT, cwd=work)
+    (wheel,) = (work / "dist").glob("sqs_message_service-*.whl")
+    run(sys.executable, "-m", "venv", work / "venv", cwd=work)
+    bin_dir = work / "venv" / "bin"
+    run(bin_dir / "pip", "install", "--quiet", "--constraint", ROOT / "requirements.txt", wheel, cwd=work)
+    yield bin_dir
+
+
+def test_the_console_scripts_are_the_declared_ones_and_run(installed: Path) -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(declared) == set(SCRIPTS)
+
+    for script in SCRIPTS:
+        assert "usage:" in run(installed / script, "--help", cwd=installed), script
+
+
+def test_the_installed_modules_and_files_come_from_the_virtualenv(installed: Path) -> None:
+    where = json.loads(run(
+        installed / "python", "-c",
+        "import json, config, server; "
+        "print(json.dumps([server.__file__, str(config.DATA_DIR), str(config.Settings().log_config)]))",
+        cwd=installed,
+    ))
+    venv = str(installed.parent)
+    assert all(path.startswith(venv) for path in where), where  # not the checkout's
+    assert where[1].endswith("share/sqs-message-service")
+    assert Path(where[2]).is_file()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_the_installed_writer_serves_the_spec_health_and_metrics(installed: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+        "PORT": str(port),
+        "SQS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing there: health needs no SQS
+    }
+    writer = Process([str(installed / "queue-writer")], env, tmp_path / "writer.log")
+    try:
+        wait_until(lambda: accepts_connections(port), timeout_s=30, what="the installed writer listening")
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
+            assert json.load(response) == {"status": "ok"}
+        with urllib.request.urlopen(f"{base}/api/openapi.json", timeout=5) as response:
+            assert json.load(response)["paths"].keys() >= {"/message", "/messages", "/health"}
+        # Counted as its answer leaves, so a scrape right after it may come a moment early.
+        counted = 'writer_requests_total{method="GET",route="/api/health",status="200"} 1.0'
+        wait_until(lambda: counted in scrape(f"{base}/metrics"), timeout_s=5, what="the health check counted")
+    finally:
+        assert writer.stop() in (0, -15), writer.output[-3000:]
+    assert "serving on http://127.0.0.1" in writer.output
