@@ -1,0 +1,33 @@
+# One image for every part of the service; the command picks the part:
+#   queue-writer (the default), queue-worker, queue-client, queue-setup, queue-dlq.
+# Build: docker build -t sqs-message-service .   Run the whole system: docker compose up
+# Every setting comes from the environment (README, "Settings").
+
+ARG PYTHON_VERSION=3.11
+
+# Stage 1: wheels of the service and of every dependency, at the versions tested together
+# (requirements.txt). Every dependency publishes wheels, so nothing is compiled here either.
+FROM python:${PYTHON_VERSION}-slim AS wheels
+WORKDIR /src
+COPY requirements.txt pyproject.toml README.md swagger.yml log.conf *.py ./
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.txt .
+
+# Stage 2: the runtime. It installs those wheels from disk and nothing else: no compiler, no
+# build backend, no source tree; it runs as an unprivileged user.
+FROM python:${PYTHON_VERSION}-slim
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels sqs-message-service \
+    && useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+USER app
+# In a container the writer and the worker's metrics listen on every interface: the published
+# ports decide who reaches them.
+ENV HOST=0.0.0.0 \
+    PORT=5000 \
+    METRICS_PORT=9102 \
+    PYTHONUNBUFFERED=1
+EXPOSE 5000 9102
+# Liveness of the writer, the default command (no SQS call: an SQS outage restarts nothing).
+# The worker's service overrides it with its metrics port (docker-compose.yml).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['PORT']}/api/health\", timeout=2)"]
+CMD ["queue-writer"]

@@ -1,0 +1,198 @@
+"""Dockerfile and docker-compose.yml, checked without a Docker engine: what each service runs
+exists in the package, its environment is what config.py reads and accepts, its ports are the
+ones that environment opens, its start waits for a health check that exists, and the image is
+slim, unprivileged and without build tools."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+
+import client
+import worker
+from config import ENV_NAMES, Settings
+from conftest import ROOT
+
+#: What boto3 reads from the environment beside config.py's settings.
+AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
+OUR_IMAGE = "sqs-message-service"
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, (INSTRUCTION, arguments), grouped by stage."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def final_stage() -> dict[str, list[str]]:
+    instructions: dict[str, list[str]] = {}
+    for instruction, arguments in dockerfile_stages()[-1]:
+        instructions.setdefault(instruction, []).append(arguments)
+    return instructions
+
+
+def interpolated(value: Any) -> str:
+    """A compose value with ${NAME:-default} replaced by its default, as with an empty env."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run this project's image."""
+    return {name: service for name, service in compose["services"].items() if service.get("image") == OUR_IMAGE}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    return {name: interpolated(value) for name, value in service.get("environment", {}).items()}
+
+
+def test_the_image_is_slim_unprivileged_healthchecked_and_has_no_build_tools() -> None:
+    stages = dockerfile_stages()
+    final = final_stage()
+    (base,) = final["FROM"]
+    assert re.match(r"python:\$\{PYTHON_VERSION\}-slim$|python:3\.\d+-slim$", base), base
+    assert len(stages) >= 2  # wheels are built in a stage of their own
+    (user,) = final["USER"]
+    assert user not in ("root", "0")
+    assert "useradd" in " ".join(final["RUN"]) and "--no-create-home" in " ".join(final["RUN"])
+    runs = " ".join(final["RUN"])
+    for tool in ("apt-get", "apk ", "gcc", "build-essential", "setuptools", "python -m build"):
+        assert tool not in runs, tool
+    assert "--no-index" in runs  # only the wheels of the first stage
+    assert final["HEALTHCHECK"] and "/api/health" in final["HEALTHCHECK"][0]
+    (command,) = final["CMD"]
+    assert re.findall(r'"([^"]+)"', command)[0] in SCRIPTS
+
+
+def test_the_images_environment_and_ports_are_settings_config_accepts() -> None:
+    final = final_stage()
+    env = dict(re.findall(r"([A-Z_]+)=(\S+)", " ".join(final["ENV"])))
+    assert set(env) - {"PYTHONUNBUFFERED"} <= set(ENV_NAMES.values())
+    settings = Settings.from_env(env)
+    exposed = {int(port) for ports in final["EXPOSE"] for port in ports.split()}
+    assert exposed == {settings.port, settings.metrics_port}
+    assert (settings.port, settings.metrics_port) == (Settings().port, Settings().metrics_port)
+
+
+def test_the_services_are_the_emulator_writer_worker_and_one_shot_client(
+    compose: dict[str, Any], ours: dict[str, dict[str, Any]]
+) -> None:
+    assert set(compose["services"]) == {"sqs", "writer", "worker", "client"}
+    assert set(ours) == {"writer", "worker", "client"}
+    image = compose["services"]["sqs"]["image"]
+    assert re.match(r"^softwaremill/elasticmq-native:\d+\.\d+\.\d+$", image), image  # pinned
+    assert compose["services"]["writer"]["build"] == "."  # the one service that builds the image
+    assert compose["services"]["client"].get("restart") == "no"
+
+
+def test_every_command_is_a_console_script_with_arguments_it_accepts(ours: dict[str, dict[str, Any]]) -> None:
+    parsers = {"queue-client": client.build_parser(), "queue-worker": worker.build_parser(Settings())}
+    for name, service in ours.items():
+        command = service["command"]
+        command = shlex.split(command) if isinstance(command, str) else command
+        assert command[0] in SCRIPTS, name
+        if command[0] in parsers:
+            parsers[command[0]].parse_args(command[1:])  # exits (SystemExit) on an unknown option
+        else:
+            assert command[1:] == [], name
+
+
+def test_each_services_environment_is_known_to_config_and_valid(ours: dict[str, dict[str, Any]]) -> None:
+    for name, service in ours.items():
+        env = environment(service)
+        assert set(env) <= set(ENV_NAMES.values()) | AWS_VARIABLES, name
+        settings = Settings.from_env(env)  # raises ConfigError on a value it refuses
+        if name != "client":
+            assert settings.sqs_endpoint_url == "http://sqs:9324"
+            assert {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+
+
+def test_published_ports_are_the_ones_the_settings_open_and_only_on_loopback(
+    compose: dict[str, Any], ours: dict[str, dict[str, Any]]
+) -> None:
+    listening = {
+        "writer": Settings.from_env(environment(ours["writer"])).port,
+        "worker": Settings.from_env(environment(ours["worker"])).metrics_port,
+        "sqs": 9324,
+    }
+    for name, port in listening.items():
+        (published,) = compose["services"][name]["ports"]
+        host, host_port, container_port = published.split(":")
+        assert host == "127.0.0.1" and int(container_port) == port, name
+
+
+def test_start_order_waits_for_health_checks_that_exist(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    def has_health_check(name: str) -> bool:
+        service = services[name]
+        return "healthcheck" in service or service.get("image") == OUR_IMAGE  # the image's own
+
+    assert services["writer"]["depends_on"]["sqs"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["sqs"]["condition"] == "service_healthy"
+    assert services["client"]["depends_on"]["writer"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            if rule["condition"] == "service_healthy":
+                assert has_health_check(dependency), f"{name} waits for {dependency}, which has no health check"
+    worker_check = " ".join(services["worker"]["healthcheck"]["test"])
+    assert f":{listening_metrics_port(services['worker'])}/metrics" in worker_check
+
+
+def listening_metrics_port(service: dict[str, Any]) -> int:
+    return Settings.from_env(environment(service)).metrics_port
+
+
+def test_the_emulators_queues_are_the_ones_the_services_use(compose: dict[str, Any]) -> None:
+    (volume,) = compose["services"]["sqs"]["volumes"]
+    source, target, _ = volume.split(":")
+    assert target == "/opt/elasticmq.conf"
+    config = (ROOT / source).read_text()
+    settings = Settings.from_env(environment(compose["services"]["writer"]))
+    queues = re.search(r"^queues \{(.*)^\}", config, re.M | re.S).group(1)  # type: ignore[union-attr]
+    assert re.search(rf"^  {settings.queue_name} \{{", queues, re.M)
+    assert re.search(rf"^  {settings.dlq_name} \{{", queues, re.M)
+    assert f'name = "{settings.dlq_name}"' in queues
+    assert f"maxReceiveCount = {settings.max_receive_count}" in queues
+    assert f"defaultVisibilityTimeout = {settings.visibility_timeout_s} seconds" in queues
+    assert f"receiveMessageWait = {settings.receive_wait_s} seconds" in queues
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    assert "*" in ignore
+    copied = [
+        arguments.split()[:-1]
+        for stage in dockerfile_stages()
+        for instruction, arguments in stage
+        if instruction == "COPY" and "--from" not in arguments
+    ]
+    for sources in copied:
+        for source in sources:
+            assert source in allowed, source
+            assert list(ROOT.glob(source)), source
+    assert set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]) <= {
+        path.stem for path in ROOT.glob("*.py")
+    }
