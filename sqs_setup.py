@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Mapping, Optional
 
-from config import Settings, settings_for_command
+from config import DISTRIBUTION, Settings, settings_for_command
 from sqsinterface import (
     NotAuthorized,
     QueueNotFound,
@@ -23,6 +23,9 @@ from sqsinterface import (
 
 #: Dead letters are kept as long as SQS allows (14 days), for inspection and redrive.
 DLQ_RETENTION_S = 1_209_600
+#: Tags a queue gets when it is created here, for cost allocation and for finding the pair in
+#: an account. A queue that exists keeps the tags it has.
+APPLICATION_TAG = {"application": DISTRIBUTION}
 
 
 class SetupError(Exception):
@@ -69,10 +72,11 @@ def differences(current: Mapping[str, str], desired: Mapping[str, str]) -> dict[
     }
 
 
-def ensure(queue: SqsQueue, desired: Mapping[str, str]) -> str:
-    """Create the queue or bring its attributes to `desired`; returns what was done."""
+def ensure(queue: SqsQueue, desired: Mapping[str, str], role: str) -> str:
+    """Create the queue (tagged with its `role`) or bring its attributes to `desired`; returns
+    what was done."""
     if not queue.exists():
-        queue.create(desired)
+        queue.create(desired, tags={**APPLICATION_TAG, "role": role})
         return "created"
     changed = differences(queue.attributes(), desired)
     if "FifoQueue" in changed:
@@ -90,9 +94,9 @@ def set_up(settings: Settings, client: object) -> list[str]:
     """Bring both queues to the settings' state; one line per queue saying what changed."""
     dlq = SqsQueue(settings.dlq_name, client)
     queue = SqsQueue(settings.queue_name, client)
-    dlq_outcome = ensure(dlq, desired_attributes(settings, dlq_arn=None))
+    dlq_outcome = ensure(dlq, desired_attributes(settings, dlq_arn=None), role="dead-letter-queue")
     dlq_arn = dlq.attributes(["QueueArn"])["QueueArn"]
-    queue_outcome = ensure(queue, desired_attributes(settings, dlq_arn=dlq_arn))
+    queue_outcome = ensure(queue, desired_attributes(settings, dlq_arn=dlq_arn), role="queue")
     return [f"dead-letter queue {dlq.name!r}: {dlq_outcome}", f"queue {queue.name!r}: {queue_outcome}"]
 
 
@@ -128,9 +132,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except NotAuthorized as exc:
         print(
             f"sqs_setup: not authorized at {where}: {exc}\n"
-            "Give credentials with the rights sqs:CreateQueue, sqs:GetQueueUrl, "
-            "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete), "
-            "or set SQS_ENDPOINT_URL to a local endpoint.",
+            "Give credentials with the rights sqs:CreateQueue, sqs:TagQueue, sqs:GetQueueUrl, "
+            "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete; "
+            "README.md, 'AWS permissions'), or set SQS_ENDPOINT_URL to a local endpoint.",
             file=sys.stderr,
         )
         return 2

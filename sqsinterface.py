@@ -312,10 +312,10 @@ class SqsQueue:
                 return task
         return tasks[0] if tasks else {"Status": "UNKNOWN"}  # finished tasks lose their handle
 
-    def create(self, attributes: Mapping[str, str]) -> str:
-        self._url = self._call("CreateQueue", QueueName=self.name, Attributes=dict(attributes))[
-            "QueueUrl"
-        ]
+    def create(self, attributes: Mapping[str, str], tags: Optional[Mapping[str, str]] = None) -> str:
+        """Create the queue; `tags` are set in the same call (which then needs sqs:TagQueue)."""
+        extra = {"tags": dict(tags)} if tags else {}
+        self._url = self._call("CreateQueue", QueueName=self.name, Attributes=dict(attributes), **extra)["QueueUrl"]
         return self._url
 
     def set_attributes(self, attributes: Mapping[str, str]) -> None:

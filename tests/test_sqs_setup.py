@@ -27,6 +27,18 @@ def test_first_run_creates_both_queues_with_a_redrive_policy(sqs: Any, settings:
     assert attributes["MaximumMessageSize"] == "262144"
 
 
+def test_created_queues_are_tagged_and_existing_ones_keep_their_tags(sqs: Any, settings: Settings) -> None:
+    sqs.create_queue(QueueName=settings.dlq_name, tags={"team": "payments"})
+
+    sqs_setup.set_up(settings, sqs)
+
+    def tags(name: str) -> dict[str, str]:
+        return sqs.list_queue_tags(QueueUrl=SqsQueue(name, sqs).url).get("Tags", {})
+
+    assert tags("messages") == {"application": "sqs-message-service", "role": "queue"}
+    assert tags("messages-dlq") == {"team": "payments"}
+
+
 def test_a_second_run_changes_nothing_and_says_so(
     sqs: Any, settings: Settings, sqs_calls: dict[str, int]
 ) -> None:
