@@ -66,6 +66,7 @@ class Settings:
     max_request_bytes: int = 2_097_152
     host: str = "127.0.0.1"
     port: int = 5000
+    writer_processes: int = 1
     sqs_connect_timeout_s: float = 2.0
     sqs_read_timeout_s: float = 5.0
     sqs_max_attempts: int = 3
@@ -193,6 +194,7 @@ ENV_NAMES: dict[str, str] = {
     "max_request_bytes": "MAX_REQUEST_BYTES",
     "host": "HOST",
     "port": "PORT",
+    "writer_processes": "WRITER_PROCESSES",
     "sqs_connect_timeout_s": "SQS_CONNECT_TIMEOUT",
     "sqs_read_timeout_s": "SQS_READ_TIMEOUT",
     "sqs_max_attempts": "SQS_MAX_ATTEMPTS",
@@ -237,6 +239,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_message_bytes": (1024, SQS_MAX_MESSAGE_BYTES_CEILING),
     "max_request_bytes": (1024, 256 * 1_048_576),
     "port": (1, 65_535),
+    "writer_processes": (1, 64),
     "sqs_connect_timeout_s": (0.05, 60),
     "sqs_read_timeout_s": (0.05, 300),
     "sqs_max_attempts": (1, 10),

@@ -20,7 +20,7 @@ from batcher import GroupCommit, Overloaded
 from config import Settings
 from errors import RequestRefused
 from idempotency import IdempotencyStore, fingerprint, scoped_key
-from metrics import WriterMetrics, by_label, histogram_sum, total
+from metrics import WriterMetrics, by_label, total
 from sqsinterface import (
     BATCH_MAX_ENTRIES,
     OutgoingMessage,
@@ -286,15 +286,17 @@ class Writer:
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
+        """The counters of /metrics (of every writer process), and both queues' depths."""
+        view = self.metrics.view
         queue_depth, dead_letter_depth = self.depths(self.queue, self.dead_letter_queue)
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
-            "messages": by_label(self.metrics.messages, "outcome"),
-            "sqs_calls": self.queue.calls,
-            "sqs_billable_requests": self.queue.billable_requests + self.dead_letter_queue.billable_requests,
+            "messages": by_label(view, "writer_messages_total", "outcome"),
+            "sqs_calls": by_label(view, "sqs_requests_total", "operation", queue=self.queue.name),
+            "sqs_billable_requests": int(total(view, "sqs_billable_requests_total")),  # both queues
             "group_commit": {
-                "batches": int(total(self.metrics.batch_size)),
-                "messages": int(histogram_sum(self.metrics.batch_size)),
+                "batches": int(total(view, "writer_send_batch_messages_count")),
+                "messages": int(total(view, "writer_send_batch_messages_sum")),
             },
             "queue": _named_depth(self.queue, queue_depth),
             "dead_letter_queue": _named_depth(self.dead_letter_queue, dead_letter_depth),

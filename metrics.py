@@ -15,10 +15,12 @@ from __future__ import annotations
 import collections
 import math
 import threading
-from typing import Deque, Iterable, Optional, Sequence
+from typing import Deque, Iterable, Iterator, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 #: Request and processing latencies: from a millisecond (an in-memory SQS) to a minute.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -48,9 +50,11 @@ class SqsMetrics:
 
 
 class WriterMetrics:
-    """The queue-writer's metrics, served on its /metrics."""
+    """The queue-writer's metrics. `view` is what /metrics and /api/stats read: `registry`
+    itself, or with several writer processes all of theirs (`all_processes`)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, view: Optional[Collector] = None) -> None:
+        self.view = view if view is not None else registry
         self.requests = Counter(
             "writer_requests", "HTTP requests answered, by method, route (the spec's path) and status",
             ("method", "route", "status"), registry=registry,
@@ -79,6 +83,15 @@ class WriterMetrics:
         self.batch_size.observe(len(waits_s))
         for wait_s in waits_s:
             self.group_commit_wait.observe(wait_s)
+
+
+def all_processes() -> CollectorRegistry:
+    """The sum of every writer process's metrics, read from the files prometheus_client's
+    multiprocess mode keeps in PROMETHEUS_MULTIPROC_DIR (which `server.main` sets before it
+    starts WRITER_PROCESSES processes)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
 
 
 class WorkerMetrics:
@@ -123,43 +136,33 @@ class WorkerMetrics:
         self.counters[counter].inc(amount)
 
     def count(self, counter: str) -> int:
-        return int(total(self.counters[counter]))
+        return int(total(self.counters[counter], f"worker_messages_{counter}_total"))
 
 
-def total(metric: MetricWrapperBase, **labels: str) -> float:
-    """Sum of a counter's (or a histogram's observations') samples whose labels match `labels`.
-    For a histogram, the number of observations."""
-    suffix = "_count" if isinstance(metric, Histogram) else "_total"
-    return sum(
-        sample.value
-        for family in metric.collect()
-        for sample in family.samples
-        if sample.name.endswith(suffix) and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-def by_label(metric: MetricWrapperBase, label: str, **labels: str) -> dict[str, int]:
-    """A counter's totals keyed by one label, among the samples matching `labels`."""
-    values: collections.Counter[str] = collections.Counter()
-    for family in metric.collect():
+def _matching(source: Collector, sample_name: str, labels: dict[str, str]) -> Iterator[Sample]:
+    for family in source.collect():
         for sample in family.samples:
-            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items()):
-                values[sample.labels[label]] += int(sample.value)
+            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                yield sample
+
+
+def total(source: Collector, sample_name: str, **labels: str) -> float:
+    """Sum of the samples named `sample_name` (`x_total`, `x_count`, `x_sum`) whose labels
+    match `labels`, in a metric or a whole registry."""
+    return sum(sample.value for sample in _matching(source, sample_name, labels))
+
+
+def by_label(source: Collector, sample_name: str, label: str, **labels: str) -> dict[str, int]:
+    """Like `total`, keyed by the value of one label."""
+    values: collections.Counter[str] = collections.Counter()
+    for sample in _matching(source, sample_name, labels):
+        values[sample.labels[label]] += int(sample.value)
     return dict(values)
 
 
-def histogram_sum(histogram: Histogram) -> float:
-    return sum(s.value for f in histogram.collect() for s in f.samples if s.name.endswith("_sum"))
-
-
-def buckets(histogram: Histogram) -> list[tuple[float, float]]:
+def buckets(source: Collector, histogram_name: str) -> list[tuple[float, float]]:
     """A histogram's cumulative buckets, as (upper bound, observations up to it)."""
-    return [
-        (float(sample.labels["le"]), sample.value)
-        for family in histogram.collect()
-        for sample in family.samples
-        if sample.name.endswith("_bucket")
-    ]
+    return [(float(s.labels["le"]), s.value) for s in _matching(source, histogram_name + "_bucket", {})]
 
 
 def quantile(cumulative: Iterable[tuple[float, float]], fraction: float) -> Optional[float]:

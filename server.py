@@ -9,7 +9,9 @@ import functools
 import hmac
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional
 
@@ -18,6 +20,7 @@ import uvicorn
 import yaml
 from a2wsgi import WSGIMiddleware
 from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.registry import Collector
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -33,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from config import DATA_DIR, ConfigError, Settings, configure_logging
 from errors import RequestRefused
 from message import WRITER_EXTENSION, Writer
-from metrics import WriterMetrics
+from metrics import WriterMetrics, all_processes
 from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
 
 log = logging.getLogger(__name__)
@@ -171,7 +174,7 @@ class MetricsEndpoint:
     """`GET /metrics`: the registry in Prometheus' text format. Served here, outside the API and
     before the admission limit, so that a saturated writer still answers its scrapes."""
 
-    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
+    def __init__(self, app: ASGIApp, *, registry: Collector) -> None:
         self.app = app
         self.metrics_app = make_asgi_app(registry)
 
@@ -251,8 +254,9 @@ def create_app(
     settings = settings or Settings.from_env()
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings))
-    registry = CollectorRegistry()  # what /metrics serves: the writer's metrics and its SQS calls
-    metrics = WriterMetrics(registry)
+    registry = CollectorRegistry()  # the writer's metrics and its SQS calls
+    # One process serves its own registry; one of several serves the sum of all of theirs.
+    metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
     queue.metrics.expose_in(registry)
     writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics)
 
@@ -287,7 +291,7 @@ def create_app(
         for operation in operations.values()
     }
     # Outermost first: scrapes are answered before anything else, and not counted as requests.
-    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_EXCEPTION, registry=registry)
+    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_EXCEPTION, registry=metrics.view)
     app.add_middleware(RequestObserver, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics, routes=routes)
     app.add_middleware(  # after routing and keys, before the body is read
         AdmissionLimit,
@@ -358,7 +362,11 @@ def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Serve the writer with uvicorn until SIGINT or SIGTERM: requests in flight complete, then
-    uvicorn re-raises the signal, so the process ends as killed by it (its convention)."""
+    uvicorn re-raises the signal, so the process ends as killed by it (its convention).
+
+    The one entry point of `make run`, `queue-writer` and the container. With WRITER_PROCESSES
+    above 1, uvicorn runs that many processes on the one socket, each with its own app (see
+    README, "Production serving", for what is per process)."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -372,16 +380,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
     args = parser.parse_args(argv)
     configure_logging(settings)
-    app = create_app(settings)
     log.info(
-        "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui)",
+        "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui), %d process%s",
         settings.queue_name,
         settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
         args.host,
         args.port,
+        settings.writer_processes,
+        "" if settings.writer_processes == 1 else "es",
     )
-    serve(app, host=args.host, port=args.port)
+    if settings.writer_processes == 1:
+        serve(create_app(settings), host=args.host, port=args.port)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="writer-metrics-") as metrics_dir:
+        # prometheus_client reads this variable when each process imports it: their counters
+        # then live in files there, which every process's /metrics and /api/stats sum up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "server:create_app_in_worker_process", factory=True, workers=settings.writer_processes,
+            host=args.host, port=args.port, access_log=False, log_config=None,
+        )
     return 0
+
+
+def create_app_in_worker_process() -> connexion.FlaskApp:
+    """The app of one of WRITER_PROCESSES processes: uvicorn starts each with a fresh
+    interpreter, which configures its logging and reads the settings anew."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def serve(app: connexion.FlaskApp, *, host: str, port: int) -> None:

@@ -239,12 +239,12 @@ class SqsQueue:
     @property
     def calls(self) -> dict[str, int]:
         """SQS API calls made through this queue since start, by operation."""
-        return by_label(self.metrics.requests, "operation", queue=self.name)
+        return by_label(self.metrics.requests, "sqs_requests_total", "operation", queue=self.name)
 
     @property
     def billable_requests(self) -> int:
         """What SQS bills for those calls: one request per call and per further 64 KiB."""
-        return int(total(self.metrics.billable_requests, queue=self.name))
+        return int(total(self.metrics.billable_requests, "sqs_billable_requests_total", queue=self.name))
 
     @property
     def url(self) -> str:

@@ -315,8 +315,11 @@ class Worker:
         mark for the next snapshot."""
         now = time.monotonic()
         counts = {name: self.metrics.count(name) for name in WorkerMetrics.COUNTERS}
-        mark = StatsMark(now, counts["processed"], buckets(self.metrics.processing_duration),
-                         buckets(self.metrics.end_to_end))
+        mark = StatsMark(
+            now, counts["processed"],
+            buckets(self.metrics.processing_duration, "worker_processing_duration_seconds"),
+            buckets(self.metrics.end_to_end, "worker_end_to_end_latency_seconds"),
+        )
         processing = _since(mark.processing, since and since.processing)
         end_to_end = _since(mark.end_to_end, since and since.end_to_end)
         interval_s = now - (since.at if since else self.started)

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics import SqsMetrics, WorkerMetrics, WriterMetrics, buckets, by_label, histogram_sum, quantile, total
+from metrics import SqsMetrics, WorkerMetrics, WriterMetrics, buckets, by_label, quantile, total
 
 #: Prometheus' naming rules: snake_case; counters end in _total; a unit, when there is one, is
 #: a base unit and comes last (before _total).
@@ -81,27 +81,30 @@ def test_one_sqs_metrics_can_be_exposed_by_several_registries() -> None:
         ) == 1
 
 
-def test_total_and_by_label_sum_the_matching_samples() -> None:
-    counter = Counter("calls", "test", ("queue", "operation"), registry=None)
+def test_total_and_by_label_sum_the_matching_samples_of_a_metric_or_a_registry() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("calls", "test", ("queue", "operation"), registry=registry)
     counter.labels("a", "Send").inc(3)
     counter.labels("a", "Receive").inc(2)
     counter.labels("b", "Send").inc(7)
 
-    assert total(counter) == 12
-    assert total(counter, queue="a") == 5
-    assert total(counter, queue="c") == 0
-    assert by_label(counter, "operation", queue="a") == {"Send": 3, "Receive": 2}
-    assert by_label(counter, "queue") == {"a": 5, "b": 7}
+    for source in (counter, registry):
+        assert total(source, "calls_total") == 12
+        assert total(source, "calls_total", queue="a") == 5
+        assert total(source, "calls_total", queue="c") == 0
+        assert total(source, "calls_created") > 0 and total(source, "other_total") == 0
+        assert by_label(source, "calls_total", "operation", queue="a") == {"Send": 3, "Receive": 2}
+        assert by_label(source, "calls_total", "queue") == {"a": 5, "b": 7}
 
 
-def test_a_histograms_total_is_its_count_and_its_sum_the_observations() -> None:
+def test_a_histograms_count_sum_and_buckets() -> None:
     histogram = Histogram("sizes", "test", buckets=(1, 5, 10), registry=None)
     for value in (1, 3, 10):
         histogram.observe(value)
 
-    assert total(histogram) == 3
-    assert histogram_sum(histogram) == 14
-    assert buckets(histogram) == [(1.0, 1), (5.0, 2), (10.0, 3), (math.inf, 3)]
+    assert total(histogram, "sizes_count") == 3
+    assert total(histogram, "sizes_sum") == 14
+    assert buckets(histogram, "sizes") == [(1.0, 1), (5.0, 2), (10.0, 3), (math.inf, 3)]
 
 
 def test_quantile_interpolates_within_the_bucket_like_histogram_quantile() -> None:

@@ -61,3 +61,40 @@ def test_seed_example_against_moto_server(moto_server: str, start: Callable[...,
     assert "Application shutdown complete" in writer.output
     assert '"POST /api/message" 201' in writer.output
     assert "This is a test message" not in writer.output  # bodies stay out of the log
+
+
+def test_several_writer_processes_share_a_port_and_report_one_sum(
+    moto_server: str, start: Callable[..., Any]
+) -> None:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert run_setup({**os.environ, "SQS_ENDPOINT_URL": moto_server}).returncode == 0
+    port = free_port()
+    writer = start("server.py", "--port", str(port), env={"SQS_ENDPOINT_URL": moto_server, "WRITER_PROCESSES": "2"})
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: writer.output.count("Application startup complete") == 2, timeout_s=60, what="2 processes")
+
+    def post(number: int) -> int:  # a new connection each: the kernel spreads them over the processes
+        return requests.post(f"{base}/api/message", json={"body": f"m{number}"}, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert list(pool.map(post, range(60))) == [201] * 60
+
+    def accepted_in_metrics() -> float:
+        text = requests.get(f"{base}/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "writer_messages_total" and sample.labels["outcome"] == "accepted"
+        )
+
+    # Each scrape or stats request reaches either process; each reports both processes' sum.
+    wait_until(lambda: accepted_in_metrics() == 60, timeout_s=5, what="all 60 counted")
+    for _ in range(6):
+        assert accepted_in_metrics() == 60
+        assert requests.get(f"{base}/api/stats", timeout=5).json()["messages"]["accepted"] == 60
+    assert writer.stop() in (0, -signal.SIGTERM)
