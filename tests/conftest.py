@@ -7,6 +7,7 @@ either moto in process or a process of ours on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -170,8 +171,8 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        self.popen = subprocess.Popen(  # a session of its own: stop() can end what it starts too
+            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     @property
@@ -184,9 +185,11 @@ class Process:
         try:
             return self.popen.wait(timeout_s)
         finally:
-            if self.popen.poll() is None:
-                self.popen.kill()
-                self.popen.wait()
+            # Whatever the signal, nothing it started outlives it: uvicorn's worker processes
+            # would go on serving the port after their parent was killed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
             self._log.close()
 
 
