@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -31,6 +32,13 @@ from message import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The console scripts pyproject.toml declares, as the editable install `make` made reports them
+#: (importlib.metadata, not tomllib, which Python 3.10 lacks).
+CONSOLE_SCRIPTS = {
+    entry_point.name: entry_point.value
+    for entry_point in importlib.metadata.entry_points(group="console_scripts")
+    if entry_point.dist is not None and entry_point.dist.name == "sqs-message-service"
+}
 BIN = Path(sys.executable).parent
 #: The local SQS engine for whole-system tests: SQS_LOCAL when set, else fauxqs when make
 #: installed it, moto without Node.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from typing import Any
 
 import pytest
@@ -16,12 +15,12 @@ import yaml
 import client
 import worker
 from config import ENV_NAMES, Settings
-from conftest import ROOT
+from conftest import CONSOLE_SCRIPTS, ROOT
 
 #: What boto3 reads from the environment beside config.py's settings.
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 OUR_IMAGE = "sqs-message-service"
-SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+SCRIPTS = CONSOLE_SCRIPTS
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -193,6 +192,3 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
         for source in sources:
             assert source in allowed, source
             assert list(ROOT.glob(source)), source
-    assert set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]) <= {
-        path.stem for path in ROOT.glob("*.py")
-    }

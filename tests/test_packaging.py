@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import ROOT, Process, accepts_connections, free_port, wait_until
+from conftest import CONSOLE_SCRIPTS, ROOT, Process, accepts_connections, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +40,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_the_console_scripts_are_the_declared_ones_and_run(installed: Path) -> None:
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(declared) == set(SCRIPTS)
+    assert set(CONSOLE_SCRIPTS) == set(SCRIPTS)
 
     for script in SCRIPTS:
         assert "usage:" in run(installed / script, "--help", cwd=installed), script
