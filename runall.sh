@@ -20,6 +20,8 @@ stop() {
     echo "runall.sh: nothing running (no tmux session '$SESSION')"
     return 0
   fi
+  local pids
+  pids=$(tmux list-panes -s -t "$SESSION" -F '#{pane_pid}')
   # Ctrl-C in every pane: the worker finishes what is in flight, the writer drains.
   for pane in $(tmux list-panes -s -t "$SESSION" -F '#{pane_id}'); do
     tmux send-keys -t "$pane" C-c
@@ -28,7 +30,16 @@ stop() {
     tmux list-panes -s -t "$SESSION" -F '#{pane_dead}' | grep -q 0 || break
     sleep 0.1
   done
+  # Hangs up on whatever has not finished within 15 s; "stopped" is said once it has exited.
   tmux kill-session -t "$SESSION"
+  for _ in $(seq 1 100); do
+    running=0
+    for pid in $pids; do
+      if kill -0 "$pid" 2>/dev/null; then running=1; fi
+    done
+    [ "$running" = 0 ] && break
+    sleep 0.1
+  done
   echo "runall.sh: stopped"
 }
 
