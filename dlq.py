@@ -18,7 +18,7 @@ import time
 from typing import Callable, Optional, TextIO
 
 from config import settings_for_command
-from sqsinterface import OutgoingMessage, ReceivedMessage, SqsError, SqsQueue, create_client
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue, create_client
 from worker import DEAD_LETTER_PREFIX, SOURCE_ID, without_reasons
 
 #: How long a listed or moving message stays hidden from others while this tool holds it.
@@ -36,7 +36,7 @@ def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies:
     try:
         while len(held) < max_messages:
             batch = dead_letter_queue.receive(
-                max_messages=min(10, max_messages - len(held)), wait_s=1, visibility_timeout_s=HOLD_S
+                max_messages=min(BATCH_MAX_ENTRIES, max_messages - len(held)), wait_s=1, visibility_timeout_s=HOLD_S
             )
             if not batch:
                 break
@@ -84,11 +84,11 @@ def redrive_by_hand(
     rate: Optional[float],
     progress: Progress,
 ) -> int:
-    """Receive, send to the source, then delete, ten at a time; returns how many moved. Stops
+    """Receive, send to the source, then delete, a batch (ten) at a time; returns how many moved. Stops
     at the first send SQS refuses, leaving that message in the dead-letter queue."""
     moved, started = 0, time.monotonic()
     while max_messages is None or moved < max_messages:
-        wanted = 10 if max_messages is None else min(10, max_messages - moved)
+        wanted = BATCH_MAX_ENTRIES if max_messages is None else min(BATCH_MAX_ENTRIES, max_messages - moved)
         batch = dead_letter_queue.receive(max_messages=wanted, wait_s=1, visibility_timeout_s=HOLD_S)
         if not batch:
             break

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional, Union
 
 import connexion
 import uvicorn
@@ -33,7 +33,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from config import DATA_DIR, ConfigError, Settings, configure_logging
+from config import DATA_DIR, Settings, configure_logging, settings_for_command
 from errors import RequestRefused
 from message import WRITER_EXTENSION, Writer
 from metrics import WriterMetrics, all_processes
@@ -367,10 +367,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     The one entry point of `make run`, `queue-writer` and the container. With WRITER_PROCESSES
     above 1, uvicorn runs that many processes on the one socket, each with its own app (see
     README, "Production serving", for what is per process)."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"server: {exc}", file=sys.stderr)
+    settings = settings_for_command("server")
+    if settings is None:
         return 2
     parser = argparse.ArgumentParser(
         description="Queue-writer: POST /api/message enqueues JSON messages on SQS. "
@@ -379,7 +377,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--host", default=settings.host, help="address to bind (HOST, default %(default)s)")
     parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
     args = parser.parse_args(argv)
-    configure_logging(settings)
     log.info(
         "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui), %d process%s",
         settings.queue_name,
@@ -396,10 +393,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         # prometheus_client reads this variable when each process imports it: their counters
         # then live in files there, which every process's /metrics and /api/stats sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        uvicorn.run(
-            "server:create_app_in_worker_process", factory=True, workers=settings.writer_processes,
-            host=args.host, port=args.port, access_log=False, log_config=None,
-        )
+        serve("server:create_app_in_worker_process", host=args.host, port=args.port,
+              processes=settings.writer_processes)
     return 0
 
 
@@ -411,10 +406,14 @@ def create_app_in_worker_process() -> connexion.FlaskApp:
     return create_app(settings)
 
 
-def serve(app: connexion.FlaskApp, *, host: str, port: int) -> None:
+def serve(app: Union[connexion.FlaskApp, str], *, host: str, port: int, processes: int = 1) -> None:
     """Serve until SIGINT or SIGTERM: the one serving configuration, for the writer and for the
-    benchmark's writer with a stubbed queue."""
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None)
+    benchmark's writer with a stubbed queue. `app` is the app, or for several processes the
+    "module:factory" each of them calls to build its own."""
+    uvicorn.run(
+        app, host=host, port=port, workers=processes, factory=isinstance(app, str),
+        access_log=False, log_config=None,
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -734,35 +735,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     # A long poll holds the connection for up to RECEIVE_WAIT_SECONDS: the read timeout covers it.
     client = create_client(settings, read_timeout_s=settings.receive_wait_s + settings.sqs_read_timeout_s)
     sqs_metrics = SqsMetrics()
-    output = open(args.output, "a", encoding="utf-8") if args.output else None
-    worker = Worker(
-        queue=SqsQueue(settings.queue_name, client, sqs_metrics),
-        dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
-        processor=processor,
-        settings=settings,
-        output=output,
-        stats_out=sys.stdout,
-        exit_when_idle_s=args.exit_when_idle,
-        summary_path=args.summary_json,
-    )
-    try:
-        metrics_server = serve_metrics(settings, worker.registry)
-    except OSError as exc:
-        print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
-              file=sys.stderr)
-        return 2
-    _install_signal_handlers(worker)
-    log.info(
-        "worker %s on queue %r (%s), concurrency %d", worker.worker_id, settings.queue_name,
-        settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.worker_concurrency,
-    )
-    try:
-        return worker.run()
-    finally:
-        if output is not None:
-            output.close()
+    with contextlib.ExitStack() as cleanup:
+        output = cleanup.enter_context(open(args.output, "a", encoding="utf-8")) if args.output else None
+        worker = Worker(
+            queue=SqsQueue(settings.queue_name, client, sqs_metrics),
+            dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
+            processor=processor,
+            settings=settings,
+            output=output,
+            stats_out=sys.stdout,
+            exit_when_idle_s=args.exit_when_idle,
+            summary_path=args.summary_json,
+        )
+        try:
+            metrics_server = serve_metrics(settings, worker.registry)
+        except OSError as exc:
+            print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
+                  file=sys.stderr)
+            return 2
         if metrics_server is not None:
-            metrics_server.shutdown()
+            cleanup.callback(metrics_server.shutdown)
+        _install_signal_handlers(worker)
+        log.info(
+            "worker %s on queue %r (%s), concurrency %d", worker.worker_id, settings.queue_name,
+            settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.worker_concurrency,
+        )
+        return worker.run()
 
 
 def serve_metrics(settings: Settings, registry: CollectorRegistry) -> Optional[WSGIServer]:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from moto import mock_aws
 
 import sqs_setup
@@ -166,6 +167,23 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str) ->
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
         time.sleep(0.05)
+
+
+#: A /metrics page as Prometheus parses it: (sample name, its labels) -> value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when it is not there (a labelled series not yet started)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def accepts_connections(port: int) -> bool:

@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
 from config import Settings
 from message import WRITER_EXTENSION
 from server import create_app
 from sqsinterface import SqsQueue, create_client
-from conftest import wait_until
+from conftest import Samples, metric, metric_samples, wait_until
 from test_sqsinterface import PartlyFailingClient
 
 SEED = {"body": "This is a test message to enqueue"}
@@ -233,21 +232,15 @@ def test_health_ready_stats_and_ui(client: Any) -> None:
     assert client.get("/api/openapi.json").json()["info"]["title"] == "Queue writer"
 
 
-def scrape(client: Any) -> dict[tuple[str, frozenset], float]:
-    """GET /metrics as Prometheus parses it: (sample name, labels) -> value."""
+def scrape(client: Any) -> Samples:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return metric_samples(response.text)
 
 
-def moved(before: dict, after: dict, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    return after.get(key, 0.0) - before.get(key, 0.0)
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return metric(after, name, **labels) - metric(before, name, **labels)
 
 
 def test_a_request_moves_the_writers_metrics(client: Any) -> None:

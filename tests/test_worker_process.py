@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
 from config import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
-from conftest import BIN, Process, accepts_connections, free_port, wait_until
+from conftest import BIN, Process, Samples, accepts_connections, free_port, metric, metric_samples, wait_until
 from worker import read_output
 
 pytestmark = pytest.mark.integration
@@ -125,16 +124,9 @@ def test_the_worker_resumes_by_itself_when_sqs_comes_back(
         sqs.stop()
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Unlabelled samples of a /metrics page, by name."""
+def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+        return metric_samples(response.read().decode())
 
 
 def test_the_worker_serves_its_metrics_on_metrics_port_and_they_move(
@@ -149,10 +141,10 @@ def test_the_worker_serves_its_metrics_on_metrics_port_and_they_move(
     url = f"http://127.0.0.1:{port}/metrics"
     wait_until(lambda: accepts_connections(port), timeout_s=20, what="metrics port open")
 
-    wait_until(lambda: scrape(url).get("worker_messages_processed_total") == 5, timeout_s=30, what="5 processed")
+    wait_until(lambda: metric(scrape(url), "worker_messages_processed_total") == 5, timeout_s=30, what="5 processed")
     loaded_queues(moto_server, ["one more"])
-    wait_until(lambda: scrape(url).get("worker_messages_processed_total") == 6, timeout_s=30, what="6 processed")
-    assert scrape(url)["worker_messages_received_total"] == 6
+    wait_until(lambda: metric(scrape(url), "worker_messages_processed_total") == 6, timeout_s=30, what="6 processed")
+    assert metric(scrape(url), "worker_messages_received_total") == 6
     assert worker.stop() == 0
 
 

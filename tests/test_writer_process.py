@@ -11,7 +11,7 @@ import boto3
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_until
+from conftest import ROOT, free_port, metric, metric_samples, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +69,6 @@ def test_several_writer_processes_share_a_port_and_report_one_sum(
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     assert run_setup({**os.environ, "SQS_ENDPOINT_URL": moto_server}).returncode == 0
     port = free_port()
     writer = start("server.py", "--port", str(port), env={"SQS_ENDPOINT_URL": moto_server, "WRITER_PROCESSES": "2"})
@@ -84,13 +82,8 @@ def test_several_writer_processes_share_a_port_and_report_one_sum(
         assert list(pool.map(post, range(60))) == [201] * 60
 
     def accepted_in_metrics() -> float:
-        text = requests.get(f"{base}/metrics", timeout=5).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "writer_messages_total" and sample.labels["outcome"] == "accepted"
-        )
+        samples = metric_samples(requests.get(f"{base}/metrics", timeout=5).text)
+        return metric(samples, "writer_messages_total", outcome="accepted")
 
     # Each scrape or stats request reaches either process; each reports both processes' sum.
     wait_until(lambda: accepted_in_metrics() == 60, timeout_s=5, what="all 60 counted")
