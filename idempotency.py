@@ -17,21 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from errors import RequestRefused
-
-
-class IdempotencyError(RequestRefused):
-    """A key that cannot be honoured for this request."""
-
-
-class KeyReused(IdempotencyError):
-    status = 422
-    title = "Idempotency-Key already used"
-
-
-class KeyInProgress(IdempotencyError):
-    status = 409
-    title = "A request with this Idempotency-Key is in progress"
+from errors import KeyInProgress, KeyReused
 
 
 def fingerprint(fields: Mapping[str, Any]) -> bytes:

@@ -18,17 +18,19 @@ import flask
 
 from batcher import GroupCommit, Overloaded
 from config import Settings
-from errors import RequestRefused
+from errors import (
+    InvalidMessage,
+    MessageTooLarge,
+    QueueBacklogged,
+    QueueUnavailable,
+    ServiceError,
+    SqsError,
+    WriterBusy,
+    problem,
+)
 from idempotency import IdempotencyStore, fingerprint, scoped_key
 from metrics import WriterMetrics, by_label, total
-from sqsinterface import (
-    BATCH_MAX_ENTRIES,
-    OutgoingMessage,
-    QueueUnavailable,
-    SendResult,
-    SqsError,
-    SqsQueue,
-)
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SendResult, SqsQueue
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +44,33 @@ _ATTRIBUTE_NAME = re.compile(r"^(?!(?i:aws|amazon)\.)(?!.*\.\.)(?!\.)[A-Za-z0-9_
 WRITER_EXTENSION = "queue_writer"
 
 
-class InvalidMessage(RequestRefused):
-    """The request is well-formed JSON that SQS would refuse."""
+def character_problem(what: str, text: str) -> Optional[str]:
+    """What is wrong with `text` for SQS (its first character SQS refuses), or None."""
+    bad = _DISALLOWED.search(text)
+    if bad is None:
+        return None
+    return (
+        f"{what} holds U+{ord(bad.group()):04X} at position {bad.start()}, a character SQS "
+        "does not accept (allowed: tab, newline, carriage return, U+0020 to U+D7FF, "
+        "U+E000 to U+FFFD, U+10000 to U+10FFFF)"
+    )
 
-    title = "Invalid message"
 
-
-class MessageTooLarge(InvalidMessage):
-    status = 413
-    title = "Message too large"
-
-
-class QueueBacklogged(QueueUnavailable):
-    """The queue holds more than MAX_QUEUE_DEPTH messages: the writer refuses more (503) until
-    the workers catch up."""
+def attribute_name_problem(name: str) -> Optional[str]:
+    """What is wrong with `name` as an SQS message attribute's name, or None."""
+    if _ATTRIBUTE_NAME.fullmatch(name):
+        return None
+    return (
+        f"attribute name {name[:64]!r} is not allowed: use up to 256 letters, digits, "
+        "'_', '-' or '.', not starting with 'AWS.' or 'Amazon.', with no leading, "
+        "trailing or doubled '.'"
+    )
 
 
 def _check_characters(what: str, text: str) -> None:
-    bad = _DISALLOWED.search(text)
-    if bad:
-        raise InvalidMessage(
-            f"{what} holds U+{ord(bad.group()):04X} at position {bad.start()}, a character SQS "
-            "does not accept (allowed: tab, newline, carriage return, U+0020 to U+D7FF, "
-            "U+E000 to U+FFFD, U+10000 to U+10FFFF)"
-        )
+    problem_text = character_problem(what, text)
+    if problem_text is not None:
+        raise InvalidMessage(problem_text)
 
 
 def to_outgoing(
@@ -83,12 +88,9 @@ def to_outgoing(
     attributes: dict[str, str] = dict(fields.get("attributes") or {})
     _check_characters("body", body)
     for name, value in attributes.items():
-        if not _ATTRIBUTE_NAME.match(name):
-            raise InvalidMessage(
-                f"attribute name {name[:64]!r} is not allowed: use up to 256 letters, digits, "
-                "'_', '-' or '.', not starting with 'AWS.' or 'Amazon.', with no leading, "
-                "trailing or doubled '.'"
-            )
+        name_problem = attribute_name_problem(name)
+        if name_problem is not None:
+            raise InvalidMessage(name_problem)
         _check_characters(f"attribute {name!r}", value)
     message = OutgoingMessage(
         body=body,
@@ -157,17 +159,22 @@ class Writer:
         # them longer than SEND_TIMEOUT, as it cannot hold a send.
         self._lookups = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookup")
 
-    def count(self, outcome: str, messages: int = 1) -> None:
-        self.metrics.messages.labels(outcome).inc(messages)
+    def count(self, outcome: Optional[str], messages: int = 1) -> None:
+        """Count `messages` under `outcome` (None: an answer that is no message's outcome)."""
+        if outcome is not None:
+            self.metrics.messages.labels(outcome).inc(messages)
+
+    def refused(self, error: ServiceError, messages: int = 1) -> ServiceError:
+        """Count `messages` as refused with `error`, under its outcome; returns it, to be raised.
+        Every refusal the writer decides is counted here, once, where it is decided."""
+        self.count(error.outcome, messages)
+        return error
 
     def prepare(self, fields: Mapping[str, Any], idempotency_key: Optional[str] = None) -> OutgoingMessage:
         """Check one message and build what will be sent. On a FIFO queue an Idempotency-Key
-        becomes the deduplication id, so that SQS too drops a repeat, across writers."""
-        if idempotency_key is not None and self.queue.is_fifo:
-            given = fields.get("deduplication_id")
-            if given is not None and given != idempotency_key:
-                self.count("invalid")
-                raise InvalidMessage("deduplication_id and Idempotency-Key differ: give one, or the same")
+        becomes the deduplication id of a message that has none, so that SQS too drops a
+        repeat, across writers."""
+        if idempotency_key is not None and self.queue.is_fifo and fields.get("deduplication_id") is None:
             fields = {**fields, "deduplication_id": idempotency_key}
         try:
             return to_outgoing(
@@ -176,9 +183,8 @@ class Writer:
                 content_based_dedup=self.queue.is_fifo and self.queue.content_based_deduplication,
                 max_bytes=self.settings.max_message_bytes,
             )
-        except InvalidMessage:
-            self.count("invalid")
-            raise
+        except InvalidMessage as exc:
+            raise self.refused(exc) from None
 
     def _watch_depth(self) -> None:
         """Poll the queue's depth every DEPTH_POLL_INTERVAL, in the background, so that
@@ -200,10 +206,12 @@ class Writer:
     def _refuse_when_backlogged(self, messages: int) -> None:
         backlog = self._backlog
         if backlog is not None:
-            self.count("backlogged", messages)
-            raise QueueBacklogged(
-                f"the queue holds {backlog} messages, more than MAX_QUEUE_DEPTH="
-                f"{self.settings.max_queue_depth}; retry once the workers have caught up"
+            raise self.refused(
+                QueueBacklogged(
+                    f"the queue holds {backlog} messages, more than MAX_QUEUE_DEPTH="
+                    f"{self.settings.max_queue_depth}; retry once the workers have caught up"
+                ),
+                messages,
             )
 
     def send_one(self, message: OutgoingMessage) -> SendResult:
@@ -213,8 +221,7 @@ class Writer:
         try:
             future = self._group.submit(message)
         except Overloaded as exc:
-            self.count("unavailable")
-            raise QueueUnavailable(f"the writer is saturated: {exc}") from None
+            raise self.refused(WriterBusy(f"the writer is saturated: {exc}")) from None
         try:
             result = future.result(timeout=self.settings.send_timeout_s)
         except concurrent.futures.TimeoutError:
@@ -252,11 +259,9 @@ class Writer:
         return results
 
     def _count_results(self, results: list[SendResult]) -> None:
+        """Each entry under its outcome: accepted, or its error's (whose fault it was)."""
         outcomes = collections.Counter(
-            "accepted" if result.ok
-            else "unavailable" if isinstance(result.error, QueueUnavailable)
-            else "invalid"
-            for result in results
+            "accepted" if result.error is None else result.error.outcome for result in results
         )
         for outcome, messages in outcomes.items():
             self.count(outcome, messages)
@@ -351,38 +356,41 @@ def _idempotency_key(headers: Mapping[str, str]) -> Optional[str]:
 
 
 def post_messages(body: dict[str, Any]) -> JsonResponse:
-    """Each entry is checked and sent on its own merit; the answer reports each one, in order.
+    """Each entry is checked and sent on its own merit; the answer reports each one, in order,
+    with the status and problem it would have had alone.
 
-    200 even when some entries failed (as SQS's own batch API does), unless SQS could take none
-    of them: then 503, so that a client retries the whole request.
+    200 even when some entries failed (as SQS's own batch API does), unless SQS took none of the
+    entries it was sent, each for a reason of its own side (unreachable, missing queue, no
+    permission): then that 503, so that a client retries the whole request.
     """
     writer = current_writer()
-    outcomes: list[Optional[dict[str, Any]]] = []
-    to_send: list[OutgoingMessage] = []
+    prepared: list[Union[OutgoingMessage, InvalidMessage]] = []
     for fields in body["messages"]:
         try:
-            to_send.append(writer.prepare(fields))
-            outcomes.append(None)
+            prepared.append(writer.prepare(fields))
         except InvalidMessage as exc:
-            outcomes.append({"status": exc.status, "detail": str(exc)})
+            prepared.append(exc)
+    to_send = [entry for entry in prepared if isinstance(entry, OutgoingMessage)]
     sent = iter(writer.send_many(to_send) if to_send else [])
-    for index, outcome in enumerate(outcomes):
-        if outcome is None:
-            result = next(sent)
-            outcomes[index] = (
-                {"status": 201, **_accepted(result)} if result.ok else _failed_entry(result.error)
-            )
-    results = [{"index": index, **outcome} for index, outcome in enumerate(outcomes)]  # type: ignore[dict-item]
-    accepted = sum(r["status"] == 201 for r in results)
-    unavailable = [r for r in results if r["status"] == 503]
-    if to_send and len(unavailable) == len(to_send):
-        raise QueueUnavailable(unavailable[0]["detail"])
+    outcomes: list[Union[SendResult, ServiceError]] = [
+        entry if isinstance(entry, InvalidMessage) else next(sent) for entry in prepared
+    ]
+    failures = [outcome.error for outcome in outcomes if isinstance(outcome, SendResult) and outcome.error]
+    if to_send and len(failures) == len(to_send) and all(error.retry_later for error in failures):
+        raise failures[0]  # counted by send_many already, answered by the error handler
+    results = [{"index": index, **_entry_outcome(outcome)} for index, outcome in enumerate(outcomes)]
+    accepted = sum(result["status"] == 201 for result in results)
     return {"accepted": accepted, "failed": len(results) - accepted, "results": results}, 200, _JSON
 
 
-def _failed_entry(error: Optional[SqsError]) -> dict[str, Any]:
-    status = 503 if isinstance(error, QueueUnavailable) else 400
-    return {"status": status, "detail": str(error)}
+def _entry_outcome(outcome: Union[SendResult, ServiceError]) -> dict[str, Any]:
+    """One entry of a batch's answer: 201 and its ids, or its problem's status, title, detail."""
+    if isinstance(outcome, SendResult):
+        if outcome.error is None:
+            return {"status": 201, **_accepted(outcome)}
+        outcome = outcome.error
+    body = problem(outcome)
+    return {"status": body["status"], "title": body["title"], "detail": body["detail"]}
 
 
 def health() -> JsonResponse:

@@ -17,61 +17,72 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional, Union
 
 import connexion
 import uvicorn
-import yaml
 from a2wsgi import WSGIMiddleware
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.registry import Collector
 from connexion.datastructures import MediaTypeDict
-from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
+from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from connexion.middleware.abstract import ROUTING_CONTEXT
-from connexion.problem import problem
 from connexion.security import ApiKeySecurityHandler
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from jsonschema import ValidationError
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import DATA_DIR, Settings, configure_logging, settings_for_command
-from errors import RequestRefused
+from errors import (
+    InvalidRequest,
+    LengthRequired,
+    RequestTooLarge,
+    ServiceError,
+    SqsError,
+    Unauthenticated,
+    UnsupportedMediaType,
+    WriterBusy,
+    problem,
+)
 from message import WRITER_EXTENSION, Writer
 from metrics import WriterMetrics, all_processes
-from sqsinterface import MessageRejected, NotAuthorized, QueueUnavailable, SqsQueue, create_client
+from spec import RequestValidator, ServedSpec, load_source, served_spec
+from sqsinterface import SqsQueue, create_client
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
+
+PROBLEM = "application/problem+json"
 
 
 class BoundedJSONBodyValidator(JSONRequestBodyValidator):
     """connexion's JSON body validator, made safe for hostile input: it refuses a body over
     `max_bytes` before reading it whole (413), a chunked upload (411), a request with no
     Content-Type (415), and answers 400, not 500, to invalid UTF-8, NaN, huge integers and deep
-    nesting."""
+    nesting. Its refusals are errors.InvalidRequest and its kinds, worded by the served spec."""
 
-    def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_bytes: int, spec: ServedSpec, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_bytes = max_bytes
+        self._spec = spec
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         # connexion takes a request without Content-Length for one without a body, and would
         # answer a chunked upload "RequestBody is required": say what to change instead.
         headers = Headers(scope=scope)
         if "content-length" not in headers and "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ProblemException(
-                status=411,
-                title="Length required",
-                detail="send the JSON body with a Content-Length header; chunked uploads are not accepted",
-            )
+            raise LengthRequired("send the JSON body with a Content-Length header; chunked uploads are not accepted")
+        if self._required and not int(headers.get("content-length", 0)):
+            raise InvalidRequest("a JSON body is required")
         return await super().wrap_receive(receive, scope=scope)
 
     async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
         headers = Headers(scope=scope)
         if "content-type" not in headers:
-            raise UnsupportedMediaTypeProblem(detail="Content-Type must be application/json")
+            raise UnsupportedMediaType("Content-Type must be application/json")
         charset = _charset(headers["content-type"])
         if charset not in (None, "utf-8", "utf8"):
-            raise UnsupportedMediaTypeProblem(detail=f"JSON must be UTF-8, not {charset}")
+            raise UnsupportedMediaType(f"JSON must be UTF-8, not {charset}")
         if int(headers.get("content-length", 0)) > self._max_bytes:
             raise self._too_large()
         chunks, size = [], 0
@@ -83,31 +94,42 @@ class BoundedJSONBodyValidator(JSONRequestBodyValidator):
         try:
             text = b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadRequestProblem(detail=f"the request body is not valid UTF-8: {exc}") from None
+            raise InvalidRequest(f"the request body is not valid UTF-8: {exc}") from None
         if not text:
             return None
         try:
             return json.loads(text, parse_constant=_refuse_constant)
         except RecursionError:
-            raise BadRequestProblem(detail="the JSON is nested too deeply") from None
+            raise InvalidRequest("the JSON is nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-            raise BadRequestProblem(detail=f"the request body is not valid JSON: {exc}") from None
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
-    def _too_large(self) -> ProblemException:
-        return ProblemException(
-            status=413,
-            title="Request too large",
-            detail=f"the request body is over MAX_REQUEST_BYTES ({self._max_bytes} bytes)",
-        )
+    @property
+    def _validator(self) -> Any:
+        return RequestValidator(self._schema, format_checker=RequestValidator.FORMAT_CHECKER)
+
+    def _validate(self, body: Any) -> None:
+        if body is None and not self._nullable:
+            raise InvalidRequest("Request body must not be empty")
+        try:
+            self._validator.validate(body)
+        except ValidationError as error:
+            # Not logged: the detail can quote the body, which stays out of INFO logs.
+            raise InvalidRequest(self._spec.describe(error)) from None
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"the request body is over MAX_REQUEST_BYTES ({self._max_bytes} bytes)")
 
 
 class NamedParameterValidator(ParameterValidator):
     """connexion's parameter validator, with errors that name the header they are about, on one
-    line (jsonschema's own text neither names it nor fits a `detail`)."""
+    line (jsonschema's own text neither names it nor fits a `detail`), as InvalidRequest."""
 
     def validate_header_parameter(self, param: dict, request: Any) -> Optional[str]:
         error = super().validate_header_parameter(param, request)
-        return f"header {param['name']}: {error.splitlines()[0]}" if error else error
+        if error:
+            raise InvalidRequest(f"header {param['name']}: {error.splitlines()[0]}")
+        return None
 
 
 def _charset(content_type: str) -> Optional[str]:
@@ -185,10 +207,6 @@ class MetricsEndpoint:
             await self.app(scope, receive, send)
 
 
-class WriterBusy(Exception):
-    """Every handler thread is taken: the request is refused before it waits for one."""
-
-
 class AdmissionLimit:
     """Answer 503 at once, before reading the body, to a request that would wait for a handler
     thread. This bounds the queue of waiting requests, and with it memory and latency, when SQS
@@ -200,13 +218,11 @@ class AdmissionLimit:
 
     UNLIMITED = frozenset({"message.health"})
 
-    def __init__(self, app: ASGIApp, *, limit: int, retry_after_s: int, on_reject: Callable[[], None]) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, render: Callable[[ServiceError], Response]) -> None:
         self.app = app
         self.limit = limit
-        self.retry_after = str(retry_after_s)
-        self.on_reject = on_reject
+        self.render = render  # counts the refusal, logs it (throttled), and answers it
         self.in_progress = 0
-        self._throttled = _Throttled()  # a log line per 10 s, not one per refused request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
@@ -214,16 +230,8 @@ class AdmissionLimit:
             await self.app(scope, receive, send)
             return
         if self.in_progress >= self.limit:
-            self.on_reject()
             busy = WriterBusy(f"{self.in_progress} requests already in progress; retry later")
-            self._throttled.warning(busy)
-            response = JSONResponse(
-                {"type": "about:blank", "title": "Writer busy", "status": 503, "detail": str(busy)},
-                status_code=503,
-                headers={"Retry-After": self.retry_after},
-                media_type="application/problem+json",
-            )
-            await response(scope, receive, send)
+            await self.render(busy)(scope, receive, send)
             return
         self.in_progress += 1
         try:
@@ -266,20 +274,23 @@ def create_app(
         writer.close()  # the server stopped taking requests: let pending sends finish
 
     app = connexion.FlaskApp(__name__, specification_dir=DATA_DIR, lifespan=lifespan)
-    spec = yaml.safe_load((DATA_DIR / "swagger.yml").read_text(encoding="utf-8"))
     api_keys = settings.load_api_keys()
-    if not api_keys:
-        del spec["security"]  # no keys configured: the served spec says so too
+    spec = served_spec(
+        load_source(),
+        fifo=queue.is_fifo,
+        content_based_deduplication=_content_based_deduplication(queue),
+        keys_required=bool(api_keys),
+    )
     body_validators = MediaTypeDict(
         {
             **VALIDATOR_MAP["body"],
             "*/*json": functools.partial(
-                BoundedJSONBodyValidator, max_bytes=settings.max_request_bytes
+                BoundedJSONBodyValidator, max_bytes=settings.max_request_bytes, spec=spec
             ),
         }
     )
     app.add_api(
-        spec,
+        spec.document,
         validator_map={"body": body_validators, "parameter": NamedParameterValidator},
         security_map={"apiKey": _api_key_handler(api_keys)},
     )
@@ -287,9 +298,10 @@ def create_app(
     app.app.extensions[WRITER_EXTENSION] = writer
     routes = {
         operation["operationId"]: path
-        for path, operations in spec["paths"].items()
+        for path, operations in spec.document["paths"].items()
         for operation in operations.values()
     }
+    answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.body_operations)
     # Outermost first: scrapes are answered before anything else, and not counted as requests.
     app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_EXCEPTION, registry=metrics.view)
     app.add_middleware(RequestObserver, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics, routes=routes)
@@ -297,11 +309,65 @@ def create_app(
         AdmissionLimit,
         position=MiddlewarePosition.BEFORE_VALIDATION,
         limit=max(1, settings.handler_threads - 1),
-        retry_after_s=settings.retry_after_s,
-        on_reject=functools.partial(writer.count, "busy"),
+        render=answer.refusal,
     )
-    _add_error_handlers(app, settings)
+    app.add_error_handler(ServiceError, answer.handle)
+    app.add_error_handler(ProblemException, answer.handle_connexion)
     return app
+
+
+def _content_based_deduplication(queue: SqsQueue) -> bool:
+    """Whether a FIFO queue deduplicates by content, for the served spec. Unknown while SQS does
+    not answer: then the spec leaves deduplication_id optional, and the handler checks it."""
+    try:
+        return queue.content_based_deduplication
+    except SqsError as exc:
+        log.warning("cannot read the queue's ContentBasedDeduplication (%s): the served spec "
+                    "leaves deduplication_id optional; the writer still refuses a message without one", exc)
+        return True
+
+
+class ProblemAnswers:
+    """The one way the writer answers an error: its problem (errors.problem), with Retry-After
+    for a 503, counted under its outcome where no one counted it before, and logged once per
+    10 s per kind when it is SQS's or the writer's side (an outage is not a log flood).
+
+    The writer counts the refusals it decides; these count the rest: a request the spec or the
+    admission limit refused before any of its messages was read, as one message."""
+
+    def __init__(self, writer: Writer, *, retry_after_s: int, body_operations: frozenset[str]) -> None:
+        self.writer = writer
+        self.retry_after = str(retry_after_s)
+        self.body_operations = body_operations
+        self._throttled = _Throttled()
+
+    def _answer(self, error: ServiceError) -> tuple[bytes, dict[str, str]]:
+        """The body and headers that answer `error`."""
+        if error.status >= 500:
+            self._throttled.warning(error)
+        headers = {"Retry-After": self.retry_after} if error.retry_later else {}
+        return json.dumps(problem(error)).encode("utf-8"), headers
+
+    def refusal(self, error: ServiceError) -> Response:
+        """A request refused before any of its messages was read: one message, counted."""
+        body, headers = self._answer(self.writer.refused(error))
+        return Response(body, status_code=error.status, headers=headers, media_type=PROBLEM)
+
+    async def handle(self, request: ConnexionRequest, error: ServiceError) -> ConnexionResponse:
+        """connexion's error handler for every ServiceError (async: no thread hand-off)."""
+        routing = request.scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
+        if isinstance(error, InvalidRequest) and routing.get("operation_id") in self.body_operations:
+            self.writer.refused(error)
+        body, headers = self._answer(error)
+        return ConnexionResponse(status_code=error.status, mimetype=PROBLEM, body=body, headers=headers)
+
+    async def handle_connexion(self, request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
+        """connexion's own refusals in the writer's vocabulary: a Content-Type the operation does
+        not take (415), a missing or unknown API key (401); any other keeps connexion's words."""
+        adapted = {400: InvalidRequest, 401: Unauthenticated, 415: UnsupportedMediaType}.get(exc.status)
+        if adapted is None:
+            return exc.to_problem()
+        return await self.handle(request, adapted(exc.detail or exc.title or ""))
 
 
 def _api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
@@ -334,30 +400,6 @@ def _set_handler_threads(app: connexion.FlaskApp, threads: int) -> None:
     """
     flask_bridge = app._middleware_app  # FlaskASGIApp: connexion's Flask-to-ASGI bridge
     flask_bridge.asgi_app = WSGIMiddleware(flask_bridge.asgi_app.app, workers=threads)
-
-
-def _add_error_handlers(app: connexion.FlaskApp, settings: Settings) -> None:
-    throttled = _Throttled()
-    retry_after = {"Retry-After": str(settings.retry_after_s)}
-
-    def refused(_: ConnexionRequest, exc: RequestRefused) -> ConnexionResponse:
-        return problem(exc.status, exc.title, str(exc))
-
-    def rejected_by_sqs(_: ConnexionRequest, exc: MessageRejected) -> ConnexionResponse:
-        return problem(400, "Rejected by SQS", str(exc))
-
-    def unavailable(_: ConnexionRequest, exc: QueueUnavailable) -> ConnexionResponse:
-        throttled.warning(exc)
-        return problem(503, "Queue unavailable", str(exc), headers=retry_after)
-
-    def not_authorized(_: ConnexionRequest, exc: NotAuthorized) -> ConnexionResponse:
-        throttled.warning(exc)
-        return problem(503, "Not authorized for the queue", str(exc), headers=retry_after)
-
-    app.add_error_handler(RequestRefused, refused)
-    app.add_error_handler(MessageRejected, rejected_by_sqs)
-    app.add_error_handler(QueueUnavailable, unavailable)
-    app.add_error_handler(NotAuthorized, not_authorized)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

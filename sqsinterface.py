@@ -1,5 +1,6 @@
 """The one place that talks to SQS: a boto3 client with bounded timeouts, a few errors of our own
-instead of botocore's many, and batch helpers that report each entry's own outcome.
+(errors.SqsError and its kinds) instead of botocore's many, and batch helpers that report each
+entry's own outcome.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import botocore.config
 import botocore.exceptions
 
 from config import Settings
+from errors import MessageRejected, NotAuthorized, QueueNotFound, QueueUnavailable, SqsError
 from metrics import SqsMetrics, by_label, total
 
 log = logging.getLogger(__name__)
@@ -43,26 +45,6 @@ _NOT_AUTHORIZED = {
     "MissingAuthenticationToken",
 }
 _THROTTLED = {"ThrottlingException", "Throttling", "RequestThrottled", "KmsThrottled", "OverLimit"}
-
-
-class SqsError(Exception):
-    """Base of the errors this module raises instead of botocore's."""
-
-
-class QueueUnavailable(SqsError):
-    """SQS cannot be reached, is throttling, or failed on its side: the same call may work later."""
-
-
-class QueueNotFound(QueueUnavailable):
-    """The queue does not exist (yet): `sqs_setup.py` creates it."""
-
-
-class NotAuthorized(SqsError):
-    """Credentials are missing or invalid, or lack the right for this call."""
-
-
-class MessageRejected(SqsError):
-    """SQS refused the request itself as invalid; sending it again will not help."""
 
 
 @dataclass(frozen=True)

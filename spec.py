@@ -1,0 +1,133 @@
+"""The spec the writer serves: swagger.yml fitted, once at start, to the queue it writes to.
+
+swagger.yml describes every field a message can have on either kind of queue. A writer serves,
+shows in Swagger UI and validates against one spec built from it, so that a schema-valid request
+is one its queue takes:
+
+- a standard queue: no `deduplication_id` (SQS takes it only on FIFO queues);
+- a FIFO queue: `group_id` required, no `delay_seconds` (SQS takes a delay per queue only), and
+  `deduplication_id` required unless the queue has content-based deduplication;
+- no API keys configured: no `security` requirement.
+
+`RequestValidator` checks a body against it, including `x-propertyNames`: JSON Schema's
+`propertyNames` (SQS's rule for attribute names), under the vendor prefix OpenAPI 3.0 requires.
+`ServedSpec.describe` words a violation as a `detail` a client can act on.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+from connexion.json_schema import Draft4RequestValidator
+from jsonschema import ValidationError, validators
+
+from config import DATA_DIR
+from message import attribute_name_problem, character_problem
+
+SOURCE = DATA_DIR / "swagger.yml"
+
+#: Where the fields of a message are described, in swagger.yml.
+MESSAGE_FIELDS = ("components", "schemas", "MessageFields")
+#: The keyword that states what an object's property names must be.
+PROPERTY_NAMES = "x-propertyNames"
+
+
+def _property_names(validator: Any, names: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """JSON Schema's `propertyNames`: every name of the object is valid under `names`."""
+    if validator.is_type(instance, "object"):
+        for name in instance:
+            yield from validator.descend(instance=name, schema=names)
+
+
+#: connexion's request validator (OpenAPI 3.0's flavour of draft 4), with x-propertyNames.
+RequestValidator = validators.extend(Draft4RequestValidator, {PROPERTY_NAMES: _property_names})
+
+
+@dataclass(frozen=True)
+class ServedSpec:
+    """The spec as served, and why it lacks or requires what the source does not."""
+
+    document: dict[str, Any]
+    #: field -> why this queue takes no such field
+    absent: Mapping[str, str]
+    #: field -> why this queue needs it
+    required: Mapping[str, str]
+
+    @property
+    def body_operations(self) -> frozenset[str]:
+        """The operationIds that take a request body: those whose messages are counted."""
+        return frozenset(
+            operation["operationId"]
+            for operations in self.document["paths"].values()
+            for operation in operations.values()
+            if "requestBody" in operation
+        )
+
+    def describe(self, error: ValidationError) -> str:
+        """A request body's violation of the spec, as a `detail`: the reason this queue takes no
+        such field, or needs it; the character or attribute name SQS would refuse; otherwise
+        jsonschema's own words, with where in the body."""
+        path = list(error.absolute_path)
+        where = f" - '{'.'.join(str(step) for step in path)}'" if path else ""
+        instance = error.instance
+        if PROPERTY_NAMES in error.schema_path and isinstance(instance, str):
+            return (attribute_name_problem(instance) or error.message) + where
+        if error.validator == "additionalProperties" and isinstance(instance, dict):
+            known = error.schema.get("properties", {})
+            for name in instance:
+                if name not in known and name in self.absent:
+                    return self.absent[name] + where
+        if error.validator == "required" and isinstance(instance, dict):
+            for name in error.validator_value:
+                if name not in instance and name in self.required:
+                    return self.required[name] + where
+        if error.validator == "pattern" and isinstance(instance, str) and path:
+            field = path[-1]
+            what = f"attribute {field!r}" if len(path) > 1 and path[-2] == "attributes" else str(field)
+            text_problem = character_problem(what, instance)
+            if text_problem is not None:
+                return text_problem + where
+        return error.message + where
+
+
+def load_source(path: Path = SOURCE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def served_spec(
+    source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool
+) -> ServedSpec:
+    """`source` (swagger.yml, loaded) fitted to a queue of this kind and to the writer's keys."""
+    document = copy.deepcopy(dict(source))
+    fields = _at(document, MESSAGE_FIELDS)
+    absent: dict[str, str] = {}
+    required: dict[str, str] = {}
+    if fifo:
+        absent["delay_seconds"] = (
+            "delay_seconds is only for standard queues; this queue is FIFO, where SQS takes a "
+            "delay for the whole queue only (its DelaySeconds attribute)"
+        )
+        required["group_id"] = "group_id is required on a FIFO queue"
+        if not content_based_deduplication:
+            required["deduplication_id"] = (
+                "deduplication_id is required: this FIFO queue has no content-based deduplication"
+            )
+    else:
+        absent["deduplication_id"] = "deduplication_id is only for FIFO queues; this queue is standard"
+    for name in absent:
+        del fields["properties"][name]
+    fields["required"] = [*fields["required"], *required]
+    if not keys_required:
+        del document["security"]  # no keys configured: the served spec says so too
+    return ServedSpec(document=document, absent=absent, required=required)
+
+
+def _at(document: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    node = document
+    for step in path:
+        node = node[step]
+    return node

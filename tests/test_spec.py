@@ -1,0 +1,129 @@
+"""spec.py: swagger.yml fitted to the queue, and a violation of it worded for the client."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from config import Settings
+from message import character_problem
+from server import create_app
+from spec import RequestValidator, load_source, served_spec
+from sqsinterface import SqsQueue, create_client
+
+SOURCE = load_source()
+
+
+def fields_of(document: dict[str, Any]) -> dict[str, Any]:
+    return document["components"]["schemas"]["MessageFields"]
+
+
+def test_a_standard_queue_has_no_deduplication_id() -> None:
+    spec = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=True)
+
+    fields = fields_of(spec.document)
+    assert set(fields["properties"]) == {"body", "attributes", "delay_seconds", "group_id"}
+    assert fields["required"] == ["body"]
+    assert spec.document["security"] == [{"apiKey": []}]
+
+
+def test_a_fifo_queue_needs_a_group_and_has_no_delay() -> None:
+    spec = served_spec(SOURCE, fifo=True, content_based_deduplication=True, keys_required=False)
+
+    fields = fields_of(spec.document)
+    assert set(fields["properties"]) == {"body", "attributes", "group_id", "deduplication_id"}
+    assert fields["required"] == ["body", "group_id"]
+    assert "security" not in spec.document
+
+
+def test_a_fifo_queue_without_content_based_deduplication_needs_a_deduplication_id() -> None:
+    spec = served_spec(SOURCE, fifo=True, content_based_deduplication=False, keys_required=False)
+
+    assert fields_of(spec.document)["required"] == ["body", "group_id", "deduplication_id"]
+
+
+def test_the_source_is_left_as_it_was() -> None:
+    before = repr(SOURCE)
+
+    served_spec(SOURCE, fifo=True, content_based_deduplication=False, keys_required=False)
+
+    assert repr(SOURCE) == before
+
+
+def first_violation(fifo: bool, body: Any, path: tuple[str, ...] = ("Message",)) -> str:
+    spec = served_spec(SOURCE, fifo=fifo, content_based_deduplication=False, keys_required=False)
+    schema = {"$ref": "#/components/schemas/" + "/".join(path), "components": spec.document["components"]}
+    error = next(RequestValidator(schema).iter_errors(body))
+    return spec.describe(error)
+
+
+@pytest.mark.parametrize(
+    ("fifo", "body", "detail"),
+    [
+        (False, {"body": "b", "deduplication_id": "d"}, "deduplication_id is only for FIFO queues; this queue is standard"),
+        (True, {"body": "b", "group_id": "g", "deduplication_id": "d", "delay_seconds": 1}, "delay_seconds is only for standard queues"),
+        (True, {"body": "b", "deduplication_id": "d"}, "group_id is required on a FIFO queue"),
+        (True, {"body": "b", "group_id": "g"}, "deduplication_id is required: this FIFO queue has no content-based deduplication"),
+        (False, {"body": "nul \u0000"}, "body holds U+0000 at position 4, a character SQS does not accept"),
+        (False, {"body": "b", "attributes": {"k": "\u0007"}}, "attribute 'k' holds U+0007 at position 0"),
+        (False, {"body": "b", "attributes": {"AWS.trace": "v"}}, "attribute name 'AWS.trace' is not allowed"),
+        (False, {"body": "b", "attributes": {"n" * 257: "v"}}, "is not allowed: use up to 256 letters"),
+        (False, {"body": 5}, "5 is not of type 'string' - 'body'"),
+    ],
+)
+def test_a_violation_is_worded_for_the_client(fifo: bool, body: Any, detail: str) -> None:
+    assert detail in first_violation(fifo, body)
+
+
+def test_each_entry_of_a_batch_is_named_by_its_place() -> None:
+    detail = first_violation(False, {"messages": [{"body": "b"}, {"body": "b", "deduplication_id": "d"}]},
+                             ("MessageBatch",))
+
+    assert detail == "deduplication_id is only for FIFO queues; this queue is standard - 'messages.1'"
+
+
+SQS_CHARACTERS = re.compile(SOURCE["components"]["schemas"]["SqsText"]["properties"]["body"]["pattern"])
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+@settings(max_examples=500, deadline=None)
+def test_the_spec_and_message_py_accept_the_same_characters(text: str) -> None:
+    # message.py also refuses lone surrogates, which JSON cannot carry between systems
+    assert bool(SQS_CHARACTERS.search(text)) == (character_problem("body", text) is None)
+
+
+@pytest.mark.parametrize("character", ["\u0000", "\u0008", "\u000b", "\u001f", "\ufffe", "\uffff", "\t", "\U0010ffff"])
+def test_the_edges_of_the_character_set_agree(character: str) -> None:
+    assert bool(SQS_CHARACTERS.search(character)) == (character_problem("body", character) is None)
+
+
+def test_a_writer_on_a_fifo_queue_without_content_based_deduplication_serves_and_keeps_it(sqs: Any) -> None:
+    # GIVEN a FIFO queue made by hand, without content-based deduplication
+    sqs.create_queue(QueueName="plain.fifo", Attributes={"FifoQueue": "true"})
+    client = create_app(Settings(queue_name="plain.fifo"), queue=SqsQueue("plain.fifo", sqs)).test_client()
+
+    # THEN its spec requires a deduplication_id, and so does the writer
+    served = client.get("/api/openapi.json").json()
+    refused = client.post("/api/message", json={"body": "b", "group_id": "g"})
+    accepted = client.post("/api/message", json={"body": "b", "group_id": "g", "deduplication_id": "d"})
+
+    assert fields_of(served)["required"] == ["body", "group_id", "deduplication_id"]
+    assert refused.status_code == 400 and "deduplication_id is required" in refused.json()["detail"]
+    assert accepted.status_code == 201
+
+
+def test_a_fifo_writer_that_cannot_reach_sqs_at_start_still_serves_and_says_so(
+    closed_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    unreachable = SqsQueue("orders.fifo", create_client(Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1)))
+
+    client = create_app(Settings(queue_name="orders.fifo"), queue=unreachable).test_client()
+
+    assert fields_of(client.get("/api/openapi.json").json())["required"] == ["body", "group_id"]
+    assert "cannot read the queue's ContentBasedDeduplication" in caplog.text
+    assert client.post("/api/message", json={"body": "b", "group_id": "g"}).status_code == 503
