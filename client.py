@@ -15,6 +15,7 @@ import select
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -322,19 +323,38 @@ def _retry_after_s(status: int, retry_after: Optional[str]) -> Optional[float]:
         return None
 
 
+class WrongUrl(Exception):
+    """Something answers at --url, but it is not the writer's base URL."""
+
+
 def wait_until_ready(url: str, timeout_s: float) -> bool:
     """Wait for the writer's /api/health, so a client started beside it does not count its
-    start-up as connection errors."""
+    start-up as connection errors. Raises WrongUrl at once when the server there answers 404:
+    no writer will appear at that path however long one waits."""
+    health = url.rstrip("/") + "/api/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/api/health", timeout=1) as response:
+            with urllib.request.urlopen(health, timeout=1) as response:
                 if response.status == 200:
                     return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise WrongUrl(
+                    f"{health} answered 404: --url is the writer's base URL, without /api "
+                    f"(here, --url {base_url(url)})"
+                ) from None
         except (OSError, http.client.HTTPException):
-            pass  # urllib.error.URLError and HTTPError are OSErrors
+            pass  # not listening yet: urllib.error.URLError is an OSError
         time.sleep(0.2)
     return False
+
+
+def base_url(url: str) -> str:
+    """The writer's base URL in `url`: what comes before its /api path, or its scheme and host."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.split("/api", 1)[0] if "/api" in parts.path else ""
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,9 +400,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--malformed-per-batch must be from 0 to --batch-size, which must be at least 1")
     if args.concurrency < 1 or (args.rate is not None and args.rate <= 0):
         parser.error("--concurrency and --rate must be positive")
-    if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
-        print(f"client: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
-        return 1
+    try:
+        if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
+            print(f"client: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
+            return 1
+    except WrongUrl as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return 2
     run_id = uuid.uuid4().hex[:8]
     if args.file:
         jobs = file_jobs(args.file, group_id=args.group_id, run_id=run_id)

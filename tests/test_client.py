@@ -17,6 +17,7 @@ import client
 from client import Client, file_jobs, load_jobs
 from config import Settings
 from sqsinterface import SqsQueue
+from conftest import metric, metric_samples
 
 
 def test_each_batch_has_exactly_the_malformed_requests_asked_for() -> None:
@@ -98,6 +99,36 @@ def test_connection_errors_make_the_exit_code_1_unless_allowed(
 def test_a_writer_that_never_answers_is_reported(closed_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["--url", closed_endpoint, "--wait-ready", "0.3"]) == 1
     assert "did not answer" in capsys.readouterr().err
+
+
+def test_a_url_where_the_writer_answers_404_fails_at_once_naming_the_url_to_give(
+    app: Any, live_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a writer, and a client told the endpoint's URL instead of the writer's base URL
+    wrong = f"{live_server}/api/message"
+
+    # WHEN the client starts, willing to wait 20 s for the writer
+    exit_code = client.main(["--url", wrong, "--count", "1", "--wait-ready", "20"])
+
+    # THEN it exits non-zero after the first answer, naming what it tried and what to give
+    error = capsys.readouterr().err
+    assert exit_code == 2
+    assert f"{wrong}/api/health answered 404" in error
+    assert f"--url {live_server}" in error
+    samples = metric_samples(app.test_client().get("/metrics").text)
+    assert metric(samples, "writer_requests_total", method="GET", route="other", status="404") == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("http://host:5000/api/message", "http://host:5000"),
+        ("http://host:5000/prefix/api/health/", "http://host:5000/prefix"),
+        ("http://host:5000/elsewhere", "http://host:5000"),
+    ],
+)
+def test_the_base_url_is_what_comes_before_api(given: str, base: str) -> None:
+    assert client.base_url(given) == base
 
 
 @pytest.mark.parametrize("settings", [Settings(api_keys="secret-key")])
