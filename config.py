@@ -2,19 +2,24 @@
 
 `Settings.from_env()` is the only place that reads `os.environ`; everything else is handed a
 `Settings`. A bad value stops the program at start with an error that names the variable.
+
+Each setting is declared once, as a field with its variable, help and bounds (`setting`);
+parsing, the checks, the command-line options that override settings (`add_option`) and the
+docs' table (`configuration_table`, `python config.py`) all come from that declaration.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging.config
 import os
 import re
 import sys
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional, get_args, get_type_hints
 
 #: The distribution's name: `pip install sqs-message-service`.
 DISTRIBUTION = "sqs-message-service"
@@ -44,56 +49,166 @@ SQS_MAX_MESSAGE_BYTES_CEILING = 1_048_576
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}(\.fifo)?$")
 
-T = TypeVar("T")
-
 
 class ConfigError(ValueError):
     """A setting from the environment is missing or invalid; the message names the variable."""
 
 
 @dataclass(frozen=True)
-class Settings:
-    """All settings, with their defaults. Field names carry units; see README.md for each variable."""
+class Declared:
+    """What a field of Settings says of itself: its variable, what it means, its bounds."""
 
-    sqs_endpoint_url: Optional[str] = None
-    aws_region: str = "us-east-1"
-    queue_name: str = "messages"
-    dlq_name: str = ""  # empty: derived from queue_name in __post_init__
-    max_receive_count: int = 3
-    visibility_timeout_s: int = 30
-    receive_wait_s: int = 20
-    max_message_bytes: int = 262_144
-    max_request_bytes: int = 2_097_152
-    host: str = "127.0.0.1"
-    port: int = 5000
-    writer_processes: int = 1
-    sqs_connect_timeout_s: float = 2.0
-    sqs_read_timeout_s: float = 5.0
-    sqs_max_attempts: int = 3
-    handler_threads: int = 64
-    send_concurrency: int = 4
-    send_linger_s: float = 0.02
-    send_timeout_s: float = 10.0
-    retry_after_s: int = 1
-    max_queue_depth: Optional[int] = None  # None: no backpressure
-    depth_poll_interval_s: float = 5.0
-    idempotency_window_s: float = 300.0  # as long as SQS's own FIFO deduplication interval
-    idempotency_max_keys: int = 100_000
-    worker_concurrency: int = 10
-    process_time_s: float = 0.005
-    failure_rate: float = 0.1
-    failure_seed: Optional[int] = None
-    processor: str = ""  # "module:function"; empty: the simulated work
-    retry_backoff_base_s: float = 1.0
-    retry_backoff_max_s: float = 60.0
-    shutdown_grace_s: float = 30.0
-    stats_interval_s: float = 2.0
-    metrics_port: int = 9102  # the worker's /metrics; 0: not served
-    worker_output: Optional[Path] = None
-    exit_when_idle_s: Optional[float] = None
-    api_keys: str = ""  # comma-separated; with api_keys_file, empty both: no keys needed
-    api_keys_file: Optional[Path] = None
-    log_config: Path = DATA_DIR / "log.conf"
+    env: str
+    help: str
+    bounds: Optional[tuple[float, float]] = None  # inclusive, for a number
+    default_text: Optional[str] = None  # how the docs show a default that is not a plain value
+
+    @property
+    def range_text(self) -> str:
+        return "" if self.bounds is None else " to ".join(_shown(bound) for bound in self.bounds)
+
+
+def setting(
+    default: Any, env: str, help: str, *, bounds: Optional[tuple[float, float]] = None,
+    default_text: Optional[str] = None,
+) -> Any:
+    """Declare a field of Settings: its default, its environment variable, a one-line help, and
+    for a number its inclusive bounds. Parsing, checks, --help and the docs' table follow."""
+    declared = Declared(env=env, help=help, bounds=bounds, default_text=default_text)
+    return field(default=default, metadata={"setting": declared})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, with their defaults. Field names carry units."""
+
+    sqs_endpoint_url: Optional[str] = setting(
+        None, "SQS_ENDPOINT_URL", "an SQS-compatible endpoint, e.g. http://127.0.0.1:4566; unset: real AWS",
+    )
+    aws_region: str = setting("us-east-1", "AWS_REGION", "the region of the queue")
+    queue_name: str = setting("messages", "QUEUE_NAME", "the queue; a name ending in .fifo means a FIFO queue")
+    dlq_name: str = setting(
+        "", "DLQ_NAME", "the dead-letter queue", default_text="<queue>-dlq (<name>-dlq.fifo for FIFO)",
+    )
+    max_receive_count: int = setting(
+        3, "MAX_RECEIVE_COUNT", "receives before a message goes to the dead-letter queue", bounds=(1, 1000),
+    )
+    visibility_timeout_s: int = setting(
+        30, "VISIBILITY_TIMEOUT", "seconds a received message stays hidden (queue attribute)", bounds=(0, 43_200),
+    )
+    receive_wait_s: int = setting(
+        20, "RECEIVE_WAIT_SECONDS", "long-poll wait of a receive (queue attribute)", bounds=(0, 20),
+    )
+    max_message_bytes: int = setting(
+        262_144, "MAX_MESSAGE_BYTES",
+        "the largest message (body and attributes, UTF-8), up to SQS's 1 MiB; also set on the queue",
+        bounds=(1024, SQS_MAX_MESSAGE_BYTES_CEILING),
+    )
+    max_request_bytes: int = setting(
+        2_097_152, "MAX_REQUEST_BYTES",
+        "the largest request body the writer reads; a larger one is 413 before it is read whole",
+        bounds=(1024, 256 * 1_048_576),
+    )
+    host: str = setting(
+        "127.0.0.1", "HOST", "the address the writer and the worker's metrics bind; loopback unless you choose",
+    )
+    port: int = setting(5000, "PORT", "the writer's port", bounds=(1, 65_535))
+    writer_processes: int = setting(
+        1, "WRITER_PROCESSES", "writer processes serving the one port (uvicorn workers)", bounds=(1, 64),
+    )
+    sqs_connect_timeout_s: float = setting(
+        2.0, "SQS_CONNECT_TIMEOUT", "seconds to connect to SQS", bounds=(0.05, 60),
+    )
+    sqs_read_timeout_s: float = setting(
+        5.0, "SQS_READ_TIMEOUT", "seconds to wait for an SQS answer", bounds=(0.05, 300),
+    )
+    sqs_max_attempts: int = setting(
+        3, "SQS_MAX_ATTEMPTS", "attempts per SQS call, with botocore's standard retries (backoff, jitter)",
+        bounds=(1, 10),
+    )
+    handler_threads: int = setting(
+        64, "HANDLER_THREADS",
+        "threads running the writer's handlers; one is kept for /api/health, and with the rest busy a "
+        "request is 503 at once",
+        bounds=(1, 1024),
+    )
+    send_concurrency: int = setting(
+        4, "SEND_CONCURRENCY", "SendMessageBatch calls in flight at once under load (group commit)", bounds=(1, 64),
+    )
+    send_linger_s: float = setting(
+        0.02, "SEND_LINGER",
+        "seconds a message may wait for others to share its SendMessageBatch call while requests arrive "
+        "in a stream; 0: never wait",
+        bounds=(0, 1),
+    )
+    send_timeout_s: float = setting(
+        10.0, "SEND_TIMEOUT", "the longest any request waits for SQS (a send, /api/ready, /api/stats); then 503",
+        bounds=(0.1, 300),
+    )
+    retry_after_s: int = setting(1, "RETRY_AFTER", "the Retry-After seconds sent with a 503", bounds=(1, 3600))
+    max_queue_depth: Optional[int] = setting(
+        None, "MAX_QUEUE_DEPTH",
+        "the writer answers 503 while the queue holds more visible messages than this; unset: no backpressure",
+        bounds=(1, 1_000_000_000),
+    )
+    depth_poll_interval_s: float = setting(
+        5.0, "DEPTH_POLL_INTERVAL", "seconds between the writer's reads of the queue depth, for MAX_QUEUE_DEPTH",
+        bounds=(0.1, 3600),
+    )
+    idempotency_window_s: float = setting(  # as long as SQS's own FIFO deduplication interval
+        300.0, "IDEMPOTENCY_WINDOW", "seconds the writer remembers an Idempotency-Key", bounds=(1, 86_400),
+    )
+    idempotency_max_keys: int = setting(
+        100_000, "IDEMPOTENCY_MAX_KEYS",
+        "the most keys the writer remembers; past that the oldest go first (about 37 MiB at 100,000)",
+        bounds=(1, 10_000_000),
+    )
+    worker_concurrency: int = setting(
+        10, "WORKER_CONCURRENCY", "messages the worker processes at once", bounds=(1, 1000),
+    )
+    process_time_s: float = setting(
+        0.005, "PROCESS_TIME", "seconds of simulated work per message", bounds=(0, 3600),
+    )
+    failure_rate: float = setting(0.1, "FAILURE_RATE", "probability that simulated work fails", bounds=(0, 1))
+    failure_seed: Optional[int] = setting(
+        None, "FAILURE_SEED", "makes simulated failures repeatable; unset: random",
+    )
+    processor: str = setting(
+        "", "PROCESSOR", "your processing step, module:function; unset: the simulated work",
+    )
+    retry_backoff_base_s: float = setting(
+        1.0, "RETRY_BACKOFF_BASE", "seconds before a failed message's first retry; doubles with each receive",
+        bounds=(0, 43_200),
+    )
+    retry_backoff_max_s: float = setting(
+        60.0, "RETRY_BACKOFF_MAX", "the longest retry backoff, in seconds", bounds=(0, 43_200),
+    )
+    shutdown_grace_s: float = setting(
+        30.0, "SHUTDOWN_GRACE", "seconds to finish in-flight work after SIGINT or SIGTERM", bounds=(0, 3600),
+    )
+    stats_interval_s: float = setting(
+        2.0, "STATS_INTERVAL", "seconds between the worker's stats reports and queue depth reads",
+        bounds=(0.1, 3600),
+    )
+    metrics_port: int = setting(
+        9102, "METRICS_PORT", "the worker's Prometheus metrics port, on HOST; 0: none", bounds=(0, 65_535),
+    )
+    worker_output: Optional[Path] = setting(
+        None, "WORKER_OUTPUT", "a file that gets one JSON line per processed message",
+    )
+    exit_when_idle_s: Optional[float] = setting(
+        None, "EXIT_WHEN_IDLE", "the worker exits once the queue has been empty this many seconds",
+        bounds=(0, 86_400),
+    )
+    api_keys: str = setting(
+        "", "API_KEYS", "comma-separated keys the writer accepts in X-API-Key; unset: no key needed",
+    )
+    api_keys_file: Optional[Path] = setting(
+        None, "API_KEYS_FILE", "a file of keys, one per line (# comments), added to API_KEYS",
+    )
+    log_config: Path = setting(
+        DATA_DIR / "log.conf", "LOG_CONFIG", "a logging.config.fileConfig file", default_text="log.conf",
+    )
 
     def __post_init__(self) -> None:
         if not self.dlq_name:
@@ -116,23 +231,24 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         """Build the settings from environment variables; unset or empty ones keep their default."""
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            variable = ENV_NAMES[field.name]
-            raw = environ.get(variable, "").strip()
+        values = {}
+        for name, declared in DECLARED.items():
+            raw = environ.get(declared.env, "").strip()
             if raw:
-                values[field.name] = _parse(variable, raw, _PARSERS[field.name])
-        return cls(**values)  # type: ignore[arg-type]
+                values[name] = parse(name, raw)
+        return cls(**values)
 
     def _check(self) -> None:
-        for name, (low, high) in _RANGES.items():
+        for name, declared in DECLARED.items():
             value = getattr(self, name)
-            if value is not None and not low <= value <= high:
-                raise ConfigError(f"{ENV_NAMES[name]}={value!r}: must be from {low} to {high}")
+            if declared.bounds is not None and value is not None:
+                low, high = declared.bounds
+                if not low <= value <= high:
+                    raise ConfigError(f"{declared.env}={value!r}: must be from {declared.range_text}")
         for name in ("queue_name", "dlq_name"):
             if not _QUEUE_NAME.match(getattr(self, name)):
                 raise ConfigError(
-                    f"{ENV_NAMES[name]}={getattr(self, name)!r}: a queue name has 1 to 80 letters, "
+                    f"{DECLARED[name].env}={getattr(self, name)!r}: a queue name has 1 to 80 letters, "
                     "digits, '-' or '_', and ends in '.fifo' for a FIFO queue"
                 )
         if self.dlq_name.endswith(".fifo") != self.is_fifo:
@@ -155,6 +271,59 @@ class Settings:
                 f"MAX_REQUEST_BYTES={self.max_request_bytes}: must be at least "
                 f"MAX_MESSAGE_BYTES={self.max_message_bytes}"
             )
+
+
+#: Each field of Settings, and what it declares of itself.
+DECLARED: dict[str, Declared] = {each.name: each.metadata["setting"] for each in fields(Settings)}
+#: The environment variable behind each field.
+ENV_NAMES: dict[str, str] = {name: declared.env for name, declared in DECLARED.items()}
+#: The type each field's text is parsed into: its annotation, without Optional.
+_TYPES: dict[str, type] = {
+    name: next(arg for arg in get_args(hint) or (hint,) if arg is not type(None))
+    for name, hint in get_type_hints(Settings).items()
+}
+_KINDS = {int: "an integer", float: "a number"}
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def parse(name: str, raw: str) -> Any:
+    """The value of field `name` from its text; ConfigError, naming the variable, when it is not one."""
+    kind = _TYPES[name]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{DECLARED[name].env}={raw!r}: must be {_KINDS.get(kind, 'a valid value')}") from None
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, name: str, settings: Settings, **extra: Any) -> None:
+    """A command-line option that overrides setting `name`: its type, its default from
+    `settings`, and a help naming its variable. Parsed into `args.<name>`."""
+    declared = DECLARED[name]
+    parser.add_argument(
+        flag, dest=name, type=_TYPES[name], default=getattr(settings, name),
+        help=f"{declared.help} ({declared.env}, default %(default)s)", **extra,
+    )
+
+
+def with_options(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`settings` with the values of the options `add_option` made, checked again: a flag gets
+    the same bounds as its variable (ConfigError otherwise)."""
+    given = {name: value for name, value in vars(args).items() if name in DECLARED}
+    return dataclasses.replace(settings, **given)
+
+
+def configuration_table() -> str:
+    """The docs' table of every setting, made from the declarations: `python config.py` prints it."""
+    rows = ["| variable | default | range | meaning |", "|---|---|---|---|"]
+    for each in fields(Settings):
+        declared = DECLARED[each.name]
+        default = declared.default_text or ("" if each.default in (None, "") else str(each.default))
+        shown = f"`{default}`" if default else "unset"
+        rows.append(f"| `{declared.env}` | {shown} | {declared.range_text} | {declared.help} |")
+    return "\n".join(rows)
 
 
 def settings_for_command(program: str) -> Optional[Settings]:
@@ -181,92 +350,5 @@ def default_dlq_name(queue_name: str) -> str:
     return queue_name + "-dlq"
 
 
-#: The environment variable behind each field.
-ENV_NAMES: dict[str, str] = {
-    "sqs_endpoint_url": "SQS_ENDPOINT_URL",
-    "aws_region": "AWS_REGION",
-    "queue_name": "QUEUE_NAME",
-    "dlq_name": "DLQ_NAME",
-    "max_receive_count": "MAX_RECEIVE_COUNT",
-    "visibility_timeout_s": "VISIBILITY_TIMEOUT",
-    "receive_wait_s": "RECEIVE_WAIT_SECONDS",
-    "max_message_bytes": "MAX_MESSAGE_BYTES",
-    "max_request_bytes": "MAX_REQUEST_BYTES",
-    "host": "HOST",
-    "port": "PORT",
-    "writer_processes": "WRITER_PROCESSES",
-    "sqs_connect_timeout_s": "SQS_CONNECT_TIMEOUT",
-    "sqs_read_timeout_s": "SQS_READ_TIMEOUT",
-    "sqs_max_attempts": "SQS_MAX_ATTEMPTS",
-    "handler_threads": "HANDLER_THREADS",
-    "send_concurrency": "SEND_CONCURRENCY",
-    "send_linger_s": "SEND_LINGER",
-    "send_timeout_s": "SEND_TIMEOUT",
-    "retry_after_s": "RETRY_AFTER",
-    "max_queue_depth": "MAX_QUEUE_DEPTH",
-    "depth_poll_interval_s": "DEPTH_POLL_INTERVAL",
-    "idempotency_window_s": "IDEMPOTENCY_WINDOW",
-    "idempotency_max_keys": "IDEMPOTENCY_MAX_KEYS",
-    "worker_concurrency": "WORKER_CONCURRENCY",
-    "process_time_s": "PROCESS_TIME",
-    "failure_rate": "FAILURE_RATE",
-    "failure_seed": "FAILURE_SEED",
-    "processor": "PROCESSOR",
-    "retry_backoff_base_s": "RETRY_BACKOFF_BASE",
-    "retry_backoff_max_s": "RETRY_BACKOFF_MAX",
-    "shutdown_grace_s": "SHUTDOWN_GRACE",
-    "stats_interval_s": "STATS_INTERVAL",
-    "metrics_port": "METRICS_PORT",
-    "worker_output": "WORKER_OUTPUT",
-    "exit_when_idle_s": "EXIT_WHEN_IDLE",
-    "api_keys": "API_KEYS",
-    "api_keys_file": "API_KEYS_FILE",
-    "log_config": "LOG_CONFIG",
-}
-
-_PARSERS: dict[str, Callable[[str], object]] = {
-    field.name: {"int": int, "float": float, "Path": Path}.get(
-        str(field.type).removeprefix("Optional[").removesuffix("]"), str
-    )
-    for field in dataclasses.fields(Settings)
-}
-
-#: Inclusive bounds of numeric settings; SQS's own limits where SQS has one.
-_RANGES: dict[str, tuple[float, float]] = {
-    "max_receive_count": (1, 1000),
-    "visibility_timeout_s": (0, 43_200),
-    "receive_wait_s": (0, 20),
-    "max_message_bytes": (1024, SQS_MAX_MESSAGE_BYTES_CEILING),
-    "max_request_bytes": (1024, 256 * 1_048_576),
-    "port": (1, 65_535),
-    "writer_processes": (1, 64),
-    "sqs_connect_timeout_s": (0.05, 60),
-    "sqs_read_timeout_s": (0.05, 300),
-    "sqs_max_attempts": (1, 10),
-    "handler_threads": (1, 1024),
-    "send_concurrency": (1, 64),
-    "send_linger_s": (0, 1),
-    "send_timeout_s": (0.1, 300),
-    "retry_after_s": (1, 3600),
-    "max_queue_depth": (1, 1_000_000_000),
-    "depth_poll_interval_s": (0.1, 3600),
-    "idempotency_window_s": (1, 86_400),
-    "idempotency_max_keys": (1, 10_000_000),
-    "worker_concurrency": (1, 1000),
-    "process_time_s": (0, 3600),
-    "failure_rate": (0, 1),
-    "retry_backoff_base_s": (0, 43_200),
-    "retry_backoff_max_s": (0, 43_200),
-    "shutdown_grace_s": (0, 3600),
-    "stats_interval_s": (0.1, 3600),
-    "metrics_port": (0, 65_535),
-    "exit_when_idle_s": (0, 86_400),
-}
-
-
-def _parse(variable: str, raw: str, parser: Callable[[str], T]) -> T:
-    try:
-        return parser(raw)
-    except ValueError:
-        kind = {int: "an integer", float: "a number"}.get(parser, "a valid value")  # type: ignore
-        raise ConfigError(f"{variable}={raw!r}: must be {kind}") from None
+if __name__ == "__main__":
+    print(configuration_table())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
-from config import ConfigError, Settings
+from config import DECLARED, ConfigError, Settings, add_option, configuration_table, with_options
+from conftest import ROOT
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -78,4 +82,52 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
 
     with pytest.raises(AttributeError):
-        settings.port = 1  # type: ignore[misc]
+        settings.port = 1  # type: ignore[misc]  # on purpose: that it cannot be set is the test
+
+
+def test_the_docs_table_is_the_declared_settings() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+
+    assert configuration_table() in page, "docs/configuration.md: paste the output of `python config.py`"
+
+
+def test_every_setting_declares_its_variable_help_and_a_bound_for_every_number() -> None:
+    for name, declared in DECLARED.items():
+        assert declared.env and declared.help, name
+        kind = Settings.__dataclass_fields__[name].type
+        if any(number in str(kind) for number in ("int", "float")) and name != "failure_seed":
+            assert declared.bounds is not None, f"{name}: a number needs its bounds"
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "value"),
+    [
+        ("MAX_QUEUE_DEPTH", "5", 5),  # Optional[int]: parsed as an int, not kept as text
+        ("FAILURE_SEED", "7", 7),
+        ("EXIT_WHEN_IDLE", "1.5", 1.5),
+        ("SEND_LINGER", "0", 0.0),
+    ],
+)
+def test_an_optional_number_is_parsed_as_its_type(variable: str, text: str, value: object) -> None:
+    name = next(name for name, declared in DECLARED.items() if declared.env == variable)
+
+    parsed = getattr(Settings.from_env({variable: text}), name)
+
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_a_path_setting_is_a_path(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k\n")
+
+    assert Settings.from_env({"API_KEYS_FILE": str(keys)}).api_keys_file == keys
+
+
+def test_an_option_overrides_its_setting_within_the_same_bounds() -> None:
+    parser = argparse.ArgumentParser()
+    add_option(parser, "--concurrency", "worker_concurrency", Settings())
+
+    assert with_options(Settings(), parser.parse_args(["--concurrency", "7"])).worker_concurrency == 7
+    assert "(WORKER_CONCURRENCY, default 10)" in parser.format_help()
+    with pytest.raises(ConfigError, match="WORKER_CONCURRENCY=0: must be from 1 to 1000"):
+        with_options(Settings(), parser.parse_args(["--concurrency", "0"]))
