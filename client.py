@@ -20,11 +20,11 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
 from metrics import LatencyWindow, milliseconds, percentile
+from worker_output import read_appended
 
 DEFAULT_COUNT = 1000
 
@@ -246,30 +246,14 @@ def processing_latencies(requested_at: dict[str, float], processed: Path, *, qui
     found: dict[str, float] = {}
     offset, quiet_since = 0, time.monotonic()
     while True:
-        offset, lines = _lines_appended(processed, offset)
-        for line in lines:
-            try:
-                record = json.loads(line)
-                found.setdefault(record["id"], datetime.fromisoformat(record["processed_at"]).timestamp())
-            except (ValueError, KeyError):
-                continue  # not one of the worker's records
-        if lines:
-            quiet_since = time.monotonic()
+        grown_to, records = read_appended(processed, offset)
+        for record in records:
+            found.setdefault(record.id, record.processed_at.timestamp())
+        if grown_to != offset:
+            offset, quiet_since = grown_to, time.monotonic()
         if requested_at.keys() <= found.keys() or time.monotonic() - quiet_since >= quiet_s:
             return sorted(found[id_] - requested_at[id_] for id_ in requested_at if id_ in found)
         time.sleep(0.2)
-
-
-def _lines_appended(path: Path, offset: int) -> tuple[int, list[bytes]]:
-    """The complete lines written to `path` after byte `offset`, and the offset after them: a
-    line still being written is left for the next look."""
-    if not path.exists():
-        return offset, []
-    with open(path, "rb") as file:
-        file.seek(offset)
-        data = file.read()
-    complete = data[: data.rfind(b"\n") + 1]
-    return offset + len(complete), complete.splitlines()
 
 
 class _KeepAlive:
@@ -370,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=10, help="requests per batch (default %(default)s)")
     add("--malformed-per-batch", type=int, default=1,
         help="malformed requests in each batch, 0 to switch off (default %(default)s)")
-    add("--concurrency", type=int, default=8, help="sending threads, each with a keep-alive session (default %(default)s)")
+    add("--concurrency", type=int, default=8,
+        help="sending threads, each with a keep-alive session (default %(default)s)")
     add("--rate", type=float, help="at most this many requests per second in all (default: as fast as answered)")
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument("--count", type=int, help=f"send this many requests (default {DEFAULT_COUNT})")

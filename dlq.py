@@ -1,5 +1,5 @@
-"""Dead letters: list them with the reasons the worker gave, and move them back to the source
-queue (redrive) once the cause is fixed.
+"""Dead letters: the reasons a worker gives a message it dead-letters, listing them, and moving
+dead letters back to the source queue (redrive) once the cause is fixed.
 
     python dlq.py list [--max N] [--bodies]
     python dlq.py redrive [--max N] [--rate R] [--method auto|move-task|receive]
@@ -15,11 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from datetime import datetime
+from typing import Callable, Mapping, Optional, TextIO
 
 from config import settings_for_command
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue, create_client
-from worker import DEAD_LETTER_PREFIX, SOURCE_ID, without_reasons
+
+#: The attributes a dead letter gets from the worker that moved it; `SOURCE_ID` holds the id the
+#: message had in the source queue (the copy in the dead-letter queue gets an id of its own).
+DEAD_LETTER_PREFIX = "dead_letter."
+SOURCE_ID = DEAD_LETTER_PREFIX + "source_id"
+#: How much of an error's text travels with a dead letter.
+ERROR_TEXT_CHARS = 256
 
 #: How long a listed or moving message stays hidden from others while this tool holds it.
 HOLD_S = 60
@@ -27,6 +34,27 @@ HOLD_S = 60
 MOVE_TASK_POLL_S = 1.0
 
 Progress = Callable[[int, Optional[int]], None]
+
+
+def failure_attributes(
+    message: ReceivedMessage, error: BaseException, *, worker_id: str, at: datetime
+) -> dict[str, str]:
+    """Why a message is dead-lettered, as message attributes an operator can read in any SQS
+    console: its source id, the error's type and text, the attempts, which worker, when."""
+    text = "".join(c if c.isprintable() else " " for c in str(error))[:ERROR_TEXT_CHARS].strip()
+    return {
+        SOURCE_ID: message.id,
+        DEAD_LETTER_PREFIX + "error_type": type(error).__name__,
+        DEAD_LETTER_PREFIX + "error": text or "(no message)",
+        DEAD_LETTER_PREFIX + "attempts": str(message.receive_count),
+        DEAD_LETTER_PREFIX + "worker": worker_id,
+        DEAD_LETTER_PREFIX + "at": at.isoformat(timespec="milliseconds"),
+    }
+
+
+def without_reasons(attributes: Mapping[str, str]) -> dict[str, str]:
+    """A message's own attributes, without the dead_letter.* ones a worker added."""
+    return {name: value for name, value in attributes.items() if not name.startswith(DEAD_LETTER_PREFIX)}
 
 
 def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies: bool, out: TextIO) -> int:
@@ -58,7 +86,8 @@ def describe(message: ReceivedMessage, *, body: bool) -> str:
         return attributes.get(DEAD_LETTER_PREFIX + name, "?")
 
     if SOURCE_ID in attributes:
-        why = f"{reason('attempts')} attempts, {reason('at')}, {reason('worker')}: {reason('error_type')}: {reason('error')}"
+        why = (f"{reason('attempts')} attempts, {reason('at')}, {reason('worker')}: "
+               f"{reason('error_type')}: {reason('error')}")
     else:
         why = "moved by SQS's redrive policy: no reason recorded (see the worker's log)"
     line = f"{attributes.get(SOURCE_ID, message.id)}  {why}"
@@ -93,11 +122,11 @@ def redrive_by_hand(
         if not batch:
             break
         results = source.send([back_to_source(message, fifo=source.is_fifo) for message in batch])
-        sent = [message for message, result in zip(batch, results) if result.ok]
+        sent = [message for message, result in zip(batch, results, strict=True) if result.ok]
         dead_letter_queue.delete_messages([message.receipt_handle for message in sent])
         moved += len(sent)
         progress(moved, max_messages)
-        refused = [(message, result) for message, result in zip(batch, results) if not result.ok]
+        refused = [(message, result) for message, result in zip(batch, results, strict=True) if not result.ok]
         if refused:
             dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message, _ in refused])
             raise SqsError(f"the source queue refused a message: {refused[0][1].error}")

@@ -30,7 +30,6 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,8 +39,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
+from harness import cpu_seconds  # noqa: E402
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
-from worker import read_output  # noqa: E402
+from worker_output import ProcessedRecord, read_records  # noqa: E402
 
 #: Each target: the figure it reads, how it compares, and the bound (from issue 7).
 TARGETS: list[tuple[str, str, float]] = [
@@ -76,12 +76,6 @@ class Sizes:
 
 QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
               worker_max_messages=400, cost_messages=200, e2e_small=100, e2e_large=300)
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's user and system CPU time so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
@@ -162,7 +156,9 @@ def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
             "batch_endpoint_p50_ms": 1000 * (result.latencies(0.50)[0] or 0)}
 
 
-def drain(system: LocalSystem, name: str, *, count: int, args: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+def drain(
+    system: LocalSystem, name: str, *, count: int, args: list[str]
+) -> tuple[list[ProcessedRecord], dict[str, Any], float]:
     """Fill a fresh queue with `count` messages, then run a worker with `args` until it is empty:
     (its output records, its summary, its CPU cores while it ran)."""
     env = fresh_queue(system, name)
@@ -178,13 +174,14 @@ def drain(system: LocalSystem, name: str, *, count: int, args: list[str]) -> tup
         cpu = cpu_seconds(worker.pid)
         time.sleep(0.1)
     if worker.returncode != 0:
-        raise RuntimeError(f"the worker of stage {name} exited {worker.returncode}: {system.log(f'worker-{name}')[-2000:]}")
-    return read_output(output), json.loads(summary.read_text()), cpu / (time.perf_counter() - started)
+        tail = system.log(f"worker-{name}")[-2000:]
+        raise RuntimeError(f"the worker of stage {name} exited {worker.returncode}: {tail}")
+    return read_records(output), json.loads(summary.read_text()), cpu / (time.perf_counter() - started)
 
 
-def processing_rate(records: list[dict[str, Any]]) -> float:
+def processing_rate(records: list[ProcessedRecord]) -> float:
     """Messages per second between the first and the last processed: start-up excluded."""
-    times = sorted(datetime.fromisoformat(record["processed_at"]).timestamp() for record in records)
+    times = sorted(record.processed_at.timestamp() for record in records)
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
@@ -209,7 +206,7 @@ def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     """SQS calls per processed message for a worker with the default settings (10 % failures)
     draining a backlog: the worker at saturation, as the write path is measured."""
     records, summary, _ = drain(system, "worker-cost", count=sizes.cost_messages, args=[])
-    processed = max(1, len({record["id"] for record in records}))
+    processed = max(1, len({record.id for record in records}))
     per_message = {operation: summary["sqs_calls"].get(operation, 0) / processed for operation in WORKER_OPERATIONS}
     return {
         "sqs_calls_per_msg_worker": sum(per_message.values()),
@@ -269,7 +266,8 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
         results["sqs_requests_per_million_msgs"] = round(
             1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"]))
     if "write" in stages and "batch" in stages:
-        results["batch_endpoint_ratio"] = results["batch_endpoint_msgs_per_s"] / max(1e-9, results["write_real_msgs_per_s"])
+        results["batch_endpoint_ratio"] = (
+            results["batch_endpoint_msgs_per_s"] / max(1e-9, results["write_real_msgs_per_s"]))
     if "e2e" in stages:  # the figures the targets name, whatever the sizes (--quick sends fewer)
         results["e2e_1000_seconds"] = results[f"e2e_{sizes.e2e_small}_seconds"] * 1000 / sizes.e2e_small
         results["e2e_10000_lost"] = results[f"e2e_{sizes.e2e_large}_lost"]
@@ -282,26 +280,34 @@ def met(value: float, comparison: str, bound: float) -> bool:
 
 
 def table(results: dict[str, Any]) -> str:
+    r = results
+
+    def rate(prefix: str) -> str:
+        return (f"{r[prefix + '_msgs_per_s']:.0f} msg/s, "
+                f"p50 {r[prefix + '_p50_ms']:.0f} ms, p99 {r[prefix + '_p99_ms']:.0f} ms")
+
     rows = [
-        ("raw SendMessageBatch (boto3, 4 threads)", f"{results['raw_send_batch_msgs_per_s']:.0f} msg/s"),
-        ("POST /api/message, real SQS call", f"{results['write_real_msgs_per_s']:.0f} msg/s, p50 {results['write_real_p50_ms']:.0f} ms, p99 {results['write_real_p99_ms']:.0f} ms"),
-        ("POST /api/message, stubbed SQS call", f"{results['write_stub_msgs_per_s']:.0f} msg/s, p50 {results['write_stub_p50_ms']:.0f} ms, p99 {results['write_stub_p99_ms']:.0f} ms"),
-        ("load generator's share of the cores", f"{results['write_real_generator_core_share']:.1%} (real), {results['write_stub_generator_core_share']:.1%} (stub)"),
-        ("write: mean SendMessageBatch size", f"{results['write_real_mean_batch']:.1f}"),
-        ("POST /api/messages, 100 a request", f"{results['batch_endpoint_msgs_per_s']:.0f} msg/s ({results['batch_endpoint_ratio']:.1f}x single)"),
-        *[(f"worker, concurrency {c}, {results['worker_work_ms']:.0f} ms work",
-           f"{results[f'worker_c{c}_msgs_per_s']:.0f} of {results[f'worker_c{c}_ideal_msgs_per_s']:.0f} msg/s ({results[f'worker_c{c}_ratio']:.2f})")
+        ("raw SendMessageBatch (boto3, 4 threads)", f"{r['raw_send_batch_msgs_per_s']:.0f} msg/s"),
+        ("POST /api/message, real SQS call", rate("write_real")),
+        ("POST /api/message, stubbed SQS call", rate("write_stub")),
+        ("load generator's share of the cores",
+         f"{r['write_real_generator_core_share']:.1%} (real), {r['write_stub_generator_core_share']:.1%} (stub)"),
+        ("write: mean SendMessageBatch size", f"{r['write_real_mean_batch']:.1f}"),
+        ("POST /api/messages, 100 a request",
+         f"{r['batch_endpoint_msgs_per_s']:.0f} msg/s ({r['batch_endpoint_ratio']:.1f}x single)"),
+        *[(f"worker, concurrency {c}, {r['worker_work_ms']:.0f} ms work",
+           f"{r[f'worker_c{c}_msgs_per_s']:.0f} of {r[f'worker_c{c}_ideal_msgs_per_s']:.0f} msg/s "
+           f"({r[f'worker_c{c}_ratio']:.2f})")
           for c in (1, 4, 16, 64)],
-        ("SQS requests per million messages (write + worker)", f"{results['sqs_requests_per_million_msgs']:,}"),
+        ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
-         f"{results['worker_receives_per_msg']:.3f} / {results['worker_deletes_per_msg']:.3f} / {results['worker_visibility_changes_per_msg']:.3f}"),
+         f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
+         f"{r['worker_visibility_changes_per_msg']:.3f}"),
     ]
-    for prefix in sorted((k.removesuffix("_accepted") for k in results if k.startswith("e2e_") and k.endswith("_accepted")),
-                         key=lambda prefix: results[prefix + "_accepted"]):
-        key = prefix + "_msgs_per_s"
-        rows.append((f"end to end, {results[prefix + '_accepted']} msgs, {results[prefix + '_failure_rate']:.0%} failing",
-                     f"{results[prefix + '_seconds']:.2f} s ({results[key]:.0f} msg/s), p50 {results[prefix + '_p50_ms']:.0f} ms, "
-                     f"p99 {results[prefix + '_p99_ms']:.0f} ms, lost {results[prefix + '_lost']}"))
+    e2e_runs = (key.removesuffix("_accepted") for key in r if key.startswith("e2e_") and key.endswith("_accepted"))
+    for prefix in sorted(e2e_runs, key=lambda prefix: r[prefix + "_accepted"]):
+        rows.append((f"end to end, {r[prefix + '_accepted']} msgs, {r[prefix + '_failure_rate']:.0%} failing",
+                     f"{r[prefix + '_seconds']:.2f} s ({rate(prefix)}), lost {r[prefix + '_lost']}"))
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value}" for label, value in rows]
     lines.append("")
@@ -321,7 +327,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".bench", help="logs (default %(default)s)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json",
                         help="where the figures go (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a few seconds a stage: checks the benchmark, measures little")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds a stage: checks the benchmark, measures little")
     parser.add_argument("--stage", action="append", choices=STAGES,
                         help="run only this stage (repeatable; default all): for profiling one part")
     args = parser.parse_args(argv)

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from e2e import LocalSystem, local_system, rss_mib  # noqa: E402
+from e2e import LocalSystem, local_system  # noqa: E402
+from harness import rss_mib  # noqa: E402
 
 #: Memory may grow this much from the middle of the run to its end and still count as flat.
 FLAT_RSS_MIB = 10.0

@@ -12,24 +12,24 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, Process, environment, free_port, wait_for_port
+
 sys.path.insert(0, str(ROOT))
 
-import sqs_setup  # noqa: E402
-from config import Settings  # noqa: E402
-from metrics import milliseconds, percentile  # noqa: E402
-from sqsinterface import SqsQueue, create_client  # noqa: E402
-from worker import SOURCE_ID, read_output  # noqa: E402
+import sqs_setup
+from config import Settings
+from dlq import SOURCE_ID
+from metrics import milliseconds, percentile
+from sqsinterface import SqsQueue, create_client
+from worker_output import read_records
 
 
 @dataclass(frozen=True)
@@ -66,54 +66,6 @@ class E2EResult:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:g} s")
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """This process's environment with `values`, restored afterwards: its own SQS calls (setup,
-    reading the dead-letter queue) must see the local endpoint's dummy credentials too."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _wait_or_kill(process: subprocess.Popen, timeout_s: float = 10) -> None:
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def rss_mib(pid: int) -> float:
-    """A process's resident memory, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 def ids_in(queue: SqsQueue) -> set[str]:
     """The ids of every message now in `queue`, each hidden for 10 minutes so that it is read
     once. A worker's dead letter gives the id it had in the source queue (SQS's redrive keeps
@@ -134,42 +86,39 @@ class LocalSystem:
         self.writer_url = f"http://127.0.0.1:{env['PORT']}"
         self.sqs_port = int(env["LOCAL_SQS_PORT"])
         self.settings = Settings.from_env(env)
-        self.processes: dict[str, subprocess.Popen] = {}  # by name, the latest of each
-        self._running: list[tuple[subprocess.Popen, BinaryIO]] = []
+        self.processes: dict[str, Process] = {}  # by name, the latest of each
+        self._running: list[Process] = []
 
-    def start(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> Process:
         """Start a program (logs in workdir/NAME.log, environment plus `env`); stopped with the
         system."""
-        log_file = open(self.workdir / f"{name}.log", "wb")
-        process = subprocess.Popen(
-            args, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT
-        )
+        process = Process(args, env={**self.env, **(env or {})}, log_path=self.workdir / f"{name}.log")
         self.processes[name] = process
-        self._running.append((process, log_file))
+        self._running.append(process)
         return process
 
     def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
+        return self.processes[name].output
 
     def stop(self) -> None:
-        """Ctrl-C to each (the worker finishes what it holds), a kill for any that lingers."""
-        for process, _ in reversed(self._running):
+        """Ctrl-C to each, the last started first (the worker finishes what it holds); whatever
+        lingers is killed, with everything it started."""
+        for process in reversed(self._running):
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-        for process, log_file in self._running:
-            _wait_or_kill(process)
-            log_file.close()
+        for process in self._running:
+            self.stop_process(process)
 
     @staticmethod
-    def stop_process(process: subprocess.Popen) -> None:
+    def stop_process(process: Process) -> None:
         """Stop one of the system's programs before the rest, as `stop` does."""
-        process.send_signal(signal.SIGINT)
-        _wait_or_kill(process)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.stop(signal.SIGINT)
 
-    def python(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+    def python(self, name: str, *args: str, env: Optional[Mapping[str, str]] = None) -> Process:
         return self.start(name, sys.executable, *args, env=env)
 
-    def start_sqs(self) -> subprocess.Popen:
+    def start_sqs(self) -> Process:
         """The local endpoint (again, after a stop: in memory, so without queues or messages)."""
         process = self.start("sqs", str(ROOT / "local/sqs/serve.sh"))
         wait_for_port(self.sqs_port, 30)
@@ -177,7 +126,7 @@ class LocalSystem:
 
     def start_writer(
         self, *args: str, env: Optional[Mapping[str, str]] = None, program: str = "server.py", name: str = "writer"
-    ) -> subprocess.Popen:
+    ) -> Process:
         """The writer (or `program`, another that serves it, such as the benchmark's), once it
         listens on PORT."""
         process = self.python(name, program, *args, env=env)
@@ -243,7 +192,7 @@ def run_e2e(
     failure_rate: float = 0.1,
     retry_backoff_base_s: float = 1.0,
     timeout_s: float = 600,
-    log: Optional[callable] = print,  # type: ignore[valid-type]
+    log: Optional[Callable[[str], None]] = print,
 ) -> E2EResult:
     say = log or (lambda *_: None)
     ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
@@ -270,14 +219,12 @@ def run_e2e(
         writer_stats = system.writer_stats()
         worker_summary = json.loads(summary_path.read_text())
         accepted = set(ids_path.read_text().split())
-        lines = read_output(output_path)
-        processed_ids = [line["id"] for line in lines]
+        records = read_records(output_path)
+        processed_ids = [record.id for record in records]
         dead = ids_in(system.queue(system.settings.dlq_name))
-    last = max((datetime.fromisoformat(line["processed_at"]).timestamp() for line in lines), default=started)
+    last = max((record.processed_at.timestamp() for record in records), default=started)
     latencies = sorted(
-        datetime.fromisoformat(line["processed_at"]).timestamp() - datetime.fromisoformat(line["sent_at"]).timestamp()
-        for line in lines
-        if line.get("sent_at")
+        (record.processed_at - record.sent_at).total_seconds() for record in records if record.sent_at is not None
     )
     return E2EResult(
         accepted=len(accepted),

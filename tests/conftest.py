@@ -7,13 +7,10 @@ either moto in process or a process of ours on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,17 +19,16 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 from moto import mock_aws
+from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
 from config import ENV_NAMES, Settings
-from e2e import free_port
-from server import create_app
+from harness import ROOT, Process, accepts_connections, free_port
 from message import WRITER_EXTENSION
+from server import create_app
 from sqsinterface import SqsQueue, create_client
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The console scripts pyproject.toml declares, as the editable install `make` made reports them
 #: (importlib.metadata, not tomllib, which Python 3.10 lacks).
 CONSOLE_SCRIPTS = {
@@ -48,6 +44,18 @@ LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
     if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
     else "moto"
 )
+
+
+#: Fixtures that start a process or a server: a test using one is an integration test.
+STARTS_PROCESSES_OR_SERVERS = frozenset({"live_server", "moto_server", "start"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `integration` every test that starts a process or a server through a fixture, so
+    that `pytest -m "not integration"` is the fast tier without anyone having to remember."""
+    for item in items:
+        if STARTS_PROCESSES_OR_SERVERS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)
@@ -186,47 +194,12 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def accepts_connections(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Process:
-    """A program of ours started on loopback; its output goes to a file the test can read."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(  # a session of its own: stop() can end what it starts too
-            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        try:
-            return self.popen.wait(timeout_s)
-        finally:
-            # Whatever the signal, nothing it started outlives it: uvicorn's worker processes
-            # would go on serving the port after their parent was killed.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
-            self._log.close()
-
-
 @pytest.fixture
 def moto_server(tmp_path: Path) -> Iterator[str]:
     """moto's SQS server as a process on a free loopback port; yields its endpoint URL."""
     port = free_port()
     process = Process(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        dict(os.environ),
-        tmp_path / "moto_server.log",
+        [BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=tmp_path / "moto_server.log"
     )
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
@@ -244,8 +217,8 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     def start_script(script: str, *args: str, env: dict[str, str] | None = None) -> Process:
         process = Process(
             [sys.executable, script, *args],
-            {**os.environ, **(env or {})},
-            tmp_path / f"{Path(script).stem}-{len(started)}.log",
+            env={**os.environ, **(env or {})},
+            log_path=tmp_path / f"{Path(script).stem}-{len(started)}.log",
         )
         started.append(process)
         return process
@@ -282,7 +255,9 @@ class SlowProxy:
         self._loop.close()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        self._connections.add(asyncio.current_task())  # type: ignore[arg-type]
+        task = asyncio.current_task()
+        assert task is not None  # a connection is served in a task of its own
+        self._connections.add(task)
         writers = [client_writer]
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -297,7 +272,7 @@ class SlowProxy:
             for writer in writers:
                 writer.close()
             await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-            self._connections.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._connections.discard(task)
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:

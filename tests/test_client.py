@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import socket
 import itertools
+import socket
 import threading
 import time
 import urllib.parse
@@ -16,8 +16,9 @@ import pytest
 import client
 from client import Client, file_jobs, load_jobs
 from config import Settings
-from sqsinterface import SqsQueue
 from conftest import metric, metric_samples
+from sqsinterface import ReceivedMessage, SqsQueue
+from worker_output import ProcessedRecord
 
 
 def test_each_batch_has_exactly_the_malformed_requests_asked_for() -> None:
@@ -173,11 +174,15 @@ def test_a_503_with_retry_after_is_waited_out_and_the_message_sent_again(live_se
 def test_processing_latency_is_from_sending_to_processed_at(tmp_path: Path) -> None:
     requested_at = {"a": 1000.0, "b": 1000.5, "c": 1001.0}
     processed = tmp_path / "processed.jsonl"
+
+    def line(message_id: str, processed_at_s: float) -> str:
+        message = ReceivedMessage(id=message_id, body="b", receipt_handle="r")
+        return ProcessedRecord.of(message, processed_at_s=processed_at_s).to_line() + "\n"
+
     processed.write_text(
-        '{"id": "a", "processed_at": "1970-01-01T00:16:40.250+00:00"}\n'  # 1000.25
-        '{"id": "b", "processed_at": "1970-01-01T00:16:41.500+00:00"}\n'  # 1001.5
-        '{"id": "a", "processed_at": "1970-01-01T00:16:50.000+00:00"}\n'  # a redelivery: the first counts
-        '{"id": "c", "proc'  # a line being written
+        line("a", 1000.25) + line("b", 1001.5)
+        + line("a", 1010.0)  # a redelivery: the first counts
+        + '{"id": "c", "proc'  # a line being written
     )
 
     latencies = client.processing_latencies(requested_at, processed, quiet_s=0.3)
@@ -189,7 +194,8 @@ def test_a_connection_the_writer_closed_while_idle_is_opened_again_not_failed() 
     # GIVEN a server that answers one request per connection, then closes it, as uvicorn closes
     # a keep-alive connection left idle for 5 s
     listener = socket.create_server(("127.0.0.1", 0))
-    connections = []
+    connections: list[socket.socket] = []
+    closed = threading.Semaphore(0)
 
     def serve() -> None:
         while len(connections) < 3:
@@ -198,6 +204,7 @@ def test_a_connection_the_writer_closed_while_idle_is_opened_again_not_failed() 
             conn.recv(65536)
             conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 20\r\n\r\n{"message_id": "m1"}')
             conn.close()
+            closed.release()
 
     threading.Thread(target=serve, daemon=True).start()
     url = urllib.parse.urlsplit(f"http://127.0.0.1:{listener.getsockname()[1]}/api/message")
@@ -207,7 +214,7 @@ def test_a_connection_the_writer_closed_while_idle_is_opened_again_not_failed() 
     answers = []
     for _ in range(3):
         answers.append(connection.post(b'{"body": "x"}', {"Content-Type": "application/json"})[0])
-        time.sleep(0.05)
+        assert closed.acquire(timeout=5)  # the server has closed that connection
 
     # THEN each went on a new connection instead of failing on the closed one
     assert answers == [201, 201, 201]

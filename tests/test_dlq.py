@@ -11,8 +11,8 @@ import pytest
 from botocore.stub import Stubber
 
 import dlq
+from dlq import failure_attributes
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
-from worker import failure_attributes
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -70,7 +70,9 @@ def test_redrive_max_moves_that_many_and_leaves_the_rest(queues: tuple[SqsQueue,
     assert dead_letter_queue.depth()["visible"] == 11
 
 
-def test_the_command_line_lists_then_redrives(queues: tuple[SqsQueue, SqsQueue], capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_line_lists_then_redrives(
+    queues: tuple[SqsQueue, SqsQueue], capsys: pytest.CaptureFixture[str]
+) -> None:
     queue, dead_letter_queue = queues
     dead_letter_queue.send([dead_letter("order 1")])
 
@@ -107,7 +109,8 @@ def test_where_sqs_has_move_tasks_redrive_uses_one_and_follows_it(monkeypatch: p
     running = {"TaskHandle": "task-1", "Status": "RUNNING", "ApproximateNumberOfMessagesMoved": 40}
     completed = {"Status": "COMPLETED", "ApproximateNumberOfMessagesMoved": 120}  # SQS drops the handle
     for task in (running, completed):
-        stubber.add_response("list_message_move_tasks", {"Results": [{**task, "ApproximateNumberOfMessagesToMove": 120}]})
+        task = {**task, "ApproximateNumberOfMessagesToMove": 120}
+        stubber.add_response("list_message_move_tasks", {"Results": [task]})
     seen: list[tuple[int, Any]] = []
 
     with stubber:

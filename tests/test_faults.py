@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from conftest import LOCAL_ENGINE, SlowProxy, wait_until
-from e2e import LocalSystem, ids_in, local_system, rss_mib
-from worker import read_output
+from e2e import LocalSystem, ids_in, local_system
+from harness import rss_mib
+from worker_output import read_records
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,7 +29,7 @@ pytestmark = [
 
 def processed_ids(outputs: list[Path]) -> list[str]:
     """Every id in the workers' --output files."""
-    return [record["id"] for output in outputs for record in read_output(output)]
+    return [record.id for output in outputs for record in read_records(output)]
 
 
 def line_count(path: Path) -> int:
@@ -77,9 +78,9 @@ def timed_get(url: str) -> tuple[requests.Response, float]:
 def test_kill_9_of_the_worker_during_a_load_loses_no_accepted_message(tmp_path: Path) -> None:
     # GIVEN a load of 1,500 messages, and a worker killed with SIGKILL three times while it
     # works (a short visibility timeout, so that what a killed worker held comes back soon)
-    settings = {"FAILURE_RATE": "0.1", "RETRY_BACKOFF_BASE": "0", "VISIBILITY_TIMEOUT": "2", "MAX_RECEIVE_COUNT": "6"}
     ids_out, outputs, held_at_kill = tmp_path / "accepted.txt", [], []
-    with local_system(tmp_path, engine=LOCAL_ENGINE, **settings) as system:
+    with local_system(tmp_path, engine=LOCAL_ENGINE, FAILURE_RATE="0.1", RETRY_BACKOFF_BASE="0",
+                      VISIBILITY_TIMEOUT="2", MAX_RECEIVE_COUNT="6") as system:
         queue = system.queue(system.settings.queue_name)
         client = start_load(system, ids_out, count=1500, rate=300)
         for attempt in range(3):
@@ -144,7 +145,7 @@ def test_sqs_gone_gives_fast_503s_and_writer_and_worker_recover_without_a_restar
     output = tmp_path / "processed.jsonl"
 
     def processed_bodies() -> list[str]:
-        return [record["body"] for record in read_output(output)]
+        return [record.body for record in read_records(output)]
 
     with local_system(tmp_path, engine=LOCAL_ENGINE) as system:
         url = system.writer_url

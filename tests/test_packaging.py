@@ -31,7 +31,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bin directory of a fresh virtualenv with the wheel installed (its dependencies at the
     versions of requirements.txt, which pip takes from its cache when it can)."""
     work = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "build", "--wheel", "--outdir", work / "dist", ROOT, cwd=work)
+    # The sdist first, then the wheel from it, as `python -m build` does: built from the sdist in
+    # a directory of its own, never from the checkout, whose build/ keeps files of earlier builds.
+    run(sys.executable, "-m", "build", "--outdir", work / "dist", ROOT, cwd=work)
     (wheel,) = (work / "dist").glob("sqs_message_service-*.whl")
     run(sys.executable, "-m", "venv", work / "venv", cwd=work)
     bin_dir = work / "venv" / "bin"
@@ -59,6 +61,19 @@ def test_the_installed_modules_and_files_come_from_the_virtualenv(installed: Pat
     assert Path(where[2]).is_file()
 
 
+def test_the_wheel_carries_every_module_of_the_checkout(installed: Path) -> None:
+    modules = sorted(path.stem for path in ROOT.glob("*.py"))
+
+    found = json.loads(run(
+        installed / "python", "-c",
+        "import importlib.util, json, sys; "
+        "print(json.dumps([name for name in sys.argv[1:] if importlib.util.find_spec(name) is None]))",
+        *modules, cwd=installed,
+    ))
+
+    assert found == [], f"not in the wheel: {found} (pyproject.toml's py-modules)"
+
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
@@ -71,7 +86,7 @@ def test_the_installed_writer_serves_the_spec_health_and_metrics(installed: Path
         "PORT": str(port),
         "SQS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing there: health needs no SQS
     }
-    writer = Process([str(installed / "queue-writer")], env, tmp_path / "writer.log")
+    writer = Process([installed / "queue-writer"], env=env, log_path=tmp_path / "writer.log")
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=30, what="the installed writer listening")
         base = f"http://127.0.0.1:{port}"

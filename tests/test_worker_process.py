@@ -13,9 +13,9 @@ import pytest
 
 import sqs_setup
 from config import Settings
-from sqsinterface import OutgoingMessage, SqsQueue, create_client
 from conftest import BIN, Process, Samples, accepts_connections, free_port, metric, metric_samples, wait_until
-from worker import read_output
+from sqsinterface import OutgoingMessage, SqsQueue, create_client
+from worker_output import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def loaded_queues(endpoint: str, bodies: list[str]) -> tuple[SqsQueue, SqsQueue]
 
 
 def dead_letters(dlq: SqsQueue) -> list[str]:
-    bodies = []
+    bodies: list[str] = []
     while batch := dlq.receive(max_messages=10, wait_s=0):
         bodies.extend(m.body for m in batch)
         dlq.change_visibility([(m.receipt_handle, 600) for m in batch])
@@ -39,7 +39,7 @@ def dead_letters(dlq: SqsQueue) -> list[str]:
 
 
 def output_bodies(path: Path) -> list[str]:
-    return [record["body"] for record in read_output(path)]
+    return [record.body for record in read_records(path)]
 
 
 def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
@@ -80,7 +80,7 @@ def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_b
         "--output", str(output), "--exit-when-idle", "2", "--stats-interval", "5",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "RETRY_BACKOFF_BASE": "0"},
     )
-    assert worker.popen.wait(timeout=240) == 0, worker.output[-2000:]
+    assert worker.wait(timeout=240) == 0, worker.output[-2000:]
 
     processed, dead = output_bodies(output), dead_letters(dlq)
     print(f"processed {len(processed)}, dead-lettered {len(dead)}")
@@ -104,14 +104,14 @@ def test_the_worker_resumes_by_itself_when_sqs_comes_back(
     wait_until(lambda: "receiving failed" in worker.output, timeout_s=20, what="outage noticed")
 
     sqs = Process(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), tmp_path / "moto.log"
+        [BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=tmp_path / "moto.log"
     )
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
         loaded_queues(endpoint, ["after the outage"])
 
         wait_until(lambda: output_bodies(output) == ["after the outage"], timeout_s=60, what="processed")
-        assert worker.popen.poll() is None  # the same process, never restarted
+        assert worker.poll() is None  # the same process, never restarted
         # Once per kind of error, not per attempt. Two kinds may show: the endpoint down
         # (QueueUnavailable), then, if a receive comes between moto's start and the queue's
         # creation, the queue missing (QueueNotFound).
@@ -157,5 +157,5 @@ def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
         port = taken.getsockname()[1]
         worker = start("worker.py", env={"SQS_ENDPOINT_URL": moto_server, "METRICS_PORT": str(port)})
 
-        assert worker.popen.wait(timeout=30) == 2
+        assert worker.wait(timeout=30) == 2
     assert f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT)" in worker.output
