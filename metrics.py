@@ -13,9 +13,11 @@ by prometheus_client), and a label only where summing over it means something.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import threading
-from typing import Deque, Iterable, Iterator, Optional, Sequence
+import time
+from typing import Any, ClassVar, Deque, Iterable, Iterator, Optional, Protocol, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -98,7 +100,7 @@ class WorkerMetrics:
     """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane."""
 
     COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released")
-    _HELP = {
+    _HELP: ClassVar[dict[str, str]] = {
         "received": "Messages received from SQS",
         "processed": "Messages whose processing succeeded",
         "failed": "Processing attempts that failed (retried plus dead-lettered)",
@@ -139,6 +141,84 @@ class WorkerMetrics:
         return int(total(self.counters[counter], f"worker_messages_{counter}_total"))
 
 
+class CountedQueue(Protocol):
+    """What the stats read of a queue: its SQS calls and what SQS bills for them."""
+
+    @property
+    def calls(self) -> dict[str, int]: ...
+
+    @property
+    def billable_requests(self) -> int: ...
+
+
+Buckets = list[tuple[float, float]]  # a histogram's cumulative buckets: (upper bound, count)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsMark:
+    """Where one stats report stood, so that the next shows the rate and the latency
+    percentiles of the interval between them rather than since start."""
+
+    at: float
+    processed: int
+    processing: Buckets
+    end_to_end: Buckets
+
+
+class WorkerStats:
+    """The worker's counters and latencies, read back from its metrics: what its stats pane,
+    its summary file and the tests see, so that they cannot disagree with what Prometheus
+    scrapes. A view: it reads, never counts."""
+
+    def __init__(self, metrics: WorkerMetrics, queues: Sequence[CountedQueue]) -> None:
+        self.metrics = metrics
+        self.queues = queues
+        self.started = time.monotonic()
+
+    def snapshot(self, since: Optional[StatsMark] = None) -> tuple[dict[str, Any], StatsMark]:
+        """The counters since start, with latency percentiles estimated from the histograms over
+        the observations since `since` (or since start); and the mark for the next snapshot."""
+        now = time.monotonic()
+        counts = {name: self.metrics.count(name) for name in WorkerMetrics.COUNTERS}
+        mark = StatsMark(
+            now, counts["processed"],
+            buckets(self.metrics.processing_duration, "worker_processing_duration_seconds"),
+            buckets(self.metrics.end_to_end, "worker_end_to_end_latency_seconds"),
+        )
+        processing = _since(mark.processing, since.processing if since else None)
+        end_to_end = _since(mark.end_to_end, since.end_to_end if since else None)
+        interval_s = now - (since.at if since else self.started)
+        snapshot = {
+            **counts,
+            "uptime_s": now - self.started,
+            "processed_per_s": (counts["processed"] - (since.processed if since else 0)) / max(1e-9, interval_s),
+            "latency_p50_s": quantile(processing, 0.50),
+            "latency_p99_s": quantile(processing, 0.99),
+            "end_to_end_p50_s": quantile(end_to_end, 0.50),
+            "end_to_end_p99_s": quantile(end_to_end, 0.99),
+        }
+        return snapshot, mark
+
+    @property
+    def billable_requests(self) -> int:
+        """What SQS bills this worker: every queue it uses, depth polls included."""
+        return sum(queue.billable_requests for queue in self.queues)
+
+    def summary(self) -> dict[str, Any]:
+        """The counters and the SQS calls by operation, for programs (make e2e, make bench)."""
+        calls: collections.Counter[str] = collections.Counter()
+        for queue in self.queues:
+            calls.update(queue.calls)
+        snapshot, _ = self.snapshot()
+        return {**snapshot, "sqs_calls": dict(calls), "sqs_billable_requests": self.billable_requests}
+
+
+def _since(current: Buckets, earlier: Optional[Buckets]) -> Buckets:
+    if earlier is None:
+        return current
+    return [(bound, count - before) for (bound, count), (_, before) in zip(current, earlier, strict=True)]
+
+
 def _matching(source: Collector, sample_name: str, labels: dict[str, str]) -> Iterator[Sample]:
     for family in source.collect():
         for sample in family.samples:
@@ -160,7 +240,7 @@ def by_label(source: Collector, sample_name: str, label: str, **labels: str) -> 
     return dict(values)
 
 
-def buckets(source: Collector, histogram_name: str) -> list[tuple[float, float]]:
+def buckets(source: Collector, histogram_name: str) -> Buckets:
     """A histogram's cumulative buckets, as (upper bound, observations up to it)."""
     return [(float(s.labels["le"]), s.value) for s in _matching(source, histogram_name + "_bucket", {})]
 

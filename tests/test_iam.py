@@ -15,9 +15,11 @@ import pytest
 import sqs_setup
 from config import Settings
 from conftest import ROOT
+from metrics import WorkerStats
 from server import create_app
 from sqsinterface import OutgoingMessage, SqsQueue
-from worker import SimulatedWork, Worker
+from worker import SimulatedWork, StatsPane, Worker
+from worker_output import OutputWriter
 
 Grant = tuple[str, str]  # (IAM action, queue name)
 
@@ -118,10 +120,11 @@ def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -
         dead_letter_queue=SqsQueue(settings.dlq_name, sqs),
         processor=SimulatedWork(process_time_s=0, failure_rate=0.5, seed=4),  # retries and dead letters
         settings=settings,
-        output=io.StringIO(),
-        exit_when_idle_s=1.0,
+        output=OutputWriter(io.StringIO()),
     )
+    stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
 
-    assert worker.run() == 0
-    assert worker.snapshot()[0]["dead_lettered"] > 0 and worker.snapshot()[0]["retried"] > 0
+    with StatsPane(worker, stats, out=None, interval_s=settings.stats_interval_s):  # as worker.main runs it
+        assert worker.run(burst=True) == 0
+    assert stats.snapshot()[0]["dead_lettered"] > 0 and stats.snapshot()[0]["retried"] > 0
     assert recorder.take() == grants(readme_policies()["worker"])

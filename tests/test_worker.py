@@ -13,21 +13,24 @@ import pytest
 
 import sqs_setup
 from config import Settings
+from conftest import wait_until
+from dlq import SOURCE_ID, failure_attributes
+from metrics import WorkerMetrics, WorkerStats, percentile, total
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsQueue, create_client
 from worker import (
-    SOURCE_ID,
+    InFlight,
     SimulatedFailure,
     SimulatedWork,
     Worker,
+    backoff_s,
     compute_backoff,
-    failure_attributes,
     load_processor,
+    poll_depths,
     render_stats,
 )
-from metrics import WorkerMetrics, percentile
-from conftest import wait_until
+from worker_output import OutputWriter, ProcessedRecord, parse_lines
 
-FAST = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
+FAST: dict[str, Any] = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
 
 
 # Pure parts
@@ -50,6 +53,44 @@ def test_backoff_doubles_per_receive_with_jitter_and_a_cap(receive_count: int, r
 
 def test_backoff_of_zero_base_is_immediate() -> None:
     assert compute_backoff(5, base_s=0, max_s=60) == 0
+
+
+@pytest.mark.parametrize(("attempt", "rng", "expected"), [(1, 1.0, 0.5), (2, 0.0, 0.5), (3, 1.0, 2.0), (99, 1.0, 30.0)])
+def test_the_outage_pause_is_the_same_backoff_in_fractions_of_a_second(
+    attempt: int, rng: float, expected: float
+) -> None:
+    assert backoff_s(attempt, base_s=0.5, max_s=30, rng=lambda: rng) == expected
+
+
+def test_the_ledger_bounds_claims_by_what_is_in_flight_and_frees_what_a_receive_did_not_fill() -> None:
+    ledger = InFlight(capacity=12)
+    first = [ReceivedMessage(id=f"m{n}", body="b", receipt_handle=f"rh{n}") for n in range(3)]
+
+    assert ledger.claim(10, gather_s=0) == 10
+    assert ledger.claim(10, gather_s=0) == 2  # 10 promised to the first receive
+    ledger.receive(10, first, deadline=100.0)  # it brought 3: 7 slots are free again
+    ledger.receive(2, [], deadline=100.0)
+
+    assert len(ledger) == 3 and ledger.claim(10, gather_s=0) == 9
+    assert ledger.due(before=101.0) == first and ledger.due(before=99.0) == []
+    ledger.extended(first[:1], deadline=200.0)
+    assert ledger.due(before=101.0) == first[1:]
+
+
+def test_the_ledger_wakes_a_waiting_claim_and_reports_when_it_empties() -> None:
+    ledger = InFlight(capacity=1)
+    held = [ReceivedMessage(id="m", body="b", receipt_handle="rh")]
+    ledger.receive(ledger.claim(1, gather_s=0), held, deadline=100.0)
+    claims: list[int] = []
+    waiting = threading.Thread(target=lambda: claims.append(ledger.claim(1, gather_s=0)))
+    waiting.start()
+
+    assert not ledger.wait_empty(0.01)
+    ledger.wake()  # the worker stops: a claim waiting for room gets none
+    waiting.join(5)
+    ledger.finish(held)
+
+    assert claims == [0] and ledger.wait_empty(0)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -83,7 +124,8 @@ def test_seeded_simulated_work_fails_the_same_attempts_every_run() -> None:
 
 
 def test_render_stats_fits_a_narrow_pane() -> None:
-    snapshot = dict.fromkeys(("received", "processed", "failed", "retried", "dead_lettered", "deleted"), 123456)
+    counters = ("received", "processed", "failed", "retried", "dead_lettered", "deleted")
+    snapshot: dict[str, Any] = dict.fromkeys(counters, 123456)
     snapshot.update(
         uptime_s=12.3, latency_p50_s=0.0052, latency_p99_s=0.0123, end_to_end_p50_s=0.25, end_to_end_p99_s=None
     )
@@ -126,14 +168,18 @@ class Recorder:
 
 
 class RunningWorker:
-    def __init__(self, worker: Worker) -> None:
+    """A worker running in a thread, by default until it has drained its queue (burst)."""
+
+    def __init__(self, worker: Worker, output: Optional[io.StringIO] = None, burst: bool = True) -> None:
         self.worker = worker
+        self.output = output
+        self.stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
         self.exit_code: Optional[int] = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(burst,), daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
-        self.exit_code = self.worker.run()
+    def _run(self, burst: bool) -> None:
+        self.exit_code = self.worker.run(burst=burst)
 
     def wait(self, timeout_s: float = 30) -> int:
         self.thread.join(timeout_s)
@@ -142,8 +188,9 @@ class RunningWorker:
         return self.exit_code
 
     @property
-    def output_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.worker.output.getvalue().splitlines()]  # type: ignore[union-attr]
+    def output_lines(self) -> list[ProcessedRecord]:
+        assert self.output is not None
+        return parse_lines(self.output.getvalue().splitlines())
 
 
 @pytest.fixture
@@ -154,7 +201,7 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
     def start(
         processor: Callable[[ReceivedMessage], None],
         bodies: list[str],
-        exit_when_idle_s: Optional[float] = 1.0,
+        burst: bool = True,
         attributes: Optional[dict[str, str]] = None,
         **overrides: Any,
     ) -> RunningWorker:
@@ -166,15 +213,15 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
             [OutgoingMessage(body=body, group_id=group_id, attributes=attributes or {}) for body in bodies]
         )
         assert all(result.ok for result in results)
+        output = io.StringIO()
         worker = Worker(
             queue=queue,
             dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics),  # as worker.main does
             processor=processor,
             settings=settings,
-            output=io.StringIO(),
-            exit_when_idle_s=exit_when_idle_s,
+            output=OutputWriter(output),
         )
-        running.append(RunningWorker(worker))
+        running.append(RunningWorker(worker, output, burst=burst))
         return running[-1]
 
     yield start
@@ -191,11 +238,11 @@ def test_successes_are_recorded_then_deleted_in_batches(
     running = start_worker(SimulatedWork(process_time_s=0.01, failure_rate=0), bodies)
 
     assert running.wait() == 0
-    assert sorted(line["body"] for line in running.output_lines) == sorted(bodies)
-    assert {line["receive_count"] for line in running.output_lines} == {1}
+    assert sorted(line.body for line in running.output_lines) == sorted(bodies)
+    assert {line.receive_count for line in running.output_lines} == {1}
     for line in running.output_lines:  # SQS's send time and ours, both from this machine's clock here
-        assert line["sent_at"] <= line["processed_at"]
-    stats, _ = running.worker.snapshot()
+        assert line.sent_at is not None and line.sent_at <= line.processed_at
+    stats, _ = running.stats.snapshot()
     assert 0 < stats["end_to_end_p50_s"] <= stats["end_to_end_p99_s"] < 30
     assert (stats["received"], stats["processed"], stats["deleted"], stats["failed"]) == (30, 30, 30, 0)
     assert sum(queue.depth().values()) == 0
@@ -208,7 +255,8 @@ def test_the_stats_are_the_metrics_prometheus_scrapes(start_worker: Callable[...
     running = start_worker(SimulatedWork(process_time_s=0, failure_rate=0.5, seed=4), bodies, max_receive_count=2)
 
     assert running.wait() == 0
-    stats, _ = running.worker.snapshot()
+    poll_depths(running.worker)  # as the stats pane does, every interval and for the summary
+    stats, _ = running.stats.snapshot()
     assert stats["processed"] + stats["dead_lettered"] == 20 and stats["retried"] > 0  # a mixed run
     value = running.worker.registry.get_sample_value
     for name in WorkerMetrics.COUNTERS:
@@ -216,11 +264,12 @@ def test_the_stats_are_the_metrics_prometheus_scrapes(start_worker: Callable[...
     assert value("worker_processing_duration_seconds_count") == stats["processed"] + stats["failed"]
     assert value("worker_end_to_end_latency_seconds_count") == stats["processed"]
     assert value("worker_messages_in_flight") == 0
-    # The summary's depth poll: what the dead-letter queue holds is what was dead-lettered.
+    # The depth poll: what the dead-letter queue holds is what was dead-lettered.
     assert value("sqs_queue_messages", {"queue": "messages", "state": "visible"}) == 0
     assert value("sqs_queue_messages", {"queue": "messages-dlq", "state": "visible"}) == stats["dead_lettered"]
-    assert value("sqs_requests_total", {"queue": "messages-dlq", "operation": "SendMessageBatch"}) == stats["dead_lettered"]
-    assert value("sqs_requests_total", {"queue": "messages", "operation": "ReceiveMessage"}) >= 3
+    dead_letters_sent = value("sqs_requests_total", {"queue": "messages-dlq", "operation": "SendMessageBatch"})
+    assert dead_letters_sent == stats["dead_lettered"]
+    assert (value("sqs_requests_total", {"queue": "messages", "operation": "ReceiveMessage"}) or 0) >= 3
 
 
 def test_the_stats_pane_shows_percentiles_of_the_last_interval(queues: tuple[SqsQueue, SqsQueue]) -> None:
@@ -229,14 +278,15 @@ def test_the_stats_pane_shows_percentiles_of_the_last_interval(queues: tuple[Sqs
         queue=queue, dead_letter_queue=dead_letter_queue, processor=SimulatedWork(process_time_s=0, failure_rate=0),
         settings=Settings(),
     )
+    stats = WorkerStats(worker.metrics, (queue, dead_letter_queue))
     for _ in range(10):
         worker.metrics.processing_duration.observe(0.001)
-    _, mark = worker.snapshot()
+    _, mark = stats.snapshot()
     for _ in range(10):
         worker.metrics.processing_duration.observe(4.0)
 
-    since_start, _ = worker.snapshot()
-    last_interval, _ = worker.snapshot(since=mark)
+    since_start, _ = stats.snapshot()
+    last_interval, _ = stats.snapshot(since=mark)
 
     assert since_start["latency_p50_s"] <= 0.001
     assert 2.5 < last_interval["latency_p50_s"] <= 5.0  # the bucket that holds 4.0
@@ -273,7 +323,7 @@ def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone
         "dead_letter.at": attributes["dead_letter.at"],
     }
     assert datetime.fromisoformat(attributes["dead_letter.at"]).tzinfo is not None
-    stats, _ = running.worker.snapshot()
+    stats, _ = running.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
     assert running.output_lines == []
 
@@ -320,7 +370,7 @@ def test_a_failed_message_comes_back_long_before_the_visibility_timeout(
     assert running.wait() == 0
     (_, _, first), (_, _, second) = recorder.attempts
     assert second - first < 5  # backoff of 1-2 s, not the 30 s visibility timeout
-    assert [line["receive_count"] for line in running.output_lines] == [2]
+    assert [line.receive_count for line in running.output_lines] == [2]
 
 
 def test_a_slow_message_is_not_delivered_twice_while_its_heartbeat_runs(
@@ -336,7 +386,7 @@ def test_a_slow_message_is_not_delivered_twice_while_its_heartbeat_runs(
 
     assert running.wait() == 0
     assert recorder.receive_counts("slow") == [1]
-    assert [line["body"] for line in running.output_lines] == ["slow"]
+    assert [line.body for line in running.output_lines] == ["slow"]
 
 
 def test_an_undecodable_body_fails_that_message_only(
@@ -355,7 +405,7 @@ def test_an_undecodable_body_fails_that_message_only(
     assert sorted(d["n"] for d in decoded if isinstance(d, dict)) == [1, 2, 3]
     dead = sorted(m["Body"] for m in drain(queues[1]))
     assert "{not json" in dead
-    assert running.worker.snapshot()[0]["failed"] >= 2  # twice for the broken one
+    assert running.stats.snapshot()[0]["failed"] >= 2  # twice for the broken one
 
 
 def test_a_stop_finishes_work_in_flight_and_returns_what_was_not_started(
@@ -367,7 +417,7 @@ def test_a_stop_finishes_work_in_flight_and_returns_what_was_not_started(
         started.set()
         time.sleep(1)
 
-    running = start_worker(slow, [f"m{n}" for n in range(10)], exit_when_idle_s=None, worker_concurrency=3)
+    running = start_worker(slow, [f"m{n}" for n in range(10)], burst=False, worker_concurrency=3)
     assert started.wait(10)
 
     running.worker.stop()
@@ -390,7 +440,7 @@ def test_the_next_messages_are_received_before_a_processor_frees_up(
         started.set()
         assert finish.wait(10)
 
-    running = start_worker(slow, [f"m{n}" for n in range(15)], exit_when_idle_s=None, worker_concurrency=1)
+    running = start_worker(slow, [f"m{n}" for n in range(15)], burst=False, worker_concurrency=1)
     assert started.wait(10)
 
     # THEN a receive's worth is already taken ahead (prefetched), beside the one in progress
@@ -414,10 +464,13 @@ def test_an_sqs_outage_is_logged_once_and_does_not_stop_the_worker(
         processor=Recorder(),
         settings=settings,
     )
-    running = RunningWorker(worker)
+    running = RunningWorker(worker, burst=False)
+
+    def attempts() -> float:  # each receive starts with the queue's URL, which SQS never gives
+        return total(worker.queue.metrics.requests, "sqs_requests_total", queue="messages")
 
     wait_until(lambda: "receiving failed" in caplog.text, timeout_s=10, what="outage logged")
-    time.sleep(2)  # several more attempts, with backoff
+    wait_until(lambda: attempts() >= 4, timeout_s=10, what="three receives, with backoff")
 
     assert running.thread.is_alive()
     assert caplog.text.count("receiving failed") == 1
@@ -451,4 +504,4 @@ def test_a_fifo_group_is_processed_in_order_even_when_a_receive_brings_several_o
     running = start_worker(uneven_and_sometimes_failing, bodies, queue_name="lines.fifo", max_receive_count=5)
 
     assert running.wait() == 0
-    assert [line["body"] for line in running.output_lines] == bodies
+    assert [line.body for line in running.output_lines] == bodies
