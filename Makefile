@@ -1,5 +1,5 @@
 # make run: the whole system in tmux on a local SQS endpoint (AWS=1: real SQS).  make stop.
-# make test: the test suite.  make e2e: a headless end-to-end check that nothing is lost.
+# make test: lint, types and the test suite (make fast: lint and the tests that start no process).  make e2e: a headless end-to-end check that nothing is lost.
 # make soak: steady load, flat memory and depth.  make bench: throughput and cost, as ratios.
 # make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test e2e soak bench audit serve worker clean requirements
+.PHONY: setup venv local-sqs queues run stop test fast lint e2e soak bench audit serve worker clean requirements
 
 setup: queues
 
@@ -47,8 +47,16 @@ run: $(STAMP) local-sqs
 stop:
 	./runall.sh stop
 
-test: $(STAMP) local-sqs
+# Lint and types first (seconds), then every test. `make fast` is the quick tier alone.
+test: $(STAMP) local-sqs lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+fast: $(STAMP) lint
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 e2e: $(STAMP) local-sqs
 	$(PY) scripts/e2e.py $(E2E_ARGS)
@@ -78,7 +86,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client moto flask-cors pytest httpx2 schemathesis requests build
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client moto flask-cors pytest httpx2 schemathesis requests build ruff mypy
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 

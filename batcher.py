@@ -166,5 +166,5 @@ class GroupCommit(Generic[T, R]):
             for future in futures:
                 future.set_exception(exc)
             return
-        for future, result in zip(futures, results):
+        for future, result in zip(futures, results, strict=True):
             future.set_result(result)

@@ -56,7 +56,7 @@ class RequestRefused(ServiceError):
 
     status = 400
     title = "Bad request"
-    outcome = "invalid"
+    outcome: ClassVar[Optional[str]] = "invalid"
 
 
 class InvalidRequest(RequestRefused):

@@ -190,13 +190,15 @@ class Writer:
         """Poll the queue's depth every DEPTH_POLL_INTERVAL, in the background, so that
         backpressure costs a request nothing. While SQS does not answer, the last verdict holds:
         sends report the outage themselves."""
+        limit = self.settings.max_queue_depth
+        assert limit is not None  # started only with MAX_QUEUE_DEPTH set
         while True:
             try:
                 visible = self.queue.depth()["visible"]
             except SqsError:
                 pass
             else:
-                over = visible > self.settings.max_queue_depth  # type: ignore[operator]
+                over = visible > limit
                 if over != (self._backlog is not None):
                     log.info("queue depth %d: backpressure %s", visible, "on" if over else "off")
                 self._backlog = visible if over else None
@@ -236,7 +238,9 @@ class Writer:
             raise result.error
         return result
 
-    def send_once(self, key: str, client: str, fields: Mapping[str, Any], message: OutgoingMessage) -> tuple[dict[str, str], bool]:
+    def send_once(
+        self, key: str, client: str, fields: Mapping[str, Any], message: OutgoingMessage
+    ) -> tuple[dict[str, str], bool]:
         """Send under an Idempotency-Key: (the answer, whether it is a replay). A repeat of the
         same request gets the first answer and sends nothing; a failed send forgets the key."""
         scoped = scoped_key(key, client)
@@ -272,15 +276,15 @@ class Writer:
         futures = [self._lookups.submit(queue.depth) for queue in queues]
         concurrent.futures.wait(futures, timeout=self.settings.send_timeout_s)
         results: list[Union[dict[str, int], SqsError]] = []
-        for queue, future in zip(queues, futures):
+        for queue, future in zip(queues, futures, strict=True):
             if not future.done():
                 future.cancel()
                 results.append(QueueUnavailable(
                     f"GetQueueAttributes {queue.name!r}: SQS did not answer within "
                     f"{self.settings.send_timeout_s:g} s"
                 ))
-            elif isinstance(future.exception(), SqsError):
-                results.append(future.exception())  # type: ignore[arg-type]
+            elif isinstance(error := future.exception(), SqsError):
+                results.append(error)
             else:
                 results.append(future.result())  # raises what is not an SQS error: a bug, 500
         return results
@@ -335,7 +339,7 @@ _JSON = {"Content-Type": "application/json"}
 
 def post_message(body: dict[str, Any]) -> JsonResponse:
     writer = current_writer()
-    key = _idempotency_key(flask.request.headers)
+    key = _idempotency_key(flask.request.headers.get("Idempotency-Key"))
     message = writer.prepare(body, idempotency_key=key)
     if key is None:
         return _accepted(writer.send_one(message)), 201, _JSON
@@ -344,10 +348,9 @@ def post_message(body: dict[str, Any]) -> JsonResponse:
     return answer, 201, {**_JSON, "Idempotent-Replayed": "true" if replayed else "false"}
 
 
-def _idempotency_key(headers: Mapping[str, str]) -> Optional[str]:
-    """The header's key, without the quotes of the IETF draft's form ("key"); the spec has
-    checked its length and characters."""
-    key = headers.get("Idempotency-Key")
+def _idempotency_key(key: Optional[str]) -> Optional[str]:
+    """The Idempotency-Key header's key, without the quotes of the IETF draft's form ("key");
+    the spec has checked its length and characters."""
     if key is None:
         return None
     if len(key) >= 2 and key[0] == key[-1] == '"':

@@ -18,8 +18,6 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional, Union
 import connexion
 import uvicorn
 from a2wsgi import WSGIMiddleware
-from prometheus_client import CollectorRegistry, make_asgi_app
-from prometheus_client.registry import Collector
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -28,11 +26,13 @@ from connexion.middleware.abstract import ROUTING_CONTEXT
 from connexion.security import ApiKeySecurityHandler
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from jsonschema import ValidationError
+from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.registry import Collector
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from config import DATA_DIR, Settings, configure_logging, settings_for_command
+from config import DATA_DIR, ConfigError, Settings, add_option, configure_logging, settings_for_command, with_options
 from errors import (
     InvalidRequest,
     LengthRequired,
@@ -44,6 +44,7 @@ from errors import (
     WriterBusy,
     problem,
 )
+from logs import ThrottledLog
 from message import WRITER_EXTENSION, Writer
 from metrics import WriterMetrics, all_processes
 from spec import RequestValidator, ServedSpec, load_source, served_spec
@@ -240,20 +241,6 @@ class AdmissionLimit:
             self.in_progress -= 1
 
 
-class _Throttled:
-    """Log a repeated error once per `interval_s` per kind, so an outage is not a log flood."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[type, float] = {}
-
-    def warning(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last.get(type(exc), -self.interval_s) >= self.interval_s:
-            self._last[type(exc)] = now
-            log.warning("%s: %s", type(exc).__name__, exc)
-
-
 def create_app(
     settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None
 ) -> connexion.FlaskApp:
@@ -339,7 +326,7 @@ class ProblemAnswers:
         self.writer = writer
         self.retry_after = str(retry_after_s)
         self.body_operations = body_operations
-        self._throttled = _Throttled()
+        self._throttled = ThrottledLog(log)
 
     def _answer(self, error: ServiceError) -> tuple[bytes, dict[str, str]]:
         """The body and headers that answer `error`."""
@@ -414,28 +401,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     parser = argparse.ArgumentParser(
         description="Queue-writer: POST /api/message enqueues JSON messages on SQS. "
-        "Every setting comes from the environment (see README); these flags override two."
+        "Every setting comes from the environment (see docs/configuration.md); these flags override two."
     )
-    parser.add_argument("--host", default=settings.host, help="address to bind (HOST, default %(default)s)")
-    parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
-    args = parser.parse_args(argv)
+    add_option(parser, "--host", "host", settings)
+    add_option(parser, "--port", "port", settings)
+    try:
+        settings = with_options(settings, parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
     log.info(
         "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui), %d process%s",
         settings.queue_name,
         settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
-        args.host,
-        args.port,
+        settings.host,
+        settings.port,
         settings.writer_processes,
         "" if settings.writer_processes == 1 else "es",
     )
     if settings.writer_processes == 1:
-        serve(create_app(settings), host=args.host, port=args.port)
+        serve(create_app(settings), host=settings.host, port=settings.port)
         return 0
     with tempfile.TemporaryDirectory(prefix="writer-metrics-") as metrics_dir:
         # prometheus_client reads this variable when each process imports it: their counters
         # then live in files there, which every process's /metrics and /api/stats sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        serve("server:create_app_in_worker_process", host=args.host, port=args.port,
+        serve("server:create_app_in_worker_process", host=settings.host, port=settings.port,
               processes=settings.writer_processes)
     return 0
 

@@ -17,6 +17,7 @@ is one its queue takes:
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -94,8 +95,12 @@ class ServedSpec:
         return error.message + where
 
 
-def load_source(path: Path = SOURCE) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+@functools.cache
+def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
+    """swagger.yml, parsed once per process (libyaml's parser where PyYAML has it); callers
+    fit a copy of it (`served_spec`) and leave this one as it is."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
 
 
 def served_spec(

@@ -66,8 +66,7 @@ def test_linger_makes_a_stream_share_calls() -> None:
     group = GroupCommit(flush, max_batch=10, linger_s=0.3)
 
     first = group.submit(1)
-    time.sleep(0.05)
-    second = group.submit(2)
+    second = group.submit(2)  # within the linger of the first
 
     assert [first.result(TIMEOUT_S), second.result(TIMEOUT_S)] == [10, 20]
     assert flush.calls == [[1, 2]]
@@ -82,7 +81,6 @@ def test_eager_when_quiet_sends_a_lone_item_at_once_and_lingers_for_a_stream() -
     assert group.submit(1).result(TIMEOUT_S) == 10
     lone_s = time.monotonic() - started
     second = group.submit(2)  # within the linger of the first: a stream
-    time.sleep(0.05)
     third = group.submit(3)
 
     assert [second.result(TIMEOUT_S), third.result(TIMEOUT_S)] == [20, 30]
@@ -171,7 +169,7 @@ def test_close_lets_pending_items_leave_then_refuses_more() -> None:
 
 
 def test_a_flush_returning_the_wrong_number_of_results_fails_its_items() -> None:
-    group = GroupCommit(lambda items: [], max_batch=10)
+    group: GroupCommit[int, int] = GroupCommit(lambda items: [], max_batch=10)
 
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         group.submit(1).result(TIMEOUT_S)

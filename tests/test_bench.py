@@ -1,4 +1,4 @@
-"""bench: `make bench` runs every stage and writes every figure issue 7 names.
+"""bench: `make bench` runs every stage and writes every figure it names.
 
 Run with --quick (a second or so a stage): this checks that the benchmark works and that its
 figures are coherent, not how fast anything is; speed is the benchmark's own report.
@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LOCAL_ENGINE
+import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import LOCAL_ENGINE, ROOT
+
+pytestmark = pytest.mark.integration  # it starts the local endpoint, writers and workers
 
 NAMED = ["write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
          "e2e_1000_seconds", "e2e_10000_lost"]
@@ -33,7 +35,8 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     results = json.loads(output.read_text())
     for name in NAMED:
         assert isinstance(results[name], (int, float)), name
-        assert any(line.startswith(name) and ("met" in line or "MISSED" in line) for line in run.stdout.splitlines()), name
+        lines = run.stdout.splitlines()
+        assert any(line.startswith(name) and ("met" in line or "MISSED" in line) for line in lines), name
     assert (results["engine"], results["cores"]) == (LOCAL_ENGINE, os.cpu_count())
     # every request of the write stages was answered 201, so the rates compare like with like
     assert results["write_real_refused"] == results["write_stub_refused"] == 0

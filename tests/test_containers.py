@@ -137,7 +137,7 @@ def test_published_ports_are_the_ones_the_settings_open_and_only_on_loopback(
     }
     for name, port in listening.items():
         (published,) = compose["services"][name]["ports"]
-        host, host_port, container_port = published.split(":")
+        host, _host_port, container_port = published.split(":")
         assert host == "127.0.0.1" and int(container_port) == port, name
 
 
@@ -169,7 +169,9 @@ def test_the_emulators_queues_are_the_ones_the_services_use(compose: dict[str, A
     assert target == "/opt/elasticmq.conf"
     config = (ROOT / source).read_text()
     settings = Settings.from_env(environment(compose["services"]["writer"]))
-    queues = re.search(r"^queues \{(.*)^\}", config, re.M | re.S).group(1)  # type: ignore[union-attr]
+    block = re.search(r"^queues \{(.*)^\}", config, re.M | re.S)
+    assert block is not None, "no queues block"
+    queues = block.group(1)
     assert re.search(rf"^  {settings.queue_name} \{{", queues, re.M)
     assert re.search(rf"^  {settings.dlq_name} \{{", queues, re.M)
     assert f'name = "{settings.dlq_name}"' in queues

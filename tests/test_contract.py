@@ -117,7 +117,7 @@ def test_the_hook_renames_only_the_attribute_names_the_spec_rules_out() -> None:
             {"properties": {"attributes": {"x-propertyNames": NAMES}}},
         ]
     }
-    body = {"body": "b", "attributes": {"ok": "1", "": "2", "Bad Name": "3"}}
+    body: dict[str, Any] = {"body": "b", "attributes": {"ok": "1", "": "2", "Bad Name": "3"}}
 
     keep_property_names(body, schema)
 

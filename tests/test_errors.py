@@ -139,7 +139,8 @@ def test_an_sqs_error_is_answered_alike_on_both_endpoints(
         assert code in batch.json()["detail"] and "retry-after" in batch.headers
     else:
         assert batch.status_code == 200
-        assert [(r["status"], r["title"]) for r in batch.json()["results"]] == [(error_class.status, error_class.title)] * 2
+        entries = [(r["status"], r["title"]) for r in batch.json()["results"]]
+        assert entries == [(error_class.status, error_class.title)] * 2
         assert all(code in r["detail"] for r in batch.json()["results"])
 
     # AND the three messages count under the error's outcome, and only there: never "invalid"

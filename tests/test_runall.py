@@ -78,7 +78,9 @@ def test_runall_without_tmux_says_how_to_install_it(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "dirname", "cat"):  # what the script needs before it looks for tmux
-        (bin_dir / tool).symlink_to(shutil.which(tool))
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (bin_dir / tool).symlink_to(found)
 
     result = subprocess.run(
         [str(ROOT / "runall.sh"), "--detached"], env={"PATH": str(bin_dir)}, capture_output=True, text=True

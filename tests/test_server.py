@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,10 +15,11 @@ import requests
 
 import sqs_setup
 from config import Settings
+from conftest import Samples, metric, metric_samples, wait_until
 from message import WRITER_EXTENSION
+from metrics import total
 from server import create_app
 from sqsinterface import SqsQueue, create_client
-from conftest import Samples, metric, metric_samples, wait_until
 from test_sqsinterface import PartlyFailingClient
 
 SEED = {"body": "This is a test message to enqueue"}
@@ -422,7 +424,14 @@ def test_a_writer_with_every_thread_waiting_on_sqs_answers_503_at_once(
 ) -> None:
     # GIVEN an SQS that takes a second per send, and a writer with 4 handler threads (3 for
     # requests that reach SQS, one kept for health checks)
-    sqs.meta.events.register("before-call.sqs.SendMessageBatch", lambda **_: time.sleep(1.0))
+    sending = threading.Event()
+
+    def slow_send(**_: Any) -> None:
+        sending.set()
+        time.sleep(1.0)
+
+    sqs.meta.events.register("before-call.sqs.SendMessageBatch", slow_send)
+    writer = app.app.extensions[WRITER_EXTENSION]
 
     def post(number: int) -> tuple[requests.Response, float]:
         started = time.monotonic()
@@ -432,7 +441,11 @@ def test_a_writer_with_every_thread_waiting_on_sqs_answers_503_at_once(
     # WHEN 10 requests arrive at once, and a health check while they wait
     with ThreadPoolExecutor(max_workers=10) as pool:
         pending = [pool.submit(post, n) for n in range(10)]
-        time.sleep(0.3)
+
+        def busy() -> float:
+            return total(writer.metrics.messages, "writer_messages_total", outcome="busy")
+
+        wait_until(lambda: sending.is_set() and busy() == 7, timeout_s=10, what="requests at SQS and the rest refused")
         health_started = time.monotonic()
         health = requests.get(f"{live_server}/api/health", timeout=30)
         health_s = time.monotonic() - health_started
@@ -510,12 +523,18 @@ def test_a_malformed_idempotency_key_is_400(client: Any, key: str) -> None:
 
 
 def test_a_repeat_while_the_first_is_being_sent_is_409(live_server: str, sqs: Any, queue: SqsQueue) -> None:
-    sqs.meta.events.register("before-call.sqs.SendMessageBatch", lambda **_: time.sleep(1.0))
+    sending = threading.Event()
+
+    def slow_send(**_: Any) -> None:
+        sending.set()
+        time.sleep(1.0)
+
+    sqs.meta.events.register("before-call.sqs.SendMessageBatch", slow_send)
     headers = {"Idempotency-Key": "slow-1"}
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(requests.post, f"{live_server}/api/message", json=SEED, headers=headers, timeout=30)
-        time.sleep(0.3)
+        assert sending.wait(10)  # the first is at SQS
         repeat = requests.post(f"{live_server}/api/message", json=SEED, headers=headers, timeout=30)
 
     assert first.result().status_code == 201

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import Settings
 from message import character_problem
@@ -64,10 +65,13 @@ def first_violation(fifo: bool, body: Any, path: tuple[str, ...] = ("Message",))
 @pytest.mark.parametrize(
     ("fifo", "body", "detail"),
     [
-        (False, {"body": "b", "deduplication_id": "d"}, "deduplication_id is only for FIFO queues; this queue is standard"),
-        (True, {"body": "b", "group_id": "g", "deduplication_id": "d", "delay_seconds": 1}, "delay_seconds is only for standard queues"),
+        (False, {"body": "b", "deduplication_id": "d"},
+         "deduplication_id is only for FIFO queues; this queue is standard"),
+        (True, {"body": "b", "group_id": "g", "deduplication_id": "d", "delay_seconds": 1},
+         "delay_seconds is only for standard queues"),
         (True, {"body": "b", "deduplication_id": "d"}, "group_id is required on a FIFO queue"),
-        (True, {"body": "b", "group_id": "g"}, "deduplication_id is required: this FIFO queue has no content-based deduplication"),
+        (True, {"body": "b", "group_id": "g"},
+         "deduplication_id is required: this FIFO queue has no content-based deduplication"),
         (False, {"body": "nul \u0000"}, "body holds U+0000 at position 4, a character SQS does not accept"),
         (False, {"body": "b", "attributes": {"k": "\u0007"}}, "attribute 'k' holds U+0007 at position 0"),
         (False, {"body": "b", "attributes": {"AWS.trace": "v"}}, "attribute name 'AWS.trace' is not allowed"),
@@ -89,7 +93,7 @@ def test_each_entry_of_a_batch_is_named_by_its_place() -> None:
 SQS_CHARACTERS = re.compile(SOURCE["components"]["schemas"]["SqsText"]["properties"]["body"]["pattern"])
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
 @settings(max_examples=500, deadline=None)
 def test_the_spec_and_message_py_accept_the_same_characters(text: str) -> None:
     # message.py also refuses lone surrogates, which JSON cannot carry between systems

@@ -54,7 +54,7 @@ def test_send_uses_the_fewest_calls_and_every_id_is_in_the_queue(
     assert all(r.ok for r in results)
     assert sqs_calls["SendMessageBatch"] == 3
     in_queue = {m["MessageId"]: m["Body"] for m in drain(queue)}
-    assert in_queue == {r.message_id: m.body for r, m in zip(results, messages)}
+    assert in_queue == {r.message_id: m.body for r, m in zip(results, messages, strict=True)}
 
 
 def test_send_splits_batches_by_payload_size(queue: SqsQueue, sqs_calls: dict[str, int]) -> None:
@@ -162,7 +162,7 @@ def test_sqs_bills_a_request_per_started_64_kib(payload: int, requests: int) -> 
 
 
 def test_billable_requests_count_calls_and_their_payload(queue: SqsQueue) -> None:
-    queue.url  # the URL lookup is one billable request of its own
+    assert queue.url  # the URL lookup is one billable request of its own
     before = queue.billable_requests
 
     queue.send([OutgoingMessage(body="x" * 40_000) for _ in range(5)])  # 200,000 bytes: 4 requests
