@@ -1,6 +1,7 @@
 # make run: the whole system in tmux on a local SQS endpoint (AWS=1: real SQS).  make stop.
 # make test: lint, types and the test suite (make fast: lint and the tests that start no process).  make e2e: a headless end-to-end check that nothing is lost.
 # make soak: steady load, flat memory and depth.  make bench: throughput and cost, as ratios.
+# make profile: where the writer's CPU goes, by part of the stack.
 # make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
 # foreground.  make clean.
@@ -13,7 +14,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test fast lint e2e soak bench audit serve worker clean requirements
+.PHONY: setup venv local-sqs queues run stop test fast lint e2e soak bench profile audit serve worker clean requirements
 
 setup: queues
 
@@ -70,6 +71,12 @@ soak: $(STAMP) local-sqs
 bench: $(STAMP) local-sqs
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
+# Where the writer's CPU goes on POST /api/message, by part of the stack, sampled with py-spy
+# (installed into the virtualenv on first use) at saturation on the local endpoint.
+profile: $(STAMP) local-sqs
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy==0.4.3
+	$(PY) bench/cpu_profile.py $(PROFILE_ARGS)
+
 # Known vulnerabilities in the pinned requirements: pip-audit, in a virtualenv of its own so that
 # its dependencies stay out of the service's. Needs a vulnerability service (PyPI's or OSV).
 AUDIT_VENV := .venv-audit
@@ -86,7 +93,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client moto flask-cors pytest httpx2 schemathesis requests build ruff mypy
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs moto flask-cors pytest httpx2 schemathesis requests build ruff mypy
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 

@@ -5,8 +5,12 @@ stage on a fresh queue:
 
 1. raw floor: plain boto3 SendMessageBatch, 10 a call, from a few threads;
 2. write path: POST /api/message through the real writer, then through the same app with its
-   SendMessageBatch answered in memory (bench/writer.py --stub), same load generator and
-   connections; the ratio real/stub is what SQS costs the write path;
+   SendMessageBatch answered in memory (bench/writer.py --stub), then through connexion's own
+   FlaskApp with a one-line handler (bench/bare.py), each under the writer's serving
+   configuration, same load generator and connections, with the server's CPU time a request.
+   The three serve side by side and take the load in turns, a few short rounds each, so that a
+   drift in the machine's speed weighs on all alike. The ratio real/stub is what SQS costs the
+   write path, real/bare how far the whole writer is from connexion's own floor;
 3. cost: SQS calls per accepted message at saturation (group commit), and per processed message
    for a worker draining a backlog with the default 10 % failures (receives, deletes,
    visibility changes, dead letters);
@@ -23,6 +27,7 @@ Prints a table with each target and writes every figure, flat, to bench/results.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -39,12 +44,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
-from harness import cpu_seconds  # noqa: E402
+from harness import cpu_seconds, free_port  # noqa: E402
+from metrics import percentile  # noqa: E402
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
 from worker_output import ProcessedRecord, read_records  # noqa: E402
 
-#: Each target: the figure it reads, how it compares, and the bound (from issue 7).
+#: Each target: the figure it reads, how it compares, and the bound.
 TARGETS: list[tuple[str, str, float]] = [
+    ("writer_vs_bare_connexion", ">=", 1.3),
+    ("writer_cpu_ms_per_request", "<=", 1.4),  # half of the 2.8 ms measured before the write-path work
     ("write_ratio", ">=", 0.85),
     ("sqs_calls_per_msg_write", "<=", 0.15),
     ("sqs_calls_per_msg_worker", "<=", 0.3),
@@ -55,6 +63,7 @@ TARGETS: list[tuple[str, str, float]] = [
 
 WORK_S = 0.020  # the simulated work of the scaling stage
 WRITER = "bench/writer.py"
+BARE = "bench/bare.py"
 #: The worker's calls that are billed per message: receives, deletes, visibility changes, and
 #: the dead letters it sends itself. (Depth polls for its stats are left out.)
 WORKER_OPERATIONS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch")
@@ -112,32 +121,78 @@ def raw_floor(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     return {"raw_send_batch_msgs_per_s": sent / seconds}
 
 
-def write_path(system: LocalSystem, sizes: Sizes, *, stub: bool) -> dict[str, Any]:
-    """POST /api/message at full speed for `write_seconds` after a one-second warm-up."""
-    name = "stub" if stub else "real"
-    env = fresh_queue(system, f"write-{name}")
-    writer = system.start_writer(*(["--stub"] if stub else []), env=env, program=WRITER, name=f"writer-{name}")
+#: The write stage's servers, each under the writer's serving configuration: the writer with real
+#: SQS calls, the same app with SendMessageBatch answered in memory, and connexion's bare FlaskApp.
+SERVERS = {"real": (WRITER,), "stub": (WRITER, "--stub"), "bare": (BARE,)}
+#: Rounds of load each server gets in turn, so that a machine whose speed drifts during the stage
+#: (this one's moves by a tenth between runs) weighs on all three alike.
+WRITE_ROUNDS = 4
+
+
+@dataclasses.dataclass
+class Served:
+    """One of the write stage's servers, and what it answered over its rounds."""
+
+    name: str
+    process: Any
+    url: str
+    requests: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    generator_cpu_s: float = 0.0
+
+
+def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """POST /api/message at full speed to each server in turn, WRITE_ROUNDS rounds that add up to
+    `write_seconds` each, after a one-second warm-up: their rates, latencies and CPU time a
+    request, measured in the same stretch of time."""
+    servers: list[Served] = []
     try:
-        load.drive(system.writer_url, "/api/message", connections=sizes.connections, duration_s=1.0)
-        before, cpu_before = system.writer_stats(), cpu_seconds(writer.pid)
-        result = load.drive(system.writer_url, "/api/message", connections=sizes.connections,
-                            duration_s=sizes.write_seconds)
-        after, cpu_after = system.writer_stats(), cpu_seconds(writer.pid)
+        for name, (program, *args) in SERVERS.items():
+            port = free_port()
+            env = {**fresh_queue(system, f"write-{name}"), "PORT": str(port)}
+            process = system.start_writer(*args, env=env, program=program, name=f"writer-{name}")
+            servers.append(Served(name, process, f"http://127.0.0.1:{port}"))
+        for served in servers:
+            load.drive(served.url, "/api/message", connections=sizes.connections, duration_s=1.0)
+        before = {s.name: system.writer_stats(s.url) for s in servers if s.name != "bare"}
+        for _ in range(WRITE_ROUNDS):
+            for served in servers:
+                cpu_before = cpu_seconds(served.process.pid)
+                result = load.drive(served.url, "/api/message", connections=sizes.connections,
+                                    duration_s=sizes.write_seconds / WRITE_ROUNDS)
+                served.cpu_s += cpu_seconds(served.process.pid) - cpu_before
+                served.requests += result.requests
+                served.seconds += result.seconds
+                served.statuses.update(result.statuses)
+                served.latencies_s += result.latencies_s
+                served.generator_cpu_s += result.cpu_s
+        after = {s.name: system.writer_stats(s.url) for s in servers if s.name != "bare"}
     finally:
-        system.stop_process(writer)
-    calls = after["sqs_calls"].get("SendMessageBatch", 0) - before["sqs_calls"].get("SendMessageBatch", 0)
-    accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
-    p50, p99 = result.latencies(0.50, 0.99)
-    return {
-        f"write_{name}_msgs_per_s": result.ok_per_second(201),
-        f"write_{name}_refused": sum(count for status, count in result.statuses.items() if status != 201),
-        f"write_{name}_p50_ms": 1000 * (p50 or 0),
-        f"write_{name}_p99_ms": 1000 * (p99 or 0),
-        f"write_{name}_writer_cores": (cpu_after - cpu_before) / result.seconds,
-        f"write_{name}_generator_core_share": result.cpu_share,
-        f"write_{name}_mean_batch": accepted / max(1, calls),
-        f"sqs_calls_per_msg_write{'_stub' if stub else ''}": calls / max(1, accepted),
-    }
+        for served in servers:
+            system.stop_process(served.process)
+    figures: dict[str, Any] = {}
+    for served in servers:
+        name, ordered = served.name, sorted(served.latencies_s)
+        figures.update({
+            f"write_{name}_msgs_per_s": served.statuses[201] / served.seconds,
+            f"write_{name}_refused": sum(count for status, count in served.statuses.items() if status != 201),
+            f"write_{name}_p50_ms": 1000 * (percentile(ordered, 0.50) or 0),
+            f"write_{name}_p99_ms": 1000 * (percentile(ordered, 0.99) or 0),
+            f"write_{name}_writer_cores": served.cpu_s / served.seconds,
+            f"write_{name}_cpu_ms_per_request": 1000 * served.cpu_s / max(1, served.requests),
+            f"write_{name}_generator_core_share": served.generator_cpu_s / (served.seconds * (os.cpu_count() or 1)),
+        })
+        if name in before:
+            stats_before, stats_after = before[name], after[name]
+            calls = (stats_after["sqs_calls"].get("SendMessageBatch", 0)
+                     - stats_before["sqs_calls"].get("SendMessageBatch", 0))
+            accepted = stats_after["messages"]["accepted"] - stats_before["messages"]["accepted"]
+            figures[f"write_{name}_mean_batch"] = accepted / max(1, calls)
+            figures[f"sqs_calls_per_msg_write{'_stub' if name == 'stub' else ''}"] = calls / max(1, accepted)
+    return figures
 
 
 def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
@@ -248,8 +303,7 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
     with local_system(workdir, engine=engine, writer=False) as system:
         for stage, title, measure in [
             ("raw", "raw floor", lambda: raw_floor(system, sizes)),
-            ("write", "write path, real", lambda: write_path(system, sizes, stub=False)),
-            ("write", "write path, stub", lambda: write_path(system, sizes, stub=True)),
+            ("write", "write path: the writer, its stub, connexion's bare FlaskApp", lambda: write_path(system, sizes)),
             ("batch", "batch endpoint", lambda: batch_endpoint(system, sizes)),
             ("worker", "worker scaling", lambda: worker_scaling(system, sizes)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
@@ -262,6 +316,11 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
         results.update(end_to_end(workdir, engine, count, failure_rate=failure_rate))
     if "write" in stages:
         results["write_ratio"] = results["write_real_msgs_per_s"] / max(1e-9, results["write_stub_msgs_per_s"])
+        results["writer_vs_bare_connexion"] = (
+            results["write_real_msgs_per_s"] / max(1e-9, results["write_bare_msgs_per_s"]))
+        results["writer_cpu_ms_per_request"] = results["write_real_cpu_ms_per_request"]
+        results["stub_cpu_ms_per_request"] = results["write_stub_cpu_ms_per_request"]
+        results["bare_cpu_ms_per_request"] = results["write_bare_cpu_ms_per_request"]
     if "write" in stages and "cost" in stages:  # on real SQS, the bill is per request
         results["sqs_requests_per_million_msgs"] = round(
             1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"]))
@@ -290,6 +349,10 @@ def table(results: dict[str, Any]) -> str:
         ("raw SendMessageBatch (boto3, 4 threads)", f"{r['raw_send_batch_msgs_per_s']:.0f} msg/s"),
         ("POST /api/message, real SQS call", rate("write_real")),
         ("POST /api/message, stubbed SQS call", rate("write_stub")),
+        ("POST /api/message, connexion's bare FlaskApp", rate("write_bare")),
+        ("server CPU a request: writer / stub / bare",
+         f"{r['writer_cpu_ms_per_request']:.2f} / {r['stub_cpu_ms_per_request']:.2f} / "
+         f"{r['bare_cpu_ms_per_request']:.2f} ms"),
         ("load generator's share of the cores",
          f"{r['write_real_generator_core_share']:.1%} (real), {r['write_stub_generator_core_share']:.1%} (stub)"),
         ("write: mean SendMessageBatch size", f"{r['write_real_mean_batch']:.1f}"),

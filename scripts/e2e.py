@@ -128,13 +128,14 @@ class LocalSystem:
         self, *args: str, env: Optional[Mapping[str, str]] = None, program: str = "server.py", name: str = "writer"
     ) -> Process:
         """The writer (or `program`, another that serves it, such as the benchmark's), once it
-        listens on PORT."""
+        listens on PORT (the system's, or one in `env`)."""
         process = self.python(name, program, *args, env=env)
-        wait_for_port(int(self.env["PORT"]), 30)
+        wait_for_port(int({**self.env, **(env or {})}["PORT"]), 30)
         return process
 
-    def writer_stats(self) -> dict:
-        return json.loads(urllib.request.urlopen(f"{self.writer_url}/api/stats", timeout=30).read())
+    def writer_stats(self, url: Optional[str] = None) -> dict:
+        """/api/stats of the system's writer, or of the one at `url`."""
+        return json.loads(urllib.request.urlopen(f"{url or self.writer_url}/api/stats", timeout=30).read())
 
     def set_up_queues(self, settings: Optional[Settings] = None) -> None:
         """The queues of `settings` (default: the system's own) and their dead-letter queues."""

@@ -18,7 +18,8 @@ from conftest import LOCAL_ENGINE, ROOT
 
 pytestmark = pytest.mark.integration  # it starts the local endpoint, writers and workers
 
-NAMED = ["write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
+NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
+         "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
          "e2e_1000_seconds", "e2e_10000_lost"]
 
 
@@ -39,8 +40,15 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
         assert any(line.startswith(name) and ("met" in line or "MISSED" in line) for line in lines), name
     assert (results["engine"], results["cores"]) == (LOCAL_ENGINE, os.cpu_count())
     # every request of the write stages was answered 201, so the rates compare like with like
-    assert results["write_real_refused"] == results["write_stub_refused"] == 0
+    assert results["write_real_refused"] == results["write_stub_refused"] == results["write_bare_refused"] == 0
     assert results["write_real_msgs_per_s"] > 0 and results["write_stub_msgs_per_s"] > 0
+    assert results["write_bare_msgs_per_s"] > 0
+    # each server's CPU a request was measured, and is what its rate and cores say it is
+    for name in ("real", "stub", "bare"):
+        cpu_ms = results[f"write_{name}_cpu_ms_per_request"]
+        implied_ms = 1000 * results[f"write_{name}_writer_cores"] / results[f"write_{name}_msgs_per_s"]
+        assert 0 < cpu_ms and abs(cpu_ms - implied_ms) < 0.25 * implied_ms, name
+    assert results["writer_cpu_ms_per_request"] == results["write_real_cpu_ms_per_request"]
     # group commit: never more than one call a message, and the stub really replaced the calls
     assert 0 < results["sqs_calls_per_msg_write"] <= 1
     assert results["batch_endpoint_msgs_per_s"] > 0
