@@ -6,37 +6,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import os
 import sys
 import tempfile
 import time
-from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional, Union
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 import connexion
 import uvicorn
-from a2wsgi import WSGIMiddleware
-from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
-from connexion.middleware import MiddlewarePosition
 from connexion.middleware.abstract import ROUTING_CONTEXT
-from connexion.security import ApiKeySecurityHandler
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
-from jsonschema import ValidationError
 from prometheus_client import CollectorRegistry, make_asgi_app
-from prometheus_client.registry import Collector
-from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+import webstack
 from config import DATA_DIR, ConfigError, Settings, add_option, configure_logging, settings_for_command, with_options
 from errors import (
     InvalidRequest,
-    LengthRequired,
-    RequestTooLarge,
     ServiceError,
     SqsError,
     Unauthenticated,
@@ -47,7 +37,7 @@ from errors import (
 from logs import ThrottledLog
 from message import WRITER_EXTENSION, Writer
 from metrics import WriterMetrics, all_processes
-from spec import RequestValidator, ServedSpec, load_source, served_spec
+from spec import load_source, served_spec
 from sqsinterface import SqsQueue, create_client
 
 log = logging.getLogger(__name__)
@@ -56,98 +46,10 @@ access_log = logging.getLogger("access")
 PROBLEM = "application/problem+json"
 
 
-class BoundedJSONBodyValidator(JSONRequestBodyValidator):
-    """connexion's JSON body validator, made safe for hostile input: it refuses a body over
-    `max_bytes` before reading it whole (413), a chunked upload (411), a request with no
-    Content-Type (415), and answers 400, not 500, to invalid UTF-8, NaN, huge integers and deep
-    nesting. Its refusals are errors.InvalidRequest and its kinds, worded by the served spec."""
-
-    def __init__(self, *, max_bytes: int, spec: ServedSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._max_bytes = max_bytes
-        self._spec = spec
-
-    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
-        # connexion takes a request without Content-Length for one without a body, and would
-        # answer a chunked upload "RequestBody is required": say what to change instead.
-        headers = Headers(scope=scope)
-        if "content-length" not in headers and "chunked" in headers.get("transfer-encoding", "").lower():
-            raise LengthRequired("send the JSON body with a Content-Length header; chunked uploads are not accepted")
-        if self._required and not int(headers.get("content-length", 0)):
-            raise InvalidRequest("a JSON body is required")
-        return await super().wrap_receive(receive, scope=scope)
-
-    async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
-        headers = Headers(scope=scope)
-        if "content-type" not in headers:
-            raise UnsupportedMediaType("Content-Type must be application/json")
-        charset = _charset(headers["content-type"])
-        if charset not in (None, "utf-8", "utf8"):
-            raise UnsupportedMediaType(f"JSON must be UTF-8, not {charset}")
-        if int(headers.get("content-length", 0)) > self._max_bytes:
-            raise self._too_large()
-        chunks, size = [], 0
-        async for chunk in stream:
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise self._too_large()
-            chunks.append(chunk)
-        try:
-            text = b"".join(chunks).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"the request body is not valid UTF-8: {exc}") from None
-        if not text:
-            return None
-        try:
-            return json.loads(text, parse_constant=_refuse_constant)
-        except RecursionError:
-            raise InvalidRequest("the JSON is nested too deeply") from None
-        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-
-    @property
-    def _validator(self) -> Any:
-        return RequestValidator(self._schema, format_checker=RequestValidator.FORMAT_CHECKER)
-
-    def _validate(self, body: Any) -> None:
-        if body is None and not self._nullable:
-            raise InvalidRequest("Request body must not be empty")
-        try:
-            self._validator.validate(body)
-        except ValidationError as error:
-            # Not logged: the detail can quote the body, which stays out of INFO logs.
-            raise InvalidRequest(self._spec.describe(error)) from None
-
-    def _too_large(self) -> RequestTooLarge:
-        return RequestTooLarge(f"the request body is over MAX_REQUEST_BYTES ({self._max_bytes} bytes)")
-
-
-class NamedParameterValidator(ParameterValidator):
-    """connexion's parameter validator, with errors that name the header they are about, on one
-    line (jsonschema's own text neither names it nor fits a `detail`), as InvalidRequest."""
-
-    def validate_header_parameter(self, param: dict, request: Any) -> Optional[str]:
-        error = super().validate_header_parameter(param, request)
-        if error:
-            raise InvalidRequest(f"header {param['name']}: {error.splitlines()[0]}")
-        return None
-
-
-def _charset(content_type: str) -> Optional[str]:
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.strip().partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 class RequestObserver:
     """Counts and times every request, error responses included, into the writer's metrics, and
-    logs one access line for it: client, method, path, status, duration.
+    logs one access line for it: client, method, path, status, duration. Answers `GET /metrics`
+    itself, first of all and uncounted, so that a saturated writer still answers its scrapes.
 
     Requests are labelled by the spec's route (`/api/message`), never by the raw path, so that
     probing random URLs cannot grow the metrics without bound: whatever is not an operation of
@@ -158,10 +60,15 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.routes = routes  # operationId -> path in the spec
+        self.metrics_app = make_asgi_app(metrics.view)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics":
+            await self.metrics_app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
@@ -179,33 +86,28 @@ class RequestObserver:
             await self.app(scope, receive, send_and_note_status)
         finally:
             duration_s = time.perf_counter() - started
-            route = self._route(scope)
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.request_duration.labels(scope["method"], route).observe(duration_s)
+            requests, duration = self._children(scope, status)
+            requests.inc()
+            duration.observe(duration_s)
             client = scope.get("client") or ("-", 0)
             access_log.info(
                 '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000
             )
 
-    def _route(self, scope: Scope) -> str:
-        routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
-        path = self.routes.get(routing.get("operation_id") or "")
-        return "other" if path is None else routing.get("api_base_path", "") + path
-
-
-class MetricsEndpoint:
-    """`GET /metrics`: the registry in Prometheus' text format. Served here, outside the API and
-    before the admission limit, so that a saturated writer still answers its scrapes."""
-
-    def __init__(self, app: ASGIApp, *, registry: Collector) -> None:
-        self.app = app
-        self.metrics_app = make_asgi_app(registry)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/metrics":
-            await self.metrics_app(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+    def _children(self, scope: Scope, status: int) -> tuple[Any, Any]:
+        """The request counter's and duration histogram's series for this request."""
+        routing = scope["extensions"].get(ROUTING_CONTEXT, {})
+        key = (scope["method"], routing.get("operation_id") or "", status)
+        series = self._series.get(key)
+        if series is None:
+            path = self.routes.get(key[1])
+            route = "other" if path is None else routing.get("api_base_path", "") + path
+            series = (
+                self.metrics.requests.labels(scope["method"], route, str(status)),
+                self.metrics.request_duration.labels(scope["method"], route),
+            )
+            self._series[key] = series
+        return series
 
 
 class AdmissionLimit:
@@ -255,12 +157,6 @@ def create_app(
     queue.metrics.expose_in(registry)
     writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        yield
-        writer.close()  # the server stopped taking requests: let pending sends finish
-
-    app = connexion.FlaskApp(__name__, specification_dir=DATA_DIR, lifespan=lifespan)
     api_keys = settings.load_api_keys()
     spec = served_spec(
         load_source(),
@@ -268,36 +164,36 @@ def create_app(
         content_based_deduplication=_content_based_deduplication(queue),
         keys_required=bool(api_keys),
     )
-    body_validators = MediaTypeDict(
-        {
-            **VALIDATOR_MAP["body"],
-            "*/*json": functools.partial(
-                BoundedJSONBodyValidator, max_bytes=settings.max_request_bytes, spec=spec
-            ),
-        }
-    )
-    app.add_api(
-        spec.document,
-        validator_map={"body": body_validators, "parameter": NamedParameterValidator},
-        security_map={"apiKey": _api_key_handler(api_keys)},
-    )
-    _set_handler_threads(app, settings.handler_threads)
-    app.app.extensions[WRITER_EXTENSION] = writer
+    bridge: list[webstack.FlaskBridge] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        writer.close()  # the server stopped taking requests: let pending sends finish
+        bridge[0].threads.close()
+
     routes = {
         operation["operationId"]: path
         for path, operations in spec.document["paths"].items()
         for operation in operations.values()
     }
     answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.body_operations)
-    # Outermost first: scrapes are answered before anything else, and not counted as requests.
-    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_EXCEPTION, registry=metrics.view)
-    app.add_middleware(RequestObserver, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics, routes=routes)
-    app.add_middleware(  # after routing and keys, before the body is read
-        AdmissionLimit,
-        position=MiddlewarePosition.BEFORE_VALIDATION,
-        limit=max(1, settings.handler_threads - 1),
-        render=answer.refusal,
+    stack = webstack.middlewares(
+        api_keys=bool(api_keys),
+        # outside connexion's error handling: it answers scrapes first, and sees every final status
+        observer=functools.partial(RequestObserver, metrics=metrics, routes=routes),
+        # after routing and the key check, before the body is read
+        admission=functools.partial(
+            AdmissionLimit, limit=max(1, settings.handler_threads - 1), render=answer.refusal
+        ),
+        checks=functools.partial(webstack.RequestChecks, spec=spec, max_request_bytes=settings.max_request_bytes),
     )
+    app = connexion.FlaskApp(
+        __name__, specification_dir=DATA_DIR, lifespan=lifespan, middlewares=stack, jsonifier=webstack.COMPACT_JSON,
+    )
+    app.add_api(spec.document, security_map={"apiKey": webstack.api_key_handler(api_keys)})
+    bridge.append(webstack.use_bridge(app, threads=settings.handler_threads, body_operations=spec.body_operations))
+    app.app.extensions[WRITER_EXTENSION] = writer
     app.add_error_handler(ServiceError, answer.handle)
     app.add_error_handler(ProblemException, answer.handle_connexion)
     return app
@@ -355,38 +251,6 @@ class ProblemAnswers:
         if adapted is None:
             return exc.to_problem()
         return await self.handle(request, adapted(exc.detail or exc.title or ""))
-
-
-def _api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
-    """connexion's API-key handler, checking this app's keys. Every key is compared in constant
-    time and none ends the loop early, so timing tells nothing of which key, or how much of one,
-    matched."""
-    known = [key.encode("utf-8") for key in keys]
-
-    def check(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
-        candidate = presented.encode("utf-8", "surrogateescape")
-        matched = False
-        for key in known:
-            matched |= hmac.compare_digest(candidate, key)
-        return {"sub": "api-key"} if matched else None
-
-    class ConfiguredApiKeys(ApiKeySecurityHandler):
-        def _resolve_func(self, security_scheme: dict) -> Any:
-            return check
-
-    return ConfiguredApiKeys
-
-
-def _set_handler_threads(app: connexion.FlaskApp, threads: int) -> None:
-    """Run Flask handlers on `threads` threads instead of a2wsgi's fixed 10.
-
-    A handler blocks while its message waits for SQS, and group commit can only coalesce the
-    requests that are waiting: with 10 threads, a batch in flight leaves room for at most 9 more.
-    connexion 3.3 has no option for this (spec-first/connexion#1979, "PR welcome"), so the one
-    WSGIMiddleware it builds is rebuilt here with the same app and a larger pool.
-    """
-    flask_bridge = app._middleware_app  # FlaskASGIApp: connexion's Flask-to-ASGI bridge
-    flask_bridge.asgi_app = WSGIMiddleware(flask_bridge.asgi_app.app, workers=threads)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
