@@ -85,12 +85,18 @@ class GroupCommit(Generic[T, R]):
             if not self._threads:
                 self._start_threads()
             now = time.monotonic()
-            if not self._pending:
+            first = not self._pending
+            if first:
                 self._oldest_since = now
                 self._quiet_before = now - self._last_arrival >= self._linger_s
             self._last_arrival = now
             self._pending.append((item, future, now))
-            self._cond.notify()
+            # Wake a thread only when one may act on it: the first item (to send it, or start its
+            # linger), or a full batch (a call may start beside those in flight). Any other item
+            # joins what is waiting; a call ending wakes them all anyway. Waking one per item
+            # costs a thread switch each for nothing.
+            if first or len(self._pending) % self._max_batch == 0:
+                self._cond.notify()
         return future
 
     @property
