@@ -6,7 +6,9 @@ entry's own outcome.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
+import platform
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -17,11 +19,18 @@ import botocore.exceptions
 import botocore.session
 from botocore.loaders import Loader
 
-from config import Settings
+from config import DISTRIBUTION, Settings
 from errors import MessageRejected, NotAuthorized, QueueNotFound, QueueUnavailable, SqsError
 from metrics import SqsMetrics, by_label, total
 
 log = logging.getLogger(__name__)
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "dev"
+
 
 #: SQS accepts at most this many entries in one batch call.
 BATCH_MAX_ENTRIES = 10
@@ -147,6 +156,13 @@ def plan_batches(
     return batches
 
 
+#: What SQS sees of this service's calls: its name and the versions AWS support asks for.
+USER_AGENT = (
+    f"{DISTRIBUTION}/{_version()} "
+    f"Boto3/{boto3.__version__} Botocore/{botocore.__version__} Python/{platform.python_version()}"
+)
+
+
 @functools.cache
 def _service_data() -> Loader:
     """botocore's service and endpoint descriptions, read once per process: a client made from a
@@ -164,6 +180,10 @@ def create_client(settings: Settings, *, read_timeout_s: Optional[float] = None)
         retries={"mode": "standard", "max_attempts": settings.sqs_max_attempts},
         max_pool_connections=max(10, settings.send_concurrency * 2),
         tcp_keepalive=True,
+        # A sixth of a call's CPU: botocore checks again what this module builds from checked
+        # values, and composes its User-Agent anew for every call unless one is given.
+        parameter_validation=False,
+        user_agent=USER_AGENT,
     )
     core = botocore.session.get_session()
     core.register_component("data_loader", _service_data())
