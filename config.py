@@ -48,6 +48,7 @@ DATA_DIR = _data_dir()
 SQS_MAX_MESSAGE_BYTES_CEILING = 1_048_576
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}(\.fifo)?$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 
 
 class ConfigError(ValueError):
@@ -160,8 +161,17 @@ class Settings:
     )
     idempotency_max_keys: int = setting(
         100_000, "IDEMPOTENCY_MAX_KEYS",
-        "the most keys the writer remembers; past that the oldest go first (about 37 MiB at 100,000)",
+        "the most keys a writer remembers in memory; past that the oldest go first (about 37 MiB at 100,000)",
         bounds=(1, 10_000_000),
+    )
+    idempotency_table: str = setting(
+        "", "IDEMPOTENCY_TABLE",
+        "a DynamoDB table that keeps Idempotency-Keys for every writer process and replica; "
+        "unset: each process keeps its own, in memory",
+    )
+    dynamodb_endpoint_url: Optional[str] = setting(
+        None, "DYNAMODB_ENDPOINT_URL",
+        "a DynamoDB-compatible endpoint for IDEMPOTENCY_TABLE, e.g. http://127.0.0.1:5001; unset: real AWS",
     )
     worker_concurrency: int = setting(
         10, "WORKER_CONCURRENCY", "messages the worker processes at once", bounds=(1, 1000),
@@ -258,9 +268,14 @@ class Settings:
             )
         if self.dlq_name == self.queue_name:
             raise ConfigError(f"DLQ_NAME={self.dlq_name!r}: must differ from QUEUE_NAME")
-        if self.sqs_endpoint_url and not re.match(r"^https?://[^/\s]+", self.sqs_endpoint_url):
+        for name in ("sqs_endpoint_url", "dynamodb_endpoint_url"):
+            url = getattr(self, name)
+            if url and not re.match(r"^https?://[^/\s]+", url):
+                raise ConfigError(f"{DECLARED[name].env}={url!r}: must be an http:// or https:// URL")
+        if self.idempotency_table and not _TABLE_NAME.match(self.idempotency_table):
             raise ConfigError(
-                f"SQS_ENDPOINT_URL={self.sqs_endpoint_url!r}: must be an http:// or https:// URL"
+                f"IDEMPOTENCY_TABLE={self.idempotency_table!r}: a DynamoDB table name has 3 to 255 letters, "
+                "digits, '_', '-' or '.'"
             )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")

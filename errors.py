@@ -18,7 +18,8 @@ handlers and the admission limit, message.py for each entry of a batch.
     │   └── KeyReused                 422  Idempotency-Key: used with another request
     ├── TryLater                      503  nothing wrong with the request: not now
     │   ├── WriterBusy                503  every handler thread is taken           busy
-    │   └── QueueBacklogged           503  the queue is over MAX_QUEUE_DEPTH       backlogged
+    │   ├── QueueBacklogged           503  the queue is over MAX_QUEUE_DEPTH       backlogged
+    │   └── StoreUnavailable          503  IDEMPOTENCY_TABLE cannot be used        unavailable
     └── SqsError                      503  an SQS call failed (sqsinterface.py)    unavailable
         ├── QueueUnavailable          503  unreachable, throttling, failing        unavailable
         │   └── QueueNotFound         503  the queue does not exist                unavailable
@@ -130,6 +131,13 @@ class QueueBacklogged(TryLater):
 
     title = "Queue backlogged"
     outcome = "backlogged"
+
+
+class StoreUnavailable(TryLater):
+    """The idempotency table (IDEMPOTENCY_TABLE) cannot be reached, or refused the call: a
+    request with an Idempotency-Key is refused rather than sent without its key kept."""
+
+    title = "Idempotency store unavailable"
 
 
 class SqsError(ServiceError):

@@ -1,23 +1,52 @@
 """Idempotency keys for POST /api/message: a request repeated with the same `Idempotency-Key`
 gets the first one's answer instead of a second message.
 
-The writer remembers each key for IDEMPOTENCY_WINDOW seconds, in process, and at most
-IDEMPOTENCY_MAX_KEYS of them (the oldest go first). Statuses follow the IETF draft on the
-Idempotency-Key header: a key reused with a different request is 422, a repeat that arrives
-while the first is still being sent is 409.
+Two stores keep the keys, for IDEMPOTENCY_WINDOW seconds, hashed and scoped per API key, with the
+answer but never the body. `IdempotencyStore` keeps them in the writer's memory, at most
+IDEMPOTENCY_MAX_KEYS (the oldest go first): one process's promise. `SharedStore` keeps them in a
+DynamoDB table (IDEMPOTENCY_TABLE), so the promise holds across writer processes and replicas: a
+conditional put claims a key with a lease, the answer replaces the claim once SQS has the
+message, a failed send gives the key back, and DynamoDB's TTL removes records after the window.
+This module owns that table: its layout, its creation (`ensure_table`) and its calls.
+
+Statuses follow the IETF draft on the Idempotency-Key header: a key reused with a different
+request is 422, a repeat that arrives while the first is still being sent is 409.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
+import logging
+import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
-from errors import KeyInProgress, KeyReused
+import botocore.exceptions
+
+from config import DISTRIBUTION
+from errors import KeyInProgress, KeyReused, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+#: How much longer than SEND_TIMEOUT a claim on a key lasts: a writer's send cannot outlast it,
+#: and clocks of writers on different hosts may differ by this much.
+LEASE_MARGIN_S = 2.0
+
+
+class KeyStore(Protocol):
+    """What the writer asks of a store of Idempotency-Keys."""
+
+    def begin(self, key: bytes, request: bytes) -> Optional[dict[str, str]]: ...
+
+    def finish(self, key: bytes, answer: dict[str, str]) -> None: ...
+
+    def abandon(self, key: bytes) -> None: ...
 
 
 def fingerprint(fields: Mapping[str, Any]) -> bytes:
@@ -95,3 +124,170 @@ class IdempotencyStore:
             if oldest.expires_at > now:
                 return
             self._entries.popitem(last=False)
+
+
+class SharedStore:
+    """Keys and answers in a DynamoDB table, shared by every writer process and replica.
+
+    A record is a key's claim while its first request is being sent (`state` "sending", with an
+    `owner` and a `lease_until`), then its answer (`state` "answered"). `expires_at` is the
+    table's TTL attribute: IDEMPOTENCY_WINDOW after the first request. A record past it, or a
+    claim whose lease lapsed (its writer died mid-send), counts as no record: the key is free
+    again. Keys are hashed and scoped per API key, as in memory; no body is stored.
+
+    Any failure of the table is StoreUnavailable (503): a keyed request is never sent without
+    its key kept. Which claim is this writer's is known by its owner token, per thread.
+    """
+
+    def __init__(
+        self, table: str, client: Any, *, window_s: float, lease_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.table = table
+        self.client = client
+        self.window_s = window_s
+        self.lease_s = lease_s
+        self._clock = clock
+        self._owners: dict[bytes, str] = {}  # the keys this writer holds a claim on, with its token
+        self._lock = threading.Lock()
+
+    def begin(self, key: bytes, request: bytes) -> Optional[dict[str, str]]:
+        """The first answer, for a repeat of `request` under `key`; None when this request is
+        the first (or the first's claim lapsed): this writer then holds the key's claim."""
+        now = self._clock()
+        owner = uuid.uuid4().hex
+        claim = {
+            "key": {"S": key.hex()}, "fingerprint": {"S": request.hex()}, "state": {"S": "sending"},
+            "owner": {"S": owner}, "lease_until": {"N": _later(now + self.lease_s)},
+            "expires_at": {"N": _later(now + self.window_s)},
+        }
+        try:
+            with self._translated("PutItem"):
+                self.client.put_item(
+                    TableName=self.table, Item=claim,
+                    ConditionExpression="attribute_not_exists(#key) OR expires_at <= :now "
+                    "OR (#state = :sending AND lease_until <= :now)",
+                    ExpressionAttributeNames={"#key": "key", "#state": "state"},
+                    ExpressionAttributeValues={":now": {"N": str(math.floor(now))}, ":sending": {"S": "sending"}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except _KeyTaken as taken:
+            return self._repeat(taken.record, request)
+        with self._lock:
+            self._owners[key] = owner
+        return None
+
+    def finish(self, key: bytes, answer: dict[str, str]) -> None:
+        """SQS has the message: the key's answer replaces this writer's claim on it. A failure
+        here is logged, not raised: the message was sent, and its 201 is true."""
+        owner = self._release_owner(key)
+        try:
+            with self._translated("UpdateItem"):
+                self.client.update_item(
+                    TableName=self.table, Key={"key": {"S": key.hex()}},
+                    UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner",
+                    ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#state": "state", "#owner": "owner"},
+                    ExpressionAttributeValues={
+                        ":answered": {"S": "answered"}, ":owner": {"S": owner},
+                        ":answer": {"S": json.dumps(answer, separators=(",", ":"))},
+                    },
+                )
+        except (StoreUnavailable, _KeyTaken) as exc:
+            log.error("an answer was not kept for its Idempotency-Key (%s): a retry after the lease "
+                      "lapses is sent again", exc)
+
+    def abandon(self, key: bytes) -> None:
+        """The send failed: give the key back (if the claim is still this writer's), so that a
+        retry sends anew. A failure here leaves the claim to lapse with its lease."""
+        owner = self._release_owner(key)
+        try:
+            with self._translated("DeleteItem"):
+                self.client.delete_item(
+                    TableName=self.table, Key={"key": {"S": key.hex()}}, ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#owner": "owner"}, ExpressionAttributeValues={":owner": {"S": owner}},
+                )
+        except (StoreUnavailable, _KeyTaken) as exc:
+            log.warning("an Idempotency-Key was not given back (%s): it is free once its lease lapses", exc)
+
+    def _repeat(self, record: Mapping[str, Any], request: bytes) -> dict[str, str]:
+        """The answer for a repeat, found in the live `record` of its key."""
+        if record.get("fingerprint", {}).get("S") != request.hex():
+            raise KeyReused("this Idempotency-Key was used with a different request; use a new key")
+        if record.get("state", {}).get("S") != "answered":
+            raise KeyInProgress("the first request with this Idempotency-Key is still being sent; retry")
+        answer: dict[str, str] = json.loads(record["answer"]["S"])
+        return answer
+
+    def _release_owner(self, key: bytes) -> str:
+        with self._lock:
+            return self._owners.pop(key, "")
+
+    @contextlib.contextmanager
+    def _translated(self, operation: str) -> Iterator[None]:
+        """botocore's errors as ours: a key already taken, or the table unavailable (503)."""
+        try:
+            yield
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") == "ConditionalCheckFailedException":
+                raise _KeyTaken(exc.response.get("Item", {})) from None
+            raise StoreUnavailable(
+                f"{operation} {self.table!r}: {error.get('Code', '')}: {error.get('Message', '')}"
+            ) from exc
+        except botocore.exceptions.BotoCoreError as exc:  # unreachable, no credentials, timed out
+            raise StoreUnavailable(f"{operation} {self.table!r}: {exc}") from exc
+
+
+class _KeyTaken(Exception):
+    """The table's condition refused the call: the key is live, as `record` shows."""
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        super().__init__("the key is held or answered already")
+        self.record = record
+
+
+def _later(seconds: float) -> str:
+    """A time as the table keeps it, whole epoch seconds as TTL wants them, rounded up: a key
+    lives at least its window, a claim at least its lease."""
+    return str(math.ceil(seconds))
+
+
+#: The table's key: the scoped, hashed Idempotency-Key, as hex.
+KEY_SCHEMA = [{"AttributeName": "key", "KeyType": "HASH"}]
+
+
+def ensure_table(client: Any, table: str) -> str:
+    """Create the table (keyed by "key", on-demand billing, tagged) and turn its TTL on, or leave
+    it as it is when it is so already; what was done."""
+    done = "unchanged"
+    try:
+        described = client.describe_table(TableName=table)["Table"]
+        if described.get("KeySchema") != KEY_SCHEMA:
+            raise ValueError(
+                f"table {table!r} exists with another key ({described.get('KeySchema')}); "
+                "delete it (sqs_setup.py --delete) or choose another IDEMPOTENCY_TABLE"
+            )
+    except client.exceptions.ResourceNotFoundException:
+        client.create_table(
+            TableName=table, BillingMode="PAY_PER_REQUEST",
+            KeySchema=KEY_SCHEMA,
+            AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+            Tags=[{"Key": "application", "Value": DISTRIBUTION}, {"Key": "role", "Value": "idempotency-keys"}],
+        )
+        client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        done = "created"
+    ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        client.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )
+        done = "created" if done == "created" else "updated: TTL on"
+    return done
+
+
+def delete_table(client: Any, table: str) -> str:
+    try:
+        client.delete_table(TableName=table)
+    except client.exceptions.ResourceNotFoundException:
+        return "absent"
+    return "deleted"

@@ -25,10 +25,11 @@ from errors import (
     QueueUnavailable,
     ServiceError,
     SqsError,
+    StoreUnavailable,
     WriterBusy,
     problem,
 )
-from idempotency import IdempotencyStore, fingerprint, scoped_key
+from idempotency import IdempotencyStore, KeyStore, fingerprint, scoped_key
 from metrics import WriterMetrics, by_label, total
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SendResult, SqsQueue
 
@@ -128,7 +129,8 @@ class Writer:
     OUTCOMES = ("accepted", "invalid", "unavailable", "busy", "backlogged")
 
     def __init__(
-        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics
+        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
+        idempotency: Optional[KeyStore] = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -149,7 +151,8 @@ class Writer:
             name="send",
         )
         self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
-        self.idempotency = IdempotencyStore(
+        # Idempotency-Keys: in this process's memory unless a shared store is given.
+        self.idempotency: KeyStore = idempotency or IdempotencyStore(
             window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys
         )
         self._closed = threading.Event()
@@ -245,7 +248,10 @@ class Writer:
         """Send under an Idempotency-Key: (the answer, whether it is a replay). A repeat of the
         same request gets the first answer and sends nothing; a failed send forgets the key."""
         scoped = scoped_key(key, client)
-        remembered = self.idempotency.begin(scoped, fingerprint(fields))
+        try:
+            remembered = self.idempotency.begin(scoped, fingerprint(fields))
+        except StoreUnavailable as exc:
+            raise self.refused(exc) from None
         if remembered is not None:
             return remembered, True
         try:

@@ -34,6 +34,7 @@ from errors import (
     WriterBusy,
     problem,
 )
+from idempotency import LEASE_MARGIN_S, KeyStore, SharedStore
 from logs import ThrottledLog
 from message import WRITER_EXTENSION, Writer
 from metrics import WriterMetrics, all_processes
@@ -144,10 +145,11 @@ class AdmissionLimit:
 
 
 def create_app(
-    settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None
+    settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None, keys: Optional[KeyStore] = None
 ) -> connexion.FlaskApp:
     """Build the writer. `settings` default to the environment's; `queue` to the configured SQS
-    queue on a new client (tests pass one on moto)."""
+    queue on a new client (tests pass one on moto); `keys`, the store of Idempotency-Keys, to
+    IDEMPOTENCY_TABLE's when it is set, else the writer's own memory."""
     settings = settings or Settings.from_env()
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings))
@@ -155,7 +157,14 @@ def create_app(
     # One process serves its own registry; one of several serves the sum of all of theirs.
     metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
     queue.metrics.expose_in(registry)
-    writer = Writer(settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics)
+    if keys is None and settings.idempotency_table:
+        keys = SharedStore(
+            settings.idempotency_table, create_client(settings, service="dynamodb"),
+            window_s=settings.idempotency_window_s, lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
+        )
+    writer = Writer(
+        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys
+    )
 
     api_keys = settings.load_api_keys()
     spec = served_spec(
@@ -285,6 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if settings.writer_processes == 1:
         serve(create_app(settings), host=settings.host, port=settings.port)
         return 0
+    if not settings.idempotency_table:
+        log.warning("Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
+                    "set IDEMPOTENCY_TABLE to share them", settings.writer_processes)
     with tempfile.TemporaryDirectory(prefix="writer-metrics-") as metrics_dir:
         # prometheus_client reads this variable when each process imports it: their counters
         # then live in files there, which every process's /metrics and /api/stats sum up.

@@ -1,6 +1,7 @@
 """The one place that talks to SQS: a boto3 client with bounded timeouts, a few errors of our own
 (errors.SqsError and its kinds) instead of botocore's many, and batch helpers that report each
-entry's own outcome.
+entry's own outcome. Every AWS client of the service is made here (`create_client`), DynamoDB's
+for idempotency.py too.
 """
 
 from __future__ import annotations
@@ -170,17 +171,23 @@ def _service_data() -> Loader:
     return botocore.session.get_session().get_component("data_loader")
 
 
-def create_client(settings: Settings, *, read_timeout_s: Optional[float] = None) -> Any:
-    """An SQS client with bounded timeouts and botocore's standard retries (which back off with
-    jitter on throttling and 5xx). `SQS_ENDPOINT_URL` unset means real AWS."""
+def create_client(settings: Settings, *, service: str = "sqs", read_timeout_s: Optional[float] = None) -> Any:
+    """A client of SQS (or of `service`: "dynamodb" for IDEMPOTENCY_TABLE), made here and only
+    here: bounded timeouts, botocore's standard retries (which back off with jitter on
+    throttling and 5xx), a connection pool for the threads that share it. An endpoint setting
+    unset (SQS_ENDPOINT_URL, DYNAMODB_ENDPOINT_URL) means real AWS."""
+    endpoint_url, pool = {
+        "sqs": (settings.sqs_endpoint_url, max(10, settings.send_concurrency * 2)),
+        "dynamodb": (settings.dynamodb_endpoint_url, max(10, settings.handler_threads)),  # a call a keyed request
+    }[service]
     config = botocore.config.Config(
         region_name=settings.aws_region,
         connect_timeout=settings.sqs_connect_timeout_s,
         read_timeout=read_timeout_s or settings.sqs_read_timeout_s,
         retries={"mode": "standard", "max_attempts": settings.sqs_max_attempts},
-        max_pool_connections=max(10, settings.send_concurrency * 2),
+        max_pool_connections=pool,
         tcp_keepalive=True,
-        # A sixth of a call's CPU: botocore checks again what this module builds from checked
+        # A sixth of a call's CPU: botocore checks again what this service builds from checked
         # values, and composes its User-Agent anew for every call unless one is given.
         parameter_validation=False,
         user_agent=USER_AGENT,
@@ -188,7 +195,7 @@ def create_client(settings: Settings, *, read_timeout_s: Optional[float] = None)
     core = botocore.session.get_session()
     core.register_component("data_loader", _service_data())
     session = boto3.session.Session(botocore_session=core)
-    return session.client("sqs", endpoint_url=settings.sqs_endpoint_url or None, config=config)
+    return session.client(service, endpoint_url=endpoint_url or None, config=config)
 
 
 def _client_error(exc: botocore.exceptions.ClientError) -> SqsError:

@@ -93,6 +93,12 @@ def sqs(settings: Settings) -> Iterator[Any]:
 
 
 @pytest.fixture
+def dynamodb(sqs: Any, settings: Settings) -> Any:
+    """A boto3 DynamoDB client on the same moto as `sqs` (for IDEMPOTENCY_TABLE)."""
+    return create_client(settings, service="dynamodb")
+
+
+@pytest.fixture
 def queues(sqs: Any, settings: Settings) -> tuple[SqsQueue, SqsQueue]:
     """The queue and its dead-letter queue, made by sqs_setup as a user would."""
     sqs_setup.set_up(settings, sqs)
@@ -194,16 +200,25 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-@pytest.fixture
-def moto_server(tmp_path: Path) -> Iterator[str]:
-    """moto's SQS server as a process on a free loopback port; yields its endpoint URL."""
+def start_moto_server(log_path: Path) -> tuple[Process, str]:
+    """moto's server (SQS, DynamoDB, any service) as a process on a free loopback port, once it
+    listens: the process and its endpoint URL."""
     port = free_port()
-    process = Process(
-        [BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=tmp_path / "moto_server.log"
-    )
+    process = Process([BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=log_path)
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
-        yield f"http://127.0.0.1:{port}"
+    except BaseException:
+        process.stop()
+        raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[str]:
+    """moto's server as a process on a free loopback port; yields its endpoint URL."""
+    process, url = start_moto_server(tmp_path / "moto_server.log")
+    try:
+        yield url
     finally:
         process.stop()
 
@@ -230,7 +245,8 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 class SlowProxy:
     """A TCP proxy on loopback that holds every chunk coming back from `upstream_port` for
-    `delay_s`: an SQS that answers, slowly. Runs its own event loop in a thread."""
+    `delay_s` (which a test may change at any time): an SQS that answers, slowly. Runs its own
+    event loop in a thread."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
         self.upstream_port = upstream_port
@@ -263,8 +279,8 @@ class SlowProxy:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             writers.append(upstream_writer)
             await asyncio.gather(
-                self._pipe(client_reader, upstream_writer, 0.0),
-                self._pipe(upstream_reader, client_writer, self.delay_s),
+                self._pipe(client_reader, upstream_writer, slowed=False),
+                self._pipe(upstream_reader, client_writer, slowed=True),
             )
         except (OSError, asyncio.CancelledError):
             pass
@@ -274,11 +290,10 @@ class SlowProxy:
             await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
             self._connections.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, slowed: bool) -> None:
         while chunk := await reader.read(65536):
-            if delay_s:
-                await asyncio.sleep(delay_s)
+            if slowed and self.delay_s:
+                await asyncio.sleep(self.delay_s)
             writer.write(chunk)
             await writer.drain()
         writer.close()

@@ -1,17 +1,36 @@
-"""The idempotency store on its own: repeats, conflicts, the window and the bound on keys."""
+"""The stores of Idempotency-Keys on their own: repeats, conflicts, the window, the bound on keys
+in memory; and the shared store's table on moto, as two writers see it."""
 
 from __future__ import annotations
 
+from typing import Any, Union
+
 import pytest
 
-from idempotency import IdempotencyStore, KeyInProgress, KeyReused, fingerprint, scoped_key
+from config import Settings
+from errors import StoreUnavailable
+from idempotency import (
+    KEY_SCHEMA,
+    IdempotencyStore,
+    KeyInProgress,
+    KeyReused,
+    SharedStore,
+    delete_table,
+    ensure_table,
+    fingerprint,
+    scoped_key,
+)
+from sqsinterface import create_client
 
 ANSWER = {"message_id": "m-1"}
+TABLE = "idempotency-keys"
+WINDOW_S = 300
+LEASE_S = 12
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_700_000_000.0
 
     def __call__(self) -> float:
         return self.now
@@ -23,8 +42,23 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(clock: Clock) -> IdempotencyStore:
-    return IdempotencyStore(window_s=300, max_keys=3, clock=clock)
+def table(dynamodb: Any) -> str:
+    ensure_table(dynamodb, TABLE)
+    return TABLE
+
+
+def shared_store(dynamodb: Any, clock: Clock) -> SharedStore:
+    """One writer's view of the table: each call is another process or replica."""
+    return SharedStore(TABLE, dynamodb, window_s=WINDOW_S, lease_s=LEASE_S, clock=clock)
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def store(request: pytest.FixtureRequest, clock: Clock) -> Union[IdempotencyStore, SharedStore]:
+    """Each store, for what both promise."""
+    if request.param == "memory":
+        return IdempotencyStore(window_s=WINDOW_S, max_keys=3, clock=clock)
+    request.getfixturevalue("table")
+    return shared_store(request.getfixturevalue("dynamodb"), clock)
 
 
 def test_a_repeat_gets_the_first_answer(store: IdempotencyStore) -> None:
@@ -47,6 +81,8 @@ def test_a_repeat_while_the_first_is_in_progress_is_refused(store: IdempotencySt
 
     with pytest.raises(KeyInProgress):
         store.begin(b"k", b"request")
+    with pytest.raises(KeyReused):  # another request under a key in progress is still a reuse
+        store.begin(b"k", b"another request")
 
 
 def test_an_abandoned_key_sends_anew(store: IdempotencyStore) -> None:
@@ -60,13 +96,21 @@ def test_a_key_is_forgotten_after_the_window(store: IdempotencyStore, clock: Clo
     store.begin(b"k", b"request")
     store.finish(b"k", ANSWER)
 
-    clock.now += 299
+    clock.now += WINDOW_S - 1
     assert store.begin(b"k", b"request") == ANSWER
     clock.now += 1
     assert store.begin(b"k", b"request") is None
 
 
-def test_past_max_keys_the_oldest_is_forgotten(store: IdempotencyStore) -> None:
+def test_keys_are_kept_apart(store: IdempotencyStore) -> None:
+    store.begin(b"k", b"request")
+    store.finish(b"k", ANSWER)
+
+    assert store.begin(b"other", b"request") is None
+
+
+def test_past_max_keys_the_oldest_is_forgotten(clock: Clock) -> None:
+    store = IdempotencyStore(window_s=WINDOW_S, max_keys=3, clock=clock)
     for key in (b"a", b"b", b"c", b"d"):
         store.begin(key, b"request")
         store.finish(key, ANSWER)
@@ -84,3 +128,111 @@ def test_the_fingerprint_is_the_json_whatever_its_key_order() -> None:
 def test_keys_are_scoped_per_client() -> None:
     assert scoped_key("k", "client-1") != scoped_key("k", "client-2")
     assert scoped_key("k", "client-1") == scoped_key("k", "client-1")
+
+
+# The shared store: what one writer did, another sees.
+
+
+def test_a_repeat_on_another_writer_gets_the_first_answer(table: str, dynamodb: Any, clock: Clock) -> None:
+    first, second = shared_store(dynamodb, clock), shared_store(dynamodb, clock)
+    assert first.begin(b"k", b"request") is None
+
+    with pytest.raises(KeyInProgress):
+        second.begin(b"k", b"request")
+    first.finish(b"k", ANSWER)
+    assert second.begin(b"k", b"request") == ANSWER
+    with pytest.raises(KeyReused):
+        second.begin(b"k", b"another request")
+
+
+def test_a_lapsed_lease_frees_the_key_and_the_late_writer_cannot_overwrite_it(
+    table: str, dynamodb: Any, clock: Clock
+) -> None:
+    died, survivor = shared_store(dynamodb, clock), shared_store(dynamodb, clock)
+    died.begin(b"k", b"request")  # and its writer died mid-send
+
+    clock.now += LEASE_S - 1
+    with pytest.raises(KeyInProgress):
+        survivor.begin(b"k", b"request")
+    clock.now += 1
+    assert survivor.begin(b"k", b"request") is None  # the lease lapsed: this writer sends
+    died.finish(b"k", {"message_id": "from the writer thought dead"})  # logged, not kept
+    died.abandon(b"k")  # nor can it give back a claim no longer its own
+    survivor.finish(b"k", ANSWER)
+
+    assert survivor.begin(b"k", b"request") == ANSWER
+
+
+def test_an_answered_key_has_no_lease_to_lapse(table: str, dynamodb: Any, clock: Clock) -> None:
+    store = shared_store(dynamodb, clock)
+    store.begin(b"k", b"request")
+    store.finish(b"k", ANSWER)
+
+    clock.now += LEASE_S * 10
+    assert store.begin(b"k", b"request") == ANSWER
+
+
+def test_the_table_keeps_the_hashed_key_and_the_answer_never_the_body(
+    table: str, dynamodb: Any, clock: Clock
+) -> None:
+    key, request = scoped_key("client's key", "api key"), fingerprint({"body": "a secret"})
+    store = shared_store(dynamodb, clock)
+    store.begin(key, request)
+    store.finish(key, ANSWER)
+
+    [item] = dynamodb.scan(TableName=TABLE)["Items"]
+    assert set(item) == {"key", "fingerprint", "state", "answer", "expires_at"}
+    assert item["key"] == {"S": key.hex()} and item["fingerprint"] == {"S": request.hex()}
+    assert int(item["expires_at"]["N"]) == clock.now + WINDOW_S  # the TTL attribute, in epoch seconds
+    assert "secret" not in str(item) and "client's key" not in str(item)
+
+
+def test_a_missing_table_is_unavailable(dynamodb: Any, clock: Clock) -> None:
+    with pytest.raises(StoreUnavailable, match="ResourceNotFoundException"):
+        shared_store(dynamodb, clock).begin(b"k", b"request")
+
+
+def test_an_unreachable_store_is_unavailable(closed_endpoint: str, clock: Clock) -> None:
+    settings = Settings(dynamodb_endpoint_url=closed_endpoint, sqs_max_attempts=1)
+    store = SharedStore(TABLE, create_client(settings, service="dynamodb"), window_s=WINDOW_S, lease_s=LEASE_S)
+
+    with pytest.raises(StoreUnavailable, match="Could not connect"):
+        store.begin(b"k", b"request")
+
+
+# The table's life: sqs_setup.py calls these.
+
+
+def test_ensure_table_creates_it_with_ttl_on_and_then_leaves_it(dynamodb: Any) -> None:
+    assert ensure_table(dynamodb, TABLE) == "created"
+    assert ensure_table(dynamodb, TABLE) == "unchanged"
+
+    described = dynamodb.describe_table(TableName=TABLE)["Table"]
+    assert described["KeySchema"] == KEY_SCHEMA
+    assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    ttl = dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+
+
+def test_ensure_table_turns_ttl_on_where_it_was_off(table: str, dynamodb: Any) -> None:
+    dynamodb.update_time_to_live(
+        TableName=TABLE, TimeToLiveSpecification={"Enabled": False, "AttributeName": "expires_at"}
+    )
+
+    assert ensure_table(dynamodb, TABLE) == "updated: TTL on"
+    assert dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+
+
+def test_ensure_table_refuses_a_table_with_another_key(dynamodb: Any) -> None:
+    dynamodb.create_table(
+        TableName=TABLE, BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+    )
+
+    with pytest.raises(ValueError, match="another key"):
+        ensure_table(dynamodb, TABLE)
+
+
+def test_delete_table_deletes_it_then_finds_it_absent(table: str, dynamodb: Any) -> None:
+    assert delete_table(dynamodb, TABLE) == "deleted"
+    assert delete_table(dynamodb, TABLE) == "absent"

@@ -16,6 +16,7 @@ import requests
 import sqs_setup
 from config import Settings
 from conftest import Samples, metric, metric_samples, wait_until
+from idempotency import SharedStore, ensure_table
 from message import WRITER_EXTENSION
 from metrics import total
 from server import create_app
@@ -570,6 +571,42 @@ def test_on_a_fifo_queue_the_idempotency_key_becomes_the_deduplication_id(sqs: A
     assert (keyed.status_code, both.status_code) == (201, 201)
     received = {m["MessageId"]: m["Attributes"]["MessageDeduplicationId"] for m in drain(queue)}
     assert received == {keyed.json()["message_id"]: "k-7", both.json()["message_id"]: "own"}
+
+
+def test_with_a_shared_table_a_repeat_on_another_writer_replays_the_first(
+    settings: Settings, queue: SqsQueue, dynamodb: Any, drain: Any
+) -> None:
+    ensure_table(dynamodb, "keys")
+    writers = [
+        create_app(settings, queue=queue, keys=SharedStore("keys", dynamodb, window_s=300, lease_s=12))
+        for _ in range(2)
+    ]
+    headers = {"Idempotency-Key": "order-1001"}
+
+    first = writers[0].test_client().post("/api/message", json=SEED, headers=headers)
+    repeat = writers[1].test_client().post("/api/message", json=SEED, headers=headers)
+    reused = writers[1].test_client().post("/api/message", json={"body": "other"}, headers=headers)
+
+    assert (first.status_code, repeat.status_code) == (201, 201)
+    assert repeat.json() == first.json() and repeat.headers["Idempotent-Replayed"] == "true"
+    assert_problem(reused, 422, "used with a different request")
+    assert [m["MessageId"] for m in drain(queue)] == [first.json()["message_id"]]
+
+
+def test_an_unreachable_shared_table_refuses_keyed_requests_only(
+    settings: Settings, queue: SqsQueue, closed_endpoint: str
+) -> None:
+    tables = create_client(Settings(dynamodb_endpoint_url=closed_endpoint, sqs_max_attempts=1), service="dynamodb")
+    app = create_app(settings, queue=queue, keys=SharedStore("keys", tables, window_s=300, lease_s=12))
+    client = app.test_client()
+
+    keyed = client.post("/api/message", json=SEED, headers={"Idempotency-Key": "k-1"})
+    unkeyed = client.post("/api/message", json=SEED)
+
+    assert_problem(keyed, 503, "keys")
+    assert keyed.headers["retry-after"] == str(settings.retry_after_s)
+    assert unkeyed.status_code == 201
+    assert queue.depth()["visible"] == 1  # the keyed request was not sent
 
 
 def test_bodies_and_attribute_values_stay_out_of_info_logs(
