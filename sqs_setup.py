@@ -1,4 +1,5 @@
-"""Create (or `--delete`) the queue and its dead-letter queue, as the settings describe them.
+"""Create (or `--delete`) the queue and its dead-letter queue, as the settings describe them, and
+with IDEMPOTENCY_TABLE set the DynamoDB table of Idempotency-Keys (on-demand, TTL on).
 
 Idempotent: a run compares what exists with what the settings ask for, changes only the
 difference, and says what it did; a second run changes nothing and says so.
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
+
+import botocore.exceptions
 
 from config import DISTRIBUTION, Settings, settings_for_command
+from idempotency import delete_table, ensure_table
 from sqsinterface import (
     NotAuthorized,
     QueueNotFound,
@@ -90,17 +94,22 @@ def ensure(queue: SqsQueue, desired: Mapping[str, str], role: str) -> str:
     return "updated " + ", ".join(sorted(changed))
 
 
-def set_up(settings: Settings, client: object) -> list[str]:
-    """Bring both queues to the settings' state; one line per queue saying what changed."""
+def set_up(settings: Settings, client: object, tables: object = None) -> list[str]:
+    """Bring both queues (and with IDEMPOTENCY_TABLE the table, on the DynamoDB client `tables`)
+    to the settings' state; one line per queue or table saying what changed."""
     dlq = SqsQueue(settings.dlq_name, client)
     queue = SqsQueue(settings.queue_name, client)
     dlq_outcome = ensure(dlq, desired_attributes(settings, dlq_arn=None), role="dead-letter-queue")
     dlq_arn = dlq.attributes(["QueueArn"])["QueueArn"]
     queue_outcome = ensure(queue, desired_attributes(settings, dlq_arn=dlq_arn), role="queue")
-    return [f"dead-letter queue {dlq.name!r}: {dlq_outcome}", f"queue {queue.name!r}: {queue_outcome}"]
+    lines = [f"dead-letter queue {dlq.name!r}: {dlq_outcome}", f"queue {queue.name!r}: {queue_outcome}"]
+    if settings.idempotency_table:
+        outcome = _table_call(ensure_table, tables, settings.idempotency_table)
+        lines.append(f"idempotency table {settings.idempotency_table!r}: {outcome}")
+    return lines
 
 
-def tear_down(settings: Settings, client: object) -> list[str]:
+def tear_down(settings: Settings, client: object, tables: object = None) -> list[str]:
     lines = []
     for name in (settings.queue_name, settings.dlq_name):
         queue = SqsQueue(name, client)
@@ -109,7 +118,25 @@ def tear_down(settings: Settings, client: object) -> list[str]:
             lines.append(f"queue {name!r}: deleted")
         except QueueNotFound:
             lines.append(f"queue {name!r}: absent")
+    if settings.idempotency_table:
+        outcome = _table_call(delete_table, tables, settings.idempotency_table)
+        lines.append(f"idempotency table {settings.idempotency_table!r}: {outcome}")
     return lines
+
+
+def _table_call(step: Callable[[Any, str], str], tables: Any, table: str) -> str:
+    """A step on the table, its failures as SetupError (naming the table) and NotAuthorized."""
+    try:
+        return step(tables, table)
+    except ValueError as exc:  # the table exists with another key
+        raise SetupError(str(exc)) from None
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "AccessDenied" in code or code in ("UnrecognizedClientException", "InvalidSignatureException"):
+            raise NotAuthorized(f"DynamoDB table {table!r}: {code}") from exc
+        raise SetupError(f"DynamoDB table {table!r}: {code}: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise SetupError(f"DynamoDB table {table!r}: {exc}") from exc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -118,9 +145,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "MAX_RECEIVE_COUNT receives), or delete them. Names and attributes come from the "
         "settings (QUEUE_NAME, DLQ_NAME, VISIBILITY_TIMEOUT, RECEIVE_WAIT_SECONDS, "
         "MAX_MESSAGE_BYTES, MAX_RECEIVE_COUNT); a QUEUE_NAME ending in .fifo makes FIFO queues. "
-        "Running it again changes only what differs."
+        "With IDEMPOTENCY_TABLE set, also the DynamoDB table of Idempotency-Keys (on-demand, TTL "
+        "on). Running it again changes only what differs."
     )
-    parser.add_argument("--delete", action="store_true", help="delete both queues instead")
+    parser.add_argument("--delete", action="store_true",
+                        help="delete both queues (and IDEMPOTENCY_TABLE's table, when set) instead")
     args = parser.parse_args(argv)
     settings = settings_for_command("sqs_setup")
     if settings is None:
@@ -128,13 +157,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     where = settings.sqs_endpoint_url or f"AWS region {settings.aws_region}"
     try:
         client = create_client(settings)
-        lines = (tear_down if args.delete else set_up)(settings, client)
+        tables = create_client(settings, service="dynamodb") if settings.idempotency_table else None
+        lines = (tear_down if args.delete else set_up)(settings, client, tables)
     except NotAuthorized as exc:
         print(
             f"sqs_setup: not authorized at {where}: {exc}\n"
             "Give credentials with the rights sqs:CreateQueue, sqs:TagQueue, sqs:GetQueueUrl, "
-            "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete; "
-            "README.md, 'AWS permissions'), or set SQS_ENDPOINT_URL to a local endpoint.",
+            "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete): "
+            "deploy/iam/setup.json, with deploy/iam/setup-idempotency.json for IDEMPOTENCY_TABLE "
+            "(docs/deployment.md); or set SQS_ENDPOINT_URL (and DYNAMODB_ENDPOINT_URL) to a local "
+            "endpoint.",
             file=sys.stderr,
         )
         return 2

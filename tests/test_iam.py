@@ -1,5 +1,6 @@
-"""README.md's IAM policies: each part, run against moto, makes only SQS calls its policy allows,
-and its policy allows nothing it does not call."""
+"""deploy/iam's policies: each part, run against moto, makes only AWS calls its policy allows, and
+its policy allows nothing it does not call; with IDEMPOTENCY_TABLE, the writer and setup need
+their -idempotency policies too."""
 
 from __future__ import annotations
 
@@ -15,51 +16,72 @@ import pytest
 import sqs_setup
 from config import Settings
 from conftest import ROOT
+from idempotency import SharedStore, ensure_table
 from metrics import WorkerStats
 from server import create_app
 from sqsinterface import OutgoingMessage, SqsQueue
+from test_sqsinterface import PartlyFailingClient
 from worker import SimulatedWork, StatsPane, Worker
 from worker_output import OutputWriter
 
 Grant = tuple[str, str]  # (IAM action, queue name)
 
 
-def readme_policies() -> dict[str, dict[str, Any]]:
-    """The JSON policy under each '#### Part' heading of the README's IAM section, by part."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### AWS permissions (IAM)", 1)[1].split("\n## ", 1)[0]
-    found = re.findall(r"^#### (\w+)\n.*?```json\n(.*?)```", section, re.M | re.S)
-    return {part.lower(): json.loads(policy) for part, policy in found}
+POLICIES = ROOT / "deploy" / "iam"
+#: The table deploy/iam's -idempotency policies name.
+TABLE = "writer-idempotency-keys"
 
 
-def grants(policy: dict[str, Any]) -> set[Grant]:
+def policies() -> dict[str, dict[str, Any]]:
+    """Each policy file of deploy/iam, by its name."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(POLICIES.glob("*.json"))}
+
+
+def grants(*names: str) -> set[Grant]:
+    """What the named policies allow together, as (action, queue or table name)."""
     allowed = set()
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        for resource in resources:
-            assert re.match(r"^arn:aws:sqs:[a-z0-9-]+:\d{12}:[\w.-]+$", resource), resource
-            allowed |= {(action, resource.rsplit(":", 1)[1]) for action in actions}
+    for name in names:
+        for statement in policies()[name]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for resource in resources:
+                match = re.match(r"^arn:aws:(sqs|dynamodb):[a-z0-9-]+:\d{12}:(?:table/)?([\w.-]+)$", resource)
+                assert match, resource
+                allowed |= {(action, match.group(2)) for action in actions}
     return allowed
 
 
 class CallRecorder:
-    """Every SQS call made on a client, as the IAM actions and queues it needs."""
+    """Every AWS call made on the clients it watches, as the IAM actions and resources it needs."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, *clients: Any) -> None:
         self.needed: set[Grant] = set()
         self._lock = threading.Lock()
-        client.meta.events.register("before-parameter-build.sqs", self._record)
+        for client in clients:
+            self.watch(client)
 
-    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+    def watch(self, client: Any) -> None:
+        client.meta.events.register("before-parameter-build.sqs", self._record_sqs)
+        client.meta.events.register("before-parameter-build.dynamodb", self._record_dynamodb)
+
+    def _record_sqs(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         queue = params.get("QueueName") or params["QueueUrl"].rsplit("/", 1)[1]
         # A batch call is authorised by its single-message action.
         actions = {"sqs:" + model.name.removesuffix("Batch")}
         if model.name == "CreateQueue" and params.get("tags"):
             actions.add("sqs:TagQueue")  # tagging at creation needs both
+        self._add(actions, queue)
+
+    def _record_dynamodb(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        actions = {"dynamodb:" + model.name}
+        if model.name == "CreateTable" and params.get("Tags"):
+            actions.add("dynamodb:TagResource")  # tagging at creation needs both
+        self._add(actions, params["TableName"])
+
+    def _add(self, actions: set[str], resource: str) -> None:
         with self._lock:
-            self.needed |= {(action, queue) for action in actions}
+            self.needed |= {(action, resource) for action in actions}
 
     def take(self) -> set[Grant]:
         with self._lock:
@@ -72,24 +94,26 @@ def recorder(sqs: Any) -> Iterator[CallRecorder]:
     yield CallRecorder(sqs)
 
 
-def test_the_readme_has_a_policy_for_the_writer_the_worker_and_setup() -> None:
-    assert set(readme_policies()) == {"writer", "worker", "setup"}
+def test_deploy_has_a_policy_for_each_part_and_for_the_idempotency_table() -> None:
+    assert set(policies()) == {"writer", "worker", "setup", "writer-idempotency", "setup-idempotency"}
 
 
-def test_setup_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -> None:
-    settings = Settings()
-    sqs_setup.set_up(settings, sqs)  # creates both, tagged
-    sqs_setup.set_up(dataclasses.replace(settings, visibility_timeout_s=60), sqs)  # updates the queue
+def setup_calls(settings: Settings, sqs: Any, recorder: CallRecorder, tables: Any = None) -> set[Grant]:
+    """What sqs_setup needs to create everything, then to bring each queue back to its settings."""
+    sqs_setup.set_up(settings, sqs, tables)  # creates both queues (and the table), tagged
+    sqs_setup.set_up(dataclasses.replace(settings, visibility_timeout_s=60), sqs, tables)  # updates the queue
     needed = recorder.take()
     sqs.set_queue_attributes(  # someone shortened the dead letters' retention: setup restores it
         QueueUrl=sqs.get_queue_url(QueueName=settings.dlq_name)["QueueUrl"],
         Attributes={"MessageRetentionPeriod": "60"},
     )
     recorder.take()  # those calls were the test's
-    sqs_setup.set_up(settings, sqs)
-    needed |= recorder.take()
+    sqs_setup.set_up(settings, sqs, tables)
+    return needed | recorder.take()
 
-    assert needed == grants(readme_policies()["setup"])
+
+def test_setup_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -> None:
+    assert setup_calls(Settings(), sqs, recorder) == grants("setup")
 
 
 def test_the_writer_needs_exactly_its_policy(
@@ -106,7 +130,7 @@ def test_the_writer_needs_exactly_its_policy(
     finally:
         app.app.extensions["queue_writer"].close()
 
-    assert recorder.take() == grants(readme_policies()["writer"])
+    assert recorder.take() == grants("writer")
 
 
 def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -> None:
@@ -127,4 +151,38 @@ def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -
     with StatsPane(worker, stats, out=None, interval_s=settings.stats_interval_s):  # as worker.main runs it
         assert worker.run(burst=True) == 0
     assert stats.snapshot()[0]["dead_lettered"] > 0 and stats.snapshot()[0]["retried"] > 0
-    assert recorder.take() == grants(readme_policies()["worker"])
+    assert recorder.take() == grants("worker")
+
+
+def test_setup_with_the_table_needs_exactly_both_setup_policies(
+    sqs: Any, dynamodb: Any, recorder: CallRecorder
+) -> None:
+    recorder.watch(dynamodb)
+    needed = setup_calls(Settings(idempotency_table=TABLE), sqs, recorder, dynamodb)
+
+    assert needed == grants("setup", "setup-idempotency")
+
+
+def test_the_writer_with_the_table_needs_exactly_both_writer_policies(
+    queues: tuple[SqsQueue, SqsQueue], dynamodb: Any, recorder: CallRecorder
+) -> None:
+    queue, _ = queues
+    settings = Settings(idempotency_table=TABLE)
+    ensure_table(dynamodb, TABLE)
+    recorder.watch(dynamodb)
+    recorder.take()  # the queues' and the table's creation
+    keys = SharedStore(TABLE, dynamodb, window_s=300, lease_s=12)
+    failing_sends = SqsQueue(queue.name, PartlyFailingClient(queue.client))
+    app = create_app(settings, queue=failing_sends, keys=keys)
+    client = app.test_client()
+    try:
+        first = client.post("/api/message", json={"body": "hello"}, headers={"Idempotency-Key": "k-1"})
+        repeat = client.post("/api/message", json={"body": "hello"}, headers={"Idempotency-Key": "k-1"})
+        failed = client.post("/api/message", json={"body": "throttle"}, headers={"Idempotency-Key": "k-2"})
+        assert (first.status_code, repeat.status_code, failed.status_code) == (201, 201, 503)
+        assert client.get("/api/ready").status_code == 200
+        assert client.get("/api/stats").status_code == 200
+    finally:
+        app.app.extensions["queue_writer"].close()
+
+    assert recorder.take() == grants("writer", "writer-idempotency")

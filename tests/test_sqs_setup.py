@@ -81,6 +81,16 @@ def test_delete_removes_both_and_a_second_delete_finds_them_absent(sqs: Any, set
     assert not SqsQueue("messages", sqs).exists()
 
 
+def test_with_an_idempotency_table_setup_makes_it_and_delete_removes_it(sqs: Any, dynamodb: Any) -> None:
+    settings = Settings(idempotency_table="keys")
+
+    assert sqs_setup.set_up(settings, sqs, dynamodb)[-1] == "idempotency table 'keys': created"
+    assert sqs_setup.set_up(settings, sqs, dynamodb)[-1] == "idempotency table 'keys': unchanged"
+    assert dynamodb.describe_time_to_live(TableName="keys")["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+    assert sqs_setup.tear_down(settings, sqs, dynamodb)[-1] == "idempotency table 'keys': deleted"
+    assert dynamodb.list_tables()["TableNames"] == []
+
+
 def test_main_reports_what_it_did(sqs: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert sqs_setup.main([]) == 0
     assert "queue 'messages': created" in capsys.readouterr().out
@@ -111,6 +121,18 @@ def test_an_unreachable_endpoint_gives_a_clear_message(
 
     assert sqs_setup.main([]) == 2
     assert f"cannot reach SQS at {closed_endpoint}" in capsys.readouterr().err
+
+
+def test_an_unreachable_dynamodb_gives_a_clear_message(
+    sqs: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], closed_endpoint: str
+) -> None:
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", "keys")
+    monkeypatch.setenv("DYNAMODB_ENDPOINT_URL", closed_endpoint)
+    monkeypatch.setenv("SQS_MAX_ATTEMPTS", "1")
+
+    assert sqs_setup.main([]) == 2
+    err = capsys.readouterr().err
+    assert "DynamoDB table 'keys'" in err and closed_endpoint in err and "Traceback" not in err
 
 
 def test_an_invalid_setting_names_the_variable(
