@@ -31,7 +31,8 @@ R = TypeVar("R")
 
 
 class Overloaded(Exception):
-    """More items are waiting than the batcher accepts: the caller should answer "retry later"."""
+    """More items are waiting than the batcher accepts (for longer than the caller would wait):
+    the caller should answer "retry later"."""
 
 
 class Closed(Exception):
@@ -71,13 +72,22 @@ class GroupCommit(Generic[T, R]):
         self._quiet_before = False  # the oldest pending item came after a quiet spell
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._held = 0  # submitters waiting for room
         self._closed = False
         self._threads: list[threading.Thread] = []
 
-    def submit(self, item: T) -> Future[R]:
-        """Queue one item; the future resolves once the call that carried it has returned."""
+    def submit(self, item: T, *, wait_s: float = 0.0) -> Future[R]:
+        """Queue one item; the future resolves once the call that carried it has returned. With
+        `max_pending` items waiting, wait up to `wait_s` for room (backpressure on a caller
+        that can slow down), then raise Overloaded."""
         future: Future[R] = Future()
         with self._cond:
+            if len(self._pending) >= self._max_pending and not self._closed and wait_s > 0:
+                self._held += 1
+                try:
+                    self._cond.wait_for(lambda: len(self._pending) < self._max_pending or self._closed, wait_s)
+                finally:
+                    self._held -= 1
             if self._closed:
                 raise Closed(f"{self._name} is closed")
             if len(self._pending) >= self._max_pending:
@@ -142,6 +152,8 @@ class GroupCommit(Generic[T, R]):
             self._oldest_since = time.monotonic()  # of those left: they came in a stream
             self._quiet_before = False
             self._in_flight += 1
+            if self._held:
+                self._cond.notify_all()  # room for those waiting to submit
             return batch
 
     def _run(self) -> None:

@@ -137,6 +137,54 @@ def test_submitting_past_the_pending_limit_is_refused() -> None:
     group.close()
 
 
+def test_a_submitter_willing_to_wait_gets_in_once_a_call_takes_the_pending_items() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=2, max_pending=2)
+    group.submit(1)
+    wait_started(flush)
+    group.submit(2)
+    group.submit(3)  # full: the call under way holds its thread
+    with pytest.raises(Overloaded):
+        group.submit(4, wait_s=0.05)  # nothing left meanwhile
+
+    waiting = threading.Thread(target=lambda: results.append(group.submit(4, wait_s=TIMEOUT_S)))
+    results: list[Future[int]] = []
+    waiting.start()
+    time.sleep(0.1)
+    assert not results  # held back, not refused
+    flush.release.set()  # the first call ends, the next takes 2 and 3: room for 4
+    waiting.join(TIMEOUT_S)
+
+    assert results[0].result(TIMEOUT_S) == 40
+    group.close()
+
+
+def test_close_wakes_a_waiting_submitter_with_closed() -> None:
+    flush = RecordingFlush(hold=True)
+    group = GroupCommit(flush, max_batch=10, max_pending=1)
+    group.submit(1)
+    wait_started(flush)
+    group.submit(2)
+    raised: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            group.submit(3, wait_s=TIMEOUT_S)
+        except (Closed, Overloaded) as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=submit)
+    waiting.start()
+    time.sleep(0.1)
+    closing = threading.Thread(target=group.close)
+    closing.start()
+    waiting.join(TIMEOUT_S)
+    flush.release.set()
+    closing.join(TIMEOUT_S)
+
+    assert len(raised) == 1 and isinstance(raised[0], Closed)
+
+
 def test_a_cancelled_item_is_not_sent() -> None:
     flush = RecordingFlush(hold=True)
     group = GroupCommit(flush, max_batch=10)
