@@ -6,7 +6,9 @@ Made of parts with one job each, as dramatiq's worker is:
 - `InFlight`, the ledger: every message received and not yet finished, in one structure behind
   one condition. It bounds receiving, tells the heartbeat what to extend, and is what a
   shutdown waits on. Nothing else is shared between the roles but it and the batchers.
-- `Consumer`, the only thread that receives: a receive's worth whenever the ledger has room.
+- `Consumer`s receive: a receive's worth whenever the ledger has room. One always polls; above
+  a few receives' worth of processors, helpers join it while receives come back full, so that
+  a backlog is fetched by several receives at once and an empty queue costs one long poll.
 - `ProcessorThread`s run the processing step; they never receive.
 - `Settler` makes the one decision of what becomes of a message a processor is done with, and
   hands deletes and visibility changes to group commits that coalesce them into batch calls.
@@ -73,11 +75,19 @@ MAX_OUTAGE_BACKOFF_S = 30.0
 #: While some slots are busy, how long the consumer waits for more to free up, so that one
 #: receive fills several slots instead of one receive per finished message.
 RECEIVE_GATHER_S = 0.05
-#: Messages received ahead of free processors (a receive's worth). They are in flight, kept
-#: invisible by the heartbeat, and returned at once on shutdown if no processor started them.
+#: Messages received ahead of free processors: a receive's worth for each receiver. They are in
+#: flight, kept invisible by the heartbeat, and returned at once on shutdown if no processor
+#: started them.
 PREFETCH = BATCH_MAX_ENTRIES
+#: The most receives in flight at once, however many processors: past a few, a worker's
+#: threads contend for the GIL more than they gain, and a second worker process scales better.
+MAX_RECEIVERS = 4
 #: How long a delete or visibility change may wait for others to share its batch call.
 ACK_LINGER_S = 0.02
+#: How long a processor waits for room among the pending deletes and visibility changes before
+#: it gives up on one (the message is then delivered again): while it waits it starts nothing
+#: new, so the worker processes no faster than it can acknowledge.
+ACK_BACKPRESSURE_S = 30.0
 #: In burst mode, the pause between looks at a queue that still holds messages for later.
 BURST_POLL_S = 0.05
 #: SQS's longest visibility timeout: the longest a retry can be put off.
@@ -133,6 +143,13 @@ def compute_backoff(
     return min(MAX_VISIBILITY_TIMEOUT_S, math.ceil(backoff_s(receive_count, base_s=base_s, max_s=max_s, rng=rng)))
 
 
+def receivers_for(concurrency: int) -> int:
+    """How many receives a worker keeps in flight: one per two receives' worth of processors
+    (one up to 29), at most MAX_RECEIVERS. One receive takes a round trip to SQS; while it is
+    away the processors it feeds must have work in hand."""
+    return max(1, min(MAX_RECEIVERS, concurrency // (2 * BATCH_MAX_ENTRIES)))
+
+
 def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
     """Split a receive into units for the processors. Standard queue: one message each. FIFO
     queue: one unit per message group, in the order SQS gave them, processed one after another."""
@@ -146,13 +163,16 @@ def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
 
 class InFlight:
     """The ledger of messages received and not yet finished, with when each one's invisibility
-    ends. At most `capacity` at once: the processors' number plus a receive's worth ahead."""
+    ends. At most `capacity` at once: the processors' number plus a receive's worth ahead for
+    each receiver. Receivers claim their slots here before they receive, so that several
+    receiving at once never fetch more than there is room for."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._cond = threading.Condition()
         self._messages: dict[str, tuple[ReceivedMessage, float]] = {}  # receipt handle -> (it, deadline)
         self._claimed = 0  # slots promised to a receive under way
+        self._wanted = 1  # what a claim gathers for: the slots of a whole receive
         self._woken = False
 
     def __len__(self) -> int:
@@ -161,18 +181,21 @@ class InFlight:
 
     def claim(self, wanted: int, *, gather_s: float) -> int:
         """Wait for a free slot; then, if others are busy, up to `gather_s` for more to free, so
-        that one receive fills several. Claims and returns up to `wanted` (0 once woken)."""
+        that one receive fills several. Claims and returns up to `wanted`: at least 1, or 0 once
+        woken. (Another receiver may take the slots meanwhile: then it waits again.)"""
         with self._cond:
-            while self._free() == 0 and not self._woken:
-                self._cond.wait()
-            until = time.monotonic() + gather_s
-            while self._free() < wanted and not self._woken and (left_s := until - time.monotonic()) > 0:
-                self._cond.wait(left_s)
-            if self._woken:
-                return 0
-            claimed = min(wanted, self._free())
-            self._claimed += claimed
-            return claimed
+            self._wanted = wanted
+            while not self._woken:
+                while self._free() == 0 and not self._woken:
+                    self._cond.wait()
+                until = time.monotonic() + gather_s
+                while self._free() < wanted and not self._woken and (left_s := until - time.monotonic()) > 0:
+                    self._cond.wait(left_s)
+                claimed = min(wanted, self._free())
+                if claimed > 0 and not self._woken:
+                    self._claimed += claimed
+                    return claimed
+            return 0
 
     def receive(self, claimed: int, messages: list[ReceivedMessage], *, deadline: float) -> None:
         """What a receive for `claimed` slots brought: in flight until `deadline` (monotonic)
@@ -186,9 +209,14 @@ class InFlight:
     def finish(self, messages: list[ReceivedMessage]) -> None:
         """These are no longer in flight here (done, or handed back)."""
         with self._cond:
+            was_full = self._free() <= 0
             for message in messages:
                 self._messages.pop(message.receipt_handle, None)
-            self._cond.notify_all()
+            # Wake the waiters only when one of them can act: a first free slot, a receive's
+            # worth free, or nothing left. Waking every receiver at every message costs more
+            # thread switches than the processing itself, at a few thousand a second.
+            if was_full or self._free() >= self._wanted or not self._messages:
+                self._cond.notify_all()
 
     def due(self, before: float) -> list[ReceivedMessage]:
         """The messages whose invisibility ends before `before`."""
@@ -223,13 +251,14 @@ class Settler:
     Success: recorded in the output file, then deleted. Failure: made visible again after a
     backoff, or at MAX_RECEIVE_COUNT sent to the dead-letter queue with its reasons and then
     deleted. Unstarted (shutdown, or behind a failed one of its FIFO group): visible at once.
-    Deletes and visibility changes go to group commits; if one fails, SQS still has the message
-    and delivers it again after its visibility timeout.
+    Deletes and visibility changes go to group commits, `calls_at_once` calls of each at most;
+    a processor waits while they are behind (ACK_BACKPRESSURE_S). If one fails, SQS still has
+    the message and delivers it again after its visibility timeout.
     """
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, settings: Settings, metrics: WorkerMetrics,
-        output: Optional[OutputWriter], worker_id: str,
+        output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
     ) -> None:
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
@@ -239,16 +268,16 @@ class Settler:
         self.worker_id = worker_id
         pending = 10 * settings.worker_concurrency
         self._deletes: GroupCommit[str, EntryOutcome] = GroupCommit(
-            queue.delete_messages, max_batch=BATCH_MAX_ENTRIES, max_concurrent=2,
+            self._delete, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="delete",
         )
         self._visibility: GroupCommit[tuple[str, int], EntryOutcome] = GroupCommit(
-            queue.change_visibility, max_batch=BATCH_MAX_ENTRIES, max_concurrent=2,
+            queue.change_visibility, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
         )
 
     def succeeded(self, message: ReceivedMessage) -> None:
-        if self.output is not None:  # written before the delete: nothing acknowledged is missing
+        if self.output is not None:  # out before the delete (_delete): nothing acknowledged is missing
             self.output.write(ProcessedRecord.of(message, processed_at_s=time.time()))
         self.metrics.add("processed")
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
@@ -287,6 +316,14 @@ class Settler:
         until = time.monotonic() + timeout_s
         for batcher in (self._deletes, self._visibility):
             batcher.close(timeout_s=max(1.0, until - time.monotonic()))
+        if self.output is not None:  # records whose delete never left are kept all the same
+            self.output.flush()
+
+    def _delete(self, receipt_handles: list[str]) -> list[EntryOutcome]:
+        """A DeleteMessageBatch, once the records of the messages it deletes are written."""
+        if self.output is not None:
+            self.output.flush()
+        return self.queue.delete_messages(receipt_handles)
 
     def _dead_letter(self, message: ReceivedMessage, error: Exception) -> bool:
         """Send the message to the dead-letter queue with why it failed; True once SQS has it.
@@ -321,25 +358,32 @@ class Settler:
                 self.metrics.add("deleted")
 
         try:
-            batcher.submit(item).add_done_callback(outcome_known)
+            batcher.submit(item, wait_s=ACK_BACKPRESSURE_S).add_done_callback(outcome_known)
         except (Overloaded, Closed) as exc:
             log.warning("message %r not %s (%s): it will be delivered again", message.id, done, exc)
 
 
 class Consumer(threading.Thread):
-    """The only thread that receives: a receive's worth whenever the ledger has room, handed to
-    the processors as units of work. Backs off while SQS fails; with `idle_s`, stops the worker
-    once the queue has been empty that long (0: as soon as it is drained)."""
+    """Receives a receive's worth whenever the ledger has room, and hands it to the processors
+    as units of work. Backs off while SQS fails; with `idle_s`, stops the worker once the queue
+    has been empty that long (0: as soon as it is drained).
+
+    The first consumer always polls. A helper (`helper=True`) receives only while `backlog`
+    is set: any consumer sets it when a receive comes back with all it asked for (more is
+    likely waiting), a helper clears it when one comes back short, and then waits again."""
 
     def __init__(
         self, *, queue: SqsQueue, ledger: InFlight, work: queue_module.Queue[Optional[Unit]],
         settler: Settler, metrics: WorkerMetrics, visibility_timeout_s: int, wait_s: int,
-        stopping: threading.Event, stop_worker: Callable[[], None], idle_s: Optional[float] = None,
+        stopping: threading.Event, stop_worker: Callable[[], None], backlog: threading.Event,
+        idle_s: Optional[float] = None, helper: int = 0,
     ) -> None:
-        super().__init__(name="consumer", daemon=True)
+        super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer", daemon=True)
         self.queue, self.ledger, self.work, self.settler, self.metrics = queue, ledger, work, settler, metrics
         self.visibility_timeout_s = visibility_timeout_s
-        self.stopping, self.stop_worker, self.idle_s = stopping, stop_worker, idle_s
+        self.stopping, self.stop_worker, self.backlog = stopping, stop_worker, backlog
+        self.helper = bool(helper)
+        self.idle_s = None if helper else idle_s  # the first consumer alone decides the queue is idle
         # A burst polls without waiting; an idle timer notices idleness within about its length.
         self.wait_s = wait_s if idle_s is None else min(wait_s, int(idle_s))
         self._idle_since: Optional[float] = None
@@ -347,6 +391,10 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         outage, failures = ThrottledLog(log), 0
         while not self.stopping.is_set():
+            if self.helper:
+                self.backlog.wait()  # Worker.stop sets it too, to let helpers end
+                if self.stopping.is_set():
+                    break
             claimed = self.ledger.claim(min(BATCH_MAX_ENTRIES, self.ledger.capacity), gather_s=RECEIVE_GATHER_S)
             if not claimed:
                 break  # stopping
@@ -354,6 +402,9 @@ class Consumer(threading.Thread):
                 messages = self.queue.receive(max_messages=claimed, wait_s=self.wait_s)
             except Exception as exc:  # SQS's errors, and a bug of ours: log, pause, carry on
                 self.ledger.receive(claimed, [], deadline=0.0)
+                if self.helper:  # the first consumer backs off and finds the backlog again
+                    self.backlog.clear()
+                    continue
                 failures += 1
                 if isinstance(exc, SqsError):
                     outage.warning(exc, "receiving")
@@ -368,6 +419,10 @@ class Consumer(threading.Thread):
                 self.settler.release(messages)
                 break
             self.ledger.receive(claimed, messages, deadline=time.monotonic() + self.visibility_timeout_s)
+            if len(messages) == claimed:
+                self.backlog.set()
+            elif self.helper:
+                self.backlog.clear()
             if messages:
                 self._idle_since = None
                 self.metrics.add("received", len(messages))
@@ -472,8 +527,9 @@ class Heartbeat(threading.Thread):
 
 class Worker:
     """Consumes `queue` with `processor` on `settings.worker_concurrency` threads until `stop()`,
-    or, with `exit_when_idle_s`, until the queue has been empty that long. Wires the parts and
-    orders their stop; counts into `metrics` (served from `registry`)."""
+    or, with `exit_when_idle_s`, until the queue has been empty that long, with
+    `receivers_for(concurrency)` receives in flight at most. Wires the parts and orders their
+    stop; counts into `metrics` (served from `registry`)."""
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
@@ -486,13 +542,15 @@ class Worker:
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         self.metrics = WorkerMetrics(self.registry)
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
-        self.ledger = InFlight(capacity=settings.worker_concurrency + PREFETCH)
+        self.receivers = receivers_for(settings.worker_concurrency)
+        self.ledger = InFlight(capacity=settings.worker_concurrency + PREFETCH * self.receivers)
         self.metrics.in_flight.set_function(lambda: len(self.ledger))
         self.settler = Settler(
             queue=queue, dead_letter_queue=dead_letter_queue, settings=settings, metrics=self.metrics,
-            output=output, worker_id=self.worker_id,
+            output=output, worker_id=self.worker_id, calls_at_once=1 + self.receivers,  # acks keep up with receives
         )
         self._stopping = threading.Event()
+        self._backlog = threading.Event()  # receives come back full: helpers receive too
 
     def stop(self) -> None:
         """Ask for a graceful stop: receive no more; in-flight work finishes. Thread-safe."""
@@ -500,30 +558,35 @@ class Worker:
             log.info("stopping: finishing in-flight work, returning what was not started")
             self._stopping.set()
         self.ledger.wake()
+        self._backlog.set()  # helpers waiting for a backlog see the stop
 
     def run(self, *, burst: bool = False) -> int:
         """Work until stopped, or with `burst` until the queue is drained; 0 when everything
         in flight was finished or handed back within SHUTDOWN_GRACE."""
         visibility_timeout_s = self._queue_visibility_timeout()
         work: queue_module.Queue[Optional[Unit]] = queue_module.Queue()
-        consumer = Consumer(
-            queue=self.queue, ledger=self.ledger, work=work, settler=self.settler, metrics=self.metrics,
-            visibility_timeout_s=visibility_timeout_s, wait_s=self.settings.receive_wait_s,
-            stopping=self._stopping, stop_worker=self.stop, idle_s=0.0 if burst else self.exit_when_idle_s,
-        )
+        consumers = [
+            Consumer(
+                queue=self.queue, ledger=self.ledger, work=work, settler=self.settler, metrics=self.metrics,
+                visibility_timeout_s=visibility_timeout_s, wait_s=self.settings.receive_wait_s,
+                stopping=self._stopping, stop_worker=self.stop, backlog=self._backlog,
+                idle_s=0.0 if burst else self.exit_when_idle_s, helper=number,
+            )
+            for number in range(self.receivers)
+        ]
         processors = [
             ProcessorThread(number, work=work, processor=self.processor, ledger=self.ledger,
                             settler=self.settler, metrics=self.metrics, stopping=self._stopping)
             for number in range(self.settings.worker_concurrency)
         ]
         heartbeat = Heartbeat(queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s)
-        for thread in (consumer, *processors, heartbeat):
+        for thread in (*consumers, *processors, heartbeat):
             thread.start()
         self._stopping.wait()
-        return 0 if self._shut_down(consumer, processors, heartbeat, work) else 1
+        return 0 if self._shut_down(consumers, processors, heartbeat, work) else 1
 
     def _shut_down(
-        self, consumer: Consumer, processors: list[ProcessorThread], heartbeat: Heartbeat,
+        self, consumers: list[Consumer], processors: list[ProcessorThread], heartbeat: Heartbeat,
         work: queue_module.Queue[Optional[Unit]],
     ) -> bool:
         """The order of a graceful stop: stop receiving; let the processors finish what they
@@ -534,7 +597,8 @@ class Worker:
         def left_s() -> float:
             return max(0.0, until - time.monotonic())
 
-        consumer.join(left_s())  # a long poll under way ends, and hands back what it brought
+        for consumer in consumers:
+            consumer.join(left_s())  # a long poll under way ends, and hands back what it brought
         drained = self.ledger.wait_empty(left_s())
         for _ in processors:
             work.put(None)
@@ -543,7 +607,7 @@ class Worker:
         heartbeat.done.set()
         heartbeat.join(left_s())
         self.settler.close(left_s())
-        clean = drained and not consumer.is_alive()
+        clean = drained and not any(consumer.is_alive() for consumer in consumers)
         if not clean:
             log.warning("grace period (%g s) over with %d messages in flight: they return after their "
                         "visibility timeout", self.settings.shutdown_grace_s, len(self.ledger))

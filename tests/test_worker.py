@@ -26,6 +26,7 @@ from worker import (
     compute_backoff,
     load_processor,
     poll_depths,
+    receivers_for,
     render_stats,
 )
 from worker_output import OutputWriter, ProcessedRecord, parse_lines
@@ -91,6 +92,32 @@ def test_the_ledger_wakes_a_waiting_claim_and_reports_when_it_empties() -> None:
     ledger.finish(held)
 
     assert claims == [0] and ledger.wait_empty(0)
+
+
+@pytest.mark.parametrize(("concurrency", "receivers"), [(1, 1), (10, 1), (39, 1), (40, 2), (64, 3), (500, 4)])
+def test_one_receive_in_flight_per_two_receives_worth_of_processors_up_to_a_cap(
+    concurrency: int, receivers: int
+) -> None:
+    assert receivers_for(concurrency) == receivers
+
+
+def test_a_claim_outrun_by_another_receiver_waits_again_instead_of_giving_up() -> None:
+    ledger = InFlight(capacity=2)
+    held = [ReceivedMessage(id=f"m{n}", body="b", receipt_handle=f"rh{n}") for n in range(2)]
+    ledger.receive(ledger.claim(2, gather_s=0), held, deadline=100.0)
+    claims: list[int] = []
+    receivers = [threading.Thread(target=lambda: claims.append(ledger.claim(2, gather_s=0.05))) for _ in range(2)]
+    for receiver in receivers:
+        receiver.start()
+
+    ledger.finish(held[:1])  # one slot frees: both receivers see it, one gets it
+    wait_until(lambda: claims == [1], timeout_s=5, what="one claim of the one free slot")
+    time.sleep(0.2)  # the other's gathering is long over: it must still be waiting, not return 0
+    assert claims == [1] and sum(receiver.is_alive() for receiver in receivers) == 1
+    ledger.wake()
+    for receiver in receivers:
+        receiver.join(5)
+    assert claims == [1, 0]
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -505,3 +532,117 @@ def test_a_fifo_group_is_processed_in_order_even_when_a_receive_brings_several_o
 
     assert running.wait() == 0
     assert [line.body for line in running.output_lines] == bodies
+
+
+class ReceivesAtOnce:
+    """Watches ReceiveMessage calls on a client: how many were under way at once, at most. Each
+    is held `hold_s` first, as a round trip to SQS would, so that overlaps can be seen."""
+
+    def __init__(self, sqs: Any, hold_s: float = 0.05) -> None:
+        self.hold_s, self.now, self.most, self.calls = hold_s, 0, 0, 0
+        self._lock = threading.Lock()
+        sqs.meta.events.register("before-call.sqs.ReceiveMessage", self._started)
+        sqs.meta.events.register("after-call.sqs.ReceiveMessage", self._ended)
+
+    def _started(self, **_: Any) -> None:
+        with self._lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.hold_s)
+
+    def _ended(self, **_: Any) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def test_a_backlog_is_fetched_by_several_receives_at_once(
+    start_worker: Callable[..., RunningWorker], sqs: Any, queue: SqsQueue
+) -> None:
+    receives = ReceivesAtOnce(sqs)
+    bodies = [f"m{n}" for n in range(120)]
+
+    running = start_worker(SimulatedWork(process_time_s=0.05, failure_rate=0), bodies, worker_concurrency=64)
+
+    assert running.wait() == 0
+    assert receives.most == receivers_for(64) == 3
+    assert sorted(line.body for line in running.output_lines) == sorted(bodies)  # each once
+    assert sum(queue.depth().values()) == 0
+
+
+def test_an_empty_queue_costs_one_long_poll_at_a_time(
+    start_worker: Callable[..., RunningWorker], sqs: Any
+) -> None:
+    receives = ReceivesAtOnce(sqs, hold_s=0)
+    running = start_worker(Recorder(), ["the only one"], burst=False, worker_concurrency=64)
+    wait_until(lambda: receives.calls >= 3, timeout_s=10, what="the queue polled, empty, twice")
+
+    running.worker.stop()
+
+    assert running.wait() == 0
+    assert receives.most == 1
+
+
+def test_a_stop_with_several_receivers_hands_back_everything_not_started(
+    start_worker: Callable[..., RunningWorker], sqs: Any, queue: SqsQueue
+) -> None:
+    receives = ReceivesAtOnce(sqs)
+    started = threading.Event()
+
+    def slow(message: ReceivedMessage) -> None:
+        started.set()
+        time.sleep(0.5)
+
+    running = start_worker(slow, [f"m{n}" for n in range(100)], burst=False, worker_concurrency=40)
+    wait_until(lambda: receives.most == 2, timeout_s=10, what="two receives at once")
+    assert started.wait(10)
+
+    running.worker.stop()
+
+    assert running.wait() == 0
+    done = len(running.output_lines)
+    assert 1 <= done <= 40 + 2 * BATCH_MAX_ENTRIES  # at most what it could hold: none fetched past that
+    depth = queue.depth()
+    assert depth["in_flight"] == 0  # nothing left invisible: all not started was handed back
+    assert depth["visible"] == 100 - done
+
+
+def test_slow_deletes_hold_the_processors_back_instead_of_being_dropped(
+    start_worker: Callable[..., RunningWorker], sqs: Any, queue: SqsQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    def slow_delete(**_: Any) -> None:
+        time.sleep(0.2)
+
+    sqs.meta.events.register("before-call.sqs.DeleteMessageBatch", slow_delete)
+    bodies = [f"m{n}" for n in range(60)]
+
+    # 2 processors: 20 deletes may wait, 2 calls of 10 leave at a time, 5 times slower than the work
+    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=0), bodies, worker_concurrency=2)
+
+    assert running.wait() == 0
+    assert "not deleted" not in caplog.text
+    stats, _ = running.stats.snapshot()
+    assert (stats["processed"], stats["deleted"]) == (60, 60)
+    assert sum(queue.depth().values()) == 0
+
+
+def test_a_record_is_written_before_its_message_is_deleted(
+    start_worker: Callable[..., RunningWorker], sqs: Any
+) -> None:
+    bodies_by_handle: dict[str, str] = {}
+    unwritten_at_delete: list[str] = []
+    running: list[RunningWorker] = []
+
+    def remember(message: ReceivedMessage) -> None:
+        bodies_by_handle[message.receipt_handle] = message.body
+
+    def check_written(params: dict[str, Any], **_: Any) -> None:
+        written = {line.body for line in running[0].output_lines}
+        deleted = {bodies_by_handle[entry["ReceiptHandle"]] for entry in params["Entries"]}
+        unwritten_at_delete.extend(deleted - written)
+
+    sqs.meta.events.register("before-parameter-build.sqs.DeleteMessageBatch", check_written)
+    running.append(start_worker(remember, [f"m{n}" for n in range(25)]))
+
+    assert running[0].wait() == 0
+    assert len(running[0].output_lines) == 25 and unwritten_at_delete == []
