@@ -244,9 +244,11 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 
 class SlowProxy:
-    """A TCP proxy on loopback that holds every chunk coming back from `upstream_port` for
-    `delay_s` (which a test may change at any time): an SQS that answers, slowly. Runs its own
-    event loop in a thread."""
+    """A TCP proxy on loopback that holds each answer coming back from `upstream_port` for
+    `delay_s` (which a test may change at any time): an SQS that answers, slowly. The delay is
+    taken once per exchange (before the first chunk that follows a request), not per chunk, so
+    an answer's time does not depend on how the engine splits it. Runs its own event loop in a
+    thread."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
         self.upstream_port = upstream_port
@@ -278,9 +280,10 @@ class SlowProxy:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             writers.append(upstream_writer)
+            request_sent = asyncio.Event()
             await asyncio.gather(
-                self._pipe(client_reader, upstream_writer, slowed=False),
-                self._pipe(upstream_reader, client_writer, slowed=True),
+                self._forward(client_reader, upstream_writer, request_sent),
+                self._answer(upstream_reader, client_writer, request_sent),
             )
         except (OSError, asyncio.CancelledError):
             pass
@@ -290,10 +293,24 @@ class SlowProxy:
             await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
             self._connections.discard(task)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, slowed: bool) -> None:
+    @staticmethod
+    async def _forward(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event
+    ) -> None:
         while chunk := await reader.read(65536):
-            if slowed and self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            writer.write(chunk)
+            await writer.drain()
+            request_sent.set()
+        writer.close()
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event
+    ) -> None:
+        while chunk := await reader.read(65536):
+            if request_sent.is_set():
+                request_sent.clear()
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
             writer.write(chunk)
             await writer.drain()
         writer.close()

@@ -22,7 +22,7 @@ from harness import Process, free_port
 from sqsinterface import create_client
 
 TABLE = "writer-idempotency-keys"
-SEND_TIMEOUT_S = 2  # a claim's lease is this plus idempotency.LEASE_MARGIN_S
+SEND_TIMEOUT_S = 3  # a claim's lease is this plus idempotency.LEASE_MARGIN_S
 MESSAGE = {"body": "order 1001 paid"}
 
 
