@@ -79,7 +79,7 @@ class Sizes:
     connections: int = 32
     raw_seconds: float = 4.0
     worker_seconds: float = 3.0  # of work at the ideal rate, per concurrency
-    worker_max_messages: int = 6000
+    worker_max_messages: int = 6000  # per worker process
     cost_messages: int = 3000
     e2e_small: int = 1000
     e2e_large: int = 10_000
@@ -262,7 +262,8 @@ def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000}
     for prefix, processes, concurrency in SCALING_RUNS:
         ideal = processes * concurrency / WORK_S
-        count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+        # per process: a second one starts a little later, which a short drain would weigh
+        count = min(processes * sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
         records, _, cores = drain(system, prefix.replace("_", "-"), count=count, processes=processes, args=[
             "--concurrency", str(concurrency), "--process-time", str(WORK_S), "--failure-rate", "0"])
         rate = processing_rate(records)
