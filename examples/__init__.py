@@ -1,0 +1,1 @@
+"""Examples of processing steps for the worker (docs/worker.md)."""
