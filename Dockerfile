@@ -1,7 +1,7 @@
 # One image for every part of the service; the command picks the part:
 #   queue-writer (the default), queue-worker, queue-client, queue-setup, queue-dlq.
 # Build: docker build -t sqs-message-service .   Run the whole system: docker compose up
-# Every setting comes from the environment (README, "Settings").
+# Every setting comes from the environment (docs/configuration.md).
 
 ARG PYTHON_VERSION=3.11
 

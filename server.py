@@ -268,7 +268,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     The one entry point of `make run`, `queue-writer` and the container. With WRITER_PROCESSES
     above 1, uvicorn runs that many processes on the one socket, each with its own app (see
-    README, "Production serving", for what is per process)."""
+    docs/operations.md, "Scaling out", for what is per process)."""
     settings = settings_for_command("server")
     if settings is None:
         return 2
