@@ -150,8 +150,8 @@ def test_a_submitter_willing_to_wait_gets_in_once_a_call_takes_the_pending_items
     waiting = threading.Thread(target=lambda: results.append(group.submit(4, wait_s=TIMEOUT_S)))
     results: list[Future[int]] = []
     waiting.start()
-    time.sleep(0.1)
-    assert not results  # held back, not refused
+    waiting.join(0.1)
+    assert waiting.is_alive() and not results  # held back, not refused
     flush.release.set()  # the first call ends, the next takes 2 and 3: room for 4
     waiting.join(TIMEOUT_S)
 
