@@ -536,13 +536,19 @@ def test_a_fifo_group_is_processed_in_order_even_when_a_receive_brings_several_o
 
 class ReceivesAtOnce:
     """Watches ReceiveMessage calls on a client: how many were under way at once, at most. Each
-    is held `hold_s` first, as a round trip to SQS would, so that overlaps can be seen."""
+    is held `hold_s` first, as a round trip to SQS would, so that overlaps can be seen.
+
+    Then moto's own part runs one call at a time: its ReceiveMessage checks that a message is
+    visible and marks it received in two steps, without a lock, so two calls at once can both
+    take one message (on a busy machine, they did). SQS's receive is atomic."""
 
     def __init__(self, sqs: Any, hold_s: float = 0.05) -> None:
         self.hold_s, self.now, self.most, self.calls = hold_s, 0, 0, 0
         self._lock = threading.Lock()
+        self._engine = threading.Lock()  # held from the end of the hold to the call's end
         sqs.meta.events.register("before-call.sqs.ReceiveMessage", self._started)
         sqs.meta.events.register("after-call.sqs.ReceiveMessage", self._ended)
+        sqs.meta.events.register("after-call-error.sqs.ReceiveMessage", self._ended)
 
     def _started(self, **_: Any) -> None:
         with self._lock:
@@ -550,8 +556,10 @@ class ReceivesAtOnce:
             self.calls += 1
             self.most = max(self.most, self.now)
         time.sleep(self.hold_s)
+        self._engine.acquire()
 
     def _ended(self, **_: Any) -> None:
+        self._engine.release()
         with self._lock:
             self.now -= 1
 
