@@ -52,8 +52,9 @@ stop:
 test: $(STAMP) local-sqs lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The quick tier, on every core (pytest-xdist): its tests share no process, file or fixed port.
 fast: $(STAMP) lint
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" -n auto $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -93,7 +94,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs moto flask-cors pytest httpx2 schemathesis requests build ruff mypy
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build ruff mypy
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
