@@ -101,12 +101,10 @@ class LocalSystem:
         return self.processes[name].output
 
     def stop(self) -> None:
-        """Ctrl-C to each, the last started first (the worker finishes what it holds); whatever
-        lingers is killed, with everything it started."""
+        """Ctrl-C to each, once, the last started first, waiting for each: the worker finishes
+        what it holds while the writer and SQS still answer. Whatever lingers is killed, with
+        everything it started. (A second Ctrl-C would make the worker and uvicorn exit at once.)"""
         for process in reversed(self._running):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self._running:
             self.stop_process(process)
 
     @staticmethod

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOCAL_ENGINE
-from e2e import local_system, run_e2e
+from conftest import LOCAL_ENGINE, wait_until
+from e2e import LocalSystem, local_system, run_e2e
 from worker_output import read_records
 
 pytestmark = pytest.mark.integration
@@ -50,3 +50,38 @@ def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path
     processed = read_records(output)
     assert [p.body for p in processed] == lines, log[-2000:]
     assert max(p.receive_count for p in processed) > 1  # some failed and were retried in place
+
+
+#: A program that, on Ctrl-C, says so (with when), takes 0.3 s to finish, says when it ends.
+FINISHES_ON_CTRL_C = """
+import signal, sys, time
+got = []
+def on_ctrl_c(*_):
+    got.append(1)
+    print("SIGINT", time.monotonic(), flush=True)
+signal.signal(signal.SIGINT, on_ctrl_c)
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+time.sleep(0.3)
+print("exit", time.monotonic(), flush=True)
+"""
+
+
+def test_stopping_the_system_sends_one_ctrl_c_to_each_the_last_started_first(tmp_path: Path) -> None:
+    system = LocalSystem(tmp_path, {"PORT": "1", "LOCAL_SQS_PORT": "2"})
+    names = ("sqs", "writer", "worker")  # in the order make e2e starts them
+    for name in names:
+        system.python(name, "-c", FINISHES_ON_CTRL_C)
+    wait_until(lambda: all("ready" in system.log(name) for name in names), timeout_s=10, what="all ready")
+
+    system.stop()
+
+    def when(name: str, event: str) -> list[float]:
+        return [float(line.split()[1]) for line in system.log(name).splitlines() if line.startswith(event)]
+
+    for name in names:
+        assert len(when(name, "SIGINT")) == 1, system.log(name)  # a second one means: exit now
+    # each finishes before the one started before it is asked to: SQS answers the worker's deletes
+    assert when("worker", "exit")[0] < when("writer", "SIGINT")[0]
+    assert when("writer", "exit")[0] < when("sqs", "SIGINT")[0]
