@@ -169,22 +169,22 @@ class InFlight:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self.receive_size = min(BATCH_MAX_ENTRIES, capacity)  # what a claim gathers for: a whole receive
         self._cond = threading.Condition()
         self._messages: dict[str, tuple[ReceivedMessage, float]] = {}  # receipt handle -> (it, deadline)
         self._claimed = 0  # slots promised to a receive under way
-        self._wanted = 1  # what a claim gathers for: the slots of a whole receive
         self._woken = False
 
     def __len__(self) -> int:
         with self._cond:
             return len(self._messages)
 
-    def claim(self, wanted: int, *, gather_s: float) -> int:
+    def claim(self, *, gather_s: float) -> int:
         """Wait for a free slot; then, if others are busy, up to `gather_s` for more to free, so
-        that one receive fills several. Claims and returns up to `wanted`: at least 1, or 0 once
-        woken. (Another receiver may take the slots meanwhile: then it waits again.)"""
+        that one receive fills several. Claims and returns up to `receive_size`: at least 1, or 0
+        once woken. (Another receiver may take the slots meanwhile: then it waits again.)"""
+        wanted = self.receive_size
         with self._cond:
-            self._wanted = wanted
             while not self._woken:
                 while self._free() == 0 and not self._woken:
                     self._cond.wait()
@@ -215,7 +215,7 @@ class InFlight:
             # Wake the waiters only when one of them can act: a first free slot, a receive's
             # worth free, or nothing left. Waking every receiver at every message costs more
             # thread switches than the processing itself, at a few thousand a second.
-            if was_full or self._free() >= self._wanted or not self._messages:
+            if was_full or self._free() >= self.receive_size or not self._messages:
                 self._cond.notify_all()
 
     def due(self, before: float) -> list[ReceivedMessage]:
@@ -277,11 +277,12 @@ class Settler:
         )
 
     def succeeded(self, message: ReceivedMessage) -> None:
+        now = time.time()
         if self.output is not None:  # out before the delete (_delete): nothing acknowledged is missing
-            self.output.write(ProcessedRecord.of(message, processed_at_s=time.time()))
+            self.output.write(ProcessedRecord.of(message, processed_at_s=now))
         self.metrics.add("processed")
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
-            self.metrics.end_to_end.observe(max(0.0, time.time() - message.sent_at_s))
+            self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
         self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
 
     def failed(self, message: ReceivedMessage, error: Exception) -> None:
@@ -384,8 +385,9 @@ class Consumer(threading.Thread):
         self.stopping, self.stop_worker, self.backlog = stopping, stop_worker, backlog
         self.helper = bool(helper)
         self.idle_s = None if helper else idle_s  # the first consumer alone decides the queue is idle
-        # A burst polls without waiting; an idle timer notices idleness within about its length.
-        self.wait_s = wait_s if idle_s is None else min(wait_s, int(idle_s))
+        # An idle timer notices idleness within about its length, and long-polls at least 1 s:
+        # below that, an empty queue would cost a receive every BURST_POLL_S.
+        self.wait_s = wait_s if idle_s is None else min(wait_s, max(1, int(idle_s)))
         self._idle_since: Optional[float] = None
 
     def run(self) -> None:
@@ -395,21 +397,21 @@ class Consumer(threading.Thread):
                 self.backlog.wait()  # Worker.stop sets it too, to let helpers end
                 if self.stopping.is_set():
                     break
-            claimed = self.ledger.claim(min(BATCH_MAX_ENTRIES, self.ledger.capacity), gather_s=RECEIVE_GATHER_S)
+            claimed = self.ledger.claim(gather_s=RECEIVE_GATHER_S)
             if not claimed:
                 break  # stopping
             try:
                 messages = self.queue.receive(max_messages=claimed, wait_s=self.wait_s)
             except Exception as exc:  # SQS's errors, and a bug of ours: log, pause, carry on
                 self.ledger.receive(claimed, [], deadline=0.0)
-                if self.helper:  # the first consumer backs off and finds the backlog again
-                    self.backlog.clear()
-                    continue
-                failures += 1
                 if isinstance(exc, SqsError):
                     outage.warning(exc, "receiving")
                 else:
                     log.error("unexpected error while receiving", exc_info=True)
+                if self.helper:  # the first consumer backs off and finds the backlog again
+                    self.backlog.clear()
+                    continue
+                failures += 1
                 self.stopping.wait(backoff_s(failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S))
                 continue
             outage.recovered()
@@ -518,26 +520,27 @@ class Heartbeat(threading.Thread):
             if not due:
                 continue
             outcomes = self.queue.change_visibility([(m.receipt_handle, self.visibility_timeout_s) for m in due])
+            extended = []
             for message, outcome in zip(due, outcomes, strict=True):
-                if outcome is not None:
+                if outcome is None:
+                    extended.append(message)
+                else:
                     log.warning("heartbeat for %r failed (%s)", message.id, outcome)
-            self.ledger.extended([m for m, outcome in zip(due, outcomes, strict=True) if outcome is None],
-                                 deadline=now + self.visibility_timeout_s)
+            self.ledger.extended(extended, deadline=now + self.visibility_timeout_s)
 
 
 class Worker:
     """Consumes `queue` with `processor` on `settings.worker_concurrency` threads until `stop()`,
-    or, with `exit_when_idle_s`, until the queue has been empty that long, with
+    or, with `settings.exit_when_idle_s`, until the queue has been empty that long, with
     `receivers_for(concurrency)` receives in flight at most. Wires the parts and orders their
     stop; counts into `metrics` (served from `registry`)."""
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
-        output: Optional[OutputWriter] = None, exit_when_idle_s: Optional[float] = None,
+        output: Optional[OutputWriter] = None,
     ) -> None:
         self.queue, self.dead_letter_queue, self.processor = queue, dead_letter_queue, processor
         self.settings = settings
-        self.exit_when_idle_s = exit_when_idle_s
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         self.metrics = WorkerMetrics(self.registry)
@@ -568,9 +571,9 @@ class Worker:
         consumers = [
             Consumer(
                 queue=self.queue, ledger=self.ledger, work=work, settler=self.settler, metrics=self.metrics,
-                visibility_timeout_s=visibility_timeout_s, wait_s=self.settings.receive_wait_s,
+                visibility_timeout_s=visibility_timeout_s, wait_s=0 if burst else self.settings.receive_wait_s,
                 stopping=self._stopping, stop_worker=self.stop, backlog=self._backlog,
-                idle_s=0.0 if burst else self.exit_when_idle_s, helper=number,
+                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number,
             )
             for number in range(self.receivers)
         ]
@@ -756,7 +759,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         worker = Worker(
             queue=SqsQueue(settings.queue_name, client, sqs_metrics),
             dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
-            processor=processor, settings=settings, output=output, exit_when_idle_s=settings.exit_when_idle_s,
+            processor=processor, settings=settings, output=output,
         )
         try:
             metrics_server = serve_metrics(settings, worker.registry)

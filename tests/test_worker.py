@@ -67,12 +67,12 @@ def test_the_ledger_bounds_claims_by_what_is_in_flight_and_frees_what_a_receive_
     ledger = InFlight(capacity=12)
     first = [ReceivedMessage(id=f"m{n}", body="b", receipt_handle=f"rh{n}") for n in range(3)]
 
-    assert ledger.claim(10, gather_s=0) == 10
-    assert ledger.claim(10, gather_s=0) == 2  # 10 promised to the first receive
+    assert ledger.claim(gather_s=0) == 10
+    assert ledger.claim(gather_s=0) == 2  # 10 promised to the first receive
     ledger.receive(10, first, deadline=100.0)  # it brought 3: 7 slots are free again
     ledger.receive(2, [], deadline=100.0)
 
-    assert len(ledger) == 3 and ledger.claim(10, gather_s=0) == 9
+    assert len(ledger) == 3 and ledger.claim(gather_s=0) == 9
     assert ledger.due(before=101.0) == first and ledger.due(before=99.0) == []
     ledger.extended(first[:1], deadline=200.0)
     assert ledger.due(before=101.0) == first[1:]
@@ -81,10 +81,12 @@ def test_the_ledger_bounds_claims_by_what_is_in_flight_and_frees_what_a_receive_
 def test_the_ledger_wakes_a_waiting_claim_and_reports_when_it_empties() -> None:
     ledger = InFlight(capacity=1)
     held = [ReceivedMessage(id="m", body="b", receipt_handle="rh")]
-    ledger.receive(ledger.claim(1, gather_s=0), held, deadline=100.0)
+    ledger.receive(ledger.claim(gather_s=0), held, deadline=100.0)
     claims: list[int] = []
-    waiting = threading.Thread(target=lambda: claims.append(ledger.claim(1, gather_s=0)))
+    waiting = threading.Thread(target=lambda: claims.append(ledger.claim(gather_s=0)))
     waiting.start()
+    waiting.join(0.1)
+    assert waiting.is_alive()  # waiting for room when the wake comes
 
     assert not ledger.wait_empty(0.01)
     ledger.wake()  # the worker stops: a claim waiting for room gets none
@@ -104,9 +106,9 @@ def test_one_receive_in_flight_per_two_receives_worth_of_processors_up_to_a_cap(
 def test_a_claim_outrun_by_another_receiver_waits_again_instead_of_giving_up() -> None:
     ledger = InFlight(capacity=2)
     held = [ReceivedMessage(id=f"m{n}", body="b", receipt_handle=f"rh{n}") for n in range(2)]
-    ledger.receive(ledger.claim(2, gather_s=0), held, deadline=100.0)
+    ledger.receive(ledger.claim(gather_s=0), held, deadline=100.0)
     claims: list[int] = []
-    receivers = [threading.Thread(target=lambda: claims.append(ledger.claim(2, gather_s=0.05))) for _ in range(2)]
+    receivers = [threading.Thread(target=lambda: claims.append(ledger.claim(gather_s=0.05))) for _ in range(2)]
     for receiver in receivers:
         receiver.start()
 
@@ -589,6 +591,17 @@ def test_an_empty_queue_costs_one_long_poll_at_a_time(
 
     assert running.wait() == 0
     assert receives.most == 1
+
+
+def test_an_idle_timer_under_a_second_still_long_polls(start_worker: Callable[..., RunningWorker], sqs: Any) -> None:
+    waits: list[int] = []
+    sqs.meta.events.register("provide-client-params.sqs.ReceiveMessage",
+                             lambda params, **_: waits.append(params.get("WaitTimeSeconds", 0)))
+
+    running = start_worker(Recorder(), ["the only one"], burst=False, exit_when_idle_s=0.5)
+
+    assert running.wait() == 0  # idle: it stopped by itself
+    assert waits and min(waits) >= 1, waits  # never a receive every BURST_POLL_S on an empty queue
 
 
 def test_a_stop_with_several_receivers_hands_back_everything_not_started(
