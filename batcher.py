@@ -70,9 +70,10 @@ class GroupCommit(Generic[T, R]):
         self._oldest_since = 0.0  # when the oldest pending item arrived (monotonic)
         self._last_arrival = float("-inf")
         self._quiet_before = False  # the oldest pending item came after a quiet spell
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the senders wait on it for items
+        self._room = threading.Condition(lock)  # held submitters wait on it for room
         self._in_flight = 0
-        self._held = 0  # submitters waiting for room
         self._closed = False
         self._threads: list[threading.Thread] = []
 
@@ -83,11 +84,7 @@ class GroupCommit(Generic[T, R]):
         future: Future[R] = Future()
         with self._cond:
             if len(self._pending) >= self._max_pending and not self._closed and wait_s > 0:
-                self._held += 1
-                try:
-                    self._cond.wait_for(lambda: len(self._pending) < self._max_pending or self._closed, wait_s)
-                finally:
-                    self._held -= 1
+                self._room.wait_for(lambda: len(self._pending) < self._max_pending or self._closed, wait_s)
             if self._closed:
                 raise Closed(f"{self._name} is closed")
             if len(self._pending) >= self._max_pending:
@@ -119,6 +116,7 @@ class GroupCommit(Generic[T, R]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._room.notify_all()
         for thread in self._threads:
             thread.join(timeout_s)
 
@@ -152,8 +150,7 @@ class GroupCommit(Generic[T, R]):
             self._oldest_since = time.monotonic()  # of those left: they came in a stream
             self._quiet_before = False
             self._in_flight += 1
-            if self._held:
-                self._cond.notify_all()  # room for those waiting to submit
+            self._room.notify_all()  # room for those waiting to submit, if any
             return batch
 
     def _run(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from batcher import Closed, GroupCommit, Overloaded
 
 TIMEOUT_S = 5
+HELD_S = 60  # how long a held submitter would wait: far past TIMEOUT_S, so only a wake-up lets it on
 
 
 class RecordingFlush:
@@ -147,7 +148,7 @@ def test_a_submitter_willing_to_wait_gets_in_once_a_call_takes_the_pending_items
     with pytest.raises(Overloaded):
         group.submit(4, wait_s=0.05)  # nothing left meanwhile
 
-    waiting = threading.Thread(target=lambda: results.append(group.submit(4, wait_s=TIMEOUT_S)))
+    waiting = threading.Thread(target=lambda: results.append(group.submit(4, wait_s=HELD_S)), daemon=True)
     results: list[Future[int]] = []
     waiting.start()
     waiting.join(0.1)
@@ -169,16 +170,18 @@ def test_close_wakes_a_waiting_submitter_with_closed() -> None:
 
     def submit() -> None:
         try:
-            group.submit(3, wait_s=TIMEOUT_S)
+            group.submit(3, wait_s=HELD_S)
         except (Closed, Overloaded) as exc:
             raised.append(exc)
 
-    waiting = threading.Thread(target=submit)
+    waiting = threading.Thread(target=submit, daemon=True)
     waiting.start()
-    time.sleep(0.1)
+    waiting.join(0.1)
+    assert waiting.is_alive()  # held, waiting for room, when the close comes
     closing = threading.Thread(target=group.close)
     closing.start()
-    waiting.join(TIMEOUT_S)
+    waiting.join(TIMEOUT_S / 2)  # the held call gives up after TIMEOUT_S: only the close can wake it before
+    assert not waiting.is_alive()  # woken by the close itself, while the call still holds its thread
     flush.release.set()
     closing.join(TIMEOUT_S)
 
