@@ -1,7 +1,8 @@
 """The queue-writer's handlers (bound by `operationId` in swagger.yml) and what the spec cannot say:
-a message's size in UTF-8, SQS's character set, attribute names, FIFO rules.
+a message's size as SQS counts it (UTF-8, attributes included) and lone surrogates; and each
+entry of a batch on its own merit, against the same rules as the spec's.
 
-The spec has already checked types, required fields and ranges before a handler runs.
+The served spec has already checked types, fields, ranges and characters before a handler runs.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class Writer:
         )
         self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
         # Idempotency-Keys: in this process's memory unless a shared store is given.
-        self.idempotency: KeyStore = idempotency or IdempotencyStore(
+        self.idempotency: KeyStore = idempotency if idempotency is not None else IdempotencyStore(
             window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys
         )
         self._closed = threading.Event()
@@ -165,8 +166,7 @@ class Writer:
     def count(self, outcome: Optional[str], messages: int = 1) -> None:
         """Count `messages` under `outcome` (None: an answer that is no message's outcome)."""
         if outcome is not None:
-            series = self._outcomes.get(outcome) or self.metrics.messages.labels(outcome)
-            series.inc(messages)
+            self._outcomes[outcome].inc(messages)  # every outcome's series, found at start
 
     def refused(self, error: ServiceError, messages: int = 1) -> ServiceError:
         """Count `messages` as refused with `error`, under its outcome; returns it, to be raised.
@@ -177,7 +177,8 @@ class Writer:
     def prepare(self, fields: Mapping[str, Any], idempotency_key: Optional[str] = None) -> OutgoingMessage:
         """Check one message and build what will be sent. On a FIFO queue an Idempotency-Key
         becomes the deduplication id of a message that has none, so that SQS too drops a
-        repeat, across writers."""
+        repeat, across writers. (Without content-based deduplication the served spec requires
+        a deduplication_id, so there every message that gets here has one.)"""
         if idempotency_key is not None and self.queue.is_fifo and fields.get("deduplication_id") is None:
             fields = {**fields, "deduplication_id": idempotency_key}
         try:

@@ -254,8 +254,9 @@ class ProblemAnswers:
         return ConnexionResponse(status_code=error.status, mimetype=PROBLEM, body=body, headers=headers)
 
     async def handle_connexion(self, request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
-        """connexion's own refusals in the writer's vocabulary: a Content-Type the operation does
-        not take (415), a missing or unknown API key (401); any other keeps connexion's words."""
+        """connexion's own refusals in the writer's vocabulary: a missing or unknown API key (401).
+        Its 400 and 415 come from the request validation webstack.RequestChecks replaces, so they
+        are mapped only in case one of its layers still raises them; any other keeps its words."""
         adapted = {400: InvalidRequest, 401: Unauthenticated, 415: UnsupportedMediaType}.get(exc.status)
         if adapted is None:
             return exc.to_problem()

@@ -16,7 +16,7 @@ import requests
 import sqs_setup
 from config import Settings
 from conftest import Samples, metric, metric_samples, wait_until
-from idempotency import SharedStore, ensure_table
+from idempotency import IdempotencyStore, SharedStore, ensure_table
 from message import WRITER_EXTENSION
 from metrics import total
 from server import create_app
@@ -571,6 +571,28 @@ def test_on_a_fifo_queue_the_idempotency_key_becomes_the_deduplication_id(sqs: A
     assert (keyed.status_code, both.status_code) == (201, 201)
     received = {m["MessageId"]: m["Attributes"]["MessageDeduplicationId"] for m in drain(queue)}
     assert received == {keyed.json()["message_id"]: "k-7", both.json()["message_id"]: "own"}
+
+
+def test_without_content_based_deduplication_a_key_does_not_stand_in_for_the_deduplication_id(
+    sqs: Any, drain: Any
+) -> None:
+    sqs.create_queue(QueueName="strict.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"})
+    queue = SqsQueue("strict.fifo", sqs)
+    client = create_app(Settings(queue_name="strict.fifo"), queue=queue).test_client()
+
+    keyed = client.post("/api/message", json={**SEED, "group_id": "g"}, headers={"Idempotency-Key": "k-9"})
+
+    # as docs/api.md says: the served spec requires it, whatever the headers
+    assert keyed.status_code == 400 and "deduplication_id" in keyed.json()["detail"]
+    assert drain(queue) == []
+
+
+def test_a_store_of_keys_given_is_the_one_used_even_while_empty(settings: Settings, queue: SqsQueue) -> None:
+    store = IdempotencyStore(window_s=1, max_keys=5)  # empty, so falsy: len() is 0
+
+    app = create_app(settings, queue=queue, keys=store)
+
+    assert app.app.extensions[WRITER_EXTENSION].idempotency is store
 
 
 def test_with_a_shared_table_a_repeat_on_another_writer_replays_the_first(
