@@ -67,6 +67,21 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+def _encode(answer: dict[str, str]) -> str:
+    """An answer as both stores keep it: compact JSON, the lightest form."""
+    return json.dumps(answer, separators=(",", ":"))
+
+
+def _replay(same_request: bool, answer: Optional[str]) -> dict[str, str]:
+    """What a repeat of a live key gets, from either store: the first answer, or why not."""
+    if not same_request:
+        raise KeyReused("this Idempotency-Key was used with a different request; use a new key")
+    if answer is None:
+        raise KeyInProgress("the first request with this Idempotency-Key is still being sent; retry")
+    decoded: dict[str, str] = json.loads(answer)
+    return decoded
+
+
 @dataclass(slots=True)
 class _Entry:
     fingerprint: bytes
@@ -100,17 +115,13 @@ class IdempotencyStore:
                 while len(self._entries) > self.max_keys:
                     self._entries.popitem(last=False)
                 return None
-            if entry.fingerprint != request:
-                raise KeyReused("this Idempotency-Key was used with a different request; use a new key")
-            if entry.answer is None:
-                raise KeyInProgress("the first request with this Idempotency-Key is still being sent; retry")
-            return json.loads(entry.answer)
+            return _replay(entry.fingerprint == request, entry.answer)
 
     def finish(self, key: bytes, answer: dict[str, str]) -> None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                entry.answer = json.dumps(answer, separators=(",", ":"))
+                entry.answer = _encode(answer)
 
     def abandon(self, key: bytes) -> None:
         """The first request failed: forget the key, so that a retry sends anew."""
@@ -136,7 +147,7 @@ class SharedStore:
     again. Keys are hashed and scoped per API key, as in memory; no body is stored.
 
     Any failure of the table is StoreUnavailable (503): a keyed request is never sent without
-    its key kept. Which claim is this writer's is known by its owner token, per thread.
+    its key kept. Which claim is this writer's is known by its owner token, kept per key.
     """
 
     def __init__(
@@ -171,7 +182,9 @@ class SharedStore:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except _KeyTaken as taken:
-            return self._repeat(taken.record, request)
+            if taken.record.get("owner", {}).get("S") != owner:
+                return self._repeat(taken.record, request)
+            # botocore retried a PutItem whose answer was lost: the claim it refuses is this one
         with self._lock:
             self._owners[key] = owner
         return None
@@ -185,11 +198,11 @@ class SharedStore:
                 self.client.update_item(
                     TableName=self.table, Key={"key": {"S": key.hex()}},
                     UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner",
-                    ConditionExpression="#owner = :owner",
+                    # or already so, when botocore retried an UpdateItem whose answer was lost
+                    ConditionExpression="#owner = :owner OR (#state = :answered AND answer = :answer)",
                     ExpressionAttributeNames={"#state": "state", "#owner": "owner"},
                     ExpressionAttributeValues={
-                        ":answered": {"S": "answered"}, ":owner": {"S": owner},
-                        ":answer": {"S": json.dumps(answer, separators=(",", ":"))},
+                        ":answered": {"S": "answered"}, ":owner": {"S": owner}, ":answer": {"S": _encode(answer)},
                     },
                 )
         except (StoreUnavailable, _KeyTaken) as exc:
@@ -211,12 +224,9 @@ class SharedStore:
 
     def _repeat(self, record: Mapping[str, Any], request: bytes) -> dict[str, str]:
         """The answer for a repeat, found in the live `record` of its key."""
-        if record.get("fingerprint", {}).get("S") != request.hex():
-            raise KeyReused("this Idempotency-Key was used with a different request; use a new key")
-        if record.get("state", {}).get("S") != "answered":
-            raise KeyInProgress("the first request with this Idempotency-Key is still being sent; retry")
-        answer: dict[str, str] = json.loads(record["answer"]["S"])
-        return answer
+        answered = record.get("state", {}).get("S") == "answered"
+        return _replay(record.get("fingerprint", {}).get("S") == request.hex(),
+                       record["answer"]["S"] if answered else None)
 
     def _release_owner(self, key: bytes) -> str:
         with self._lock:

@@ -3,7 +3,7 @@ in memory; and the shared store's table on moto, as two writers see it."""
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import pytest
 
@@ -169,6 +169,46 @@ def test_an_answered_key_has_no_lease_to_lapse(table: str, dynamodb: Any, clock:
     store.finish(b"k", ANSWER)
 
     clock.now += LEASE_S * 10
+    assert store.begin(b"k", b"request") == ANSWER
+
+
+class RetriedOnce:
+    """botocore retrying `operation` once after it succeeded, as when its answer is lost on the way
+    back (a read timeout: standard retries send it again)."""
+
+    def __init__(self, client: Any, operation: str) -> None:
+        self.retried = 0
+        client.meta.events.register(f"needs-retry.dynamodb.{operation}", self._needs_retry)
+
+    def _needs_retry(self, attempts: int, **_: Any) -> Optional[float]:
+        if attempts == 1:
+            self.retried += 1
+            return 0.0  # retry at once
+        return None
+
+
+def test_a_claim_whose_put_is_retried_is_still_this_writers(table: str, dynamodb: Any, clock: Clock) -> None:
+    store, other = shared_store(dynamodb, clock), shared_store(dynamodb, clock)
+    retried = RetriedOnce(dynamodb, "PutItem")
+
+    assert store.begin(b"k", b"request") is None  # not a 409 against its own claim
+    store.finish(b"k", ANSWER)
+
+    assert retried.retried == 1
+    assert other.begin(b"k", b"request") == ANSWER
+
+
+def test_an_answer_whose_update_is_retried_is_kept_without_complaint(
+    table: str, dynamodb: Any, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = shared_store(dynamodb, clock)
+    store.begin(b"k", b"request")
+    retried = RetriedOnce(dynamodb, "UpdateItem")
+
+    store.finish(b"k", ANSWER)
+
+    assert retried.retried == 1
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
     assert store.begin(b"k", b"request") == ANSWER
 
 
