@@ -17,6 +17,7 @@ import botocore.exceptions
 from config import DISTRIBUTION, Settings, settings_for_command
 from idempotency import delete_table, ensure_table
 from sqsinterface import (
+    NOT_AUTHORIZED_CODES,
     NotAuthorized,
     QueueNotFound,
     QueueUnavailable,
@@ -132,7 +133,7 @@ def _table_call(step: Callable[[Any, str], str], tables: Any, table: str) -> str
         raise SetupError(str(exc)) from None
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if "AccessDenied" in code or code in ("UnrecognizedClientException", "InvalidSignatureException"):
+        if code in NOT_AUTHORIZED_CODES:
             raise NotAuthorized(f"DynamoDB table {table!r}: {code}") from exc
         raise SetupError(f"DynamoDB table {table!r}: {code}: {exc}") from exc
     except botocore.exceptions.BotoCoreError as exc:

@@ -47,16 +47,20 @@ MAX_ATTRIBUTES = 10
 STRING = "String"
 
 _NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-_NOT_AUTHORIZED = {
+#: The error codes of credentials or rights refused, SQS's and DynamoDB's (sqs_setup.py uses them too).
+NOT_AUTHORIZED_CODES = frozenset({
     "AccessDenied",
     "AccessDeniedException",
     "InvalidClientTokenId",
     "UnrecognizedClientException",
     "SignatureDoesNotMatch",
+    "InvalidSignatureException",
     "ExpiredToken",
+    "ExpiredTokenException",
     "InvalidSecurity",
     "MissingAuthenticationToken",
-}
+    "MissingAuthenticationTokenException",
+})
 _THROTTLED = {"ThrottlingException", "Throttling", "RequestThrottled", "KmsThrottled", "OverLimit"}
 
 
@@ -167,7 +171,8 @@ USER_AGENT = (
 @functools.cache
 def _service_data() -> Loader:
     """botocore's service and endpoint descriptions, read once per process: a client made from a
-    fresh session otherwise parses them again (about 80 ms here). Read only, shared safely."""
+    fresh session otherwise parses them again (about 80 ms here). Each session made on it adds
+    boto3's data folder to its search path again (a lookup, no parse): harmless."""
     return botocore.session.get_session().get_component("data_loader")
 
 
@@ -205,7 +210,7 @@ def _client_error(exc: botocore.exceptions.ClientError) -> SqsError:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if code in _NOT_FOUND:
         return QueueNotFound(text)
-    if code in _NOT_AUTHORIZED:
+    if code in NOT_AUTHORIZED_CODES:
         return NotAuthorized(text)
     if code in _THROTTLED or status >= 500:
         return QueueUnavailable(text)

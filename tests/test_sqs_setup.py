@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
 import sqs_setup
 from config import Settings
-from sqsinterface import SqsQueue
+from sqsinterface import NotAuthorized, SqsQueue
 
 
 def test_first_run_creates_both_queues_with_a_redrive_policy(sqs: Any, settings: Settings) -> None:
@@ -142,3 +143,13 @@ def test_an_invalid_setting_names_the_variable(
 
     assert sqs_setup.main([]) == 2
     assert "MAX_RECEIVE_COUNT='lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException",
+                                  "MissingAuthenticationTokenException"])
+def test_dynamodb_refusing_the_credentials_is_not_authorized_as_sqs_refusing_them_is(code: str) -> None:
+    def refused(tables: Any, table: str) -> str:
+        raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "no"}}, "CreateTable")
+
+    with pytest.raises(NotAuthorized, match=code):
+        sqs_setup._table_call(refused, None, "keys")
