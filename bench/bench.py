@@ -28,7 +28,6 @@ Prints a table with each target and writes every figure, flat, to bench/results.
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -46,7 +45,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import cpu_seconds, free_port  # noqa: E402
-from metrics import percentile  # noqa: E402
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
 from worker_output import ProcessedRecord, read_records  # noqa: E402
 
@@ -138,12 +136,8 @@ class Served:
     name: str
     process: Any
     url: str
-    requests: int = 0
-    seconds: float = 0.0
-    cpu_s: float = 0.0
-    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    latencies_s: list[float] = dataclasses.field(default_factory=list)
-    generator_cpu_s: float = 0.0
+    load: load.LoadResult = dataclasses.field(default_factory=lambda: load.LoadResult(requests=0, seconds=0.0))
+    cpu_s: float = 0.0  # the server's own
 
 
 def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
@@ -166,26 +160,23 @@ def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
                 result = load.drive(served.url, "/api/message", connections=sizes.connections,
                                     duration_s=sizes.write_seconds / WRITE_ROUNDS)
                 served.cpu_s += cpu_seconds(served.process.pid) - cpu_before
-                served.requests += result.requests
-                served.seconds += result.seconds
-                served.statuses.update(result.statuses)
-                served.latencies_s += result.latencies_s
-                served.generator_cpu_s += result.cpu_s
+                served.load.add(result)
         after = {s.name: system.writer_stats(s.url) for s in servers if s.name != "bare"}
     finally:
         for served in servers:
             system.stop_process(served.process)
     figures: dict[str, Any] = {}
     for served in servers:
-        name, ordered = served.name, sorted(served.latencies_s)
+        name, answered = served.name, served.load
+        p50_s, p99_s = answered.latencies(0.50, 0.99)
         figures.update({
-            f"write_{name}_msgs_per_s": served.statuses[201] / served.seconds,
-            f"write_{name}_refused": sum(count for status, count in served.statuses.items() if status != 201),
-            f"write_{name}_p50_ms": 1000 * (percentile(ordered, 0.50) or 0),
-            f"write_{name}_p99_ms": 1000 * (percentile(ordered, 0.99) or 0),
-            f"write_{name}_writer_cores": served.cpu_s / served.seconds,
-            f"write_{name}_cpu_ms_per_request": 1000 * served.cpu_s / max(1, served.requests),
-            f"write_{name}_generator_core_share": served.generator_cpu_s / (served.seconds * (os.cpu_count() or 1)),
+            f"write_{name}_msgs_per_s": answered.ok_per_second(201),
+            f"write_{name}_refused": answered.requests - answered.statuses[201],
+            f"write_{name}_p50_ms": 1000 * (p50_s or 0),
+            f"write_{name}_p99_ms": 1000 * (p99_s or 0),
+            f"write_{name}_writer_cores": served.cpu_s / answered.seconds,
+            f"write_{name}_cpu_ms_per_request": 1000 * served.cpu_s / max(1, answered.requests),
+            f"write_{name}_generator_core_share": answered.cpu_share,
         })
         if name in before:
             stats_before, stats_after = before[name], after[name]

@@ -33,6 +33,15 @@ class LoadResult:
     cpu_s: float = 0.0  # this process's CPU time while it ran
     errors: int = 0  # connections that failed
 
+    def add(self, other: "LoadResult") -> None:
+        """Count `other`'s run in with this one's, as one run of both lengths."""
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.statuses.update(other.statuses)
+        self.latencies_s += other.latencies_s
+        self.cpu_s += other.cpu_s
+        self.errors += other.errors
+
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
