@@ -243,6 +243,50 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         process.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def start_writer(start: Callable[..., Process]) -> Callable[..., tuple[Process, str]]:
+    """Start a writer (`server.py` with `env`, `processes` uvicorn processes on one free port)
+    and return it with its URL once every process has started and the port takes connections
+    (one process logs its start before it binds)."""
+
+    def start_one(env: dict[str, str], *, processes: int = 1) -> tuple[Process, str]:
+        port = free_port()
+        writer = start("server.py", "--port", str(port), env={**env, "WRITER_PROCESSES": str(processes)})
+        wait_until(
+            lambda: writer.output.count("Application startup complete") == processes and accepts_connections(port),
+            timeout_s=60, what=f"a writer of {processes} process(es) listening",
+        )
+        return writer, f"http://127.0.0.1:{port}"
+
+    return start_one
+
+
+class PartlyFailingClient:
+    """Passes SendMessageBatch to moto except entries whose body is 'reject' or 'throttle',
+    which it reports as SQS does in `Failed`."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
+        kept = [e for e in Entries if e["MessageBody"] not in ("reject", "throttle")]
+        response = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=kept) if kept else {}
+        failed = [
+            {
+                "Id": e["Id"],
+                "SenderFault": e["MessageBody"] == "reject",
+                "Code": "InvalidParameterValue" if e["MessageBody"] == "reject" else "InternalError",
+                "Message": "refused by the test",
+            }
+            for e in Entries
+            if e not in kept
+        ]
+        return {"Successful": response.get("Successful", []), "Failed": failed}
+
+
 class SlowProxy:
     """A TCP proxy on loopback that holds each answer coming back from `upstream_port` for
     `delay_s` (which a test may change at any time): an SQS that answers, slowly. The delay is

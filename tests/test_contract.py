@@ -28,7 +28,7 @@ from schemathesis.config import SchemathesisConfig
 
 import sqs_setup
 from config import Settings
-from conftest import BIN, ROOT, accepts_connections, free_port, wait_until
+from conftest import BIN, ROOT
 from message import WRITER_EXTENSION
 from schemathesis_hooks import keep_property_names
 from server import create_app
@@ -83,20 +83,18 @@ def test_every_operation_of_the_spec_is_fuzzed() -> None:
     ids=["standard queue", "FIFO queue, with an API key"],
 )
 def test_schemathesis_run_with_every_check_passes(
-    moto_server: str, start: Callable[..., Any], queue_name: str, api_key: str | None
+    moto_server: str, start_writer: Callable[..., Any], queue_name: str, api_key: str | None
 ) -> None:
     # GIVEN a writer process on a queue of this kind, with an API key or none
     env = {"SQS_ENDPOINT_URL": moto_server, "QUEUE_NAME": queue_name, "API_KEYS": api_key or ""}
     writer_settings = Settings.from_env(env)
     sqs_setup.set_up(writer_settings, create_client(writer_settings))
-    port = free_port()
-    start("server.py", "--port", str(port), env=env)
-    wait_until(lambda: accepts_connections(port), timeout_s=30, what="writer listening")
+    _, url = start_writer(env)
 
     # WHEN schemathesis runs from the project's folder with every check, as the config says
     headers = ["-H", f"X-API-Key: {api_key}"] if api_key else []
     run = subprocess.run(
-        [str(BIN / "schemathesis"), "run", f"http://127.0.0.1:{port}/api/openapi.json", "--checks", "all",
+        [str(BIN / "schemathesis"), "run", f"{url}/api/openapi.json", "--checks", "all",
          "--max-examples", "100", "--seed", "20261123", "--no-color", *headers],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
     )

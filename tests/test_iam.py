@@ -15,12 +15,11 @@ import pytest
 
 import sqs_setup
 from config import Settings
-from conftest import ROOT
+from conftest import ROOT, PartlyFailingClient
 from idempotency import SharedStore, ensure_table
 from metrics import WorkerStats
 from server import create_app
 from sqsinterface import OutgoingMessage, SqsQueue
-from test_sqsinterface import PartlyFailingClient
 from worker import SimulatedWork, StatsPane, Worker
 from worker_output import OutputWriter
 

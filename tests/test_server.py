@@ -15,13 +15,12 @@ import requests
 
 import sqs_setup
 from config import Settings
-from conftest import Samples, metric, metric_samples, wait_until
+from conftest import PartlyFailingClient, Samples, metric, metric_samples, wait_until
 from idempotency import IdempotencyStore, SharedStore, ensure_table
 from message import WRITER_EXTENSION
 from metrics import total
 from server import create_app
 from sqsinterface import SqsQueue, create_client
-from test_sqsinterface import PartlyFailingClient
 
 SEED = {"body": "This is a test message to enqueue"}
 PROBLEM = "application/problem+json"

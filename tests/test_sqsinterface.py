@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from config import Settings
+from conftest import PartlyFailingClient
 from sqsinterface import (
     BATCH_MAX_BYTES,
     MessageRejected,
@@ -72,32 +73,6 @@ def test_attributes_delay_and_group_reach_sqs(queue: SqsQueue, drain: Any) -> No
     (received,) = drain(queue)
 
     assert received["MessageAttributes"]["kind"] == {"DataType": "String", "StringValue": "order"}
-
-
-class PartlyFailingClient:
-    """Passes SendMessageBatch to moto except entries whose body is 'reject' or 'throttle',
-    which it reports as SQS does in `Failed`."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
-        kept = [e for e in Entries if e["MessageBody"] not in ("reject", "throttle")]
-        response = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=kept) if kept else {}
-        failed = [
-            {
-                "Id": e["Id"],
-                "SenderFault": e["MessageBody"] == "reject",
-                "Code": "InvalidParameterValue" if e["MessageBody"] == "reject" else "InternalError",
-                "Message": "refused by the test",
-            }
-            for e in Entries
-            if e not in kept
-        ]
-        return {"Successful": response.get("Successful", []), "Failed": failed}
 
 
 def test_each_entry_reports_its_own_outcome(queue: SqsQueue, drain: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from typing import Any, MutableMapping
 
 import pytest
@@ -113,8 +114,9 @@ def test_handler_threads_start_only_as_many_as_run_at_once() -> None:
             await threads.run(lambda: None)
         assert len(threads._started) == 1
         blocked = [asyncio.ensure_future(threads.run(release.wait, 10)) for _ in range(3)]
-        await asyncio.sleep(0)
+        deadline = time.monotonic() + 10
         while len(threads._started) < 3:  # three at once need three
+            assert time.monotonic() < deadline, f"{len(threads._started)} threads for 3 calls at once"
             await asyncio.sleep(0.01)
         release.set()
         await asyncio.gather(*blocked)

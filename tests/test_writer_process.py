@@ -11,7 +11,7 @@ import boto3
 import pytest
 import requests
 
-from conftest import ROOT, free_port, metric, metric_samples, wait_until
+from conftest import ROOT, metric, metric_samples, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,27 +22,17 @@ def run_setup(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
-def test_seed_example_against_moto_server(moto_server: str, start: Callable[..., Any]) -> None:
+def test_seed_example_against_moto_server(moto_server: str, start_writer: Callable[..., Any]) -> None:
     import os
 
     env = {**os.environ, "SQS_ENDPOINT_URL": moto_server}
-    port = free_port()
 
     first, second = run_setup(env), run_setup(env)
     assert first.returncode == 0, first.stderr
     assert "queue 'messages': created" in first.stdout
     assert second.returncode == 0 and "nothing to change" in second.stdout
 
-    writer = start("server.py", "--port", str(port), env={"SQS_ENDPOINT_URL": moto_server})
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(f"{base}/api/health"), timeout_s=30, what="writer answering")
+    writer, base = start_writer({"SQS_ENDPOINT_URL": moto_server})
 
     # The seed's minimal example, unchanged.
     response = requests.post(f"{base}/api/message", json={"body": "This is a test message to enqueue"})
@@ -64,16 +54,13 @@ def test_seed_example_against_moto_server(moto_server: str, start: Callable[...,
 
 
 def test_several_writer_processes_share_a_port_and_report_one_sum(
-    moto_server: str, start: Callable[..., Any]
+    moto_server: str, start_writer: Callable[..., Any]
 ) -> None:
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     assert run_setup({**os.environ, "SQS_ENDPOINT_URL": moto_server}).returncode == 0
-    port = free_port()
-    writer = start("server.py", "--port", str(port), env={"SQS_ENDPOINT_URL": moto_server, "WRITER_PROCESSES": "2"})
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: writer.output.count("Application startup complete") == 2, timeout_s=60, what="2 processes")
+    writer, base = start_writer({"SQS_ENDPOINT_URL": moto_server}, processes=2)
 
     def post(number: int) -> int:  # a new connection each: the kernel spreads them over the processes
         return requests.post(f"{base}/api/message", json={"body": f"m{number}"}, timeout=30).status_code

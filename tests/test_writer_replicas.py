@@ -18,7 +18,7 @@ import requests
 import sqs_setup
 from config import Settings
 from conftest import SlowProxy, start_moto_server, wait_until
-from harness import Process, free_port
+from harness import Process
 from sqsinterface import create_client
 
 TABLE = "writer-idempotency-keys"
@@ -29,9 +29,9 @@ MESSAGE = {"body": "order 1001 paid"}
 class Writers:
     """The queues and the table on moto's server, SQS behind a proxy, and writers started on it."""
 
-    def __init__(self, moto_server: str, start: Callable[..., Process]) -> None:
+    def __init__(self, moto_server: str, start_writer: Callable[..., tuple[Process, str]]) -> None:
         self.moto_server = moto_server
-        self._start = start
+        self._start_writer = start_writer
         settings = Settings(sqs_endpoint_url=moto_server, dynamodb_endpoint_url=moto_server, idempotency_table=TABLE)
         self.sqs = create_client(settings)
         self.dynamodb = create_client(settings, service="dynamodb")
@@ -40,15 +40,11 @@ class Writers:
         self.proxy = SlowProxy(int(moto_server.rsplit(":", 1)[1]), delay_s=0)
 
     def start(self, *, processes: int = 1, dynamodb: str = "") -> tuple[Process, str]:
-        """A writer (of `processes` processes on one port) once every process answers; its URL."""
-        port = free_port()
-        writer = self._start("server.py", "--port", str(port), env={
+        """A writer (of `processes` processes on one port), SQS through the proxy; and its URL."""
+        return self._start_writer({
             "SQS_ENDPOINT_URL": self.proxy.url, "DYNAMODB_ENDPOINT_URL": dynamodb or self.moto_server,
-            "IDEMPOTENCY_TABLE": TABLE, "SEND_TIMEOUT": str(SEND_TIMEOUT_S), "WRITER_PROCESSES": str(processes),
-        })
-        wait_until(lambda: writer.output.count("Application startup complete") == processes, timeout_s=60,
-                   what=f"{processes} writer process(es) started")
-        return writer, f"http://127.0.0.1:{port}"
+            "IDEMPOTENCY_TABLE": TABLE, "SEND_TIMEOUT": str(SEND_TIMEOUT_S),
+        }, processes=processes)
 
     def messages(self) -> list[str]:
         """The ids of every message in the queue (hidden for the rest of the test)."""
@@ -64,8 +60,8 @@ class Writers:
 
 
 @pytest.fixture
-def writers(moto_server: str, start: Callable[..., Process]) -> Iterator[Writers]:
-    system = Writers(moto_server, start)
+def writers(moto_server: str, start_writer: Callable[..., tuple[Process, str]]) -> Iterator[Writers]:
+    system = Writers(moto_server, start_writer)
     yield system
     system.proxy.stop()
 
