@@ -100,8 +100,8 @@ class GroupCommit(Generic[T, R]):
             self._pending.append((item, future, now))
             # Wake a thread only when one may act on it: the first item (to send it, or start its
             # linger), or a full batch (a call may start beside those in flight). Any other item
-            # joins what is waiting; a call ending wakes them all anyway. Waking one per item
-            # costs a thread switch each for nothing.
+            # joins what is waiting, and the thread whose call ends next takes it. Waking one
+            # per item costs a thread switch each for nothing.
             if first or len(self._pending) % self._max_batch == 0:
                 self._cond.notify()
         return future
@@ -167,9 +167,10 @@ class GroupCommit(Generic[T, R]):
                         self._on_batch([started - arrived for _, _, arrived in live])
                     self._call([item for item, _, _ in live], [fut for _, fut, _ in live])
             finally:
+                # No one to wake: this thread looks at what is pending next itself. (Waking every
+                # sender after every call cost each of them a thread switch for nothing.)
                 with self._cond:
                     self._in_flight -= 1
-                    self._cond.notify_all()
 
     def _call(self, items: list[T], futures: list[Future[R]]) -> None:
         try:
