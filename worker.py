@@ -9,8 +9,9 @@ Made of parts with one job each, as dramatiq's worker is:
 - `Consumer`s receive: a receive's worth whenever the ledger has room. One always polls; above
   a few receives' worth of processors, helpers join it while receives come back full, so that
   a backlog is fetched by several receives at once and an empty queue costs one long poll.
-- `ProcessorThread`s run the processing step; they never receive.
-- `Settler` makes the one decision of what becomes of a message a processor is done with, and
+- `ProcessorThread`s run the processing step; they never receive, and hand each message they
+  are done with to the settler without waiting.
+- `Settler`, a thread, makes the one decision of what becomes of each of those messages, and
   hands deletes and visibility changes to group commits that coalesce them into batch calls.
 - `Heartbeat` keeps long work invisible.
 - `Worker` wires them and orders the stop.
@@ -84,9 +85,10 @@ PREFETCH = BATCH_MAX_ENTRIES
 MAX_RECEIVERS = 4
 #: How long a delete or visibility change may wait for others to share its batch call.
 ACK_LINGER_S = 0.02
-#: How long a processor waits for room among the pending deletes and visibility changes before
-#: it gives up on one (the message is then delivered again): while it waits it starts nothing
-#: new, so the worker processes no faster than it can acknowledge.
+#: How long the settler waits for room among the pending deletes and visibility changes before
+#: it gives up on one (the message is then delivered again): while it waits, the messages stay
+#: in the ledger, so the worker receives nothing new and processes no faster than it can
+#: acknowledge.
 ACK_BACKPRESSURE_S = 30.0
 #: In burst mode, the pause between looks at a queue that still holds messages for later.
 BURST_POLL_S = 0.05
@@ -245,30 +247,47 @@ class InFlight:
         return self.capacity - len(self._messages) - self._claimed
 
 
-class Settler:
-    """What becomes of each message a processor is done with: the one place that decides.
+class Settler(threading.Thread):
+    """What becomes of each message a processor is done with: the one place that decides, on a
+    thread of its own.
 
-    Success: recorded in the output file, then deleted. Failure: made visible again after a
-    backoff, or at MAX_RECEIVE_COUNT sent to the dead-letter queue with its reasons and then
-    deleted. Unstarted (shutdown, or behind a failed one of its FIFO group): visible at once.
+    Processors hand over what they finished (`done`) and go on to their next message at once;
+    this thread settles whatever gathered meanwhile, in one pass. Success: recorded in the output
+    file, then deleted. Failure: made visible again after a backoff, or at MAX_RECEIVE_COUNT sent
+    to the dead-letter queue with its reasons and then deleted. Only once a pass has handed its
+    messages over does the ledger let them go, so the worker receives no faster than it settles.
+    Unstarted messages (shutdown, or behind a failed one of its FIFO group) are `release`d by
+    whoever holds them: visible at once.
+
     Deletes and visibility changes go to group commits, `calls_at_once` calls of each at most;
-    a processor waits while they are behind (ACK_BACKPRESSURE_S). If one fails, SQS still has
+    this thread waits while they are behind (ACK_BACKPRESSURE_S). If one fails, SQS still has
     the message and delivers it again after its visibility timeout.
+
+    Why a thread of its own: when every processor settled its own messages, each took the
+    output's, the metrics' and the group commits' locks once a message, and at a few thousand
+    messages a second those threads queued on the locks and the GIL, a thread switch each time.
+    One thread takes them once a message without anyone waiting, and a processor's work between
+    two steps is a list append.
     """
 
     def __init__(
-        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, settings: Settings, metrics: WorkerMetrics,
-        output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
+        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
+        metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
     ) -> None:
+        super().__init__(name="settler", daemon=True)
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
+        self.ledger = ledger
         self.settings = settings
         self.metrics = metrics
         self.output = output
         self.worker_id = worker_id
+        self._cond = threading.Condition()
+        self._finished: list[tuple[ReceivedMessage, Optional[Exception], float]] = []  # (it, error, step's s)
+        self._closing = False
         pending = 10 * settings.worker_concurrency
         self._deletes: GroupCommit[str, EntryOutcome] = GroupCommit(
-            self._delete, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
+            self._delete_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="delete",
         )
         self._visibility: GroupCommit[tuple[str, int], EntryOutcome] = GroupCommit(
@@ -276,16 +295,48 @@ class Settler:
             max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
         )
 
-    def succeeded(self, message: ReceivedMessage) -> None:
+    def done(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+        """A processor is done with `message`: its step took `step_s` and raised `error` (None:
+        succeeded). Returns at once; the message is settled on this thread."""
+        with self._cond:
+            self._finished.append((message, error, step_s))
+            if len(self._finished) == 1:  # the thread may be waiting; otherwise it comes back for it
+                self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._finished and not self._closing:
+                    self._cond.wait()
+                if not self._finished:
+                    return  # closing, and all handed over
+                finished, self._finished = self._finished, []
+            try:
+                for message, error, step_s in finished:
+                    self._settle(message, error, step_s)
+            finally:
+                self.ledger.finish([message for message, _, _ in finished])
+
+    def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+        self.metrics.processing_duration.observe(step_s)
+        try:
+            if error is None:
+                self._succeeded(message)
+            else:
+                self._failed(message, error)
+        except Exception:  # a bug of ours: SQS still has the message, which comes back
+            log.error("unexpected error settling message %r", message.id, exc_info=True)
+
+    def _succeeded(self, message: ReceivedMessage) -> None:
         now = time.time()
-        if self.output is not None:  # out before the delete (_delete): nothing acknowledged is missing
+        if self.output is not None:  # out before the delete (_delete_batch): nothing acknowledged is missing
             self.output.write(ProcessedRecord.of(message, processed_at_s=now))
         self.metrics.add("processed")
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
             self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
         self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
 
-    def failed(self, message: ReceivedMessage, error: Exception) -> None:
+    def _failed(self, message: ReceivedMessage, error: Exception) -> None:
         self.metrics.add("failed")
         if message.receive_count < self.settings.max_receive_count:
             self.metrics.add("retried")
@@ -313,14 +364,20 @@ class Settler:
             self.metrics.add("released", sum(outcome is None for outcome in outcomes))
 
     def close(self, timeout_s: float) -> None:
-        """Let pending deletes and visibility changes leave, for up to `timeout_s` in all."""
+        """Settle what the processors handed over, then let the pending deletes and visibility
+        changes leave, for up to `timeout_s` in all."""
         until = time.monotonic() + timeout_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self.ident is not None:  # started
+            self.join(timeout_s)
         for batcher in (self._deletes, self._visibility):
             batcher.close(timeout_s=max(1.0, until - time.monotonic()))
         if self.output is not None:  # records whose delete never left are kept all the same
             self.output.flush()
 
-    def _delete(self, receipt_handles: list[str]) -> list[EntryOutcome]:
+    def _delete_batch(self, receipt_handles: list[str]) -> list[EntryOutcome]:
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""
         if self.output is not None:
             self.output.flush()
@@ -374,7 +431,7 @@ class Consumer(threading.Thread):
     likely waiting), a helper clears it when one comes back short, and then waits again."""
 
     def __init__(
-        self, *, queue: SqsQueue, ledger: InFlight, work: queue_module.Queue[Optional[Unit]],
+        self, *, queue: SqsQueue, ledger: InFlight, work: queue_module.SimpleQueue[Optional[Unit]],
         settler: Settler, metrics: WorkerMetrics, visibility_timeout_s: int, wait_s: int,
         stopping: threading.Event, stop_worker: Callable[[], None], backlog: threading.Event,
         idle_s: Optional[float] = None, helper: int = 0,
@@ -453,15 +510,16 @@ class Consumer(threading.Thread):
 
 
 class ProcessorThread(threading.Thread):
-    """Runs the processing step on units of work until it gets None; never receives."""
+    """Runs the processing step on units of work until it gets None, and hands each message to
+    the settler; never receives."""
 
     def __init__(
-        self, number: int, *, work: queue_module.Queue[Optional[Unit]], processor: Processor,
-        ledger: InFlight, settler: Settler, metrics: WorkerMetrics, stopping: threading.Event,
+        self, number: int, *, work: queue_module.SimpleQueue[Optional[Unit]], processor: Processor,
+        ledger: InFlight, settler: Settler, stopping: threading.Event,
     ) -> None:
         super().__init__(name=f"processor-{number}", daemon=True)
         self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
-        self.metrics, self.stopping = metrics, stopping
+        self.stopping = stopping
 
     def run(self) -> None:
         while (unit := self.work.get()) is not None:
@@ -469,29 +527,19 @@ class ProcessorThread(threading.Thread):
                 if self.stopping.is_set():
                     self._release(unit[position:])  # never started: back at once
                     break
-                succeeded = self._handle(message)
-                self.ledger.finish([message])
-                if not succeeded and position + 1 < len(unit):
+                if not self._handle(message) and position + 1 < len(unit):
                     self._release(unit[position + 1 :])  # FIFO: none may overtake the failed one
                     break
 
     def _handle(self, message: ReceivedMessage) -> bool:
-        """Run the step on one message and settle it; True when it succeeded."""
+        """Run the step on one message and hand it to the settler; True when it succeeded."""
         started = time.monotonic()
         error: Optional[Exception] = None
         try:
             self.processor(message)
         except Exception as exc:  # whatever the step raises is a failure of this message only
             error = exc
-        self.metrics.processing_duration.observe(time.monotonic() - started)
-        try:
-            if error is None:
-                self.settler.succeeded(message)
-            else:
-                self.settler.failed(message, error)
-        except Exception:
-            log.error("unexpected error settling message %r", message.id, exc_info=True)
-            return False
+        self.settler.done(message, error, time.monotonic() - started)
         return error is None
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
@@ -549,8 +597,9 @@ class Worker:
         self.ledger = InFlight(capacity=settings.worker_concurrency + PREFETCH * self.receivers)
         self.metrics.in_flight.set_function(lambda: len(self.ledger))
         self.settler = Settler(
-            queue=queue, dead_letter_queue=dead_letter_queue, settings=settings, metrics=self.metrics,
-            output=output, worker_id=self.worker_id, calls_at_once=1 + self.receivers,  # acks keep up with receives
+            queue=queue, dead_letter_queue=dead_letter_queue, ledger=self.ledger, settings=settings,
+            metrics=self.metrics, output=output, worker_id=self.worker_id,
+            calls_at_once=1 + self.receivers,  # acks keep up with receives
         )
         self._stopping = threading.Event()
         self._backlog = threading.Event()  # receives come back full: helpers receive too
@@ -567,7 +616,7 @@ class Worker:
         """Work until stopped, or with `burst` until the queue is drained; 0 when everything
         in flight was finished or handed back within SHUTDOWN_GRACE."""
         visibility_timeout_s = self._queue_visibility_timeout()
-        work: queue_module.Queue[Optional[Unit]] = queue_module.Queue()
+        work: queue_module.SimpleQueue[Optional[Unit]] = queue_module.SimpleQueue()
         consumers = [
             Consumer(
                 queue=self.queue, ledger=self.ledger, work=work, settler=self.settler, metrics=self.metrics,
@@ -579,22 +628,22 @@ class Worker:
         ]
         processors = [
             ProcessorThread(number, work=work, processor=self.processor, ledger=self.ledger,
-                            settler=self.settler, metrics=self.metrics, stopping=self._stopping)
+                            settler=self.settler, stopping=self._stopping)
             for number in range(self.settings.worker_concurrency)
         ]
         heartbeat = Heartbeat(queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s)
-        for thread in (*consumers, *processors, heartbeat):
+        for thread in (self.settler, *consumers, *processors, heartbeat):
             thread.start()
         self._stopping.wait()
         return 0 if self._shut_down(consumers, processors, heartbeat, work) else 1
 
     def _shut_down(
         self, consumers: list[Consumer], processors: list[ProcessorThread], heartbeat: Heartbeat,
-        work: queue_module.Queue[Optional[Unit]],
+        work: queue_module.SimpleQueue[Optional[Unit]],
     ) -> bool:
         """The order of a graceful stop: stop receiving; let the processors finish what they
-        started and hand back what they did not; join them; stop the heartbeat; flush the
-        acknowledgements. All within SHUTDOWN_GRACE."""
+        started and hand back what they did not, and the settler settle what they finished; join
+        them; stop the heartbeat; let the acknowledgements leave. All within SHUTDOWN_GRACE."""
         until = time.monotonic() + self.settings.shutdown_grace_s
 
         def left_s() -> float:

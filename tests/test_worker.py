@@ -647,6 +647,29 @@ def test_slow_deletes_hold_the_processors_back_instead_of_being_dropped(
     assert sum(queue.depth().values()) == 0
 
 
+def test_a_worker_holds_no_more_than_it_can_settle_while_deletes_are_slow(
+    start_worker: Callable[..., RunningWorker], sqs: Any
+) -> None:
+    def slow_delete(**_: Any) -> None:
+        time.sleep(0.3)
+
+    sqs.meta.events.register("before-call.sqs.DeleteMessageBatch", slow_delete)
+    held: list[int] = []
+    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=0), [f"m{n}" for n in range(120)],
+                           worker_concurrency=2)
+    metrics = running.worker.metrics
+    while running.thread.is_alive():
+        held.append(metrics.count("received") - metrics.count("deleted"))
+        time.sleep(0.01)
+
+    assert running.wait() == 0
+    assert metrics.count("deleted") == 120
+    # The ledger (2 processing + a receive's worth ahead), the deletes allowed to wait (10 a
+    # processor) and the 2 calls of 10 under way: the processors outrun the deletes 30 times
+    # over, and still nothing more is received until the settler has handed messages over.
+    assert max(held) <= 12 + 20 + 2 * BATCH_MAX_ENTRIES
+
+
 def test_a_record_is_written_before_its_message_is_deleted(
     start_worker: Callable[..., RunningWorker], sqs: Any
 ) -> None:
