@@ -176,6 +176,11 @@ class Settings:
     worker_concurrency: int = setting(
         10, "WORKER_CONCURRENCY", "messages the worker processes at once", bounds=(1, 1000),
     )
+    worker_cpu: Optional[int] = setting(
+        None, "WORKER_CPU",
+        "run the worker's threads on this one CPU (Linux), for a busy worker; unset: wherever the OS puts them",
+        bounds=(0, 4095),
+    )
     process_time_s: float = setting(
         0.005, "PROCESS_TIME", "seconds of simulated work per message", bounds=(0, 3600),
     )

@@ -120,6 +120,21 @@ class SimulatedWork:
             raise SimulatedFailure(f"simulated failure (FAILURE_RATE={self.failure_rate:g})")
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Run this thread, and every thread it starts from now on, on `cpu` only (WORKER_CPU).
+
+    A worker's threads take turns at one GIL. Handed over between two cores, it takes waking a
+    thread on the other core, which on a virtual machine costs several times a switch on one
+    core; a busy worker does it thousands of times a second (docs/performance.md). Raises
+    OSError where the CPU is not this process's to use, or the platform cannot pin."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError("this platform cannot pin a process to a CPU")
+    allowed = os.sched_getaffinity(0)
+    if cpu not in allowed:
+        raise OSError(f"CPU {cpu} is not among this process's CPUs {sorted(allowed)}")
+    os.sched_setaffinity(0, {cpu})
+
+
 def load_processor(spec: str) -> Processor:
     """Import the user's processing step from 'module:function'."""
     module_name, _, function_name = spec.partition(":")
@@ -769,6 +784,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "environment variable named in its help.",
     )
     add_option(parser, "--concurrency", "worker_concurrency", settings)
+    add_option(parser, "--cpu", "worker_cpu", settings)
     add_option(parser, "--process-time", "process_time_s", settings)
     add_option(parser, "--failure-rate", "failure_rate", settings)
     add_option(parser, "--seed", "failure_seed", settings)
@@ -791,6 +807,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if settings.worker_cpu is not None:  # before any thread starts: they all inherit it
+        try:
+            pin_to_cpu(settings.worker_cpu)
+        except OSError as exc:
+            print(f"worker: WORKER_CPU={settings.worker_cpu}: {exc}", file=sys.stderr)
+            return 2
     processor: Processor
     if settings.processor:
         processor = load_processor(settings.processor)
@@ -820,8 +842,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             cleanup.callback(metrics_server.shutdown)
         _install_signal_handlers(worker)
         log.info(
-            "worker %s on queue %r (%s), concurrency %d", worker.worker_id, settings.queue_name,
+            "worker %s on queue %r (%s), concurrency %d%s", worker.worker_id, settings.queue_name,
             settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.worker_concurrency,
+            "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
         )
         stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
         with StatsPane(worker, stats, sys.stdout, settings.stats_interval_s):

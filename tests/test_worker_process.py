@@ -159,3 +159,46 @@ def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
 
         assert worker.wait(timeout=30) == 2
     assert f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT)" in worker.output
+
+
+def cpus_of_threads(pid: int) -> set[str]:
+    """The CPUs each thread of process `pid` may run on, as Linux lists them ('1', '0-1')."""
+    lists = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
+def test_worker_cpu_runs_every_thread_of_the_worker_on_that_cpu(
+    moto_server: str, start: Callable[..., Any], tmp_path: Path
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    loaded_queues(moto_server, [f"m{n}" for n in range(30)])
+    output = tmp_path / "processed.jsonl"
+
+    worker = start(
+        "worker.py", "--concurrency", "8", "--process-time", "0.05", "--failure-rate", "0",
+        "--output", str(output), "--exit-when-idle", "1",
+        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "WORKER_CPU": str(cpu),
+             "METRICS_PORT": str(free_port())},
+    )
+    wait_until(lambda: len(output_bodies(output)) >= 1, timeout_s=30, what="first message processed")
+    threads_cpus = cpus_of_threads(worker.pid)  # the processors, the consumer, the settler...
+
+    assert worker.wait(timeout=60) == 0, worker.output[-2000:]
+    assert threads_cpus == {str(cpu)}
+    assert len(output_bodies(output)) == 30
+    assert f"on CPU {cpu}" in worker.output
+
+
+def test_a_worker_cpu_not_among_the_process_cpus_stops_the_worker_with_a_clear_error(
+    moto_server: str, start: Callable[..., Any]
+) -> None:
+    cpu = max(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else 0
+    worker = start("worker.py", env={"SQS_ENDPOINT_URL": moto_server, "WORKER_CPU": str(cpu)})
+
+    assert worker.wait(timeout=30) == 2
+    assert f"worker: WORKER_CPU={cpu}: " in worker.output
