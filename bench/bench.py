@@ -17,7 +17,8 @@ stage on a fresh queue:
 4. batch endpoint: POST /api/messages with 100 messages a request, against single messages;
 5. worker scaling: a pre-filled queue drained at concurrency 1, 4, 16 and 64 with 20 ms of
    simulated work, then by two worker processes at 32 each, as a ratio to the ideal
-   concurrency / work time;
+   concurrency / work time; the last two again with each worker on a CPU of its own
+   (WORKER_CPU);
 6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
@@ -205,11 +206,12 @@ def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
 
 
 def drain(
-    system: LocalSystem, name: str, *, count: int, args: list[str], processes: int = 1
+    system: LocalSystem, name: str, *, count: int, args: list[str], processes: int = 1, pinned: bool = False,
 ) -> tuple[list[ProcessedRecord], dict[str, Any], float]:
     """Fill a fresh queue with `count` messages, then run `processes` workers with `args` on it
-    until it is empty: (their output records, the first one's summary, their CPU cores while
-    they ran)."""
+    until it is empty, each `pinned` to a CPU of its own (the last ones first: the first is
+    where the machine's own work lands): (their output records, the first one's summary, their
+    CPU cores while they ran)."""
     env = fresh_queue(system, name)
     send_raw(system.queue(env["QUEUE_NAME"]), count=count)
     names = [f"{name}-{number}" if processes > 1 else name for number in range(processes)]
@@ -218,9 +220,11 @@ def drain(
     for stale in (*outputs, summary):
         stale.unlink(missing_ok=True)
     started = time.perf_counter()
+    cpus = sorted(os.sched_getaffinity(0), reverse=True) if pinned else []
     workers = [
         system.python(f"worker-{each}", "worker.py", "--output", str(output), "--exit-when-idle", "1",
                       "--stats-interval", "60", *(["--summary-json", str(summary)] if number == 0 else []),
+                      *(["--cpu", str(cpus[number % len(cpus)])] if pinned else []),
                       *args, env={**env, "METRICS_PORT": "0"})  # several would want one port
         for number, (each, output) in enumerate(zip(names, outputs, strict=True))
     ]
@@ -244,19 +248,22 @@ def processing_rate(records: list[ProcessedRecord]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-#: The scaling stage's runs: (figure prefix, worker processes, concurrency of each).
-SCALING_RUNS = [("worker_c1", 1, 1), ("worker_c4", 1, 4), ("worker_c16", 1, 16), ("worker_c64", 1, 64),
-                ("worker_2proc_c32", 2, 32)]
+#: The scaling stage's runs: (figure prefix, worker processes, concurrency of each, whether each
+#: runs on a CPU of its own).
+SCALING_RUNS = [("worker_c1", 1, 1, False), ("worker_c4", 1, 4, False), ("worker_c16", 1, 16, False),
+                ("worker_c64", 1, 64, False), ("worker_2proc_c32", 2, 32, False),
+                ("worker_c64_pinned", 1, 64, True), ("worker_2proc_c32_pinned", 2, 32, True)]
 
 
 def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000}
-    for prefix, processes, concurrency in SCALING_RUNS:
+    for prefix, processes, concurrency, pinned in SCALING_RUNS:
         ideal = processes * concurrency / WORK_S
         # per process: a second one starts a little later, which a short drain would weigh
         count = min(processes * sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
-        records, _, cores = drain(system, prefix.replace("_", "-"), count=count, processes=processes, args=[
-            "--concurrency", str(concurrency), "--process-time", str(WORK_S), "--failure-rate", "0"])
+        records, _, cores = drain(system, prefix.replace("_", "-"), count=count, processes=processes, pinned=pinned,
+                                  args=["--concurrency", str(concurrency), "--process-time", str(WORK_S),
+                                        "--failure-rate", "0"])
         rate = processing_rate(records)
         figures.update({
             f"{prefix}_msgs_per_s": rate,
@@ -369,10 +376,10 @@ def table(results: dict[str, Any]) -> str:
         ("POST /api/messages, 100 a request",
          f"{r['batch_endpoint_msgs_per_s']:.0f} msg/s ({r['batch_endpoint_ratio']:.1f}x single)"),
         *[(f"worker{'s' if n > 1 else ''}, {f'{n} processes at ' if n > 1 else ''}concurrency {c}, "
-           f"{r['worker_work_ms']:.0f} ms work",
+           f"{r['worker_work_ms']:.0f} ms work{', on own CPU' if pinned else ''}",
            f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
            f"({r[f'{prefix}_ratio']:.2f}, {r[f'{prefix}_cores']:.2f} cores)")
-          for prefix, n, c in SCALING_RUNS],
+          for prefix, n, c, pinned in SCALING_RUNS],
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
          f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
