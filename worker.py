@@ -269,8 +269,9 @@ class Settler(threading.Thread):
     Processors hand over what they finished (`done`) and go on to their next message at once;
     this thread settles whatever gathered meanwhile, in one pass. Success: recorded in the output
     file, then deleted. Failure: made visible again after a backoff, or at MAX_RECEIVE_COUNT sent
-    to the dead-letter queue with its reasons and then deleted. Only once a pass has handed its
-    messages over does the ledger let them go, so the worker receives no faster than it settles.
+    to the dead-letter queue with its reasons and then deleted. Only once a message is handed
+    over does the ledger let it go, so the worker receives no faster than it settles, and the
+    heartbeat no longer extends what is now a delete or a retry's backoff.
     Unstarted messages (shutdown, or behind a failed one of its FIFO group) are `release`d by
     whoever holds them: visible at once.
 
@@ -326,20 +327,20 @@ class Settler(threading.Thread):
                 if not self._finished:
                     return  # closing, and all handed over
                 finished, self._finished = self._finished, []
-            try:
-                for message, error, step_s in finished:
+            for message, error, step_s in finished:
+                try:
                     self._settle(message, error, step_s)
-            finally:
-                self.ledger.finish([message for message, _, _ in finished])
+                finally:  # handed over: the heartbeat leaves it be, and there is room for another
+                    self.ledger.finish([message])
 
     def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
-        self.metrics.processing_duration.observe(step_s)
         try:
+            self.metrics.processing_duration.observe(step_s)
             if error is None:
                 self._succeeded(message)
             else:
                 self._failed(message, error)
-        except Exception:  # a bug of ours: SQS still has the message, which comes back
+        except Exception:  # a bug of ours: SQS still has the message, which comes back; the rest go on
             log.error("unexpected error settling message %r", message.id, exc_info=True)
 
     def _succeeded(self, message: ReceivedMessage) -> None:

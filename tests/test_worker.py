@@ -670,6 +670,29 @@ def test_a_worker_holds_no_more_than_it_can_settle_while_deletes_are_slow(
     assert max(held) <= 12 + 20 + 2 * BATCH_MAX_ENTRIES
 
 
+def test_an_error_while_settling_one_message_leaves_the_worker_settling_the_rest(
+    start_worker: Callable[..., RunningWorker], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patched = threading.Event()
+    running = start_worker(lambda message: patched.wait(10), [f"m{n}" for n in range(30)],
+                           visibility_timeout_s=2)
+    observe = running.worker.metrics.processing_duration.observe
+    broken: list[float] = []
+
+    def observe_once_broken(amount: float, *args: Any) -> None:
+        if not broken:
+            broken.append(amount)
+            raise RuntimeError("a bug while settling")
+        observe(amount, *args)
+
+    monkeypatch.setattr(running.worker.metrics.processing_duration, "observe", observe_once_broken)
+    patched.set()
+
+    assert running.wait() == 0  # that message came back after its visibility timeout, and went
+    assert broken and "unexpected error settling message" in caplog.text
+    assert running.worker.metrics.count("deleted") == 30
+
+
 def test_a_record_is_written_before_its_message_is_deleted(
     start_worker: Callable[..., RunningWorker], sqs: Any
 ) -> None:
