@@ -124,6 +124,23 @@ def test_a_failing_call_fails_only_its_own_items() -> None:
     group.close()
 
 
+def test_a_failing_on_batch_neither_drops_its_call_nor_ends_its_sender() -> None:
+    flush = RecordingFlush()
+    reports: list[int] = []
+
+    def on_batch(waits_s: list[float]) -> None:
+        reports.append(len(waits_s))
+        if len(reports) == 1:
+            raise RuntimeError("metrics broke")
+
+    group = GroupCommit(flush, max_batch=10, max_concurrent=2, on_batch=on_batch)
+
+    assert group.submit(1).result(TIMEOUT_S) == 10
+    assert [group.submit(n).result(TIMEOUT_S) for n in (2, 3)] == [20, 30]
+    assert flush.calls == [[1], [2], [3]] and reports == [1, 1, 1]
+    group.close()
+
+
 def test_submitting_past_the_pending_limit_is_refused() -> None:
     flush = RecordingFlush(hold=True)
     group = GroupCommit(flush, max_batch=10, max_pending=2)
