@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,16 @@ def wait_started(flush: RecordingFlush, calls: int = 1) -> None:
         assert flush.started.acquire(timeout=TIMEOUT_S), "flush was not called"
 
 
+def held_call(first: int = 1, **options: Any) -> tuple[RecordingFlush, GroupCommit[int, int], Future[int]]:
+    """A group commit (with `options`) whose first call, carrying `first`, is under way and held
+    until `flush.release` is set."""
+    flush = RecordingFlush(hold=True)
+    group: GroupCommit[int, int] = GroupCommit(flush, **options)
+    submitted = group.submit(first)
+    wait_started(flush)
+    return flush, group, submitted
+
+
 def test_a_lone_item_leaves_at_once_in_a_call_of_its_own() -> None:
     flush = RecordingFlush()
     group = GroupCommit(flush, max_batch=10)
@@ -48,10 +59,7 @@ def test_a_lone_item_leaves_at_once_in_a_call_of_its_own() -> None:
 
 
 def test_items_arriving_during_a_call_leave_together_in_the_next() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=10, max_concurrent=2)
-    first = group.submit(1)
-    wait_started(flush)
+    flush, group, first = held_call(max_batch=10, max_concurrent=2)
 
     waiting = [group.submit(n) for n in range(2, 7)]
     assert group.pending == 5  # fewer than a full batch: no second concurrent call
@@ -91,10 +99,7 @@ def test_eager_when_quiet_sends_a_lone_item_at_once_and_lingers_for_a_stream() -
 
 
 def test_a_full_batch_starts_a_concurrent_call_and_the_rest_waits() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=3, max_concurrent=2)
-    first = group.submit(0)
-    wait_started(flush)
+    flush, group, first = held_call(0, max_batch=3, max_concurrent=2)
 
     rest = [group.submit(n) for n in range(1, 5)]
     wait_started(flush)  # a second call began while the first is still in flight
@@ -108,10 +113,7 @@ def test_a_full_batch_starts_a_concurrent_call_and_the_rest_waits() -> None:
 
 
 def test_a_failing_call_fails_only_its_own_items() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=2)
-    blocker = group.submit(5)
-    wait_started(flush)
+    flush, group, blocker = held_call(5, max_batch=2)
     doomed = [group.submit(-1), group.submit(6)]  # one call: both fail
     fine = group.submit(7)  # the call after
     flush.release.set()
@@ -142,10 +144,7 @@ def test_a_failing_on_batch_neither_drops_its_call_nor_ends_its_sender() -> None
 
 
 def test_submitting_past_the_pending_limit_is_refused() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=10, max_pending=2)
-    group.submit(1)
-    wait_started(flush)
+    flush, group, _ = held_call(max_batch=10, max_pending=2)
     group.submit(2)
     group.submit(3)
 
@@ -156,10 +155,7 @@ def test_submitting_past_the_pending_limit_is_refused() -> None:
 
 
 def test_a_submitter_willing_to_wait_gets_in_once_a_call_takes_the_pending_items() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=2, max_pending=2)
-    group.submit(1)
-    wait_started(flush)
+    flush, group, _ = held_call(max_batch=2, max_pending=2)
     group.submit(2)
     group.submit(3)  # full: the call under way holds its thread
     with pytest.raises(Overloaded):
@@ -178,10 +174,7 @@ def test_a_submitter_willing_to_wait_gets_in_once_a_call_takes_the_pending_items
 
 
 def test_close_wakes_a_waiting_submitter_with_closed() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=10, max_pending=1)
-    group.submit(1)
-    wait_started(flush)
+    flush, group, _ = held_call(max_batch=10, max_pending=1)
     group.submit(2)
     raised: list[BaseException] = []
 
@@ -206,10 +199,7 @@ def test_close_wakes_a_waiting_submitter_with_closed() -> None:
 
 
 def test_a_cancelled_item_is_not_sent() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=10)
-    group.submit(1)
-    wait_started(flush)
+    flush, group, _ = held_call(max_batch=10)
     gave_up: Future[int] = group.submit(2)
     kept = group.submit(3)
 
@@ -222,10 +212,7 @@ def test_a_cancelled_item_is_not_sent() -> None:
 
 
 def test_close_lets_pending_items_leave_then_refuses_more() -> None:
-    flush = RecordingFlush(hold=True)
-    group = GroupCommit(flush, max_batch=10)
-    first = group.submit(1)
-    wait_started(flush)
+    flush, group, first = held_call(max_batch=10)
     second = group.submit(2)
     flush.release.set()
 
