@@ -62,12 +62,13 @@ class ProcessedRecord:
 
 
 class OutputWriter:
-    """Appends records to a stream, whole lines only; shared by the processors.
+    """Appends records to a stream, whole lines only: the worker's settler writes, and each
+    delete call flushes on its own thread.
 
     `write` only holds a record; `flush` writes all those held in one call. The worker flushes
     before each DeleteMessageBatch, so that a message's record is out before its delete: one
-    write per batch instead of one per message, which at a few thousand messages a second is
-    a good part of a worker's CPU and the lock its processors queued on.
+    write per batch instead of one per message, which at a few thousand messages a second was
+    a good part of a worker's CPU.
     """
 
     def __init__(self, stream: TextIO) -> None:
