@@ -18,7 +18,9 @@ stage on a fresh queue:
 5. worker scaling: a pre-filled queue drained at concurrency 1, 4, 16 and 64 with 20 ms of
    simulated work, then by two worker processes at 32 each, as a ratio to the ideal
    concurrency / work time; the last two again with each worker on a CPU of its own
-   (WORKER_CPU);
+   (WORKER_CPU). Each is drained three times, the runs taking turns, and reported by its
+   median with the lowest and highest: one drain of a few seconds at 64 threads varies by a
+   fifth from the next on a virtual machine;
 6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
@@ -34,6 +36,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,13 +82,14 @@ class Sizes:
     raw_seconds: float = 4.0
     worker_seconds: float = 3.0  # of work at the ideal rate, per concurrency
     worker_max_messages: int = 6000  # per worker process
+    worker_drains: int = 3  # of each scaling run, reported by their median
     cost_messages: int = 3000
     e2e_small: int = 1000
     e2e_large: int = 10_000
 
 
 QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
-              worker_max_messages=400, cost_messages=200, e2e_small=100, e2e_large=300)
+              worker_max_messages=400, worker_drains=2, cost_messages=200, e2e_small=100, e2e_large=300)
 
 
 def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
@@ -256,20 +260,30 @@ SCALING_RUNS = [("worker_c1", 1, 1, False), ("worker_c4", 1, 4, False), ("worker
 
 
 def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
-    figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000}
-    for prefix, processes, concurrency, pinned in SCALING_RUNS:
+    """Each scaling run drained `sizes.worker_drains` times, the runs taking turns so that a
+    drift in the machine's speed weighs on all alike; each figure is the median of its drains."""
+    drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in SCALING_RUNS}  # (rate, cores)
+    for round_number in range(sizes.worker_drains):
+        for prefix, processes, concurrency, pinned in SCALING_RUNS:
+            ideal = processes * concurrency / WORK_S
+            # per process: a second one starts a little later, which a short drain would weigh
+            count = min(processes * sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+            records, _, cores = drain(system, f"{prefix.replace('_', '-')}-{round_number}", count=count,
+                                      processes=processes, pinned=pinned,
+                                      args=["--concurrency", str(concurrency), "--process-time", str(WORK_S),
+                                            "--failure-rate", "0"])
+            drained[prefix].append((processing_rate(records), cores))
+    figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000, "worker_drains": sizes.worker_drains}
+    for prefix, processes, concurrency, _ in SCALING_RUNS:
         ideal = processes * concurrency / WORK_S
-        # per process: a second one starts a little later, which a short drain would weigh
-        count = min(processes * sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
-        records, _, cores = drain(system, prefix.replace("_", "-"), count=count, processes=processes, pinned=pinned,
-                                  args=["--concurrency", str(concurrency), "--process-time", str(WORK_S),
-                                        "--failure-rate", "0"])
-        rate = processing_rate(records)
+        rates = [rate for rate, _ in drained[prefix]]
         figures.update({
-            f"{prefix}_msgs_per_s": rate,
+            f"{prefix}_msgs_per_s": statistics.median(rates),
             f"{prefix}_ideal_msgs_per_s": ideal,
-            f"{prefix}_ratio": rate / ideal,
-            f"{prefix}_cores": cores,
+            f"{prefix}_ratio": statistics.median(rates) / ideal,
+            f"{prefix}_ratio_min": min(rates) / ideal,
+            f"{prefix}_ratio_max": max(rates) / ideal,
+            f"{prefix}_cores": statistics.median([cores for _, cores in drained[prefix]]),
         })
     return figures
 
@@ -378,7 +392,9 @@ def table(results: dict[str, Any]) -> str:
         *[(f"worker{'s' if n > 1 else ''}, {f'{n} processes at ' if n > 1 else ''}concurrency {c}, "
            f"{r['worker_work_ms']:.0f} ms work{', on own CPU' if pinned else ''}",
            f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
-           f"({r[f'{prefix}_ratio']:.2f}, {r[f'{prefix}_cores']:.2f} cores)")
+           f"({r[f'{prefix}_ratio']:.2f}, {r[f'{prefix}_cores']:.2f} cores"
+           + (f"; {r[f'{prefix}_ratio_min']:.2f} to {r[f'{prefix}_ratio_max']:.2f} in {r['worker_drains']} drains)"
+              if r["worker_drains"] > 1 else ")"))
           for prefix, n, c, pinned in SCALING_RUNS],
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
