@@ -202,9 +202,11 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
 
 def start_moto_server(log_path: Path) -> tuple[Process, str]:
     """moto's server (SQS, DynamoDB, any service) as a process on a free loopback port, once it
-    listens: the process and its endpoint URL."""
+    listens: the process and its endpoint URL. It is scripts/local_moto.py, where DynamoDB's
+    conditional writes are atomic as on AWS."""
     port = free_port()
-    process = Process([BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=log_path)
+    process = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
+                      env=os.environ, log_path=log_path)
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
     except BaseException:

@@ -18,6 +18,6 @@ case "$engine" in
   fauxqs) exec node "$here/launch.mjs" ;;
   moto)
     echo "moto_server: SQS endpoint on http://127.0.0.1:$LOCAL_SQS_PORT (in memory)"
-    exec "$venv_bin/moto_server" -H 127.0.0.1 -p "$LOCAL_SQS_PORT" ;;
+    exec "$venv_bin/python" "$here/../../scripts/local_moto.py" -H 127.0.0.1 -p "$LOCAL_SQS_PORT" ;;
   *) echo "SQS_LOCAL must be fauxqs or moto, not '$engine'" >&2; exit 2 ;;
 esac
