@@ -200,11 +200,11 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def start_moto_server(log_path: Path) -> tuple[Process, str]:
-    """moto's server (SQS, DynamoDB, any service) as a process on a free loopback port, once it
-    listens: the process and its endpoint URL. It is scripts/local_moto.py, where DynamoDB's
-    conditional writes are atomic as on AWS."""
-    port = free_port()
+def start_moto_server(log_path: Path, port: int = 0) -> tuple[Process, str]:
+    """moto's server (SQS, DynamoDB, any service) as a process on loopback, on `port` or a free
+    one, once it listens: the process and its endpoint URL. It is scripts/local_moto.py, where
+    DynamoDB's conditional writes are atomic as on AWS."""
+    port = port or free_port()
     process = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
                       env=os.environ, log_path=log_path)
     try:

@@ -3,6 +3,7 @@ conditional write is atomic as on AWS, and SQS's requests as concurrent as moto 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import botocore.exceptions
 import pytest
 
+import local_moto
 from config import Settings
 from idempotency import ensure_table
 from local_moto import OneDynamoDBRequestAtATime
@@ -66,25 +68,76 @@ def test_other_requests_run_together_as_moto_runs_them() -> None:
     assert app.most == 4  # a long poll does not hold the others up
 
 
-def test_a_dynamodb_answer_is_made_inside_the_lock_and_closed() -> None:
-    made_while_locked: list[bool] = []
-    closed: list[bool] = []
+class LazyAnswer:
+    """A WSGI answer made as it is read, that notes whether the middleware's lock was held for
+    each chunk and whether it was closed."""
 
-    def lazy_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    def __init__(self, is_locked: Callable[[], bool]) -> None:
+        self.is_locked = is_locked
+        self.made_while_locked: list[bool] = []
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in (b'{"Item"', b": {}}"):
+            self.made_while_locked.append(self.is_locked())
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_dynamodb_answer_is_made_inside_the_lock_and_closed() -> None:
+    answers: list[LazyAnswer] = []
+
+    def lazy_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         start_response("200 OK", [])
-        try:
-            for chunk in (b'{"Item"', b": {}}"):
-                made_while_locked.append(middleware._tables.locked())
-                yield chunk
-        finally:
-            closed.append(True)
+        answers.append(LazyAnswer(middleware._tables.locked))
+        return answers[-1]
 
     middleware = OneDynamoDBRequestAtATime(lazy_app)
 
     answer = middleware(dict(DYNAMODB), lambda *_: None)
 
     assert list(answer) == [b'{"Item": {}}']
-    assert made_while_locked == [True, True] and closed == [True]
+    assert answers[0].made_while_locked == [True, True] and answers[0].closed
+
+
+def test_a_dynamodb_request_that_fails_leaves_the_next_one_served() -> None:
+    calls: list[int] = []
+
+    def failing_once(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the engine")
+        start_response("200 OK", [])
+        return [b"{}"]
+
+    middleware = OneDynamoDBRequestAtATime(failing_once)
+    with pytest.raises(RuntimeError):
+        middleware(dict(DYNAMODB), lambda *_: None)
+
+    answer: list[bytes] = []
+    served = threading.Thread(target=lambda: answer.extend(middleware(dict(DYNAMODB), lambda *_: None)), daemon=True)
+    served.start()  # on another thread: were the lock still held, it would wait for good
+    served.join(timeout=5)
+
+    assert answer == [b"{}"] and calls == [0, 1]
+
+
+def test_main_serves_moto_behind_the_middleware_as_moto_server_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr("werkzeug.serving.run_simple", lambda *args, **kwargs: served.update(args=args, **kwargs))
+    monkeypatch.setattr(local_moto.signal, "signal", lambda *_: None)  # not pytest's own SIGTERM
+    monkeypatch.delenv("MOTO_PORT", raising=False)
+
+    local_moto.main(["-p", "4599"])
+
+    host, port, app = served["args"]
+    assert (host, port) == ("127.0.0.1", 4599) and os.environ["MOTO_PORT"] == "4599"
+    assert isinstance(app, OneDynamoDBRequestAtATime) and isinstance(app.app, DomainDispatcherApplication)
+    assert served["threaded"] is True and served["request_handler"] is MotoRequestHandler
 
 
 @pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 import sqs_setup
 from config import Settings
-from conftest import BIN, Process, Samples, accepts_connections, free_port, metric, metric_samples, wait_until
+from conftest import Samples, accepts_connections, free_port, metric, metric_samples, start_moto_server, wait_until
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
 from worker_output import read_records
 
@@ -103,11 +103,8 @@ def test_the_worker_resumes_by_itself_when_sqs_comes_back(
     )
     wait_until(lambda: "receiving failed" in worker.output, timeout_s=20, what="outage noticed")
 
-    sqs = Process(
-        [BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env=os.environ, log_path=tmp_path / "moto.log"
-    )
+    sqs, _ = start_moto_server(tmp_path / "moto.log", port=port)
     try:
-        wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
         loaded_queues(endpoint, ["after the outage"])
 
         wait_until(lambda: output_bodies(output) == ["after the outage"], timeout_s=60, what="processed")
