@@ -261,7 +261,8 @@ SCALING_RUNS = [("worker_c1", 1, 1, False), ("worker_c4", 1, 4, False), ("worker
 
 def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     """Each scaling run drained `sizes.worker_drains` times, the runs taking turns so that a
-    drift in the machine's speed weighs on all alike; each figure is the median of its drains."""
+    drift in the machine's speed weighs on all alike; each figure (rate, cores) is the median
+    of its drains, taken on its own."""
     drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in SCALING_RUNS}  # (rate, cores)
     for round_number in range(sizes.worker_drains):
         for prefix, processes, concurrency, pinned in SCALING_RUNS:

@@ -63,6 +63,8 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     assert any(line.startswith("workers, 2 processes at concurrency 32") for line in run.stdout.splitlines())
     assert any(line.startswith("worker, concurrency 64, 20 ms work, on own CPU") for line in run.stdout.splitlines())
     assert results["worker_drains"] == 2 and sum(" in 2 drains)" in line for line in run.stdout.splitlines()) == 7
+    # and each drain was one of its own, with its own output
+    assert all((tmp_path / f"worker-c64-{drain}.jsonl").stat().st_size > 0 for drain in range(2))
     assert results["worker_receives_per_msg"] > 0 and results["worker_deletes_per_msg"] > 0
     assert results["e2e_100_lost"] == results["e2e_300_lost"] == 0
     assert results["e2e_100_client_exit"] == results["e2e_300_client_exit"] == 0
