@@ -263,20 +263,19 @@ def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     """Each scaling run drained `sizes.worker_drains` times, the runs taking turns so that a
     drift in the machine's speed weighs on all alike; each figure (rate, cores) is the median
     of its drains, taken on its own."""
-    drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in SCALING_RUNS}  # (rate, cores)
+    ideals = {prefix: processes * concurrency / WORK_S for prefix, processes, concurrency, _ in SCALING_RUNS}
+    drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix in ideals}  # (rate, cores)
     for round_number in range(sizes.worker_drains):
         for prefix, processes, concurrency, pinned in SCALING_RUNS:
-            ideal = processes * concurrency / WORK_S
             # per process: a second one starts a little later, which a short drain would weigh
-            count = min(processes * sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+            count = min(processes * sizes.worker_max_messages, max(20, int(ideals[prefix] * sizes.worker_seconds)))
             records, _, cores = drain(system, f"{prefix.replace('_', '-')}-{round_number}", count=count,
                                       processes=processes, pinned=pinned,
                                       args=["--concurrency", str(concurrency), "--process-time", str(WORK_S),
                                             "--failure-rate", "0"])
             drained[prefix].append((processing_rate(records), cores))
     figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000, "worker_drains": sizes.worker_drains}
-    for prefix, processes, concurrency, _ in SCALING_RUNS:
-        ideal = processes * concurrency / WORK_S
+    for prefix, ideal in ideals.items():
         rates = [rate for rate, _ in drained[prefix]]
         figures.update({
             f"{prefix}_msgs_per_s": statistics.median(rates),
