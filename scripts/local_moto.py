@@ -23,6 +23,9 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
+
 #: The X-Amz-Target of DynamoDB's (and DynamoDB Streams') JSON protocol: "DynamoDB_20120810.PutItem".
 DYNAMODB_TARGET_PREFIX = "DynamoDB"
 
@@ -50,9 +53,6 @@ class OneDynamoDBRequestAtATime:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import run_simple
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-H", "--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument("-p", "--port", type=int, default=4566, help="port (default %(default)s)")

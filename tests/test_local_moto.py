@@ -128,7 +128,7 @@ def test_main_serves_moto_behind_the_middleware_as_moto_server_does(monkeypatch:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler
 
     served: dict[str, Any] = {}
-    monkeypatch.setattr("werkzeug.serving.run_simple", lambda *args, **kwargs: served.update(args=args, **kwargs))
+    monkeypatch.setattr(local_moto, "run_simple", lambda *args, **kwargs: served.update(args=args, **kwargs))
     monkeypatch.setattr(local_moto.signal, "signal", lambda *_: None)  # not pytest's own SIGTERM
     monkeypatch.delenv("MOTO_PORT", raising=False)
 
