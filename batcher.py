@@ -163,8 +163,9 @@ class GroupCommit(Generic[T, R]):
             try:
                 if live:
                     if self._on_batch is not None:
+                        now = time.monotonic()
                         try:
-                            self._on_batch([time.monotonic() - arrived for _, _, arrived in live])
+                            self._on_batch([now - arrived for _, _, arrived in live])
                         except Exception:  # its own failure, never the end of this sender
                             log.error("%s: on_batch failed", self._name, exc_info=True)
                     self._call([item for item, _, _ in live], [fut for _, fut, _ in live])
