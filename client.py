@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
-from metrics import LatencyWindow, milliseconds, percentile
-from worker_output import read_appended
+from sqs_message_service.metrics import LatencyWindow, milliseconds, percentile
+from sqs_message_service.output import read_appended
 
 DEFAULT_COUNT = 1000
 

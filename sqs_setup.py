@@ -14,17 +14,10 @@ from typing import Any, Callable, Mapping, Optional
 
 import botocore.exceptions
 
-from config import DISTRIBUTION, Settings, settings_for_command
-from idempotency import delete_table, ensure_table
-from sqsinterface import (
-    NOT_AUTHORIZED_CODES,
-    NotAuthorized,
-    QueueNotFound,
-    QueueUnavailable,
-    SqsError,
-    SqsQueue,
-    create_client,
-)
+from sqs_message_service.aws import NOT_AUTHORIZED_CODES, create_client
+from sqs_message_service.settings import DISTRIBUTION, Settings, settings_for_command
+from sqs_message_service.sqs import NotAuthorized, QueueNotFound, QueueUnavailable, SqsError, SqsQueue
+from sqs_message_service.writer.idempotency import delete_table, ensure_table
 
 #: Dead letters are kept as long as SQS allows (14 days), for inspection and redrive.
 DLQ_RETENTION_S = 1_209_600

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import server  # noqa: E402
-from config import Settings  # noqa: E402
+from sqs_message_service.settings import Settings  # noqa: E402
 
 SPEC = {
     "openapi": "3.0.3",

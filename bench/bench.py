@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import cpu_seconds, free_port  # noqa: E402
-from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
-from worker_output import ProcessedRecord, read_records  # noqa: E402
+from sqs_message_service.output import ProcessedRecord, read_records  # noqa: E402
+from sqs_message_service.sqs import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
 
 #: Each target: the figure it reads, how it compares, and the bound.
 TARGETS: list[tuple[str, str, float]] = [

@@ -28,25 +28,26 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import load  # noqa: E402
 from e2e import local_system  # noqa: E402
 
+PKG = "sqs_message_service"
 #: (part, prefixes of "path:Qualified.function" for it), tried in order for each frame of a sample,
 #: innermost first; py-spy gives paths as imported (server.py, uvicorn/main.py, threading.py).
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("boto3 (the SQS calls)", ("botocore/", "boto3/", "urllib3/", "http/client.py", "ssl.py", "socket.py")),
-    ("group commit", ("batcher.py",)),
-    ("logging and metrics", ("logging/", "prometheus_client/", "metrics.py", "logs.py",
-                             "server.py:RequestObserver")),
+    ("group commit", (f"{PKG}/batcher.py",)),
+    ("logging and metrics", ("logging/", "prometheus_client/", f"{PKG}/metrics.py", f"{PKG}/logs.py",
+                             f"{PKG}/writer/stack.py:RequestObserver")),
     ("validation", ("jsonschema/", "referencing/", "rpds/", "connexion/validators/", "connexion/json_schema.py",
-                    "connexion/uri_parsing.py", "connexion/middleware/request_validation.py", "spec.py",
-                    "webstack.py:OperationChecks", "webstack.py:RequestChecks", "webstack.py:_replay")),
-    ("our handler", ("message.py", "idempotency.py", "errors.py", "sqsinterface.py", "server.py:ProblemAnswers",
-                     "server.py:AdmissionLimit")),
+                    "connexion/uri_parsing.py", "connexion/middleware/request_validation.py", f"{PKG}/writer/spec.py",
+                    f"{PKG}/writer/checks.py", f"{PKG}/rules.py")),
+    ("our handler", ("message.py", f"{PKG}/writer/service.py", f"{PKG}/writer/idempotency.py",
+                     f"{PKG}/writer/errors.py", f"{PKG}/sqs.py", f"{PKG}/writer/answers.py",
+                     f"{PKG}/writer/stack.py:AdmissionLimit")),
     ("Flask", ("flask/", "werkzeug/", "connexion/decorators/", "connexion/apps/flask.py", "connexion/frameworks/",
                "connexion/jsonifier.py", "asgiref/")),
     ("Flask bridge (ASGI to WSGI)", ("a2wsgi/", "concurrent/futures/", "asyncio/futures.py:_chain_future",
                                      "asyncio/futures.py:_set_concurrent_future_state",
-                                     "asyncio/tasks.py:run_coroutine_threadsafe", "webstack.py:FlaskBridge",
-                                     "webstack.py:HandlerThreads", "webstack.py:_settle", "webstack.py:_read_body")),
-    ("connexion middlewares", ("connexion/", "starlette/", "server.py", "webstack.py")),
+                                     "asyncio/tasks.py:run_coroutine_threadsafe", f"{PKG}/writer/bridge.py")),
+    ("connexion middlewares", ("connexion/", "starlette/", "server.py", f"{PKG}/writer/")),
     ("server and event loop", ("uvicorn/", "asyncio/", "httptools/", "h11/", "selectors.py")),
 ]
 OTHER = "other"

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from metrics import percentile
+from sqs_message_service.metrics import percentile
 
 #: Builds the body of request number n (bytes of JSON).
 BodyFactory = Callable[[int], bytes]

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import server  # noqa: E402
-from config import Settings, configure_logging  # noqa: E402
-from sqsinterface import SqsQueue, create_client  # noqa: E402
+from sqs_message_service.aws import create_client  # noqa: E402
+from sqs_message_service.settings import Settings, configure_logging  # noqa: E402
+from sqs_message_service.sqs import SqsQueue  # noqa: E402
 
 
 class InMemorySends(SqsQueue):

@@ -25,11 +25,12 @@ from harness import ROOT, Process, environment, free_port, wait_for_port
 sys.path.insert(0, str(ROOT))
 
 import sqs_setup
-from config import Settings
-from dlq import SOURCE_ID
-from metrics import milliseconds, percentile
-from sqsinterface import SqsQueue, create_client
-from worker_output import read_records
+from sqs_message_service.aws import create_client
+from sqs_message_service.dlq import SOURCE_ID
+from sqs_message_service.metrics import milliseconds, percentile
+from sqs_message_service.output import read_records
+from sqs_message_service.settings import Settings
+from sqs_message_service.sqs import SqsQueue
 
 
 @dataclass(frozen=True)

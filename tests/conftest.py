@@ -23,10 +23,10 @@ from moto import mock_aws
 from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
-from config import ENV_NAMES, Settings
 from harness import ROOT, Process, accepts_connections, free_port
-from message import WRITER_EXTENSION
 from server import create_app
+from sqs_message_service.settings import ENV_NAMES, Settings
+from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
 
 #: The console scripts pyproject.toml declares, as the editable install `make` made reports them

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batcher import Closed, GroupCommit, Overloaded
+from sqs_message_service.batcher import Closed, GroupCommit, Overloaded
 
 TIMEOUT_S = 5
 HELD_S = 60  # how long a held submitter would wait: far past TIMEOUT_S, so only a wake-up lets it on

@@ -15,10 +15,10 @@ import pytest
 
 import client
 from client import Client, file_jobs, load_jobs
-from config import Settings
 from conftest import metric, metric_samples
+from sqs_message_service.output import ProcessedRecord
+from sqs_message_service.settings import Settings
 from sqsinterface import ReceivedMessage, SqsQueue
-from worker_output import ProcessedRecord
 
 
 def test_each_batch_has_exactly_the_malformed_requests_asked_for() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from config import DECLARED, ConfigError, Settings, add_option, configuration_table, with_options
 from conftest import ROOT
+from sqs_message_service.settings import DECLARED, ConfigError, Settings, add_option, configuration_table, with_options
 
 
 def test_defaults_match_the_documented_ones() -> None:

@@ -14,8 +14,8 @@ import yaml
 
 import client
 import worker
-from config import ENV_NAMES, Settings
 from conftest import CONSOLE_SCRIPTS, ROOT
+from sqs_message_service.settings import ENV_NAMES, Settings
 
 #: What boto3 reads from the environment beside config.py's settings.
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}

@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.config import SchemathesisConfig
 
 import sqs_setup
-from config import Settings
 from conftest import BIN, ROOT
-from message import WRITER_EXTENSION
 from schemathesis_hooks import keep_property_names
 from server import create_app
+from sqs_message_service.settings import Settings
+from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
 
 OPERATIONS = [  # (method, path as in the spec; served under /api)

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-import dlq
-from dlq import failure_attributes
+from sqs_message_service import dlq
+from sqs_message_service.dlq import failure_attributes
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import LOCAL_ENGINE, wait_until
 from e2e import LocalSystem, local_system, run_e2e
-from worker_output import read_records
+from sqs_message_service.output import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,13 @@ from typing import Any, Iterator
 import pytest
 
 import sqs_setup
-from config import Settings
-from dlq import SOURCE_ID
 from examples import orders
+from sqs_message_service.dlq import SOURCE_ID
+from sqs_message_service.output import OutputWriter, parse_lines
+from sqs_message_service.settings import Settings
+from sqs_message_service.worker.engine import Worker
+from sqs_message_service.worker.processing import load_processor
 from sqsinterface import OutgoingMessage, SqsQueue
-from worker import Worker, load_processor
-from worker_output import OutputWriter, parse_lines
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import requests
 from conftest import LOCAL_ENGINE, SlowProxy, wait_until
 from e2e import LocalSystem, ids_in, local_system
 from harness import rss_mib
-from worker_output import read_records
+from sqs_message_service.output import read_records
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,14 +14,16 @@ from typing import Any, Iterator
 import pytest
 
 import sqs_setup
-from config import Settings
 from conftest import ROOT, PartlyFailingClient
-from idempotency import SharedStore, ensure_table
-from metrics import WorkerStats
 from server import create_app
+from sqs_message_service.metrics import WorkerStats
+from sqs_message_service.output import OutputWriter
+from sqs_message_service.settings import Settings
+from sqs_message_service.worker.engine import Worker
+from sqs_message_service.worker.pane import StatsPane
+from sqs_message_service.worker.processing import SimulatedWork
+from sqs_message_service.writer.idempotency import SharedStore, ensure_table
 from sqsinterface import OutgoingMessage, SqsQueue
-from worker import SimulatedWork, StatsPane, Worker
-from worker_output import OutputWriter
 
 Grant = tuple[str, str]  # (IAM action, queue name)
 

@@ -14,9 +14,9 @@ import botocore.exceptions
 import pytest
 
 import local_moto
-from config import Settings
-from idempotency import ensure_table
 from local_moto import OneDynamoDBRequestAtATime
+from sqs_message_service.settings import Settings
+from sqs_message_service.writer.idempotency import ensure_table
 from sqsinterface import create_client
 
 DYNAMODB = {"HTTP_X_AMZ_TARGET": "DynamoDB_20120810.PutItem"}

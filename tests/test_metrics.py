@@ -9,7 +9,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics import SqsMetrics, WorkerMetrics, WriterMetrics, buckets, by_label, quantile, total
+from sqs_message_service.metrics import (
+    SqsMetrics,
+    WorkerMetrics,
+    WriterMetrics,
+    buckets,
+    by_label,
+    percentile,
+    quantile,
+    total,
+)
 
 #: Prometheus' naming rules: snake_case; counters end in _total; a unit, when there is one, is
 #: a base unit and comes last (before _total).
@@ -119,3 +128,10 @@ def test_quantile_of_nothing_is_none_and_beyond_the_last_bound_is_that_bound() -
     assert quantile([(0.1, 0.0), (math.inf, 0.0)], 0.5) is None
     assert quantile([], 0.5) is None
     assert quantile([(0.1, 1.0), (1.0, 1.0), (math.inf, 10.0)], 0.99) == 1.0
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = sorted(float(v) for v in range(1, 101))
+
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (50, 99, 100)
+    assert percentile([], 0.5) is None

@@ -14,12 +14,12 @@ import pytest
 import requests
 
 import sqs_setup
-from config import Settings
 from conftest import PartlyFailingClient, Samples, metric, metric_samples, wait_until
-from idempotency import IdempotencyStore, SharedStore, ensure_table
-from message import WRITER_EXTENSION
-from metrics import total
 from server import create_app
+from sqs_message_service.metrics import total
+from sqs_message_service.settings import Settings
+from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore, ensure_table
+from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
 
 SEED = {"body": "This is a test message to enqueue"}

@@ -9,7 +9,7 @@ import botocore.exceptions
 import pytest
 
 import sqs_setup
-from config import Settings
+from sqs_message_service.settings import Settings
 from sqsinterface import NotAuthorized, SqsQueue
 
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from config import Settings
 from conftest import PartlyFailingClient
+from sqs_message_service.settings import Settings
+from sqs_message_service.sqs import billable_requests
 from sqsinterface import (
     BATCH_MAX_BYTES,
     MessageRejected,
@@ -16,7 +17,6 @@ from sqsinterface import (
     QueueNotFound,
     QueueUnavailable,
     SqsQueue,
-    billable_requests,
     create_client,
     payload_bytes,
     plan_batches,

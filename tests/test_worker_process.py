@@ -12,10 +12,10 @@ from typing import Any, Callable
 import pytest
 
 import sqs_setup
-from config import Settings
 from conftest import Samples, accepts_connections, free_port, metric, metric_samples, start_moto_server, wait_until
+from sqs_message_service.output import read_records
+from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
-from worker_output import read_records
 
 pytestmark = pytest.mark.integration
 

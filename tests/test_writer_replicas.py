@@ -16,9 +16,9 @@ import pytest
 import requests
 
 import sqs_setup
-from config import Settings
 from conftest import SlowProxy, start_moto_server, wait_until
 from harness import Process
+from sqs_message_service.settings import Settings
 from sqsinterface import create_client
 
 TABLE = "writer-idempotency-keys"

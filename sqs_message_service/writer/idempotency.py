@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 import botocore.exceptions
 
-from config import DISTRIBUTION
-from errors import KeyInProgress, KeyReused, StoreUnavailable
+from ..settings import DISTRIBUTION
+from .errors import KeyInProgress, KeyReused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Any, Optional, Union
 
 import pytest
 
-from config import Settings
-from errors import StoreUnavailable
-from idempotency import (
+from sqs_message_service.settings import Settings
+from sqs_message_service.writer.errors import StoreUnavailable
+from sqs_message_service.writer.idempotency import (
     KEY_SCHEMA,
     IdempotencyStore,
     KeyInProgress,

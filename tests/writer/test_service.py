@@ -1,4 +1,4 @@
-"""message.to_outgoing: what the spec cannot say, checked as SQS would check it."""
+"""writer/service.to_outgoing: what the spec cannot say, checked as SQS would check it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from message import InvalidMessage, MessageTooLarge, to_outgoing
+from sqs_message_service.writer.errors import InvalidMessage, MessageTooLarge
+from sqs_message_service.writer.service import to_outgoing
 from sqsinterface import OutgoingMessage
 
 LIMIT = 1024
@@ -112,7 +113,7 @@ def test_group_id_on_a_standard_queue_is_allowed_for_fair_queues() -> None:
     [
         ({"body": "b", "deduplication_id": "d"}, False, "group_id is required"),
         ({"body": "b", "group_id": "g", "delay_seconds": 1, "deduplication_id": "d"}, True,
-         "not supported per message"),
+         "delay_seconds is only for standard queues"),
         ({"body": "b", "group_id": "g"}, False, "deduplication_id is required"),
     ],
 )

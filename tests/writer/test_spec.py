@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import Settings
-from message import character_problem
 from server import create_app
-from spec import RequestValidator, load_source, served_spec
+from sqs_message_service.rules import character_problem
+from sqs_message_service.settings import Settings
+from sqs_message_service.writer.spec import RequestValidator, load_source, served_spec
 from sqsinterface import SqsQueue, create_client
 
 SOURCE = load_source()

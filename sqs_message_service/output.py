@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, TextIO
 
 if TYPE_CHECKING:  # the load client reads this format without loading boto3
-    from sqsinterface import ReceivedMessage
+    from .sqs import ReceivedMessage
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import yaml
 from connexion.json_schema import Draft4RequestValidator
 from jsonschema import ValidationError, validators
 
-from config import DATA_DIR
-from message import attribute_name_problem, character_problem
+from ..rules import attribute_name_problem, character_problem, queue_fields
+from ..settings import DATA_DIR
 
 SOURCE = DATA_DIR / "swagger.yml"
 
@@ -109,20 +109,8 @@ def served_spec(
     """`source` (swagger.yml, loaded) fitted to a queue of this kind and to the writer's keys."""
     document = copy.deepcopy(dict(source))
     fields = _at(document, MESSAGE_FIELDS)
-    absent: dict[str, str] = {}
-    required: dict[str, str] = {}
-    if fifo:
-        absent["delay_seconds"] = (
-            "delay_seconds is only for standard queues; this queue is FIFO, where SQS takes a "
-            "delay for the whole queue only (its DelaySeconds attribute)"
-        )
-        required["group_id"] = "group_id is required on a FIFO queue"
-        if not content_based_deduplication:
-            required["deduplication_id"] = (
-                "deduplication_id is required: this FIFO queue has no content-based deduplication"
-            )
-    else:
-        absent["deduplication_id"] = "deduplication_id is only for FIFO queues; this queue is standard"
+    kind = queue_fields(fifo=fifo, content_based_deduplication=content_based_deduplication)
+    absent, required = dict(kind.absent), dict(kind.required)
     for name in absent:
         del fields["properties"][name]
     fields["required"] = [*fields["required"], *required]

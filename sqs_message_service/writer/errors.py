@@ -1,9 +1,11 @@
-"""The service's error vocabulary: every refusal and failure the writer answers with is a class here.
+"""The writer's error vocabulary: every refusal and failure it answers with, and the one place
+that decides each one's HTTP status.
 
-Each class carries the HTTP status and title it is answered with, and the `outcome` a message it
-refuses counts under in `writer_messages_total`: whose fault it was. `problem()` is the one
-function that turns any of them into an RFC 9457 problem; server.py renders it for the error
-handlers and the admission limit, message.py for each entry of a batch.
+Each class here carries the HTTP status and title it is answered with, and the `outcome` a
+message it refuses counts under in `writer_messages_total`: whose fault it was. The SQS
+interface's errors say only what happened; `SQS_ANSWERS` says what the writer answers for each.
+`answer()` finds either, and `problem()` turns it into an RFC 9457 problem; answers.py renders
+it for the error handlers and the admission limit, message.py for each entry of a batch.
 
     ServiceError                      500  (a bug of ours: never raised on purpose)
     ├── RequestRefused                400  the client's to change                  invalid
@@ -20,18 +22,22 @@ handlers and the admission limit, message.py for each entry of a batch.
     │   ├── WriterBusy                503  every handler thread is taken           busy
     │   ├── QueueBacklogged           503  the queue is over MAX_QUEUE_DEPTH       backlogged
     │   └── StoreUnavailable          503  IDEMPOTENCY_TABLE cannot be used        unavailable
-    └── SqsError                      503  an SQS call failed (sqsinterface.py)    unavailable
-        ├── QueueUnavailable          503  unreachable, throttling, failing        unavailable
-        │   └── QueueNotFound         503  the queue does not exist                unavailable
-        ├── NotAuthorized             503  credentials or IAM policy               unavailable
-        └── MessageRejected           400  SQS refused the request as invalid      invalid
+
+    sqs.SqsError (SQS_ANSWERS)        503  an SQS call failed                      unavailable
+    ├── QueueUnavailable              503  unreachable, throttling, failing        unavailable
+    │   └── QueueNotFound             503  the queue does not exist                unavailable
+    ├── NotAuthorized                 503  credentials or IAM policy               unavailable
+    └── MessageRejected               400  SQS refused the request as invalid      invalid
 
 Every 503 is answered with Retry-After: the same request may succeed later.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Union
+
+from ..sqs import MessageRejected, NotAuthorized, QueueNotFound, QueueUnavailable, SqsError
 
 #: What the body of a problem response is: RFC 9457's members.
 Problem = dict[str, Any]
@@ -140,42 +146,46 @@ class StoreUnavailable(TryLater):
     title = "Idempotency store unavailable"
 
 
-class SqsError(ServiceError):
-    """An SQS call failed; sqsinterface.py raises these instead of botocore's many errors."""
+@dataclass(frozen=True)
+class Answer:
+    """What the writer answers for an error: its status and title, and the outcome a message it
+    refuses counts under (None: an answer that is no message's outcome)."""
 
-    status = 503
-    title = "SQS error"
-    outcome = "unavailable"
+    status: int
+    title: str
+    outcome: Optional[str]
 
-
-class QueueUnavailable(SqsError):
-    """SQS cannot be reached, is throttling, or failed on its side: the same call may work later."""
-
-    title = "Queue unavailable"
-
-
-class QueueNotFound(QueueUnavailable):
-    """The queue does not exist (yet): `sqs_setup.py` creates it."""
-
-    title = "Queue not found"
+    @property
+    def retry_later(self) -> bool:
+        """Whether the same request may succeed later (answered with Retry-After)."""
+        return self.status == 503
 
 
-class NotAuthorized(SqsError):
-    """Credentials are missing or invalid, or lack the right for this call: the operator's to
-    fix, never the client's."""
+#: What the writer answers for each of the SQS interface's errors, most particular first.
+SQS_ANSWERS: dict[type[SqsError], Answer] = {
+    QueueNotFound: Answer(503, "Queue not found", "unavailable"),
+    QueueUnavailable: Answer(503, "Queue unavailable", "unavailable"),
+    NotAuthorized: Answer(503, "Not authorized for the queue", "unavailable"),
+    MessageRejected: Answer(400, "Rejected by SQS", "invalid"),
+    SqsError: Answer(503, "SQS error", "unavailable"),
+}
 
-    title = "Not authorized for the queue"
-
-
-class MessageRejected(SqsError):
-    """SQS refused the request itself as invalid; sending it again will not help."""
-
-    status = 400
-    title = "Rejected by SQS"
-    outcome = "invalid"
+#: Any error the writer answers: one of its own, or one of the SQS interface's.
+Answerable = Union[ServiceError, SqsError]
 
 
-def problem(error: ServiceError) -> Problem:
+def answer(error: Answerable) -> Answer:
+    """What the writer answers for `error`: its class's, or the nearest SQS kind's."""
+    if isinstance(error, ServiceError):
+        return Answer(error.status, error.title, error.outcome)
+    for kind in type(error).__mro__:
+        if kind in SQS_ANSWERS:
+            return SQS_ANSWERS[kind]
+    raise TypeError(f"no answer for {type(error).__name__}")  # unreachable: SqsError is in the table
+
+
+def problem(error: Answerable) -> Problem:
     """The problem+json body that answers `error`. A 503's response also carries Retry-After
-    (`error.retry_later`), which the renderer adds from the RETRY_AFTER setting."""
-    return {"type": "about:blank", "title": error.title, "status": error.status, "detail": str(error)}
+    (`answer(error).retry_later`), which the renderer adds from the RETRY_AFTER setting."""
+    answered = answer(error)
+    return {"type": "about:blank", "title": answered.title, "status": answered.status, "detail": str(error)}

@@ -18,8 +18,9 @@ import time
 from datetime import datetime
 from typing import Callable, Mapping, Optional, TextIO
 
-from config import settings_for_command
-from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue, create_client
+from .aws import create_client
+from .settings import settings_for_command
+from .sqs import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue
 
 #: The attributes a dead letter gets from the worker that moved it; `SOURCE_ID` holds the id the
 #: message had in the source queue (the copy in the dead-letter queue gets an id of its own).

@@ -1,0 +1,187 @@
+"""The consumers: the only threads that receive. Each receives a receive's worth whenever the
+ledger has room and hands it to the processors as units of work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from ..logs import ThrottledLog
+from ..metrics import WorkerMetrics
+from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage, SqsError, SqsQueue
+from .backoff import backoff_s
+from .ledger import InFlight, Unit, WorkQueue
+from .part import Part
+from .settler import Settler
+
+log = logging.getLogger(__name__)
+
+#: Pauses between receive attempts while SQS keeps failing: from this, doubling, to the cap.
+OUTAGE_BACKOFF_BASE_S = 0.5
+MAX_OUTAGE_BACKOFF_S = 30.0
+#: While some slots are busy, how long the consumer waits for more to free up, so that one
+#: receive fills several slots instead of one receive per finished message.
+RECEIVE_GATHER_S = 0.05
+#: Messages received ahead of free processors: a receive's worth for each receiver. They are in
+#: flight, kept invisible by the heartbeat, and returned at once on shutdown if no processor
+#: started them.
+PREFETCH = BATCH_MAX_ENTRIES
+#: The most receives in flight at once, however many processors: past a few, a worker's
+#: threads contend for the GIL more than they gain, and a second worker process scales better.
+MAX_RECEIVERS = 4
+#: In burst mode, the pause between looks at a queue that still holds messages for later.
+BURST_POLL_S = 0.05
+
+
+def receivers_for(concurrency: int) -> int:
+    """How many receives a worker keeps in flight: one per two receives' worth of processors
+    (one up to 29), at most MAX_RECEIVERS. One receive takes a round trip to SQS; while it is
+    away the processors it feeds must have work in hand."""
+    return max(1, min(MAX_RECEIVERS, concurrency // (2 * BATCH_MAX_ENTRIES)))
+
+
+def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
+    """Split a receive into units for the processors. Standard queue: one message each. FIFO
+    queue: one unit per message group, in the order SQS gave them, processed one after another."""
+    if not fifo:
+        return [[message] for message in messages]
+    groups: dict[Optional[str], Unit] = {}
+    for message in messages:
+        groups.setdefault(message.group_id, []).append(message)
+    return list(groups.values())
+
+
+class Backlog:
+    """Whether receives come back full, so that helpers receive too; a helper waits for it in a
+    wait that its stop cuts short."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._full = False
+
+    def set(self) -> None:
+        with self._cond:
+            if not self._full:
+                self._full = True
+                self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._full = False
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait until receives come back full (True) or `stop` is set (False)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._full or stop.is_set())
+            return not stop.is_set()
+
+    def wake(self) -> None:
+        """Let every waiting helper look at its stop event again."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class Consumer(Part):
+    """Receives a receive's worth whenever the ledger has room, and hands it to the processors
+    as units of work. Backs off while SQS fails; with `idle_s`, stops the worker once the queue
+    has been empty that long (0: as soon as it is drained).
+
+    The first consumer always polls. A helper (`helper=True`) receives only while `backlog`
+    is set: any consumer sets it when a receive comes back with all it asked for (more is
+    likely waiting), a helper clears it when one comes back short, and then waits again.
+
+    Asked to stop, it receives no more; a receive under way is not waited for (`Worker.stop`
+    abandons it): whatever it brings back after the stop is made visible again at once, and
+    if the process ends first, SQS makes it visible after its visibility timeout."""
+
+    def __init__(
+        self, *, queue: SqsQueue, ledger: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
+        visibility_timeout_s: int, wait_s: int, stop_worker: Callable[[], None], backlog: Backlog,
+        idle_s: Optional[float] = None, helper: int = 0,
+    ) -> None:
+        super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer")
+        self.queue, self.ledger, self.work, self.settler, self.metrics = queue, ledger, work, settler, metrics
+        self.visibility_timeout_s = visibility_timeout_s
+        self.stop_worker, self.backlog = stop_worker, backlog
+        self.helper = bool(helper)
+        self.idle_s = None if helper else idle_s  # the first consumer alone decides the queue is idle
+        # An idle timer notices idleness within about its length, and long-polls at least 1 s:
+        # below that, an empty queue would cost a receive every BURST_POLL_S.
+        self.wait_s = wait_s if idle_s is None else min(wait_s, max(1, int(idle_s)))
+        self._idle_since: Optional[float] = None
+
+    def run(self) -> None:
+        outage, failures = ThrottledLog(log), 0
+        while not self.stopping:
+            if self.helper and not self.backlog.wait(self._stop_asked):
+                break  # stopping
+            claimed = self.ledger.claim(gather_s=RECEIVE_GATHER_S, stop=self._stop_asked)
+            if not claimed:
+                break  # stopping
+            try:
+                messages = self.queue.receive(max_messages=claimed, wait_s=self.wait_s)
+            except Exception as exc:  # SQS's errors, and a bug of ours: log, pause, carry on
+                self.ledger.receive(claimed, [], deadline=0.0)
+                if isinstance(exc, SqsError):
+                    outage.warning(exc, "receiving")
+                else:
+                    log.error("unexpected error while receiving", exc_info=True)
+                if self.helper:  # the first consumer backs off and finds the backlog again
+                    self.backlog.clear()
+                    continue
+                failures += 1
+                self.pause(backoff_s(failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S))
+                continue
+            outage.recovered()
+            failures = 0
+            if self.stopping:  # arrived after the stop: back to the queue at once
+                self._hand_back(claimed, messages)
+                break
+            self.ledger.receive(claimed, messages, deadline=time.monotonic() + self.visibility_timeout_s)
+            if len(messages) == claimed:
+                self.backlog.set()
+            elif self.helper:
+                self.backlog.clear()
+            if messages:
+                self._idle_since = None
+                self.metrics.add("received", len(messages))
+                for unit in work_units(messages, fifo=self.queue.is_fifo):
+                    if not self.work.put(unit):  # the processors are stopping: none will start it
+                        self.settler.release(unit)
+                        self.ledger.finish(unit)
+            elif self.idle_s is not None and self._idle_for_long_enough():
+                log.info("queue empty for %g s: stopping", self.idle_s)
+                self.stop_worker()
+            elif self.wait_s == 0:
+                self.pause(BURST_POLL_S)
+
+    def _wake(self) -> None:
+        self.ledger.wake()
+        self.backlog.wake()
+
+    def _hand_back(self, claimed: int, messages: list[ReceivedMessage]) -> None:
+        """A receive that came back after the stop: its messages visible again at once."""
+        self.ledger.receive(claimed, [], deadline=0.0)
+        if messages:
+            log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
+            try:
+                self.settler.release(messages)
+            except Exception:  # SQS makes them visible after their visibility timeout all the same
+                log.warning("could not hand back %d messages received after the stop", len(messages), exc_info=True)
+
+    def _idle_for_long_enough(self) -> bool:
+        """Idle means nothing in flight here and nothing left in the queue for anyone, messages
+        waiting out a backoff included."""
+        try:
+            empty = not len(self.ledger) and not sum(self.queue.depth().values())
+        except SqsError:
+            empty = False
+        if not empty:
+            self._idle_since = None
+            return False
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since >= (self.idle_s or 0.0)

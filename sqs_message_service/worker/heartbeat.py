@@ -1,0 +1,37 @@
+"""The heartbeat: keeps long work invisible, so that SQS does not deliver it again meanwhile."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..sqs import SqsQueue
+from .ledger import InFlight
+from .part import Part
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(Part):
+    """Every third of the visibility timeout, extends every message in flight whose
+    invisibility would end before the beat after next, in batch calls."""
+
+    def __init__(self, *, queue: SqsQueue, ledger: InFlight, visibility_timeout_s: int) -> None:
+        super().__init__(name="heartbeat")
+        self.queue, self.ledger, self.visibility_timeout_s = queue, ledger, visibility_timeout_s
+
+    def run(self) -> None:
+        interval_s = max(0.2, self.visibility_timeout_s / 3)
+        while not self.pause(interval_s):
+            now = time.monotonic()
+            due = self.ledger.due(before=now + 2 * interval_s)
+            if not due:
+                continue
+            outcomes = self.queue.change_visibility([(m.receipt_handle, self.visibility_timeout_s) for m in due])
+            extended = []
+            for message, outcome in zip(due, outcomes, strict=True):
+                if outcome is None:
+                    extended.append(message)
+                else:
+                    log.warning("heartbeat for %r failed (%s)", message.id, outcome)
+            self.ledger.extended(extended, deadline=now + self.visibility_timeout_s)

@@ -1,0 +1,206 @@
+"""The settler: the one place that decides what becomes of each message a processor is done with
+(deleted, retried after a backoff, or dead-lettered with its reasons), on a thread of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from ..batcher import Closed, GroupCommit, Overloaded
+from ..dlq import failure_attributes, without_reasons
+from ..metrics import WorkerMetrics
+from ..output import OutputWriter, ProcessedRecord
+from ..rules import MAX_ATTRIBUTES
+from ..settings import Settings
+from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMessage, SqsQueue
+from .backoff import compute_backoff
+from .ledger import InFlight
+from .part import Part
+
+log = logging.getLogger(__name__)
+
+#: How long a delete or visibility change may wait for others to share its batch call.
+ACK_LINGER_S = 0.02
+#: How long the settler waits for room among the pending deletes and visibility changes before
+#: it gives up on one (the message is then delivered again): while it waits, the messages stay
+#: in the ledger, so the worker receives nothing new and processes no faster than it can
+#: acknowledge.
+ACK_BACKPRESSURE_S = 30.0
+
+
+class Settler(Part):
+    """What becomes of each message a processor is done with: the one place that decides, on a
+    thread of its own.
+
+    Processors hand over what they finished (`done`) and go on to their next message at once;
+    this thread settles whatever gathered meanwhile, in one pass. Success: recorded in the output
+    file, then deleted. Failure: made visible again after a backoff, or at MAX_RECEIVE_COUNT sent
+    to the dead-letter queue with its reasons and then deleted. Only once a message is handed
+    over does the ledger let it go, so the worker receives no faster than it settles, and the
+    heartbeat no longer extends what is now a delete or a retry's backoff.
+    Unstarted messages (shutdown, or behind a failed one of its FIFO group) are `release`d by
+    whoever holds them: visible at once. Asked to stop, it settles what it was handed, then lets
+    the pending deletes and visibility changes leave (for up to SHUTDOWN_GRACE), and ends.
+
+    Deletes and visibility changes go to group commits, `calls_at_once` calls of each at most;
+    this thread waits while they are behind (ACK_BACKPRESSURE_S). If one fails, SQS still has
+    the message and delivers it again after its visibility timeout.
+
+    Why a thread of its own: when every processor settled its own messages, each took the
+    output's, the metrics' and the group commits' locks once a message, and at a few thousand
+    messages a second those threads queued on the locks and the GIL, a thread switch each time.
+    One thread takes them once a message without anyone waiting, and a processor's work between
+    two steps is a list append.
+    """
+
+    def __init__(
+        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
+        metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
+    ) -> None:
+        super().__init__(name="settler")
+        self.queue = queue
+        self.dead_letter_queue = dead_letter_queue
+        self.ledger = ledger
+        self.settings = settings
+        self.metrics = metrics
+        self.output = output
+        self.worker_id = worker_id
+        self._cond = threading.Condition()
+        self._finished: list[tuple[ReceivedMessage, Optional[Exception], float]] = []  # (it, error, step's s)
+        pending = 10 * settings.worker_concurrency
+        self._deletes: GroupCommit[str, EntryOutcome] = GroupCommit(
+            self._delete_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
+            max_pending=pending, linger_s=ACK_LINGER_S, name="delete",
+        )
+        self._visibility: GroupCommit[tuple[str, int], EntryOutcome] = GroupCommit(
+            queue.change_visibility, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
+            max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
+        )
+
+    def done(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+        """A processor is done with `message`: its step took `step_s` and raised `error` (None:
+        succeeded). Returns at once; the message is settled on this thread."""
+        with self._cond:
+            self._finished.append((message, error, step_s))
+            if len(self._finished) == 1:  # the thread may be waiting; otherwise it comes back for it
+                self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._finished and not self.stopping:
+                    self._cond.wait()
+                if not self._finished:
+                    break  # stopping, and all handed over
+                finished, self._finished = self._finished, []
+            for message, error, step_s in finished:
+                try:
+                    self._settle(message, error, step_s)
+                finally:  # handed over: the heartbeat leaves it be, and there is room for another
+                    self.ledger.finish([message])
+        self._drain()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _drain(self) -> None:
+        """Let the pending deletes and visibility changes leave, then flush the output file:
+        records whose delete never left are kept all the same."""
+        for batcher in (self._deletes, self._visibility):
+            batcher.close(timeout_s=max(1.0, self.settings.shutdown_grace_s))
+        if self.output is not None:
+            self.output.flush()
+
+    def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+        try:
+            self.metrics.processing_duration.observe(step_s)
+            if error is None:
+                self._succeeded(message)
+            else:
+                self._failed(message, error)
+        except Exception:  # a bug of ours: SQS still has the message, which comes back; the rest go on
+            log.error("unexpected error settling message %r", message.id, exc_info=True)
+
+    def _succeeded(self, message: ReceivedMessage) -> None:
+        now = time.time()
+        if self.output is not None:  # out before the delete (_delete_batch): nothing acknowledged is missing
+            self.output.write(ProcessedRecord.of(message, processed_at_s=now))
+        self.metrics.add("processed")
+        if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
+            self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
+        self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
+
+    def _failed(self, message: ReceivedMessage, error: Exception) -> None:
+        self.metrics.add("failed")
+        if message.receive_count < self.settings.max_receive_count:
+            self.metrics.add("retried")
+            delay_s = compute_backoff(
+                message.receive_count, base_s=self.settings.retry_backoff_base_s,
+                max_s=self.settings.retry_backoff_max_s,
+            )
+            log.debug("message %r failed (%s); retry in %d s", message.id, type(error).__name__, delay_s)
+            self._hand_over(self._visibility, (message.receipt_handle, delay_s), message, "rescheduled")
+            return
+        self.metrics.add("dead_lettered")
+        log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
+                 message.id, message.receive_count, type(error).__name__, error)
+        if self._dead_letter(message, error):
+            # Only now that the dead-letter queue has it: dying before this delete leaves a
+            # copy in each queue, never none.
+            self._hand_over(self._deletes, message.receipt_handle, message, "deleted after dead-lettering")
+        else:  # visible at once instead: SQS's redrive policy moves it on the next receive
+            self._hand_over(self._visibility, (message.receipt_handle, 0), message, "rescheduled")
+
+    def release(self, messages: list[ReceivedMessage]) -> None:
+        """Make messages visible again at once: received, but not to be processed here."""
+        if messages:
+            outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
+            self.metrics.add("released", sum(outcome is None for outcome in outcomes))
+
+    def _delete_batch(self, receipt_handles: list[str]) -> list[EntryOutcome]:
+        """A DeleteMessageBatch, once the records of the messages it deletes are written."""
+        if self.output is not None:
+            self.output.flush()
+        return self.queue.delete_messages(receipt_handles)
+
+    def _dead_letter(self, message: ReceivedMessage, error: Exception) -> bool:
+        """Send the message to the dead-letter queue with why it failed; True once SQS has it.
+        False, leaving it to SQS's redrive policy, when the reasons do not fit beside the
+        message's own attributes, or SQS refuses the send."""
+        reasons = failure_attributes(message, error, worker_id=self.worker_id, at=datetime.now(timezone.utc))
+        own = without_reasons(message.attributes)  # a redriven message's earlier reasons go
+        if len(own) + len(reasons) > MAX_ATTRIBUTES:
+            log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
+                     message.id, len(own))
+            return False
+        dead_letter = OutgoingMessage(
+            body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
+            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None,
+        )
+        (result,) = self.dead_letter_queue.send([dead_letter])
+        if result.error is not None:
+            log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive moves it",
+                        message.id, result.error)
+        return result.ok
+
+    def _hand_over(
+        self, batcher: GroupCommit[Any, EntryOutcome], item: Any, message: ReceivedMessage, done: str
+    ) -> None:
+        """Give a delete or visibility change to its batcher without waiting for it."""
+
+        def outcome_known(future: Future[EntryOutcome]) -> None:
+            error = future.exception() or future.result()
+            if error is not None:
+                log.warning("message %r not %s (%s): it will be delivered again", message.id, done, error)
+            elif done == "deleted":
+                self.metrics.add("deleted")
+
+        try:
+            batcher.submit(item, wait_s=ACK_BACKPRESSURE_S).add_done_callback(outcome_known)
+        except (Overloaded, Closed) as exc:
+            log.warning("message %r not %s (%s): it will be delivered again", message.id, done, exc)

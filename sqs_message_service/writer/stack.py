@@ -1,0 +1,193 @@
+"""What the writer puts in connexion's middleware stack, and where: the list itself (connexion's
+own, changed by type), the access log and request metrics (RequestObserver), the admission limit,
+Swagger UI asked only on its own paths, the API-key check and the compact jsonifier.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from connexion.jsonifier import Jsonifier
+from connexion.middleware.main import ConnexionMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.security import SecurityMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from prometheus_client import make_asgi_app
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..metrics import WriterMetrics
+from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
+from .errors import ServiceError, WriterBusy
+
+access_log = logging.getLogger("access")
+
+#: The JSON of responses: compact, where connexion's FlaskApp indents by default.
+COMPACT_JSON = Jsonifier(json, separators=(",", ":"))
+
+
+def middlewares(*, api_keys: bool, checks: Any, observer: Any, admission: Any) -> list[Any]:
+    """The writer's stack, outermost first: connexion's own list (`default_middlewares`, as
+    connexion's middleware docs build one), with a layer replaced or removed by its type, and
+    every layer connexion adds in a later release kept where connexion puts it.
+
+    `checks` (RequestChecks) takes the place of connexion's request validation; response
+    validation (off in connexion by default, yet a layer every request passes) is left out, and
+    so is the security check when no API keys are configured (the served spec then requires
+    none). `observer` comes right after the server-error layer, so it sees every answer;
+    `admission` comes after the key check and before the body is read. Raises LookupError when
+    a layer this relies on is not in connexion's list."""
+    stack: list[Any] = list(ConnexionMiddleware.default_middlewares)
+
+    def position(kind: type) -> int:
+        if kind not in stack:
+            raise LookupError(f"{kind.__name__} is not among connexion's default middlewares: {stack}")
+        return stack.index(kind)
+
+    stack[position(SwaggerUIMiddleware)] = SwaggerUIOnItsPaths
+    stack[position(RequestValidationMiddleware)] = checks
+    del stack[position(ResponseValidationMiddleware)]
+    if not api_keys:
+        del stack[position(SecurityMiddleware)]
+    stack.insert(stack.index(checks), admission)
+    stack.insert(position(ServerErrorMiddleware) + 1, observer)
+    return stack
+
+
+class SwaggerUIOnItsPaths(SwaggerUIMiddleware):
+    """connexion's Swagger UI and served spec, asked only for a path they may serve (the spec's
+    `.../openapi.json` and `.yaml`, the UI's `.../ui`): its own router matches every request's
+    path against each of its routes, which a message need not pay for."""
+
+    MARKERS = ("/openapi.", "/ui")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not any(marker in scope["path"] for marker in self.MARKERS):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+class RequestObserver:
+    """Counts and times every request, error responses included, into the writer's metrics, and
+    logs one access line for it: client, method, path, status, duration. Answers `GET /metrics`
+    itself, first of all and uncounted, so that a saturated writer still answers its scrapes.
+
+    Requests are labelled by the spec's route (`/api/message`), never by the raw path, so that
+    probing random URLs cannot grow the metrics without bound: whatever is not an operation of
+    the spec is `other`.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # operationId -> path in the spec
+        self.metrics_app = make_asgi_app(metrics.view)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics":
+            await self.metrics_app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        # connexion's routing notes the operation in scope["extensions"] of a shallow copy of
+        # the scope: an extensions dict that exists already is shared, and shows it here too.
+        scope.setdefault("extensions", {})
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            duration_s = time.perf_counter() - started
+            requests, duration = self._children(scope, status)
+            requests.inc()
+            duration.observe(duration_s)
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000
+            )
+
+    def _children(self, scope: Scope, status: int) -> tuple[Any, Any]:
+        """The request counter's and duration histogram's series for this request."""
+        routing = scope["extensions"].get(ROUTING_CONTEXT, {})
+        key = (scope["method"], routing.get("operation_id") or "", status)
+        series = self._series.get(key)
+        if series is None:
+            path = self.routes.get(key[1])
+            route = "other" if path is None else routing.get("api_base_path", "") + path
+            series = (
+                self.metrics.requests.labels(scope["method"], route, str(status)),
+                self.metrics.request_duration.labels(scope["method"], route),
+            )
+            self._series[key] = series
+        return series
+
+
+class AdmissionLimit:
+    """Answer 503 at once, before reading the body, to a request that would wait for a handler
+    thread. This bounds the queue of waiting requests, and with it memory and latency, when SQS
+    slows down. Counts requests in progress, without locks (one event loop).
+
+    Health checks are never limited: one thread is kept for them, so a saturated writer still
+    answers its liveness probe instead of being restarted.
+    """
+
+    UNLIMITED = frozenset({"message.health"})
+
+    def __init__(self, app: ASGIApp, *, limit: int, render: Callable[[ServiceError], Response]) -> None:
+        self.app = app
+        self.limit = limit
+        self.render = render  # counts the refusal, logs it (throttled), and answers it
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
+        if scope["type"] != "http" or routing.get("operation_id") in self.UNLIMITED:
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.limit:
+            busy = WriterBusy(f"{self.in_progress} requests already in progress; retry later")
+            await self.render(busy)(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
+def api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
+    """connexion's API-key handler, checking this app's keys. Every key is compared in constant
+    time and none ends the loop early, so timing tells nothing of which key, or how much of one,
+    matched."""
+    known = [key.encode("utf-8") for key in keys]
+
+    def check(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
+        candidate = presented.encode("utf-8", "surrogateescape")
+        matched = False
+        for key in known:
+            matched |= hmac.compare_digest(candidate, key)
+        return {"sub": "api-key"} if matched else None
+
+    class ConfiguredApiKeys(ApiKeySecurityHandler):
+        def _resolve_func(self, security_scheme: dict[str, Any]) -> Any:
+            return check
+
+    return ConfiguredApiKeys
+
+
