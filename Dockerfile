@@ -10,6 +10,8 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS wheels
 WORKDIR /src
 COPY requirements.txt pyproject.toml README.md swagger.yml log.conf *.py ./
+# The package; its swagger.yml and log.conf link to the two files above, and the wheel holds them.
+COPY sqs_message_service ./sqs_message_service
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.txt .
 
 # Stage 2: the runtime. It installs those wheels from disk and nothing else: no compiler, no

@@ -97,7 +97,8 @@ def create_client(settings: Settings, *, service: str = "sqs", read_timeout_s: O
         region_name=settings.aws_region,
         connect_timeout=limits.connect_timeout_s,
         read_timeout=read_timeout_s or limits.read_timeout_s,
-        retries={"mode": "standard", "max_attempts": limits.max_attempts},
+        # total_max_attempts counts the first attempt too (botocore's max_attempts counts retries)
+        retries={"mode": "standard", "total_max_attempts": limits.max_attempts},
         max_pool_connections=limits.pool,
         tcp_keepalive=True,
         # A sixth of a call's CPU: botocore checks again what this service builds from checked

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from sqs_message_service.settings import DECLARED, ConfigError, Settings, add_option, configuration_table, with_options
+from sqs_message_service.settings import (
+    DECLARED,
+    WORKER,
+    WRITER,
+    ConfigError,
+    Role,
+    Settings,
+    add_option,
+    configuration_table,
+    with_options,
+)
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -131,3 +141,40 @@ def test_an_option_overrides_its_setting_within_the_same_bounds() -> None:
     assert "(WORKER_CONCURRENCY, default 10)" in parser.format_help()
     with pytest.raises(ConfigError, match="WORKER_CONCURRENCY=0: must be from 1 to 1000"):
         with_options(Settings(), parser.parse_args(["--concurrency", "0"]))
+
+
+# Each part reads its own settings and the shared ones.
+
+WRITER_ONLY_WRONG = {"API_KEYS_FILE": "/no/such/file", "PORT": "eighty", "HANDLER_THREADS": "0"}
+WORKER_ONLY_WRONG = {"PROCESSOR": "not a function", "WORKER_CONCURRENCY": "0", "METRICS_PORT": "metrics"}
+
+
+def test_the_worker_never_fails_on_a_writer_only_setting_nor_the_writer_on_a_worker_only_one() -> None:
+    shared = {"QUEUE_NAME": "orders"}
+
+    worker = Settings.from_env({**shared, **WRITER_ONLY_WRONG, "WORKER_OUTPUT": "out.jsonl"}, role="worker")
+    writer = Settings.from_env({**shared, **WORKER_ONLY_WRONG, "PORT": "8080"}, role="writer")
+
+    assert worker.queue_name == writer.queue_name == "orders"  # shared settings: both read them
+    assert worker.worker_output == Path("out.jsonl") and worker.port == 5000  # not read: its default
+    assert (writer.port, writer.processor, writer.worker_concurrency) == (8080, "", 10)
+
+
+@pytest.mark.parametrize(("role", "environ"), [("writer", WRITER_ONLY_WRONG), ("worker", WORKER_ONLY_WRONG)])
+def test_a_part_still_refuses_its_own_settings_when_they_are_wrong(role: Role, environ: dict[str, str]) -> None:
+    for variable, value in environ.items():
+        with pytest.raises(ConfigError, match=variable):
+            Settings.from_env({variable: value}, role=role)
+
+
+def test_a_tool_reads_every_setting() -> None:
+    with pytest.raises(ConfigError, match="PORT"):
+        Settings.from_env({"PORT": "eighty"})
+
+
+def test_every_setting_says_which_parts_read_it() -> None:
+    roles = {declared.env: declared.roles for declared in DECLARED.values()}
+
+    assert roles["API_KEYS_FILE"] == WRITER and roles["PROCESSOR"] == WORKER
+    assert roles["QUEUE_NAME"] == roles["SQS_ENDPOINT_URL"] == roles["LOG_CONFIG"] == WRITER | WORKER
+    assert all(role in (WRITER, WORKER, WRITER | WORKER) for role in roles.values())

@@ -1,5 +1,6 @@
-"""pyproject.toml: the wheel `python -m build` makes, installed into a fresh virtualenv, away from
-the checkout, gives the console scripts, and its writer serves the spec and the metrics."""
+"""pyproject.toml: the wheel `python -m build` makes holds the package and the user's modules and
+nothing else; installed into a fresh virtualenv, away from the checkout, it gives the console
+scripts, finds its data where a checkout does, and its writer serves the spec and the metrics."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import CONSOLE_SCRIPTS, ROOT, Process, accepts_connections, free_port, wait_until
+from test_layout import USERS_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +60,22 @@ def test_the_installed_modules_and_files_come_from_the_virtualenv(installed: Pat
     ))
     venv = str(installed.parent)
     assert all(path.startswith(venv) for path in where), where  # not the checkout's
-    assert where[1].endswith("share/sqs-message-service")
+    assert where[1].endswith("site-packages/sqs_message_service")  # the package's data, as in a checkout
+    for name in ("swagger.yml", "log.conf"):  # the files themselves, not links back to a checkout
+        assert (Path(where[1]) / name).is_file() and not (Path(where[1]) / name).is_symlink()
     assert Path(where[2]).is_file()
 
 
-def test_the_wheel_carries_every_module_of_the_checkout(installed: Path) -> None:
-    modules = sorted(path.stem for path in ROOT.glob("*.py"))
+def test_the_wheel_holds_the_package_and_the_users_modules_and_nothing_else(tmp_path: Path) -> None:
+    run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path, ROOT, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("sqs_message_service-*.whl")
 
-    found = json.loads(run(
-        installed / "python", "-c",
-        "import importlib.util, json, sys; "
-        "print(json.dumps([name for name in sys.argv[1:] if importlib.util.find_spec(name) is None]))",
-        *modules, cwd=installed,
-    ))
+    with zipfile.ZipFile(wheel) as archive:
+        top = {name.split("/")[0] for name in archive.namelist() if not name.split("/")[0].endswith(".dist-info")}
+        data = {name for name in archive.namelist() if name.endswith((".yml", ".conf"))}
 
-    assert found == [], f"not in the wheel: {found} (pyproject.toml's py-modules)"
+    assert top == {"sqs_message_service", *(f"{module}.py" for module in USERS_NAMES)}
+    assert data == {"sqs_message_service/swagger.yml", "sqs_message_service/log.conf"}
 
 
 def scrape(url: str) -> str:

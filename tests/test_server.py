@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import yaml
 
+import server
 import sqs_setup
 from conftest import PartlyFailingClient, Samples, metric, metric_samples, wait_until
 from server import create_app
@@ -20,6 +24,7 @@ from sqs_message_service.metrics import total
 from sqs_message_service.settings import Settings
 from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore, ensure_table
 from sqs_message_service.writer.service import WRITER_EXTENSION
+from sqs_message_service.writer.spec import load_source
 from sqsinterface import SqsQueue, create_client
 
 SEED = {"body": "This is a test message to enqueue"}
@@ -693,3 +698,80 @@ def test_api_keys_never_reach_the_logs(keyed_client: Any, caplog: pytest.LogCapt
     keyed_client.post("/api/message", json=SEED, headers={"X-API-Key": "guess-123"})
 
     assert "key-1" not in caplog.text and "guess-123" not in caplog.text
+
+
+# connexion through its front door
+
+
+def with_dry_run_parameter(source: dict[str, Any]) -> dict[str, Any]:
+    """A copy of swagger.yml whose POST /api/message also takes `?dry_run=true|false`."""
+    document = copy.deepcopy(source)
+    post = document["paths"]["/message"]["post"]
+    post["parameters"] = [
+        *post.get("parameters", []),
+        {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"}},
+    ]
+    return document
+
+
+def test_a_query_parameter_added_to_the_spec_is_served_and_validated_by_connexion(
+    tmp_path: Path, settings: Settings, queue: SqsQueue, drain: Any
+) -> None:
+    # GIVEN a copy of swagger.yml with a query parameter on POST /api/message, as a file
+    copied = tmp_path / "swagger.yml"
+    copied.write_text(yaml.safe_dump(with_dry_run_parameter(dict(load_source()))), encoding="utf-8")
+
+    # WHEN the writer is built on it
+    app = create_app(settings, queue=queue, source=copied)
+    client = app.test_client()
+
+    # THEN it starts, and connexion's own validation checks what the prepared checks do not
+    accepted = client.post("/api/message?dry_run=false", json={"body": "with a query"})
+    refused = client.post("/api/message?dry_run=perhaps", json={"body": "never sent"})
+    body_refused = client.post("/api/message?dry_run=true", json={"body": ""})
+    served = client.get("/api/openapi.json").json()
+    app.app.extensions[WRITER_EXTENSION].close()
+
+    assert accepted.status_code == 201
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/problem+json"
+    assert "'perhaps' is not of type 'boolean'" in refused.json()["detail"]
+    assert body_refused.status_code == 400 and "body" in body_refused.json()["detail"]
+    assert [m["Body"] for m in drain(queue)] == ["with a query"]
+    assert served["paths"]["/message"]["post"]["parameters"][-1]["name"] == "dry_run"
+    refusals = metric(metric_samples(client.get("/metrics").text), "writer_messages_total", outcome="invalid")
+    assert refusals == 2  # connexion's refusals are counted in the writer's vocabulary too
+
+
+def test_a_wsgi_middleware_added_after_create_app_runs_around_every_handler(client: Any, app: Any) -> None:
+    seen: list[str] = []
+
+    class Tagging:
+        def __init__(self, wsgi_app: Any) -> None:
+            self.wsgi_app = wsgi_app
+
+        def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+            seen.append(environ["PATH_INFO"])
+
+            def tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                return start_response(status, [*headers, ("X-Tagged", "yes")], exc_info)
+
+            return self.wsgi_app(environ, tagged)
+
+    app.add_wsgi_middleware(Tagging)
+
+    health = client.get("/api/health")
+    sent = client.post("/api/message", json={"body": "through the middleware"})
+
+    assert health.status_code == 200 and health.headers["x-tagged"] == "yes"
+    assert sent.status_code == 201 and sent.headers["x-tagged"] == "yes"
+    assert seen == ["/api/health", "/api/message"]
+
+
+def test_the_writer_starts_whatever_a_worker_only_setting_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCESSOR", "not a function")
+    monkeypatch.setenv("WORKER_CONCURRENCY", "0")
+
+    with pytest.raises(SystemExit) as shown:  # --help: the settings were read, the options parsed
+        server.main(["--help"])
+
+    assert shown.value.code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,54 @@ def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
     assert depth["in_flight"] == 0, worker.output[-3000:]  # nothing left invisible
     assert depth["visible"] + len(processed) == len(bodies)  # nothing lost
     assert "summary" in worker.output
+
+
+def receives_started(metrics_url: str) -> float:
+    """How many ReceiveMessage calls the worker has begun (counted as each one starts)."""
+    with urllib.request.urlopen(metrics_url, timeout=2) as response:
+        samples = metric_samples(response.read().decode())
+    return metric(samples, "sqs_requests_total", queue="messages", operation="ReceiveMessage")
+
+
+@pytest.mark.parametrize("delay_s", [0, 5], ids=["brought-back-by-the-receive-under-way", "arriving-after-the-exit"])
+def test_sigterm_to_an_idle_worker_in_a_20_s_long_poll_exits_at_once_and_loses_nothing_sent_meanwhile(
+    moto_server: str, start: Callable[..., Any], tmp_path: Path, delay_s: int
+) -> None:
+    """The message sent during the stop either ends the long poll under way (delay 0: the
+    receive brings it back after the stop, and the worker makes it visible again) or becomes
+    visible only after the worker is gone (delay 5: the long poll is abandoned, not waited for)."""
+    # GIVEN an idle worker on an empty queue, its receive in a 20 s long poll
+    settings = Settings(sqs_endpoint_url=moto_server, visibility_timeout_s=2, receive_wait_s=20)
+    client = create_client(settings)
+    sqs_setup.set_up(settings, client)
+    queue = SqsQueue(settings.queue_name, client)
+    output, metrics_port = tmp_path / "processed.jsonl", free_port()
+    worker = start(
+        "worker.py", "--output", str(output), "--failure-rate", "0", "--stats-interval", "60",
+        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "20", "METRICS_PORT": str(metrics_port)},
+    )
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    wait_until(lambda: accepts_connections(metrics_port) and receives_started(metrics_url) >= 1,
+               timeout_s=30, what="the worker's first receive under way")
+
+    # WHEN it is sent SIGTERM, and a message arrives during the stop
+    stopped_at = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    (sent,) = queue.send([OutgoingMessage(body="sent during the stop", delay_s=delay_s)])
+    exit_code = worker.wait(10)
+    exit_s = time.monotonic() - stopped_at
+    print(f"exited {exit_s:.2f} s after SIGTERM")
+
+    # THEN it exits within 2 s, not at the end of its long poll, cleanly
+    assert exit_code == 0, worker.output[-3000:]
+    assert exit_s < 2.0, f"{exit_s:.1f} s to exit: {worker.output[-2000:]}"
+    # AND the message was not processed, and is not lost (visible again at once, after its delay,
+    # or after its 2 s visibility timeout if the worker ended before it could hand it back)
+    assert output_bodies(output) == []
+    found: list[Any] = []
+    wait_until(lambda: bool(found.extend(queue.receive(max_messages=1, wait_s=1)) or found),
+               timeout_s=15, what="the message sent during the stop, still in the queue")
+    assert [(message.id, message.body) for message in found] == [(sent.message_id, "sent during the stop")]
 
 
 def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_both(

@@ -112,6 +112,8 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
     for item in running:
         item.worker.stop()
         item.thread.join(10)
+        for consumer in item.worker.consumers:  # a receive a stop abandoned ends inside the mock
+            consumer.join(FAST["receive_wait_s"] + 5)
 
 
 def test_successes_are_recorded_then_deleted_in_batches(

@@ -1,17 +1,13 @@
-"""spec.py: swagger.yml fitted to the queue, and a violation of it worded for the client."""
+"""writer/spec.py: swagger.yml fitted to the queue, and a violation of it worded for the client."""
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from server import create_app
-from sqs_message_service.rules import character_problem
 from sqs_message_service.settings import Settings
 from sqs_message_service.writer.spec import RequestValidator, load_source, served_spec
 from sqsinterface import SqsQueue, create_client
@@ -88,21 +84,6 @@ def test_each_entry_of_a_batch_is_named_by_its_place() -> None:
                              ("MessageBatch",))
 
     assert detail == "deduplication_id is only for FIFO queues; this queue is standard - 'messages.1'"
-
-
-SQS_CHARACTERS = re.compile(SOURCE["components"]["schemas"]["SqsText"]["properties"]["body"]["pattern"])
-
-
-@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
-@settings(max_examples=500, deadline=None)
-def test_the_spec_and_message_py_accept_the_same_characters(text: str) -> None:
-    # message.py also refuses lone surrogates, which JSON cannot carry between systems
-    assert bool(SQS_CHARACTERS.search(text)) == (character_problem("body", text) is None)
-
-
-@pytest.mark.parametrize("character", ["\u0000", "\u0008", "\u000b", "\u001f", "\ufffe", "\uffff", "\t", "\U0010ffff"])
-def test_the_edges_of_the_character_set_agree(character: str) -> None:
-    assert bool(SQS_CHARACTERS.search(character)) == (character_problem("body", character) is None)
 
 
 def test_a_writer_on_a_fifo_queue_without_content_based_deduplication_serves_and_keeps_it(sqs: Any) -> None:

@@ -1,0 +1,78 @@
+"""The house: the user's entry points at the top, everything else in one package by role, imports
+running one way (the top imports the package; the package imports nothing of the top) and no
+cycle inside the package."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "sqs_message_service"
+#: The names the user gave the project's top-level modules, each holding its role.
+USERS_NAMES = {"server", "message", "worker", "sqsinterface", "config", "client", "sqs_setup"}
+
+
+def imported(path: Path) -> set[str]:
+    """The modules `path` imports, absolute, relative ones resolved against its package."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import x`
+    return names
+
+
+def package_modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def test_the_top_holds_only_the_users_names() -> None:
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    top = {Path(line).stem for line in listed.stdout.splitlines() if "/" not in line}
+
+    assert top == USERS_NAMES
+
+
+def test_the_package_imports_nothing_from_the_top() -> None:
+    for name, path in package_modules().items():
+        top_level = {module.split(".")[0] for module in imported(path)}
+        assert not top_level & USERS_NAMES, f"{name} imports {sorted(top_level & USERS_NAMES)} from the top"
+
+
+def test_every_door_at_the_top_opens_onto_the_package() -> None:
+    for name in USERS_NAMES:
+        modules = imported(ROOT / f"{name}.py")
+        assert any(module.startswith("sqs_message_service") for module in modules), f"{name}.py uses no room"
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it_back() -> None:
+    modules = package_modules()
+    graph = {name: {dep for dep in imported(path) if dep in modules and dep != name} for name, path in modules.items()}
+    # a package's __init__ is imported by each of its modules: only its own imports count as edges
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    cycles.append(" -> ".join([*trail, dep]))
+                elif dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, [*trail, dep]))
+    assert cycles == []
