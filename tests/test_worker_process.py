@@ -112,8 +112,12 @@ def test_sigterm_to_an_idle_worker_in_a_20_s_long_poll_exits_at_once_and_loses_n
     # or after its 2 s visibility timeout if the worker ended before it could hand it back)
     assert output_bodies(output) == []
     found: list[Any] = []
-    wait_until(lambda: bool(found.extend(queue.receive(max_messages=1, wait_s=1)) or found),
-               timeout_s=15, what="the message sent during the stop, still in the queue")
+
+    def received() -> bool:
+        found.extend(queue.receive(max_messages=1, wait_s=1))
+        return bool(found)
+
+    wait_until(received, timeout_s=15, what="the message sent during the stop, still in the queue")
     assert [(message.id, message.body) for message in found] == [(sent.message_id, "sent during the stop")]
 
 
