@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from connexion import FlaskApp
 from connexion.middleware.main import ConnexionMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import OpenAPIOperation
 from connexion.options import SwaggerUIOptions
 from packaging.specifiers import SpecifierSet
@@ -28,6 +29,7 @@ from sqs_message_service.writer import checks, connexion_hooks, stack
 from sqs_message_service.writer.connexion_hooks import (
     ROUTING_CONTEXT,
     ApiKeySecurityHandler,
+    Draft4RequestValidator,
     MediaTypeDict,
     RequestValidationAPI,
     RequestValidationMiddleware,
@@ -75,6 +77,7 @@ ATTRIBUTES = [
     (OpenAPIOperation, "request_body", "OpenAPIOperation.parameters"),
     (OpenAPIOperation, "body_schema", "OpenAPIOperation.parameters"),
     (OpenAPIOperation, "body_definition", "OpenAPIOperation.parameters"),
+    (SwaggerUIMiddleware, "default_fn", "SwaggerUIMiddleware.default_fn"),
 ]
 
 
@@ -96,6 +99,12 @@ def test_the_helpers_read_what_connexion_reads() -> None:
     assert split_content_type("application/json; charset=utf-8")[0] == "application/json", moved("split_content_type")
     assert is_nullable({"nullable": True}) and not is_nullable({}), moved("split_content_type")
     assert "application/json" in MediaTypeDict([("application/*", None)]), moved("MediaTypeDict")
+
+
+def test_connexions_body_validator_is_a_jsonschema_draft_4_validator_the_spec_can_extend() -> None:
+    assert Draft4RequestValidator.META_SCHEMA["id"].startswith("http://json-schema.org/draft-04/"), \
+        moved("Draft4RequestValidator")
+    assert callable(getattr(Draft4RequestValidator, "iter_errors", None)), moved("Draft4RequestValidator")
 
 
 def test_a2wsgi_builds_the_environ_the_bridge_hands_to_flask() -> None:
@@ -150,7 +159,7 @@ def test_no_other_module_of_the_writer_imports_a_connexion_internal() -> None:
     documented = {"connexion", "connexion.exceptions", "connexion.jsonifier", "connexion.lifecycle",
                   "connexion.middleware.main", "connexion.middleware.request_validation",
                   "connexion.middleware.response_validation", "connexion.middleware.security",
-                  "connexion.middleware.server_error", "connexion.middleware.swagger_ui", "connexion.json_schema"}
+                  "connexion.middleware.server_error", "connexion.middleware.swagger_ui"}
     for path in [*Path(writer_package.__file__).parent.glob("*.py"), ROOT / "server.py", ROOT / "message.py"]:
         if path.name == "connexion_hooks.py":
             continue

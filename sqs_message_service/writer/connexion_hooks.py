@@ -16,6 +16,7 @@ from a2wsgi.wsgi import build_environ
 from connexion import FlaskApp
 from connexion.apps.flask import FlaskASGIApp
 from connexion.datastructures import MediaTypeDict
+from connexion.json_schema import Draft4RequestValidator
 from connexion.middleware.abstract import ROUTING_CONTEXT, RoutedAPI, RoutedMiddleware
 from connexion.middleware.request_validation import RequestValidationAPI, RequestValidationMiddleware
 from connexion.security import ApiKeySecurityHandler
@@ -24,6 +25,7 @@ from connexion.utils import is_nullable, split_content_type
 __all__ = [
     "ROUTING_CONTEXT",
     "ApiKeySecurityHandler",
+    "Draft4RequestValidator",
     "MediaTypeDict",
     "RequestValidationAPI",
     "RequestValidationMiddleware",
@@ -49,6 +51,8 @@ USES = {
     "FlaskApp._middleware_app / FlaskASGIApp.asgi_app(.app)":
         "use_bridge puts FlaskBridge where connexion keeps its a2wsgi bridge; add_wsgi_middleware wraps its .app",
     "a2wsgi.wsgi.build_environ": "FlaskBridge builds the WSGI environ as a2wsgi does",
+    "SwaggerUIMiddleware.default_fn": "SwaggerUIOnItsPaths passes on what its router does not serve, as connexion's",
+    "Draft4RequestValidator": "spec.RequestValidator is connexion's (OpenAPI 3.0's draft 4) with x-propertyNames",
 }
 
 

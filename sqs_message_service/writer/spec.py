@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import yaml
-from connexion.json_schema import Draft4RequestValidator
 from jsonschema import ValidationError, validators
 
 from ..rules import attribute_name_problem, character_problem, queue_fields
 from ..settings import DATA_DIR
+from .connexion_hooks import Draft4RequestValidator
 
 SOURCE = DATA_DIR / "swagger.yml"
 
