@@ -147,10 +147,15 @@ class Consumer(Part):
             if messages:
                 self._idle_since = None
                 self.metrics.add("received", len(messages))
-                for unit in work_units(messages, fifo=self.queue.is_fifo):
-                    if not self.work.put(unit):  # the processors are stopping: none will start it
-                        self.settler.release(unit)
-                        self.ledger.finish(unit)
+                refused = [
+                    message
+                    for unit in work_units(messages, fifo=self.queue.is_fifo)
+                    if not self.work.put(unit)  # the processors are stopping: none will start it
+                    for message in unit
+                ]
+                if refused:
+                    self._release(refused)
+                    self.ledger.finish(refused)
             elif self.idle_s is not None and self._idle_for_long_enough():
                 log.info("queue empty for %g s: stopping", self.idle_s)
                 self.stop_worker()
@@ -166,10 +171,14 @@ class Consumer(Part):
         self.ledger.receive(claimed, [], deadline=0.0)
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
-            try:
-                self.settler.release(messages)
-            except Exception:  # SQS makes them visible after their visibility timeout all the same
-                log.warning("could not hand back %d messages received after the stop", len(messages), exc_info=True)
+            self._release(messages)
+
+    def _release(self, messages: list[ReceivedMessage]) -> None:
+        """Visible again at once; if SQS fails that, after their visibility timeout all the same."""
+        try:
+            self.settler.release(messages)
+        except Exception:
+            log.warning("could not hand back %d messages received at the stop", len(messages), exc_info=True)
 
     def _idle_for_long_enough(self) -> bool:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages
