@@ -372,10 +372,26 @@ class SqsQueue:
         return outcomes
 
 
+#: Codes of a batch entry that sending or settling again cannot change, whatever the entry's
+#: `SenderFault` says: LocalStack marks some of them `SenderFault: false`.
+FINAL_ENTRY_CODES = frozenset({
+    "InvalidMessageContents",
+    "InvalidParameterValue",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "MissingParameter",
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+})
+
+
 def _entry_error(operation: str, failed: Mapping[str, Any]) -> SqsError:
-    """The error for one entry of a batch's `Failed` list: the sender's fault is final."""
-    error_type = MessageRejected if failed.get("SenderFault") else QueueUnavailable
-    text = f"{failed.get('Code', '')}: {failed.get('Message', '')}".rstrip(": ")
+    """The error for one entry of a batch's `Failed` list: the sender's fault, or a code no
+    retry can change, is final; anything else may pass."""
+    code = str(failed.get("Code", ""))
+    final = failed.get("SenderFault") or code.rsplit(".", 1)[-1] in FINAL_ENTRY_CODES
+    error_type = MessageRejected if final else QueueUnavailable
+    text = f"{code}: {failed.get('Message', '')}".rstrip(": ")
     return error_type(f"{operation}: {text}")
 
 

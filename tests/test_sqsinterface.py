@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 
 from conftest import PartlyFailingClient
 from sqs_message_service.settings import Settings
@@ -146,3 +148,29 @@ def test_billable_requests_count_calls_and_their_payload(queue: SqsQueue) -> Non
 
     assert len(received) == 5
     assert queue.billable_requests - before == 4 + 4 + 1
+
+
+@pytest.mark.parametrize(
+    ("code", "sender_fault", "final"),
+    [
+        ("ReceiptHandleIsInvalid", False, True),  # LocalStack's shape: final whatever SenderFault says
+        ("AWS.SimpleQueueService.ReceiptHandleIsInvalid", False, True),
+        ("ReceiptHandleIsInvalid", True, True),
+        ("InternalError", False, False),
+        ("AnythingElse", True, True),
+    ],
+)
+def test_a_batch_entry_no_retry_can_change_is_final_whatever_its_sender_fault(
+    code: str, sender_fault: bool, final: bool
+) -> None:
+    client = boto3.client("sqs", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        stubber.add_response("get_queue_url", {"QueueUrl": "https://sqs.us-east-1.amazonaws.com/1/q"})
+        stubber.add_response("delete_message_batch", {
+            "Successful": [], "Failed": [{"Id": "0", "SenderFault": sender_fault, "Code": code, "Message": "m"}],
+        })
+
+        (outcome,) = SqsQueue("q", client).delete_messages(["rh"])
+
+    assert isinstance(outcome, MessageRejected if final else QueueUnavailable)
+    assert code in str(outcome)
