@@ -3,6 +3,11 @@
 Starts the local endpoint, the writer and the worker on free loopback ports, sends a bounded load
 with the client (which writes every accepted id), lets the worker drain the queue, and checks that
 every accepted message was processed or is in the dead-letter queue. Exit 0 only if none is lost.
+
+With `--endpoint URL` it starts no endpoint: it runs the same check against one it did not start
+(LocalStack, ElasticMQ, moto's server; `--endpoint aws` for real SQS in AWS_REGION, with the
+environment's credentials), on queues of its own (`e2e-<run>` and its dead-letter queue), which
+it deletes afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional
@@ -85,7 +91,7 @@ class LocalSystem:
         self.workdir = workdir
         self.env = env
         self.writer_url = f"http://127.0.0.1:{env['PORT']}"
-        self.sqs_port = int(env["LOCAL_SQS_PORT"])
+        self.sqs_port = int(env.get("LOCAL_SQS_PORT") or 0)  # 0: an endpoint this did not start
         self.settings = Settings.from_env(env)
         self.processes: dict[str, Process] = {}  # by name, the latest of each
         self._running: list[Process] = []
@@ -141,6 +147,10 @@ class LocalSystem:
         settings = settings or self.settings
         sqs_setup.set_up(settings, create_client(settings))
 
+    def tear_down_queues(self) -> None:
+        """Delete the system's queues: those a run made on an endpoint it did not start."""
+        sqs_setup.tear_down(self.settings, create_client(self.settings))
+
     def client(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "client.py", "--url", self.writer_url, "--stats-interval", "5", *args],
@@ -151,19 +161,39 @@ class LocalSystem:
         return SqsQueue(name, create_client(self.settings))
 
 
+#: What `--endpoint` takes to mean real SQS, in AWS_REGION.
+REAL_SQS = "aws"
+
+
 @contextlib.contextmanager
-def local_system(workdir: Path, *, engine: str, writer: bool = True, **settings: str) -> Iterator[LocalSystem]:
+def local_system(
+    workdir: Path, *, engine: str, writer: bool = True, endpoint: Optional[str] = None, **settings: str
+) -> Iterator[LocalSystem]:
     """Start the local endpoint (`engine`: fauxqs or moto), create the queues, start the writer
     (unless `writer` is False); `settings` are extra environment variables
-    (QUEUE_NAME="lines.fifo", say). All stop on exit."""
-    sqs_port, writer_port, metrics_port = free_port(), free_port(), free_port()
+    (QUEUE_NAME="lines.fifo", say). All stop on exit.
+
+    With `endpoint` (a URL, or REAL_SQS), no endpoint is started: the queues are made there,
+    named for this run unless `settings` name them, with the environment's credentials where it
+    has some, and deleted on exit."""
+    writer_port, metrics_port = free_port(), free_port()
+    if endpoint is None:
+        sqs_port = free_port()
+        where = {
+            "SQS_LOCAL": engine, "LOCAL_SQS_PORT": str(sqs_port), "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
+        }
+        credentials = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    else:
+        where = {"SQS_ENDPOINT_URL": "" if endpoint == REAL_SQS else endpoint, "LOCAL_SQS_PORT": "",
+                 "QUEUE_NAME": f"e2e-{uuid.uuid4().hex[:8]}", "DLQ_NAME": ""}
+        keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        given = {name: os.environ[name] for name in keys if name in os.environ}
+        dummy = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # local engines take any
+        credentials = given or ({} if endpoint == REAL_SQS else dummy)
     local = {
-        "SQS_LOCAL": engine,
-        "LOCAL_SQS_PORT": str(sqs_port),
-        "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_REGION": "us-east-1",
+        **where,
+        **credentials,
+        "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1") if endpoint is not None else "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
         "PORT": str(writer_port),
         "METRICS_PORT": str(metrics_port),  # the worker's; not the default, which `make run` may hold
@@ -171,12 +201,18 @@ def local_system(workdir: Path, *, engine: str, writer: bool = True, **settings:
         "VENV_BIN": str(Path(sys.executable).parent),
         **settings,
     }
-    env = {name: value for name, value in os.environ.items() if name != "AWS_PROFILE"}
+    if endpoint == REAL_SQS:
+        local.pop("AWS_EC2_METADATA_DISABLED")  # an instance role may be the credentials
+    env = {name: value for name, value in os.environ.items() if name != "AWS_PROFILE" or endpoint == REAL_SQS}
     env.update(local)
     system = LocalSystem(workdir, env)
     with environment(local), contextlib.ExitStack() as stop_all:
-        stop_all.callback(system.stop)
-        system.start_sqs()
+        if endpoint is None:
+            stop_all.callback(system.stop)
+            system.start_sqs()
+        else:
+            stop_all.callback(system.tear_down_queues)  # after the processes below have stopped
+            stop_all.callback(system.stop)
         system.set_up_queues()
         if writer:
             system.start_writer()
@@ -193,6 +229,7 @@ def run_e2e(
     retry_backoff_base_s: float = 1.0,
     timeout_s: float = 600,
     log: Optional[Callable[[str], None]] = print,
+    endpoint: Optional[str] = None,
 ) -> E2EResult:
     say = log or (lambda *_: None)
     ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
@@ -200,14 +237,16 @@ def run_e2e(
     for stale in (ids_path, output_path, summary_path):  # the worker appends to its output
         stale.unlink(missing_ok=True)
     with local_system(
-        workdir, engine=engine, FAILURE_RATE=str(failure_rate), RETRY_BACKOFF_BASE=str(retry_backoff_base_s)
+        workdir, engine=engine, endpoint=endpoint, FAILURE_RATE=str(failure_rate),
+        RETRY_BACKOFF_BASE=str(retry_backoff_base_s),
     ) as system:
         worker = system.python(
             "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5",
             "--summary-json", str(summary_path),
         )
-        say(f"e2e: {engine} at {system.settings.sqs_endpoint_url}, writer at {system.writer_url}; "
-            f"sending {count} messages")
+        where = system.settings.sqs_endpoint_url or f"real SQS in {system.settings.aws_region}"
+        say(f"e2e: {engine if endpoint is None else 'queue ' + repr(system.settings.queue_name)} at {where}, "
+            f"writer at {system.writer_url}; sending {count} messages")
         started = time.time()
         load = system.client(
             "--count", str(count), "--malformed-per-batch", "0", "--concurrency", str(concurrency),
@@ -250,9 +289,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--engine", choices=("fauxqs", "moto"), default=os.environ.get("SQS_LOCAL", "fauxqs"),
                         help="local SQS engine (SQS_LOCAL, default fauxqs; moto when Node is missing)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".e2e", help="logs and outputs (default %(default)s)")
+    parser.add_argument(
+        "--endpoint", metavar="URL",
+        help="an SQS endpoint this does not start (LocalStack, ElasticMQ, moto's server), or 'aws' for "
+        "real SQS in AWS_REGION with the environment's credentials: the check runs on queues of its own, "
+        "deleted afterwards (default: start the local engine)",
+    )
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result = run_e2e(count=args.count, workdir=args.workdir, engine=args.engine)
+    result = run_e2e(count=args.count, workdir=args.workdir, engine=args.engine, endpoint=args.endpoint)
     print(f"e2e: {result.report()}")
     print(f"e2e: {'OK, nothing lost' if result.ok else 'FAILED'} (logs in {args.workdir})")
     return 0 if result.ok else 1

@@ -8,7 +8,9 @@ import pytest
 
 from conftest import LOCAL_ENGINE, wait_until
 from e2e import LocalSystem, local_system, run_e2e
+from sqs_message_service.aws import create_client
 from sqs_message_service.output import read_records
+from sqs_message_service.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +87,21 @@ def test_stopping_the_system_sends_one_ctrl_c_to_each_the_last_started_first(tmp
     # each finishes before the one started before it is asked to: SQS answers the worker's deletes
     assert when("worker", "exit")[0] < when("writer", "SIGINT")[0]
     assert when("writer", "exit")[0] < when("sqs", "SIGINT")[0]
+
+
+def test_the_check_runs_against_an_endpoint_it_did_not_start_and_leaves_no_queue_behind(
+    moto_server: str, tmp_path: Path
+) -> None:
+    # GIVEN an SQS endpoint someone else runs, with a queue of its own that must stay untouched
+    owner = create_client(Settings(sqs_endpoint_url=moto_server))
+    owner.create_queue(QueueName="theirs")
+
+    # WHEN make e2e's check is pointed at it
+    result = run_e2e(count=60, workdir=tmp_path, endpoint=moto_server, failure_rate=0.3,
+                     retry_backoff_base_s=0, log=None)
+
+    # THEN nothing was lost, and only the queue that was there before is left
+    assert result.ok and result.accepted == 60 and result.lost == 0
+    assert result.processed + result.dead_lettered == 60
+    left = [url.rsplit("/", 1)[-1] for url in owner.list_queues().get("QueueUrls", [])]
+    assert left == ["theirs"]
