@@ -12,15 +12,27 @@ WORKDIR /src
 COPY requirements.txt pyproject.toml README.md swagger.yml log.conf *.py ./
 # The package; its swagger.yml and log.conf link to the two files above, and the wheel holds them.
 COPY sqs_message_service ./sqs_message_service
-RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.txt .
+# Behind a TLS-intercepting proxy, give its CA as a build secret, used for this step only:
+#   docker build --secret id=extra_ca,src=corp-ca.pem .   (podman build takes the same option)
+RUN --mount=type=secret,id=extra_ca \
+    if [ -s /run/secrets/extra_ca ]; then \
+      cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/extra_ca > /tmp/ca.pem; \
+      export PIP_CERT=/tmp/ca.pem; \
+    fi; \
+    pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.txt .
 
 # Stage 2: the runtime. It installs those wheels from disk and nothing else: no compiler, no
 # build backend, no source tree; it runs as an unprivileged user.
 FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="sqs-message-service" \
+      org.opencontainers.image.description="An OpenAPI-first REST service and a worker that talk through an Amazon SQS queue" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="0.1.0"
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels sqs-message-service \
-    && useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin app
-USER app
+    && groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
+USER 10001:10001
 # In a container the writer and the worker's metrics listen on every interface: the published
 # ports decide who reaches them.
 ENV HOST=0.0.0.0 \

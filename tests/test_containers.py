@@ -194,3 +194,35 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
         for source in sources:
             assert source in allowed, source
             assert list(ROOT.glob(source)), source
+
+
+def test_the_image_runs_as_uid_and_gid_10001_and_says_what_it_is() -> None:
+    final = final_stage()
+    runs = " ".join(final["RUN"])
+
+    assert final["USER"] == ["10001:10001"]
+    assert "groupadd --system --gid 10001 app" in runs and "--uid 10001 --gid 10001" in runs
+    labels = " ".join(final["LABEL"])
+    for name in ("title", "description", "licenses", "version"):
+        assert f"org.opencontainers.image.{name}=" in labels, name
+    version = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', labels)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert version and f'version = "{version.group(1)}"' in pyproject  # one version, said twice
+
+
+def test_an_extra_ca_is_a_build_secret_used_only_where_pip_fetches() -> None:
+    wheels_stage = " ".join(arguments for instruction, arguments in dockerfile_stages()[0] if instruction == "RUN")
+
+    assert "--mount=type=secret,id=extra_ca" in wheels_stage and "PIP_CERT" in wheels_stage
+    assert "extra_ca" not in " ".join(final_stage()["RUN"])  # the runtime image never holds it
+
+
+def test_health_checks_run_on_every_engine_and_the_one_shot_client_has_none(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        test = service.get("healthcheck", {}).get("test")
+        if test is None:
+            continue
+        # exec form only with programs free of spaces: podman's Docker API splits them there
+        assert test[0] == "CMD-SHELL" or not any(" " in part for part in test[1:]), name
+    assert services["client"]["healthcheck"] == {"disable": True}
