@@ -68,7 +68,7 @@ def create_app(
 
     api_keys = settings.load_api_keys()
     if source is None or isinstance(source, Path):
-        source = load_source(source or DATA_DIR / "swagger.yml")
+        source = load_source() if source is None else load_source(source)
     spec = served_spec(
         source,
         fifo=queue.is_fifo,

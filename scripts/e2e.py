@@ -177,33 +177,29 @@ def local_system(
     named for this run unless `settings` name them, with the environment's credentials where it
     has some, and deleted on exit."""
     writer_port, metrics_port = free_port(), free_port()
+    real_sqs = endpoint == REAL_SQS
     if endpoint is None:
         sqs_port = free_port()
         where = {
             "SQS_LOCAL": engine, "LOCAL_SQS_PORT": str(sqs_port), "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
         }
-        credentials = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
     else:
-        where = {"SQS_ENDPOINT_URL": "" if endpoint == REAL_SQS else endpoint, "LOCAL_SQS_PORT": "",
+        where = {"SQS_ENDPOINT_URL": "" if real_sqs else endpoint, "LOCAL_SQS_PORT": "",
                  "QUEUE_NAME": f"e2e-{uuid.uuid4().hex[:8]}", "DLQ_NAME": ""}
-        keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        given = {name: os.environ[name] for name in keys if name in os.environ}
-        dummy = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # local engines take any
-        credentials = given or ({} if endpoint == REAL_SQS else dummy)
+    # Any local endpoint takes any credentials, and never gets real ones; real SQS gets the
+    # environment's as they are (keys, profile, instance or task role) and its region.
+    aws = {} if real_sqs else {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     local = {
         **where,
-        **credentials,
-        "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1") if endpoint is not None else "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
+        **aws,
         "PORT": str(writer_port),
         "METRICS_PORT": str(metrics_port),  # the worker's; not the default, which `make run` may hold
         "RECEIVE_WAIT_SECONDS": "1",
         "VENV_BIN": str(Path(sys.executable).parent),
         **settings,
     }
-    if endpoint == REAL_SQS:
-        local.pop("AWS_EC2_METADATA_DISABLED")  # an instance role may be the credentials
-    env = {name: value for name, value in os.environ.items() if name != "AWS_PROFILE" or endpoint == REAL_SQS}
+    env = {name: value for name, value in os.environ.items() if real_sqs or name != "AWS_PROFILE"}
     env.update(local)
     system = LocalSystem(workdir, env)
     with environment(local), contextlib.ExitStack() as stop_all:

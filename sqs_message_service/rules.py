@@ -8,8 +8,10 @@ and lone surrogates.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 #: SQS accepts at most this many message attributes on one message.
@@ -99,24 +101,27 @@ class QueueFields:
         return None
 
 
+@functools.cache  # four kinds of queue at most; asked once a message
 def queue_fields(*, fifo: bool, content_based_deduplication: bool) -> QueueFields:
     """What SQS asks of a message's fields on a queue of this kind: on a FIFO queue a group, no
     delay of its own, and a deduplication id unless the queue derives it from the body; on a
     standard queue no deduplication id."""
     if not fifo:
         return QueueFields(
-            absent={"deduplication_id": "deduplication_id is only for FIFO queues; this queue is standard"},
-            required={},
+            absent=MappingProxyType({
+                "deduplication_id": "deduplication_id is only for FIFO queues; this queue is standard",
+            }),
+            required=MappingProxyType({}),
         )
     required = {"group_id": "group_id is required on a FIFO queue"}
     if not content_based_deduplication:
         required["deduplication_id"] = (
             "deduplication_id is required: this FIFO queue has no content-based deduplication"
         )
-    return QueueFields(
-        absent={
+    return QueueFields(  # read-only: every caller shares the one answer
+        absent=MappingProxyType({
             "delay_seconds": "delay_seconds is only for standard queues; this queue is FIFO, where SQS takes a "
             "delay for the whole queue only (its DelaySeconds attribute)",
-        },
-        required=required,
+        }),
+        required=MappingProxyType(required),
     )

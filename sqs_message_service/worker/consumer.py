@@ -154,7 +154,7 @@ class Consumer(Part):
                     for message in unit
                 ]
                 if refused:
-                    self._release(refused)
+                    self.settler.release(refused)
                     self.ledger.finish(refused)
             elif self.idle_s is not None and self._idle_for_long_enough():
                 log.info("queue empty for %g s: stopping", self.idle_s)
@@ -171,14 +171,7 @@ class Consumer(Part):
         self.ledger.receive(claimed, [], deadline=0.0)
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
-            self._release(messages)
-
-    def _release(self, messages: list[ReceivedMessage]) -> None:
-        """Visible again at once; if SQS fails that, after their visibility timeout all the same."""
-        try:
             self.settler.release(messages)
-        except Exception:
-            log.warning("could not hand back %d messages received at the stop", len(messages), exc_info=True)
 
     def _idle_for_long_enough(self) -> bool:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages

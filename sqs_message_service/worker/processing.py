@@ -4,7 +4,6 @@ purpose), loading the user's own (PROCESSOR), and `ProcessorThread`, which runs 
 from __future__ import annotations
 
 import importlib
-import logging
 import random
 import time
 from typing import Callable, Optional
@@ -13,8 +12,6 @@ from ..sqs import ReceivedMessage
 from .ledger import InFlight, WorkQueue
 from .part import Part
 from .settler import Settler
-
-log = logging.getLogger(__name__)
 
 #: The processing step: a plain function of one message. Returning means success (the message
 #: is deleted); raising anything means failure (the message comes back after a backoff).
@@ -90,9 +87,5 @@ class ProcessorThread(Part):
         return error is None
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
-        try:
-            self.settler.release(messages)
-        except Exception:
-            log.error("could not release %d messages", len(messages), exc_info=True)
-        finally:
-            self.ledger.finish(messages)
+        self.settler.release(messages)  # never raises
+        self.ledger.finish(messages)

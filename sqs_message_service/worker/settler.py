@@ -157,10 +157,16 @@ class Settler(Part):
             self._hand_over(self._visibility, (message.receipt_handle, 0), message, "rescheduled")
 
     def release(self, messages: list[ReceivedMessage]) -> None:
-        """Make messages visible again at once: received, but not to be processed here."""
-        if messages:
+        """Make messages visible again at once: received, but not to be processed here. Never
+        raises, from whichever thread holds them: what SQS does not make visible now, it makes
+        visible after the visibility timeout all the same."""
+        if not messages:
+            return
+        try:
             outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
             self.metrics.add("released", sum(outcome is None for outcome in outcomes))
+        except Exception:
+            log.error("could not release %d messages", len(messages), exc_info=True)
 
     def _delete_batch(self, receipt_handles: list[str]) -> list[EntryOutcome]:
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""

@@ -7,6 +7,7 @@ not JSON) is checked by connexion's own validation instead.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Callable, Optional
 
 import jsonschema_rs
@@ -24,6 +25,7 @@ from .connexion_hooks import (
 from .errors import InvalidRequest, LengthRequired, RequestTooLarge, UnsupportedMediaType
 from .spec import PROPERTY_NAMES, RequestValidator, ServedSpec
 
+log = logging.getLogger(__name__)
 
 class OperationChecks:
     """One operation's checks of a request (header parameters and a JSON body: see `uncovered`),
@@ -181,7 +183,9 @@ class _ChecksAPI(RequestValidationAPI):
         super().__init__(*args, **kwargs)  # adds the paths, calling make_operation for each
 
     def make_operation(self, operation: Any) -> Any:
-        if OperationChecks.uncovered(operation) is not None:
+        uncovered = OperationChecks.uncovered(operation)
+        if uncovered is not None:
+            log.info("%s: checked by connexion's own validation (it has %s)", operation.operation_id, uncovered)
             return super().make_operation(operation)
         return OperationChecks(self.next_app, operation=operation, spec=self.served, max_bytes=self.max_bytes)
 

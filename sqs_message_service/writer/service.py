@@ -10,7 +10,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, TypeVar, Union
 
 from ..batcher import GroupCommit, Overloaded
 from ..metrics import WriterMetrics, by_label, total
@@ -29,6 +29,9 @@ from .errors import (
 from .idempotency import IdempotencyStore, KeyStore, fingerprint, scoped_key
 
 log = logging.getLogger(__name__)
+
+#: Any error the writer answers, kept as what it is when counted (`Writer.refused`).
+E = TypeVar("E", bound=Answerable)
 
 #: Where the app keeps its Writer: `app.extensions[WRITER_EXTENSION]`.
 WRITER_EXTENSION = "queue_writer"
@@ -120,7 +123,7 @@ class Writer:
         if outcome is not None:
             self._outcomes[outcome].inc(messages)  # every outcome's series, found at start
 
-    def refused(self, error: Answerable, messages: int = 1) -> Any:
+    def refused(self, error: E, messages: int = 1) -> E:
         """Count `messages` as refused with `error`, under its outcome; returns it, to be raised.
         Every refusal the writer decides is counted here, once, where it is decided."""
         self.count(answer(error).outcome, messages)
