@@ -4,10 +4,13 @@
 # Every setting comes from the environment (docs/configuration.md).
 
 ARG PYTHON_VERSION=3.11
+# Any Debian-based image with that Python, pip and venv (make containers builds a stand-in for it
+# from Debian's packages where no registry can be reached).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
 # Stage 1: wheels of the service and of every dependency, at the versions tested together
 # (requirements.txt). Every dependency publishes wheels, so nothing is compiled here either.
-FROM python:${PYTHON_VERSION}-slim AS wheels
+FROM ${BASE_IMAGE} AS wheels
 WORKDIR /src
 COPY requirements.txt pyproject.toml README.md swagger.yml log.conf *.py ./
 # The package; its swagger.yml and log.conf link to the two files above, and the wheel holds them.
@@ -23,7 +26,7 @@ RUN --mount=type=secret,id=extra_ca \
 
 # Stage 2: the runtime. It installs those wheels from disk and nothing else: no compiler, no
 # build backend, no source tree; it runs as an unprivileged user.
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="sqs-message-service" \
       org.opencontainers.image.description="An OpenAPI-first REST service and a worker that talk through an Amazon SQS queue" \
       org.opencontainers.image.licenses="MIT" \

@@ -1,4 +1,4 @@
-"""Dockerfile and docker-compose.yml, checked without a Docker engine: what each service runs
+"""Dockerfile and docker-compose.yml, read (`make containers` runs them): what each service runs
 exists in the package, its environment is what config.py reads and accepts, its ports are the
 ones that environment opens, its start waits for a health check that exists, and the image is
 slim, unprivileged and without build tools."""
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import client
+import containers
 import worker
 from conftest import CONSOLE_SCRIPTS, ROOT
 from sqs_message_service.settings import ENV_NAMES, Settings
@@ -70,6 +71,8 @@ def test_the_image_is_slim_unprivileged_healthchecked_and_has_no_build_tools() -
     stages = dockerfile_stages()
     final = final_stage()
     (base,) = final["FROM"]
+    if base == "${BASE_IMAGE}":  # an argument, whose default is the official slim image
+        base = re.search(r"^ARG BASE_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)  # type: ignore[union-attr]
     assert re.match(r"python:\$\{PYTHON_VERSION\}-slim$|python:3\.\d+-slim$", base), base
     assert len(stages) >= 2  # wheels are built in a stage of their own
     (user,) = final["USER"]
@@ -94,15 +97,36 @@ def test_the_images_environment_and_ports_are_settings_config_accepts() -> None:
     assert (settings.port, settings.metrics_port) == (Settings().port, Settings().metrics_port)
 
 
-def test_the_services_are_the_emulator_writer_worker_and_one_shot_client(
+def test_the_services_are_the_emulators_setup_writer_worker_and_one_shot_client(
     compose: dict[str, Any], ours: dict[str, dict[str, Any]]
 ) -> None:
-    assert set(compose["services"]) == {"sqs", "writer", "worker", "client"}
-    assert set(ours) == {"writer", "worker", "client"}
+    assert set(compose["services"]) == {"sqs", "localstack", "setup", "writer", "worker", "client"}
+    assert set(ours) == {"setup", "writer", "worker", "client"}
     image = compose["services"]["sqs"]["image"]
     assert re.match(r"^softwaremill/elasticmq-native:\d+\.\d+\.\d+$", image), image  # pinned
-    assert compose["services"]["writer"]["build"] == "."  # the one service that builds the image
-    assert compose["services"]["client"].get("restart") == "no"
+    localstack = compose["services"]["localstack"]
+    assert re.match(r"^localstack/localstack:\d+\.\d+$", localstack["image"])  # pinned, never latest
+    assert localstack["profiles"] == ["localstack"] and "profiles" not in compose["services"]["sqs"]
+    # the first of ours to start builds the image the others run
+    assert [name for name, service in ours.items() if "build" in service] == ["setup"]
+    for one_shot in ("setup", "client"):
+        assert compose["services"][one_shot].get("restart") == "no"
+        assert compose["services"][one_shot]["healthcheck"] == {"disable": True}  # not the writer's
+
+
+def test_the_localstack_profile_is_reached_where_the_file_says(compose: dict[str, Any]) -> None:
+    """The command at the top of the file points the parts at LocalStack's port, published on
+    loopback, with SERVICES=sqs."""
+    header = (ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    command = re.search(r"SQS_ENDPOINT_URL=http://(\w+):(\d+) docker compose --profile localstack up", header)
+    assert command, "no LocalStack command at the top of docker-compose.yml"
+    service = compose["services"][command.group(1)]
+    port = int(command.group(2))
+    assert service["environment"]["GATEWAY_LISTEN"] == f"0.0.0.0:{port}"
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert service["environment"]["SERVICES"] == "sqs"
+    # the parts take that endpoint from the environment, the ElasticMQ one by default
+    assert compose["x-sqs"]["SQS_ENDPOINT_URL"] == "${SQS_ENDPOINT_URL:-http://sqs:9324}"
 
 
 def test_every_command_is_a_console_script_with_arguments_it_accepts(ours: dict[str, dict[str, Any]]) -> None:
@@ -148,9 +172,12 @@ def test_start_order_waits_for_health_checks_that_exist(compose: dict[str, Any])
         service = services[name]
         return "healthcheck" in service or service.get("image") == OUR_IMAGE  # the image's own
 
-    assert services["writer"]["depends_on"]["sqs"]["condition"] == "service_healthy"
-    assert services["worker"]["depends_on"]["sqs"]["condition"] == "service_healthy"
+    assert services["setup"]["depends_on"]["sqs"]["condition"] == "service_healthy"
+    assert services["setup"]["depends_on"]["localstack"] == {"condition": "service_healthy", "required": False}
+    for part in ("writer", "worker"):
+        assert services[part]["depends_on"] == {"setup": {"condition": "service_completed_successfully"}}
     assert services["client"]["depends_on"]["writer"]["condition"] == "service_healthy"
+    assert services["client"]["depends_on"]["worker"]["condition"] == "service_healthy"
     for name, service in services.items():
         for dependency, rule in service.get("depends_on", {}).items():
             if rule["condition"] == "service_healthy":
@@ -226,3 +253,42 @@ def test_health_checks_run_on_every_engine_and_the_one_shot_client_has_none(comp
         # exec form only with programs free of spaces: podman's Docker API splits them there
         assert test[0] == "CMD-SHELL" or not any(" " in part for part in test[1:]), name
     assert services["client"]["healthcheck"] == {"disable": True}
+
+
+def test_make_containers_starts_the_services_in_the_compose_files_order() -> None:
+    assert containers.start_order(containers.load_compose(())) == ["sqs", "setup", "writer", "worker", "client"]
+    with_localstack = containers.start_order(containers.load_compose(("localstack",)))
+    assert with_localstack.index("localstack") < with_localstack.index("setup")
+
+
+def test_make_containers_refuses_a_required_dependency_that_is_not_enabled() -> None:
+    services = {
+        "writer": containers.Service("writer", {"depends_on": {"db": {"condition": "service_healthy"}}}),
+    }
+    with pytest.raises(SystemExit, match="writer depends on db"):
+        containers.start_order(services)
+    services["writer"].spec["depends_on"]["db"]["required"] = False
+    assert containers.start_order(services) == ["writer"]
+
+
+def test_make_containers_reads_values_and_durations_as_compose_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQS_ENDPOINT_URL", "http://localstack:4566")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert containers.interpolate(["${SQS_ENDPOINT_URL:-http://sqs:9324}", "${AWS_REGION:-us-east-1}"]) == [
+        "http://localstack:4566", "us-east-1",
+    ]
+    assert [containers.seconds(v, 0) for v in ("10s", "1m30s", "500ms", None)] == [10, 90, 0.5, 0]
+
+
+def test_make_containers_finds_a_service_that_started_before_its_dependency_was_ready() -> None:
+    services = {
+        "sqs": containers.Service("sqs", {}),
+        "writer": containers.Service("writer", {"depends_on": {"sqs": {"condition": "service_healthy"}}}),
+    }
+    checks = [{"ExitCode": 1, "End": "2026-12-02T10:00:01Z"}, {"ExitCode": 0, "End": "2026-12-02T10:00:03Z"}]
+    sqs: dict[str, Any] = {"StartedAt": "2026-12-02T10:00:00Z", "Health": {"Log": checks}}
+    for writer_started, passes in (("2026-12-02T10:00:04.5Z", True), ("2026-12-02T10:00:02Z", False)):
+        report = containers.Report()
+        states: dict[str, dict[str, Any]] = {"sqs": sqs, "writer": {"StartedAt": writer_started}}
+        containers.check_order(states, services, ["sqs", "writer"], report)
+        assert (report.failures == []) is passes
