@@ -2,6 +2,7 @@
 # make test: lint, types and the test suite (make fast: lint and the tests that start no process).  make e2e: a headless end-to-end check that nothing is lost.
 # make soak: steady load, flat memory and depth.  make bench: throughput and cost, as ratios.
 # make profile: where the writer's CPU goes, by part of the stack.
+# make containers: build the image and run docker-compose.yml for real, with its checks.
 # make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
 # foreground.  make clean.
@@ -14,7 +15,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test fast lint e2e soak bench profile audit serve worker clean requirements
+.PHONY: setup venv local-sqs queues run stop test fast lint e2e containers soak bench profile audit serve worker clean requirements
 
 setup: queues
 
@@ -63,6 +64,11 @@ lint: $(STAMP)
 e2e: $(STAMP) local-sqs
 	$(PY) scripts/e2e.py $(E2E_ARGS)
 
+# The image from the Dockerfile and the whole compose file, run and checked (docs/deployment.md):
+# Docker where it has an engine and a registry, else podman with a base bootstrapped from Debian.
+containers: $(STAMP)
+	$(PY) scripts/containers.py $(CONTAINERS_ARGS)
+
 # Two minutes at half the measured capacity: writer and worker memory and queue depth stay flat.
 soak: $(STAMP) local-sqs
 	$(PY) bench/soak.py $(SOAK_ARGS)
@@ -98,6 +104,8 @@ requirements:
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
+# Also what `make containers` left: its podman storage and base, and Debian packages it installed.
 clean:
+	$(PYTHON) scripts/containers.py clean
 	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules .e2e .soak .bench
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
