@@ -36,7 +36,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sqs-message-service" / "containers"
@@ -468,18 +468,54 @@ def check_counts(report: Report, args: argparse.Namespace) -> None:
 
 
 def check_stop(podman: Podman, services: dict[str, Service], order: list[str], report: Report) -> None:
-    """Stopped as compose stops: in the reverse of the start order, each within its grace."""
+    """Stopped as compose stops: in the reverse of the start order, each within its grace; the
+    worker while it holds messages."""
     for name in reversed(order):
         if name in ONE_SHOT:
             continue
-        took = podman.stop(services[name])
-        code = podman.state(name).get("ExitCode")
         if name == "worker":
-            report.figures["worker_stop_s"] = round(took, 1)
-            log = podman.logs("worker")
-            report.check("stopping: finishing in-flight work" in log, "the worker logged its drain")
-        if name in ("writer", "worker"):
-            report.check(code == 0, f"{name} stopped in {took:.1f} s, exit code {code}")
+            check_drain(report, stop_worker=lambda: podman.stop(services["worker"]),
+                        worker_log=lambda: podman.logs("worker"))
+            code = podman.state(name).get("ExitCode")
+        else:
+            took = podman.stop(services[name])
+            code = podman.state(name).get("ExitCode")
+            if name == "writer":
+                report.check(code == 0, f"the writer stopped in {took:.1f} s, exit code {code}")
+        if name == "worker":
+            report.check(code == 0, f"the worker exited {code}")
+
+
+#: Messages sent just before the worker is stopped, so that it stops with work in hand.
+DRAIN_BURST = 300
+
+
+def check_drain(report: Report, *, stop_worker: Callable[[], float], worker_log: Callable[[], str]) -> None:
+    """Send a burst, stop the worker while it works on it, and account for every message: each
+    accepted one was processed (the worker's own summary), is in the dead-letter queue, or is
+    still in the queue for the next worker. One counted twice or not at all fails the check."""
+    sent = 0
+    for number in range(DRAIN_BURST):
+        body = json.dumps({"body": f"drain {number}"}).encode()
+        request = urllib.request.Request("http://127.0.0.1:5000/api/message", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            sent += answer.status == 201
+    took = stop_worker()
+    report.figures["worker_stop_s"] = round(took, 1)
+    log = worker_log()
+    report.check("stopping: finishing in-flight work" in log, f"the worker drained in {took:.1f} s")
+    summary = log[log.rfind("summary"):]
+    processed = re.search(r"^processed\s+(\d+)$", summary, re.M)
+    report.check(processed is not None, "the worker wrote its summary")
+    stats = get_json("http://127.0.0.1:5000/api/stats")
+    accepted = int(stats["messages"].get("accepted", 0))
+    left = sum(int(stats["queue"].get(key, 0) or 0) for key in ("visible", "in_flight", "delayed"))
+    dead = int(stats["dead_letter_queue"].get("visible", 0))
+    done = int(processed.group(1)) if processed else 0
+    report.figures.update(burst_accepted=sent, burst_left_in_queue=left, processed_in_all=done)
+    report.check(accepted == done + dead + left, f"after the stop: {accepted} accepted = {done} processed + "
+                 f"{dead} dead-lettered + {left} left in the queue")
 
 
 def run_docker(args: argparse.Namespace, report: Report) -> None:
@@ -505,9 +541,18 @@ def run_docker(args: argparse.Namespace, report: Report) -> None:
                           f"{PROJECT}-{name}-1"]).stdout.strip()
             report.check(health == "healthy", f"{name}'s health check passes ({health})")
         check_counts(report, args)
-        started = time.monotonic()
+        run([*compose, "stop", "client"], check=False, capture=False)
+
+        def stop_worker() -> float:
+            started = time.monotonic()
+            run([*compose, "stop", "worker"], capture=False)
+            return time.monotonic() - started
+
+        def worker_log() -> str:
+            return run([*compose, "logs", "--no-log-prefix", "worker"]).stdout
+
+        check_drain(report, stop_worker=stop_worker, worker_log=worker_log)
         run([*compose, "stop"], capture=False)
-        report.figures["worker_stop_s"] = round(time.monotonic() - started, 1)
         for name in ("writer", "worker"):
             code = run(["docker", "inspect", "--format", "{{.State.ExitCode}}", f"{PROJECT}-{name}-1"]).stdout.strip()
             report.check(code == "0", f"{name} exit code {code}")
