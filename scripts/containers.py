@@ -158,7 +158,6 @@ class Podman:
         if shutil.which("runc"):
             self.base += ["--runtime", "runc"]
         self.network = f"{PROJECT}_default"
-        self.names: dict[str, str] = {}
 
     def __call__(self, *argv: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run([*self.base, *argv], check=check, timeout=timeout)
@@ -579,6 +578,8 @@ def clean() -> int:
         podman("system", "reset", "--force", check=False)
     subprocess.run(["umount", "-R", str(CACHE / "storage" / "overlay")], capture_output=True)
     shutil.rmtree(CACHE, ignore_errors=True)
+    if CACHE.parent.is_dir() and not any(CACHE.parent.iterdir()):
+        CACHE.parent.rmdir()
     say(f"removed {CACHE}")
     if packages:
         say(f"removing the Debian packages it installed: {' '.join(packages)}")
