@@ -202,8 +202,7 @@ class Podman:
         command = spec.get("command")
         if command:
             argv += command if isinstance(command, list) else shlex.split(command)
-        self("rm", "-f", name, check=False)
-        self(*argv)
+        self(*argv)  # run_podman removed any container of that name first (down)
 
     def healthy(self, service: str) -> bool:
         return self("healthcheck", "run", self.container(service), check=False, timeout=60).returncode == 0
@@ -433,6 +432,11 @@ def check_run(podman: Podman, services: dict[str, Service], report: Report, args
     check_counts(report, args)
 
 
+def left_in_queue(stats: dict[str, Any]) -> int:
+    """What the writer's /api/stats says is still in the queue: waiting, in flight or delayed."""
+    return sum(int(stats["queue"].get(key, 0) or 0) for key in ("visible", "in_flight", "delayed"))
+
+
 def check_queues(services: dict[str, Service], report: Report) -> None:
     """The queue and its dead-letter queue, asked of the SQS endpoint through its published port."""
     import boto3
@@ -449,8 +453,7 @@ def check_counts(report: Report, args: argparse.Namespace) -> None:
     published ports: every accepted message processed or dead-lettered, the queue empty."""
 
     def drained() -> bool:
-        queue = get_json("http://127.0.0.1:5000/api/stats")["queue"]
-        return all(int(queue.get(key, 0) or 0) == 0 for key in ("visible", "in_flight", "delayed"))
+        return left_in_queue(get_json("http://127.0.0.1:5000/api/stats")) == 0
 
     started = time.monotonic()
     report.check(wait_until(drained, 300), "the queue drained")
@@ -509,7 +512,7 @@ def check_drain(report: Report, *, stop_worker: Callable[[], float], worker_log:
     report.check(processed is not None, "the worker wrote its summary")
     stats = get_json("http://127.0.0.1:5000/api/stats")
     accepted = int(stats["messages"].get("accepted", 0))
-    left = sum(int(stats["queue"].get(key, 0) or 0) for key in ("visible", "in_flight", "delayed"))
+    left = left_in_queue(stats)
     dead = int(stats["dead_letter_queue"].get("visible", 0))
     done = int(processed.group(1)) if processed else 0
     report.figures.update(burst_accepted=sent, burst_left_in_queue=left, processed_in_all=done)
