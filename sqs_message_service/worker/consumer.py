@@ -177,7 +177,7 @@ class Consumer(Part):
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages
         waiting out a backoff included."""
         try:
-            empty = not len(self.ledger) and not sum(self.queue.depth().values())
+            empty = not len(self.ledger) and self._queue_reads_empty()
         except SqsError:
             empty = False
         if not empty:
@@ -187,3 +187,10 @@ class Consumer(Part):
         if self._idle_since is None:
             self._idle_since = now
         return now - self._idle_since >= (self.idle_s or 0.0)
+
+    def _queue_reads_empty(self) -> bool:
+        """Two readings of the queue's depth, both zero. One is not enough: a message whose
+        visibility runs out while SQS counts can be missed by every figure of that reading (moto
+        counts "visible" and "not visible" at different instants), and a burst worker that
+        stopped on it would leave that message behind. The second reading counts it."""
+        return not sum(self.queue.depth().values()) and not sum(self.queue.depth().values())
