@@ -17,7 +17,7 @@ import botocore.exceptions
 from sqs_message_service.aws import NOT_AUTHORIZED_CODES, create_client
 from sqs_message_service.settings import DISTRIBUTION, Settings, settings_for_command
 from sqs_message_service.sqs import NotAuthorized, QueueNotFound, QueueUnavailable, SqsError, SqsQueue
-from sqs_message_service.writer.idempotency import delete_table, ensure_table
+from sqs_message_service.tables import delete_table, ensure_table
 
 #: Dead letters are kept as long as SQS allows (14 days), for inspection and redrive.
 DLQ_RETENTION_S = 1_209_600

@@ -19,10 +19,11 @@ from server import create_app
 from sqs_message_service.metrics import WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import Settings
+from sqs_message_service.tables import ensure_table
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import StatsPane
 from sqs_message_service.worker.processing import SimulatedWork
-from sqs_message_service.writer.idempotency import SharedStore, ensure_table
+from sqs_message_service.writer.idempotency import SharedStore
 from sqsinterface import OutgoingMessage, SqsQueue
 
 Grant = tuple[str, str]  # (IAM action, queue name)

@@ -16,7 +16,7 @@ import pytest
 import local_moto
 from local_moto import OneDynamoDBRequestAtATime
 from sqs_message_service.settings import Settings
-from sqs_message_service.writer.idempotency import ensure_table
+from sqs_message_service.tables import ensure_table
 from sqsinterface import create_client
 
 DYNAMODB = {"HTTP_X_AMZ_TARGET": "DynamoDB_20120810.PutItem"}

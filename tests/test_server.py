@@ -22,7 +22,8 @@ from conftest import PartlyFailingClient, Samples, metric, metric_samples, wait_
 from server import create_app
 from sqs_message_service.metrics import total
 from sqs_message_service.settings import Settings
-from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore, ensure_table
+from sqs_message_service.tables import ensure_table
+from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqs_message_service.writer.spec import load_source
 from sqsinterface import SqsQueue, create_client

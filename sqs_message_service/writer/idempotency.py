@@ -7,7 +7,7 @@ IDEMPOTENCY_MAX_KEYS (the oldest go first): one process's promise. `SharedStore`
 DynamoDB table (IDEMPOTENCY_TABLE), so the promise holds across writer processes and replicas: a
 conditional put claims a key with a lease, the answer replaces the claim once SQS has the
 message, a failed send gives the key back, and DynamoDB's TTL removes records after the window.
-This module owns that table: its layout, its creation (`ensure_table`) and its calls.
+This module owns that table's layout and calls; tables.py creates it.
 
 Statuses follow the IETF draft on the Idempotency-Key header: a key reused with a different
 request is 422, a repeat that arrives while the first is still being sent is 409.
@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 import botocore.exceptions
 
-from ..settings import DISTRIBUTION
 from .errors import KeyInProgress, KeyReused, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -260,44 +259,3 @@ def _later(seconds: float) -> str:
     """A time as the table keeps it, whole epoch seconds as TTL wants them, rounded up: a key
     lives at least its window, a claim at least its lease."""
     return str(math.ceil(seconds))
-
-
-#: The table's key: the scoped, hashed Idempotency-Key, as hex.
-KEY_SCHEMA = [{"AttributeName": "key", "KeyType": "HASH"}]
-
-
-def ensure_table(client: Any, table: str) -> str:
-    """Create the table (keyed by "key", on-demand billing, tagged) and turn its TTL on, or leave
-    it as it is when it is so already; what was done."""
-    done = "unchanged"
-    try:
-        described = client.describe_table(TableName=table)["Table"]
-        if described.get("KeySchema") != KEY_SCHEMA:
-            raise ValueError(
-                f"table {table!r} exists with another key ({described.get('KeySchema')}); "
-                "delete it (sqs_setup.py --delete) or choose another IDEMPOTENCY_TABLE"
-            )
-    except client.exceptions.ResourceNotFoundException:
-        client.create_table(
-            TableName=table, BillingMode="PAY_PER_REQUEST",
-            KeySchema=KEY_SCHEMA,
-            AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
-            Tags=[{"Key": "application", "Value": DISTRIBUTION}, {"Key": "role", "Value": "idempotency-keys"}],
-        )
-        client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        done = "created"
-    ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        client.update_time_to_live(
-            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-        )
-        done = "created" if done == "created" else "updated: TTL on"
-    return done
-
-
-def delete_table(client: Any, table: str) -> str:
-    try:
-        client.delete_table(TableName=table)
-    except client.exceptions.ResourceNotFoundException:
-        return "absent"
-    return "deleted"

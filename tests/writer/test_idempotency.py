@@ -8,15 +8,13 @@ from typing import Any, Optional, Union
 import pytest
 
 from sqs_message_service.settings import Settings
+from sqs_message_service.tables import ensure_table
 from sqs_message_service.writer.errors import StoreUnavailable
 from sqs_message_service.writer.idempotency import (
-    KEY_SCHEMA,
     IdempotencyStore,
     KeyInProgress,
     KeyReused,
     SharedStore,
-    delete_table,
-    ensure_table,
     fingerprint,
     scoped_key,
 )
@@ -238,41 +236,3 @@ def test_an_unreachable_store_is_unavailable(closed_endpoint: str, clock: Clock)
 
     with pytest.raises(StoreUnavailable, match="Could not connect"):
         store.begin(b"k", b"request")
-
-
-# The table's life: sqs_setup.py calls these.
-
-
-def test_ensure_table_creates_it_with_ttl_on_and_then_leaves_it(dynamodb: Any) -> None:
-    assert ensure_table(dynamodb, TABLE) == "created"
-    assert ensure_table(dynamodb, TABLE) == "unchanged"
-
-    described = dynamodb.describe_table(TableName=TABLE)["Table"]
-    assert described["KeySchema"] == KEY_SCHEMA
-    assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    ttl = dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
-    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
-
-
-def test_ensure_table_turns_ttl_on_where_it_was_off(table: str, dynamodb: Any) -> None:
-    dynamodb.update_time_to_live(
-        TableName=TABLE, TimeToLiveSpecification={"Enabled": False, "AttributeName": "expires_at"}
-    )
-
-    assert ensure_table(dynamodb, TABLE) == "updated: TTL on"
-    assert dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
-
-
-def test_ensure_table_refuses_a_table_with_another_key(dynamodb: Any) -> None:
-    dynamodb.create_table(
-        TableName=TABLE, BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-    )
-
-    with pytest.raises(ValueError, match="another key"):
-        ensure_table(dynamodb, TABLE)
-
-
-def test_delete_table_deletes_it_then_finds_it_absent(table: str, dynamodb: Any) -> None:
-    assert delete_table(dynamodb, TABLE) == "deleted"
-    assert delete_table(dynamodb, TABLE) == "absent"
