@@ -1,5 +1,5 @@
 """Create (or `--delete`) the queue and its dead-letter queue, as the settings describe them, and
-with IDEMPOTENCY_TABLE set the DynamoDB table of Idempotency-Keys (on-demand, TTL on).
+with IDEMPOTENCY_TABLE or PROCESSED_TABLE set the DynamoDB tables they name (on-demand, TTL on).
 
 Idempotent: a run compares what exists with what the settings ask for, changes only the
 difference, and says what it did; a second run changes nothing and says so.
@@ -8,6 +8,7 @@ difference, and says what it did; a second run changes nothing and says so.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any, Callable, Mapping, Optional
@@ -89,18 +90,28 @@ def ensure(queue: SqsQueue, desired: Mapping[str, str], role: str) -> str:
 
 
 def set_up(settings: Settings, client: object, tables: object = None) -> list[str]:
-    """Bring both queues (and with IDEMPOTENCY_TABLE the table, on the DynamoDB client `tables`)
-    to the settings' state; one line per queue or table saying what changed."""
+    """Bring both queues (and the tables IDEMPOTENCY_TABLE and PROCESSED_TABLE name, on the
+    DynamoDB client `tables`) to the settings' state; one line per queue or table saying what
+    changed."""
     dlq = SqsQueue(settings.dlq_name, client)
     queue = SqsQueue(settings.queue_name, client)
     dlq_outcome = ensure(dlq, desired_attributes(settings, dlq_arn=None), role="dead-letter-queue")
     dlq_arn = dlq.attributes(["QueueArn"])["QueueArn"]
     queue_outcome = ensure(queue, desired_attributes(settings, dlq_arn=dlq_arn), role="queue")
     lines = [f"dead-letter queue {dlq.name!r}: {dlq_outcome}", f"queue {queue.name!r}: {queue_outcome}"]
-    if settings.idempotency_table:
-        outcome = _table_call(ensure_table, tables, settings.idempotency_table)
-        lines.append(f"idempotency table {settings.idempotency_table!r}: {outcome}")
+    for what, table, role, setting in _tables(settings):
+        outcome = _table_call(functools.partial(ensure_table, role=role, setting=setting), tables, table)
+        lines.append(f"{what} {table!r}: {outcome}")
     return lines
+
+
+def _tables(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """The DynamoDB tables the settings name: (what, table, its role tag, its setting)."""
+    named = [
+        ("idempotency table", settings.idempotency_table, "idempotency-keys", "IDEMPOTENCY_TABLE"),
+        ("processed table", settings.processed_table, "processed-messages", "PROCESSED_TABLE"),
+    ]
+    return [entry for entry in named if entry[1]]
 
 
 def tear_down(settings: Settings, client: object, tables: object = None) -> list[str]:
@@ -112,9 +123,8 @@ def tear_down(settings: Settings, client: object, tables: object = None) -> list
             lines.append(f"queue {name!r}: deleted")
         except QueueNotFound:
             lines.append(f"queue {name!r}: absent")
-    if settings.idempotency_table:
-        outcome = _table_call(delete_table, tables, settings.idempotency_table)
-        lines.append(f"idempotency table {settings.idempotency_table!r}: {outcome}")
+    for what, table, _, _ in _tables(settings):
+        lines.append(f"{what} {table!r}: {_table_call(delete_table, tables, table)}")
     return lines
 
 
@@ -139,11 +149,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         "MAX_RECEIVE_COUNT receives), or delete them. Names and attributes come from the "
         "settings (QUEUE_NAME, DLQ_NAME, VISIBILITY_TIMEOUT, RECEIVE_WAIT_SECONDS, "
         "MAX_MESSAGE_BYTES, MAX_RECEIVE_COUNT); a QUEUE_NAME ending in .fifo makes FIFO queues. "
-        "With IDEMPOTENCY_TABLE set, also the DynamoDB table of Idempotency-Keys (on-demand, TTL "
-        "on). Running it again changes only what differs."
+        "With IDEMPOTENCY_TABLE set, also the DynamoDB table of Idempotency-Keys, and with "
+        "PROCESSED_TABLE the worker's processed ledger (both on-demand, TTL on). Running it again "
+        "changes only what differs."
     )
     parser.add_argument("--delete", action="store_true",
-                        help="delete both queues (and IDEMPOTENCY_TABLE's table, when set) instead")
+                        help="delete both queues (and the IDEMPOTENCY_TABLE and PROCESSED_TABLE tables, when "
+                        "set) instead")
     args = parser.parse_args(argv)
     settings = settings_for_command("sqs_setup")
     if settings is None:
@@ -151,16 +163,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     where = settings.sqs_endpoint_url or f"AWS region {settings.aws_region}"
     try:
         client = create_client(settings)
-        tables = create_client(settings, service="dynamodb") if settings.idempotency_table else None
+        tables = create_client(settings, service="dynamodb") if _tables(settings) else None
         lines = (tear_down if args.delete else set_up)(settings, client, tables)
     except NotAuthorized as exc:
         print(
             f"sqs_setup: not authorized at {where}: {exc}\n"
             "Give credentials with the rights sqs:CreateQueue, sqs:TagQueue, sqs:GetQueueUrl, "
             "sqs:GetQueueAttributes, sqs:SetQueueAttributes (and sqs:DeleteQueue for --delete): "
-            "deploy/iam/setup.json, with deploy/iam/setup-idempotency.json for IDEMPOTENCY_TABLE "
-            "(docs/deployment.md); or set SQS_ENDPOINT_URL (and DYNAMODB_ENDPOINT_URL) to a local "
-            "endpoint.",
+            "deploy/iam/setup.json, with deploy/iam/setup-idempotency.json for IDEMPOTENCY_TABLE and "
+            "deploy/iam/setup-processed.json for PROCESSED_TABLE (docs/deployment.md); or set "
+            "SQS_ENDPOINT_URL (and DYNAMODB_ENDPOINT_URL) to a local endpoint.",
             file=sys.stderr,
         )
         return 2

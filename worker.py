@@ -27,9 +27,10 @@ from sqs_message_service.aws import create_client
 from sqs_message_service.metrics import SqsMetrics, WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import ConfigError, Settings, add_option, configure_logging, with_options
-from sqs_message_service.sqs import SqsQueue
+from sqs_message_service.sqs import SqsError, SqsQueue
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import StatsPane
+from sqs_message_service.worker.processed import LedgerUnavailable, ProcessedLedger
 from sqs_message_service.worker.processing import Processor, SimulatedWork, load_processor
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         output = None
         if settings.worker_output is not None:
             output = OutputWriter(cleanup.enter_context(open(settings.worker_output, "a", encoding="utf-8")))
+        queue = SqsQueue(settings.queue_name, client, sqs_metrics)
+        try:
+            processed = processed_ledger(settings, queue)
+        except (LedgerUnavailable, SqsError) as exc:
+            print(f"worker: PROCESSED_TABLE={settings.processed_table}: {exc}", file=sys.stderr)
+            return 2
         worker = Worker(
-            queue=SqsQueue(settings.queue_name, client, sqs_metrics),
-            dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
-            processor=processor, settings=settings, output=output,
+            queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
+            processor=processor, settings=settings, output=output, processed=processed,
         )
         try:
             metrics_server = serve_metrics(settings, worker.registry)
@@ -127,6 +133,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.summary_json is not None:
             args.summary_json.write_text(json.dumps(stats.summary(), indent=1) + "\n", encoding="utf-8")
         return exit_code
+
+
+def processed_ledger(settings: Settings, queue: SqsQueue) -> Optional[ProcessedLedger]:
+    """The processed ledger of PROCESSED_TABLE (None when unset), its table found. Its window is
+    PROCESSED_WINDOW, or the queue's retention period: no redelivery outlives that. Raises
+    LedgerUnavailable when the table does not exist or cannot be reached, SqsError when the
+    queue's retention cannot be read."""
+    if not settings.processed_table:
+        return None
+    window_s = settings.processed_window_s
+    if window_s is None:
+        window_s = int(queue.attributes(["MessageRetentionPeriod"])["MessageRetentionPeriod"])
+    ledger = ProcessedLedger(
+        settings.processed_table, create_client(settings, service="dynamodb"), queue_name=queue.name,
+        window_s=window_s,
+    )
+    ledger.check()
+    log.info("processed ledger %r: each key processed once within %d s", settings.processed_table, window_s)
+    return ledger
 
 
 def serve_metrics(settings: Settings, registry: CollectorRegistry) -> Optional[WSGIServer]:

@@ -99,7 +99,8 @@ def all_processes() -> CollectorRegistry:
 class WorkerMetrics:
     """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane."""
 
-    COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released")
+    COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released", "duplicates",
+                "held")
     _HELP: ClassVar[dict[str, str]] = {
         "received": "Messages received from SQS",
         "processed": "Messages whose processing succeeded",
@@ -109,6 +110,8 @@ class WorkerMetrics:
         "(or left to SQS's redrive when that send failed): an estimate of the DLQ's arrivals",
         "deleted": "Processed messages deleted from the queue (SQS confirmed the delete)",
         "released": "Messages received but not started (shutdown), made visible again at once",
+        "duplicates": "Messages the processed ledger (PROCESSED_TABLE) knew as done: deleted without processing",
+        "held": "Messages whose key another worker's live claim held (PROCESSED_TABLE): left to come back",
     }
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -127,6 +130,14 @@ class WorkerMetrics:
         )
         self.in_flight = Gauge(
             "worker_messages_in_flight", "Messages received and not yet finished (processing or prefetched)",
+            registry=registry,
+        )
+        self.dynamodb_requests = Counter(
+            "dynamodb_requests", "DynamoDB calls made for the processed ledger, by table and operation",
+            ("table", "operation"), registry=registry,
+        )
+        self.ledger_errors = Counter(
+            "worker_ledger_errors", "Processed-ledger calls that failed: the table unreachable or refusing",
             registry=registry,
         )
         self.queue_messages = Gauge(

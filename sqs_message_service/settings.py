@@ -173,20 +173,27 @@ class Settings:
     )
     dynamodb_endpoint_url: Optional[str] = setting(
         None, "DYNAMODB_ENDPOINT_URL",
-        "a DynamoDB-compatible endpoint for IDEMPOTENCY_TABLE, e.g. http://127.0.0.1:5001; unset: real AWS",
-        roles=WRITER,
+        "a DynamoDB-compatible endpoint for IDEMPOTENCY_TABLE and PROCESSED_TABLE, e.g. http://127.0.0.1:5001; "
+        "unset: real AWS",
     )
     dynamodb_connect_timeout_s: float = setting(
-        2.0, "DYNAMODB_CONNECT_TIMEOUT", "seconds to connect to DynamoDB (IDEMPOTENCY_TABLE)", bounds=(0.05, 60),
-        roles=WRITER,
+        2.0, "DYNAMODB_CONNECT_TIMEOUT", "seconds to connect to DynamoDB", bounds=(0.05, 60),
     )
     dynamodb_read_timeout_s: float = setting(
-        5.0, "DYNAMODB_READ_TIMEOUT", "seconds to wait for a DynamoDB answer (IDEMPOTENCY_TABLE)", bounds=(0.05, 300),
-        roles=WRITER,
+        5.0, "DYNAMODB_READ_TIMEOUT", "seconds to wait for a DynamoDB answer", bounds=(0.05, 300),
     )
     dynamodb_max_attempts: int = setting(
         3, "DYNAMODB_MAX_ATTEMPTS", "attempts per DynamoDB call, with botocore's standard retries", bounds=(1, 10),
-        roles=WRITER,
+    )
+    processed_table: str = setting(
+        "", "PROCESSED_TABLE",
+        "a DynamoDB table where the worker records what it processed, so that a redelivered message is not "
+        "handed to the processing step again; unset: every delivery is processed",
+        roles=WORKER,
+    )
+    processed_window_s: Optional[int] = setting(
+        None, "PROCESSED_WINDOW", "seconds a message's record in PROCESSED_TABLE keeps it from being processed again",
+        bounds=(60, 31_536_000), default_text="the queue's retention period", roles=WORKER,
     )
     worker_concurrency: int = setting(
         10, "WORKER_CONCURRENCY", "messages the worker processes at once", bounds=(1, 1000), roles=WORKER,
@@ -300,11 +307,13 @@ class Settings:
             url = getattr(self, name)
             if url and not re.match(r"^https?://[^/\s]+", url):
                 raise ConfigError(f"{DECLARED[name].env}={url!r}: must be an http:// or https:// URL")
-        if self.idempotency_table and not _TABLE_NAME.match(self.idempotency_table):
-            raise ConfigError(
-                f"IDEMPOTENCY_TABLE={self.idempotency_table!r}: a DynamoDB table name has 3 to 255 letters, "
-                "digits, '_', '-' or '.'"
-            )
+        for name in ("idempotency_table", "processed_table"):
+            table = getattr(self, name)
+            if table and not _TABLE_NAME.match(table):
+                raise ConfigError(
+                    f"{DECLARED[name].env}={table!r}: a DynamoDB table name has 3 to 255 letters, "
+                    "digits, '_', '-' or '.'"
+                )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")
         if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor):

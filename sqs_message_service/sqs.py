@@ -18,6 +18,7 @@ import botocore.exceptions
 from .aws import NOT_AUTHORIZED_CODES, THROTTLED_CODES
 from .metrics import SqsMetrics, by_label, total
 from .rules import STRING, payload_bytes
+from .trace_header import idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class OutgoingMessage:
     delay_s: Optional[int] = None
     group_id: Optional[str] = None
     deduplication_id: Optional[str] = None
+    trace_header: Optional[str] = None  # the AWSTraceHeader system attribute (trace_header.py)
 
     @property
     def size_bytes(self) -> int:
@@ -94,6 +96,8 @@ class ReceivedMessage:
     sent_at_s: Optional[float] = None  # SQS's SentTimestamp, in epoch seconds
     attributes: Mapping[str, str] = field(default_factory=dict)
     group_id: Optional[str] = None  # FIFO queues: messages of one group must stay in order
+    deduplication_id: Optional[str] = None  # FIFO queues: given by the sender, or the body's hash
+    trace_header: Optional[str] = None  # the AWSTraceHeader system attribute, when it was sent one
 
     @classmethod
     def from_sqs(cls, raw: Mapping[str, Any]) -> "ReceivedMessage":
@@ -110,7 +114,22 @@ class ReceivedMessage:
                 for name, value in raw.get("MessageAttributes", {}).items()
             },
             group_id=system.get("MessageGroupId"),
+            deduplication_id=system.get("MessageDeduplicationId"),
+            trace_header=system.get("AWSTraceHeader"),
         )
+
+    @property
+    def processing_key(self) -> str:
+        """What makes two deliveries the same message to the worker's processed ledger
+        (PROCESSED_TABLE): on a FIFO queue its deduplication id; on a standard queue the
+        writer's Idempotency-Key when it was sent with one (hashed, scoped per API key, carried
+        in AWSTraceHeader); otherwise its message id, which every redelivery keeps."""
+        if self.deduplication_id:
+            return f"dedup:{self.deduplication_id}"
+        key = idempotency_key(self.trace_header)
+        if key is not None:
+            return f"idempotency:{key}"
+        return f"id:{self.id}"
 
 
 #: The outcome of one entry of a delete or visibility batch: None when SQS did it.
@@ -331,7 +350,10 @@ class SqsQueue:
             QueueUrl=self.url,
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"],
+            MessageSystemAttributeNames=[
+                "ApproximateReceiveCount", "SentTimestamp", "MessageGroupId", "MessageDeduplicationId",
+                "AWSTraceHeader",
+            ],
             MessageAttributeNames=["All"],
             **extra,
         )
@@ -408,6 +430,8 @@ def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
         entry["MessageGroupId"] = message.group_id
     if message.deduplication_id is not None:
         entry["MessageDeduplicationId"] = message.deduplication_id
+    if message.trace_header is not None:
+        entry["MessageSystemAttributes"] = {"AWSTraceHeader": {"DataType": STRING, "StringValue": message.trace_header}}
     return entry
 
 

@@ -1,6 +1,7 @@
 """deploy/iam's policies: each part, run against moto, makes only AWS calls its policy allows, and
 its policy allows nothing it does not call; with IDEMPOTENCY_TABLE, the writer and setup need
-their -idempotency policies too."""
+their -idempotency policies too, and with PROCESSED_TABLE the worker and setup their -processed
+ones."""
 
 from __future__ import annotations
 
@@ -22,16 +23,18 @@ from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import StatsPane
+from sqs_message_service.worker.processed import ProcessedLedger
 from sqs_message_service.worker.processing import SimulatedWork
 from sqs_message_service.writer.idempotency import SharedStore
-from sqsinterface import OutgoingMessage, SqsQueue
+from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
 
 Grant = tuple[str, str]  # (IAM action, queue name)
 
 
 POLICIES = ROOT / "deploy" / "iam"
-#: The table deploy/iam's -idempotency policies name.
+#: The tables deploy/iam's -idempotency and -processed policies name.
 TABLE = "writer-idempotency-keys"
+PROCESSED_TABLE = "worker-processed-messages"
 
 
 def policies() -> dict[str, dict[str, Any]]:
@@ -76,6 +79,15 @@ class CallRecorder:
         self._add(actions, queue)
 
     def _record_dynamodb(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "TransactWriteItems":  # authorised item by item, by each item's own action
+            for item in params["TransactItems"]:
+                ((kind, request),) = item.items()
+                self._add({f"dynamodb:{kind}Item"}, request["TableName"])
+            return
+        if model.name == "BatchWriteItem":
+            for table in params["RequestItems"]:
+                self._add({"dynamodb:BatchWriteItem"}, table)
+            return
         actions = {"dynamodb:" + model.name}
         if model.name == "CreateTable" and params.get("Tags"):
             actions.add("dynamodb:TagResource")  # tagging at creation needs both
@@ -97,7 +109,9 @@ def recorder(sqs: Any) -> Iterator[CallRecorder]:
 
 
 def test_deploy_has_a_policy_for_each_part_and_for_the_idempotency_table() -> None:
-    assert set(policies()) == {"writer", "worker", "setup", "writer-idempotency", "setup-idempotency"}
+    assert set(policies()) == {
+        "writer", "worker", "setup", "writer-idempotency", "setup-idempotency", "worker-processed", "setup-processed",
+    }
 
 
 def setup_calls(settings: Settings, sqs: Any, recorder: CallRecorder, tables: Any = None) -> set[Grant]:
@@ -135,8 +149,9 @@ def test_the_writer_needs_exactly_its_policy(
     assert recorder.take() == grants("writer")
 
 
-def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -> None:
-    settings = Settings(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0, max_receive_count=2)
+def run_a_worker(settings: Settings, sqs: Any, recorder: CallRecorder, processed: Any = None) -> None:
+    """A worker through retries and dead letters, as worker.main runs it, with the calls of
+    setting it up taken out of `recorder`."""
     sqs_setup.set_up(settings, sqs)
     queue = SqsQueue(settings.queue_name, sqs)
     queue.send([OutgoingMessage(body=f"message {n}") for n in range(20)])
@@ -147,13 +162,47 @@ def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -
         processor=SimulatedWork(process_time_s=0, failure_rate=0.5, seed=4),  # retries and dead letters
         settings=settings,
         output=OutputWriter(io.StringIO()),
+        processed=processed,
     )
     stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
 
-    with StatsPane(worker, stats, out=None, interval_s=settings.stats_interval_s):  # as worker.main runs it
+    with StatsPane(worker, stats, out=None, interval_s=settings.stats_interval_s):
         assert worker.run(burst=True) == 0
     assert stats.snapshot()[0]["dead_lettered"] > 0 and stats.snapshot()[0]["retried"] > 0
+
+
+WORKER_SETTINGS: dict[str, Any] = dict(
+    receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0, max_receive_count=2,
+)
+
+
+def test_the_worker_needs_exactly_its_policy(sqs: Any, recorder: CallRecorder) -> None:
+    run_a_worker(Settings(**WORKER_SETTINGS), sqs, recorder)
+
     assert recorder.take() == grants("worker")
+
+
+def test_the_worker_with_the_processed_ledger_needs_exactly_both_worker_policies(
+    sqs: Any, dynamodb: Any, recorder: CallRecorder
+) -> None:
+    ensure_table(dynamodb, PROCESSED_TABLE)
+    recorder.watch(dynamodb)
+    ledger = ProcessedLedger(PROCESSED_TABLE, dynamodb, queue_name="messages", window_s=3600)
+
+    run_a_worker(Settings(**WORKER_SETTINGS), sqs, recorder, processed=ledger)
+    ledger.check()  # as worker.main does at start, and the consumer while the table is down
+    ledger.extend([ReceivedMessage(id="m", body="b", receipt_handle="h")], lease_until=0)  # as the heartbeat does
+
+    assert recorder.take() == grants("worker", "worker-processed")
+
+
+def test_setup_with_the_processed_table_needs_exactly_both_setup_policies(
+    sqs: Any, dynamodb: Any, recorder: CallRecorder
+) -> None:
+    recorder.watch(dynamodb)
+    needed = setup_calls(Settings(processed_table=PROCESSED_TABLE), sqs, recorder, dynamodb)
+
+    assert needed == grants("setup", "setup-processed")
 
 
 def test_setup_with_the_table_needs_exactly_both_setup_policies(

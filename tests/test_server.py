@@ -23,7 +23,8 @@ from server import create_app
 from sqs_message_service.metrics import total
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
-from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore
+from sqs_message_service.trace_header import idempotency_key
+from sqs_message_service.writer.idempotency import IdempotencyStore, SharedStore, scoped_key
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqs_message_service.writer.spec import load_source
 from sqsinterface import SqsQueue, create_client
@@ -509,6 +510,24 @@ def test_a_repeated_idempotency_key_enqueues_once_and_returns_the_same_id(
     assert repeat.json() == first.json()
     assert (first.headers["Idempotent-Replayed"], repeat.headers["Idempotent-Replayed"]) == ("false", "true")
     assert [m["MessageId"] for m in drain(queue)] == [first.json()["message_id"]]
+
+
+def test_a_keyed_message_carries_its_scoped_key_to_the_worker_in_aws_trace_header(
+    client: Any, queue: SqsQueue, sqs: Any
+) -> None:
+    sent: list[dict[str, Any]] = []
+    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch",
+                             lambda params, **_: sent.extend(params["Entries"]))
+
+    client.post("/api/message", json=SEED, headers={"Idempotency-Key": "order-1001", "X-API-Key": "client-a"})
+    client.post("/api/message", json=SEED)
+
+    keyed, plain = sent
+    header = keyed["MessageSystemAttributes"]["AWSTraceHeader"]["StringValue"]
+    assert idempotency_key(header) == scoped_key("order-1001", "client-a").hex()  # hashed: the key never travels
+    assert "order-1001" not in header
+    assert "MessageSystemAttributes" not in plain
+    assert keyed.get("MessageAttributes", {}) == plain.get("MessageAttributes", {})  # the user's ten stay theirs
 
 
 def test_an_idempotency_key_reused_with_another_request_is_422(client: Any, queue: SqsQueue) -> None:

@@ -92,6 +92,22 @@ def test_with_an_idempotency_table_setup_makes_it_and_delete_removes_it(sqs: Any
     assert dynamodb.list_tables()["TableNames"] == []
 
 
+def test_with_a_processed_table_setup_makes_it_tagged_for_its_role_and_delete_removes_it(
+    sqs: Any, dynamodb: Any
+) -> None:
+    settings = Settings(idempotency_table="keys", processed_table="processed")
+
+    assert sqs_setup.set_up(settings, sqs, dynamodb)[-2:] == [
+        "idempotency table 'keys': created", "processed table 'processed': created",
+    ]
+    arn = dynamodb.describe_table(TableName="processed")["Table"]["TableArn"]
+    tags = {tag["Key"]: tag["Value"] for tag in dynamodb.list_tags_of_resource(ResourceArn=arn)["Tags"]}
+    assert tags["role"] == "processed-messages"
+    ttl = dynamodb.describe_time_to_live(TableName="processed")["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+    assert sqs_setup.tear_down(settings, sqs, dynamodb)[-1] == "processed table 'processed': deleted"
+
+
 def test_main_reports_what_it_did(sqs: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert sqs_setup.main([]) == 0
     assert "queue 'messages': created" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage, SqsError, SqsQueue
 from .backoff import backoff_s
 from .ledger import InFlight, Unit, WorkQueue
 from .part import Part
+from .processed import LedgerUnavailable, ProcessedLedger, Verdict, wall_clock
 from .settler import Settler
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,13 @@ class Consumer(Part):
     def __init__(
         self, *, queue: SqsQueue, ledger: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
         visibility_timeout_s: int, wait_s: int, stop_worker: Callable[[], None], backlog: Backlog,
-        idle_s: Optional[float] = None, helper: int = 0,
+        idle_s: Optional[float] = None, helper: int = 0, processed: Optional[ProcessedLedger] = None,
     ) -> None:
         super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer")
         self.queue, self.ledger, self.work, self.settler, self.metrics = queue, ledger, work, settler, metrics
+        self.processed = processed
+        self._ledger_down = ThrottledLog(log)
+        self._ledger_failures = 0  # checks of the table in a row that failed; 0: it answers
         self.visibility_timeout_s = visibility_timeout_s
         self.stop_worker, self.backlog = stop_worker, backlog
         self.helper = bool(helper)
@@ -117,6 +121,8 @@ class Consumer(Part):
         while not self.stopping:
             if self.helper and not self.backlog.wait(self._stop_asked):
                 break  # stopping
+            if self._ledger_failures and not self._ledger_answers():
+                continue
             claimed = self.ledger.claim(gather_s=RECEIVE_GATHER_S, stop=self._stop_asked)
             if not claimed:
                 break  # stopping
@@ -139,7 +145,8 @@ class Consumer(Part):
             if self.stopping:  # arrived after the stop: back to the queue at once
                 self._hand_back(claimed, messages)
                 break
-            self.ledger.receive(claimed, messages, deadline=time.monotonic() + self.visibility_timeout_s)
+            deadline = time.monotonic() + self.visibility_timeout_s
+            self.ledger.receive(claimed, messages, deadline=deadline)
             if len(messages) == claimed:
                 self.backlog.set()
             elif self.helper:
@@ -147,6 +154,8 @@ class Consumer(Part):
             if messages:
                 self._idle_since = None
                 self.metrics.add("received", len(messages))
+                if self.processed is not None:
+                    messages = self._admit(messages, deadline)
                 refused = [
                     message
                     for unit in work_units(messages, fifo=self.queue.is_fifo)
@@ -172,6 +181,62 @@ class Consumer(Part):
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
             self.settler.release(messages)
+
+    def _admit(self, messages: list[ReceivedMessage], deadline: float) -> list[ReceivedMessage]:
+        """Claim the messages' keys in the processed ledger; the ones to process. A duplicate
+        is deleted; a message held under another live lease comes back when that lease ends;
+        if the table does not answer, none is processed: they come back after their visibility
+        timeout, and receiving waits until the table answers again. On a FIFO queue a group
+        stops at its first message not claimed: the ones behind it must not overtake it."""
+        assert self.processed is not None
+        try:
+            claims = self.processed.claim(messages, lease_until=wall_clock(deadline))
+        except LedgerUnavailable:  # a bug's guard: claim() reports an outage as UNAVAILABLE
+            claims = []
+        admitted: list[ReceivedMessage] = []
+        later: list[tuple[ReceivedMessage, float]] = []  # back to the queue after so many seconds
+        blocked_groups: set[Optional[str]] = set()
+        for claim in claims:
+            message, verdict = claim.message, claim.verdict
+            blocked = self.queue.is_fifo and message.group_id in blocked_groups
+            if verdict is Verdict.DONE:
+                self.settler.skip_duplicates([message])
+                continue
+            if verdict is Verdict.CLAIMED and not blocked:
+                admitted.append(message)
+                continue
+            blocked_groups.add(message.group_id)
+            if verdict is Verdict.CLAIMED:  # behind a message of its group that cannot go first
+                self.settler.give_back_claims([message])
+                later.append((message, 0.0))
+            elif verdict is Verdict.HELD:
+                later.append((message, claim.held_s))
+            # UNAVAILABLE: left as it is, to come back after its visibility timeout
+        if len(claims) != len(messages) or any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
+            self._ledger_failures = max(1, self._ledger_failures)
+            self._ledger_down.warning(LedgerUnavailable(
+                f"PROCESSED_TABLE {self.processed.table!r} did not answer: nothing is processed until it does, "
+                "and what was received comes back after its visibility timeout"), "claiming")
+        if later:
+            self.settler.come_back_later(later)
+        left = [message for message in messages if message not in admitted]
+        self.ledger.finish(left)
+        return admitted
+
+    def _ledger_answers(self) -> bool:
+        """While the processed ledger is down: pause, then ask the table; True once it answers."""
+        if self.pause(backoff_s(self._ledger_failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S)):
+            return False
+        assert self.processed is not None
+        try:
+            self.processed.check()
+        except LedgerUnavailable as exc:
+            self._ledger_failures += 1
+            self._ledger_down.warning(exc, "checking the processed ledger")
+            return False
+        self._ledger_failures = 0
+        self._ledger_down.recovered()
+        return True
 
     def _idle_for_long_enough(self) -> bool:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages

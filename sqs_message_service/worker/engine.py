@@ -12,6 +12,9 @@
 - `Settler` (settler.py), a thread, decides what becomes of each of those messages, and hands
   deletes and visibility changes to group commits that coalesce them into batch calls.
 - `Heartbeat` (heartbeat.py) keeps long work invisible.
+- With PROCESSED_TABLE, the `ProcessedLedger` (processed.py) keeps each key to one run of the
+  step: the consumers claim before the processors start, the settler records what is done
+  before it deletes, and the heartbeat extends the claims with the invisibility.
 
 Every part is a `Part`: `stop()` asks, `join(timeout)` waits. What the operator sees and
 controls (stats pane, summary file, signals, metrics server, options) is worker.py's.
@@ -35,6 +38,7 @@ from ..sqs import SqsError, SqsQueue
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
 from .heartbeat import Heartbeat
 from .ledger import InFlight, WorkQueue
+from .processed import ProcessedLedger
 from .processing import Processor, ProcessorThread
 from .settler import Settler
 
@@ -54,13 +58,16 @@ class Worker:
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
-        output: Optional[OutputWriter] = None,
+        output: Optional[OutputWriter] = None, processed: Optional[ProcessedLedger] = None,
     ) -> None:
         self.queue, self.dead_letter_queue, self.processor = queue, dead_letter_queue, processor
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         self.metrics = WorkerMetrics(self.registry)
+        self.processed = processed
+        if processed is not None and processed.metrics is None:  # its calls and errors count here
+            processed.metrics = self.metrics
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
         self.receivers = receivers_for(settings.worker_concurrency)
         self.ledger = InFlight(capacity=settings.worker_concurrency + PREFETCH * self.receivers)
@@ -70,6 +77,7 @@ class Worker:
             queue=queue, dead_letter_queue=dead_letter_queue, ledger=self.ledger, settings=settings,
             metrics=self.metrics, output=output, worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
+            processed=processed,
         )
         self.consumers: list[Consumer] = []
         self.processors: list[ProcessorThread] = []
@@ -96,7 +104,7 @@ class Worker:
                 queue=self.queue, ledger=self.ledger, work=self.work, settler=self.settler, metrics=self.metrics,
                 visibility_timeout_s=visibility_timeout_s, wait_s=0 if burst else self.settings.receive_wait_s,
                 stop_worker=self.request_stop, backlog=backlog,
-                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number,
+                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number, processed=self.processed,
             )
             for number in range(self.receivers)
         ]
@@ -104,7 +112,9 @@ class Worker:
             ProcessorThread(number, work=self.work, processor=self.processor, ledger=self.ledger, settler=self.settler)
             for number in range(self.settings.worker_concurrency)
         ]
-        self.heartbeat = Heartbeat(queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s)
+        self.heartbeat = Heartbeat(
+            queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s, processed=self.processed,
+        )
         for part in (self.settler, *self.consumers, *self.processors, self.heartbeat):
             part.start()
         if self._stop_requested.is_set():  # asked before the consumers existed

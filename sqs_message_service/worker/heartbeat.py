@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 from ..sqs import SqsQueue
 from .ledger import InFlight
 from .part import Part
+from .processed import ProcessedLedger, wall_clock
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat(Part):
     """Every third of the visibility timeout, extends every message in flight whose
-    invisibility would end before the beat after next, in batch calls."""
+    invisibility would end before the beat after next, in batch calls; and with the processed
+    ledger, their claims' leases with them, so that a lease ends when the invisibility does."""
 
-    def __init__(self, *, queue: SqsQueue, ledger: InFlight, visibility_timeout_s: int) -> None:
+    def __init__(
+        self, *, queue: SqsQueue, ledger: InFlight, visibility_timeout_s: int,
+        processed: Optional[ProcessedLedger] = None,
+    ) -> None:
         super().__init__(name="heartbeat")
         self.queue, self.ledger, self.visibility_timeout_s = queue, ledger, visibility_timeout_s
+        self.processed = processed
 
     def run(self) -> None:
         interval_s = max(0.2, self.visibility_timeout_s / 3)
@@ -35,3 +42,5 @@ class Heartbeat(Part):
                 else:
                     log.warning("heartbeat for %r failed (%s)", message.id, outcome)
             self.ledger.extended(extended, deadline=now + self.visibility_timeout_s)
+            if self.processed is not None:  # all of them: a lease outlives a visibility SQS would not extend
+                self.processed.extend(due, lease_until=wall_clock(now + self.visibility_timeout_s))

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
 from ..dlq import failure_attributes, without_reasons
@@ -20,6 +21,7 @@ from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMess
 from .backoff import compute_backoff
 from .ledger import InFlight
 from .part import Part
+from .processed import BATCH_WRITE_MAX_ITEMS, TRANSACT_MAX_ITEMS, ProcessedLedger
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,11 @@ ACK_LINGER_S = 0.02
 #: in the ledger, so the worker receives nothing new and processes no faster than it can
 #: acknowledge.
 ACK_BACKPRESSURE_S = 30.0
+#: How long a message whose step returned waits before its record as done is written again,
+#: when the processed ledger did not take it; the heartbeat keeps it invisible meanwhile.
+RECORD_RETRY_S = 1.0
+#: SQS's longest visibility timeout: 12 hours.
+MAX_VISIBILITY_S = 43_200
 
 
 class Settler(Part):
@@ -60,6 +67,7 @@ class Settler(Part):
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
         metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
+        processed: Optional[ProcessedLedger] = None,
     ) -> None:
         super().__init__(name="settler")
         self.queue = queue
@@ -80,6 +88,17 @@ class Settler(Part):
             queue.change_visibility, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
         )
+        self.processed = processed
+        self._unrecorded: list[tuple[ReceivedMessage, float]] = []  # done, not yet recorded: (it, when to retry)
+        if processed is not None:
+            self._records: GroupCommit[ReceivedMessage, Optional[Exception]] = GroupCommit(
+                processed.complete, max_batch=BATCH_WRITE_MAX_ITEMS, max_concurrent=calls_at_once,
+                max_pending=pending, linger_s=ACK_LINGER_S, name="record",
+            )
+            self._gives_back: GroupCommit[ReceivedMessage, None] = GroupCommit(
+                processed.release, max_batch=TRANSACT_MAX_ITEMS, max_concurrent=calls_at_once,
+                max_pending=pending, linger_s=ACK_LINGER_S, name="give-back",
+            )
 
     def done(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
         """A processor is done with `message`: its step took `step_s` and raised `error` (None:
@@ -92,17 +111,35 @@ class Settler(Part):
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._finished and not self.stopping:
-                    self._cond.wait()
-                if not self._finished:
+                while not (due := self._due_records()) and not self._finished and not self.stopping:
+                    self._cond.wait(self._next_record_s())
+                if not self._finished and not due:
                     break  # stopping, and all handed over
                 finished, self._finished = self._finished, []
             for message, error, step_s in finished:
+                handed_over = True
                 try:
-                    self._settle(message, error, step_s)
+                    handed_over = self._settle(message, error, step_s)
                 finally:  # handed over: the heartbeat leaves it be, and there is room for another
-                    self.ledger.finish([message])
+                    if handed_over:
+                        self.ledger.finish([message])
+            for message in due:
+                self._record_then_delete(message)
         self._drain()
+
+    def _due_records(self) -> list[ReceivedMessage]:
+        """Under the lock: the records as done to write again now (all of them when stopping)."""
+        now = time.monotonic()
+        due = [message for message, at in self._unrecorded if at <= now or self.stopping]
+        if due:
+            self._unrecorded = [(message, at) for message, at in self._unrecorded if not (at <= now or self.stopping)]
+        return due
+
+    def _next_record_s(self) -> Optional[float]:
+        """Under the lock: how long until the next record is to be written again (None: no wait)."""
+        if not self._unrecorded:
+            return None
+        return max(0.0, min(at for _, at in self._unrecorded) - time.monotonic())
 
     def _wake(self) -> None:
         with self._cond:
@@ -111,29 +148,67 @@ class Settler(Part):
     def _drain(self) -> None:
         """Let the pending deletes and visibility changes leave, then flush the output file:
         records whose delete never left are kept all the same."""
-        for batcher in (self._deletes, self._visibility):
+        batchers: list[GroupCommit[Any, Any]] = [self._deletes, self._visibility]
+        if self.processed is not None:  # records first: they hand over the deletes they allow
+            batchers = [self._records, self._gives_back, *batchers]
+        for batcher in batchers:
             batcher.close(timeout_s=max(1.0, self.settings.shutdown_grace_s))
         if self.output is not None:
             self.output.flush()
 
-    def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+    def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> bool:
+        """Decide what becomes of `message`; False while it stays in flight here (its record as
+        done is being written), True once it is handed over."""
         try:
             self.metrics.processing_duration.observe(step_s)
             if error is None:
-                self._succeeded(message)
-            else:
-                self._failed(message, error)
+                return self._succeeded(message)
+            self._failed(message, error)
         except Exception:  # a bug of ours: SQS still has the message, which comes back; the rest go on
             log.error("unexpected error settling message %r", message.id, exc_info=True)
+        return True
 
-    def _succeeded(self, message: ReceivedMessage) -> None:
+    def _succeeded(self, message: ReceivedMessage) -> bool:
         now = time.time()
         if self.output is not None:  # out before the delete (_delete_batch): nothing acknowledged is missing
             self.output.write(ProcessedRecord.of(message, processed_at_s=now))
         self.metrics.add("processed")
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
             self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
+        if self.processed is not None:
+            self._record_then_delete(message)
+            return False
         self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
+        return True
+
+    def _record_then_delete(self, message: ReceivedMessage) -> None:
+        """Record the message as done in the processed ledger, then delete it. Until the table
+        takes the record the message stays in flight here, kept invisible by the heartbeat, and
+        the record is written again every RECORD_RETRY_S: deleted unrecorded, a redelivery
+        would run the step again. A worker that stops first leaves it to come back."""
+
+        def recorded(future: Future[Optional[Exception]]) -> None:
+            error = future.exception() or future.result()
+            if error is None:
+                self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
+                self.ledger.finish([message])
+            elif self.stopping:
+                log.warning("message %r processed but not recorded as done (%s): stopping, it comes back "
+                            "and is processed again", message.id, error)
+                self.ledger.finish([message])
+            else:
+                log.warning("message %r processed but not recorded as done (%s): kept, and recorded again "
+                            "in %g s", message.id, error, RECORD_RETRY_S)
+                with self._cond:
+                    self._unrecorded.append((message, time.monotonic() + RECORD_RETRY_S))
+                    self._cond.notify()
+
+        try:
+            self._records.submit(message, wait_s=ACK_BACKPRESSURE_S).add_done_callback(recorded)
+        except (Overloaded, Closed) as exc:
+            failed: Future[Optional[Exception]] = Future()
+            failed.set_result(exc)
+            recorded(failed)
 
     def _failed(self, message: ReceivedMessage, error: Exception) -> None:
         self.metrics.add("failed")
@@ -144,17 +219,51 @@ class Settler(Part):
                 max_s=self.settings.retry_backoff_max_s,
             )
             log.debug("message %r failed (%s); retry in %d s", message.id, type(error).__name__, delay_s)
-            self._hand_over(self._visibility, (message.receipt_handle, delay_s), message, "rescheduled")
+            self._give_back_then(message, lambda: self._hand_over(
+                self._visibility, (message.receipt_handle, delay_s), message, "rescheduled"))
             return
         self.metrics.add("dead_lettered")
         log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
                  message.id, message.receive_count, type(error).__name__, error)
+        self._give_back_then(message, lambda: None)  # a redrive with the same key is processed again
         if self._dead_letter(message, error):
             # Only now that the dead-letter queue has it: dying before this delete leaves a
             # copy in each queue, never none.
             self._hand_over(self._deletes, message.receipt_handle, message, "deleted after dead-lettering")
         else:  # visible at once instead: SQS's redrive policy moves it on the next receive
             self._hand_over(self._visibility, (message.receipt_handle, 0), message, "rescheduled")
+
+    def _give_back_then(self, message: ReceivedMessage, then: Callable[[], None]) -> None:
+        """Give the message's claim back in the processed ledger (if there is one), then `then`:
+        the retry that follows finds its key free."""
+        if self.processed is None:
+            then()
+            return
+        try:
+            self._gives_back.submit(message, wait_s=ACK_BACKPRESSURE_S).add_done_callback(lambda _: then())
+        except (Overloaded, Closed):  # the claim lapses with its lease instead
+            then()
+
+    def give_back_claims(self, messages: list[ReceivedMessage]) -> None:
+        """Claims taken for messages that will not be processed now (a FIFO group held up)."""
+        for message in messages:
+            self._give_back_then(message, lambda: None)
+
+    def skip_duplicates(self, messages: list[ReceivedMessage]) -> None:
+        """Messages the processed ledger knows as done: deleted without the step."""
+        for message in messages:
+            log.debug("message %r (%s) was processed already: deleted as a duplicate", message.id,
+                      message.processing_key)
+            self.metrics.add("duplicates")
+            self._hand_over(self._deletes, message.receipt_handle, message, "deleted as a duplicate")
+
+    def come_back_later(self, messages: list[tuple[ReceivedMessage, float]]) -> None:
+        """Messages not to be processed now, visible again after the seconds given with each
+        (when the lease that holds its key ends)."""
+        for message, after_s in messages:
+            self.metrics.add("held")
+            seconds = min(MAX_VISIBILITY_S, max(0, math.ceil(after_s)))
+            self._hand_over(self._visibility, (message.receipt_handle, seconds), message, "left to come back")
 
     def release(self, messages: list[ReceivedMessage]) -> None:
         """Make messages visible again at once: received, but not to be processed here. Never

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from ..metrics import WriterMetrics, by_label, total
 from ..rules import attribute_name_problem, character_problem, queue_fields, size_problem
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, OutgoingMessage, QueueUnavailable, SendResult, SqsError, SqsQueue
+from ..trace_header import with_idempotency_key
 from .errors import (
     Answerable,
     InvalidMessage,
@@ -202,7 +204,9 @@ class Writer:
         self, key: str, client: str, fields: Mapping[str, Any], message: OutgoingMessage
     ) -> tuple[dict[str, str], bool]:
         """Send under an Idempotency-Key: (the answer, whether it is a replay). A repeat of the
-        same request gets the first answer and sends nothing; a failed send forgets the key."""
+        same request gets the first answer and sends nothing; a failed send forgets the key. The
+        key travels with the message (AWSTraceHeader), so that a worker with PROCESSED_TABLE
+        processes once even two messages this store could not keep apart."""
         scoped = scoped_key(key, client)
         try:
             remembered = self.idempotency.begin(scoped, fingerprint(fields))
@@ -210,6 +214,9 @@ class Writer:
             raise self.refused(exc) from None
         if remembered is not None:
             return remembered, True
+        if not self.queue.is_fifo:  # FIFO: the key is the message's deduplication id already (prepare)
+            carried = with_idempotency_key(scoped.hex(), message.trace_header)
+            message = dataclasses.replace(message, trace_header=carried)
         try:
             answered = accepted(self.send_one(message))
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -17,11 +18,13 @@ from sqs_message_service.dlq import SOURCE_ID, failure_attributes
 from sqs_message_service.metrics import WorkerMetrics, WorkerStats, total
 from sqs_message_service.output import OutputWriter, ProcessedRecord, parse_lines
 from sqs_message_service.settings import Settings
+from sqs_message_service.tables import ensure_table
 from sqs_message_service.worker.consumer import receivers_for
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import poll_depths
+from sqs_message_service.worker.processed import ProcessedLedger, Verdict
 from sqs_message_service.worker.processing import SimulatedWork
-from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsQueue, create_client
+from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, QueueUnavailable, ReceivedMessage, SqsQueue, create_client
 
 FAST: dict[str, Any] = dict(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0)
 
@@ -87,6 +90,7 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         bodies: list[str],
         burst: bool = True,
         attributes: Optional[dict[str, str]] = None,
+        processed: Optional[ProcessedLedger] = None,
         **overrides: Any,
     ) -> RunningWorker:
         settings = Settings(**{**FAST, **overrides})
@@ -104,6 +108,7 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
             processor=processor,
             settings=settings,
             output=OutputWriter(output),
+            processed=processed,
         )
         running.append(RunningWorker(worker, output, burst=burst))
         return running[-1]
@@ -560,3 +565,86 @@ def test_a_record_is_written_before_its_message_is_deleted(
 
     assert running[0].wait() == 0
     assert len(running[0].output_lines) == 25 and unwritten_at_delete == []
+
+
+# The worker with the processed ledger (PROCESSED_TABLE)
+
+
+@pytest.fixture
+def processed(dynamodb: Any) -> ProcessedLedger:
+    ensure_table(dynamodb, "processed", role="processed-messages", setting="PROCESSED_TABLE")
+    return ProcessedLedger("processed", dynamodb, queue_name="messages", window_s=3600)
+
+
+def refuse_deletes(queue: SqsQueue, monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """The queue's first `times` DeleteMessageBatch calls fail, as an SQS that times out would;
+    the list counts the deletes refused."""
+    delete, refused = queue.delete_messages, [0]
+
+    def refusing(handles: Any) -> list[Any]:
+        if refused[0] < times:
+            refused[0] += 1
+            return [QueueUnavailable("DeleteMessageBatch: refused by the test")] * len(handles)
+        return delete(handles)
+
+    monkeypatch.setattr(queue, "delete_messages", refusing)
+    return refused
+
+
+def test_a_redelivery_of_a_processed_message_is_deleted_without_the_step(
+    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a worker whose first deletes fail, so that what it processed comes back
+    recorder = Recorder()
+    bodies = [f"m{n}" for n in range(20)]
+    running = start_worker(recorder, bodies, visibility_timeout_s=1, max_receive_count=5, processed=processed)
+    refused = refuse_deletes(running.worker.queue, monkeypatch, times=2)
+
+    # WHEN it runs until the queue is drained
+    assert running.wait() == 0
+
+    # THEN each message reached the step once, and the redeliveries were deleted as duplicates
+    assert refused[0] == 2
+    assert sorted(body for body, _, _ in recorder.attempts) == sorted(bodies)
+    assert running.worker.metrics.count("duplicates") > 0
+    assert running.worker.metrics.count("deleted") == 20 - running.worker.metrics.count("duplicates")
+
+
+def test_a_failed_step_gives_its_claim_back_and_its_retry_runs(
+    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger
+) -> None:
+    def fail_first_time(message: ReceivedMessage) -> None:
+        if message.receive_count == 1:
+            raise RuntimeError("first attempt fails")
+
+    recorder = Recorder(fail_first_time)
+    running = start_worker(recorder, ["m1", "m2"], visibility_timeout_s=30, processed=processed)
+
+    assert running.wait() == 0
+    assert recorder.receive_counts("m1") == [1, 2] and recorder.receive_counts("m2") == [1, 2]
+    assert running.worker.metrics.count("held") == 0  # the retry found its key free, not held
+    assert running.worker.metrics.count("processed") == 2
+
+
+def test_a_message_whose_key_another_worker_holds_comes_back_when_that_lease_ends(
+    start_worker: Callable[..., RunningWorker], dynamodb: Any
+) -> None:
+    # GIVEN a FIFO message (known by its content's deduplication id) whose key a worker that
+    # was killed mid-step holds for 2 more seconds
+    ensure_table(dynamodb, "processed", role="processed-messages", setting="PROCESSED_TABLE")
+    ledgers = [ProcessedLedger("processed", dynamodb, queue_name="messages.fifo", window_s=3600, worker_id=name)
+               for name in ("killed", "this")]
+    held_until, lease_ends_at = time.time() + 2, time.monotonic() + 2
+    key = "dedup:" + hashlib.sha256(b"m1").hexdigest()
+    killed_claim = ReceivedMessage(id="earlier", body="m1", receipt_handle="-", deduplication_id=key[6:])
+    assert [c.verdict for c in ledgers[0].claim([killed_claim], lease_until=held_until)] == [Verdict.CLAIMED]
+    recorder = Recorder()
+
+    # WHEN a worker receives it
+    running = start_worker(recorder, ["m1"], queue_name="messages.fifo", processed=ledgers[1])
+
+    # THEN it leaves it until that lease ends, then processes it, once
+    assert running.wait() == 0
+    assert [body for body, _, _ in recorder.attempts] == ["m1"]
+    assert recorder.attempts[0][2] >= lease_ends_at - 0.1  # SQS's clock is ms, ours a float
+    assert running.worker.metrics.count("held") >= 1
