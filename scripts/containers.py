@@ -45,7 +45,9 @@ IMAGE = "sqs-message-service"
 BASE_IMAGE = "localhost/sqs-message-service-base:bookworm"
 STANDIN_IMAGE = "localhost/sqs-message-service-sqs-standin:latest"
 #: What the podman route needs from Debian, and what the base image holds beside Debian's minbase.
-PODMAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns")
+#: netavark sets up container networks with iptables, which podman only suggests: a machine
+#: without it fails every `podman run` on a network ("netavark: No such file or directory").
+PODMAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "iptables")
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "python-is-python3", "ca-certificates")
 INSTALLED_RECORD = CACHE / "installed-packages"
 #: podman's limits without systemd: none are inherited that runc could set, so give them.
@@ -160,7 +162,11 @@ class Podman:
         self.network = f"{PROJECT}_default"
 
     def __call__(self, *argv: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return run([*self.base, *argv], check=check, timeout=timeout)
+        result = run([*self.base, *argv], check=False, timeout=timeout)
+        if check and result.returncode:  # what podman said, not only that it failed
+            raise SystemExit(f"containers: `podman {' '.join(argv[:2])} ...` exited {result.returncode}: "
+                             f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        return result
 
     def has_image(self, name: str) -> bool:
         return self("image", "exists", name, check=False).returncode == 0
