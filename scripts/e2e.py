@@ -4,6 +4,10 @@ Starts the local endpoint, the writer and the worker on free loopback ports, sen
 with the client (which writes every accepted id), lets the worker drain the queue, and checks that
 every accepted message was processed or is in the dead-letter queue. Exit 0 only if none is lost.
 
+Then it runs the check again with the worker's processed ledger (PROCESSED_TABLE, on a moto server
+for DynamoDB) while SQS refuses the worker's deletes at first, and checks that each accepted
+message was processed once, though SQS delivered many again.
+
 With `--endpoint URL` it starts no endpoint: it runs the same check against one it did not start
 (LocalStack, ElasticMQ, moto's server; `--endpoint aws` for real SQS in AWS_REGION, with the
 environment's credentials), on queues of its own (`e2e-<run>` and its dead-letter queue), which
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional
 
-from harness import ROOT, Process, environment, free_port, wait_for_port
+from harness import ROOT, ApiProxy, Process, environment, free_port, wait_for_port
 
 sys.path.insert(0, str(ROOT))
 
@@ -143,9 +147,11 @@ class LocalSystem:
         return json.loads(urllib.request.urlopen(f"{url or self.writer_url}/api/stats", timeout=30).read())
 
     def set_up_queues(self, settings: Optional[Settings] = None) -> None:
-        """The queues of `settings` (default: the system's own) and their dead-letter queues."""
+        """The queues of `settings` (default: the system's own) and their dead-letter queues, and
+        the DynamoDB tables the settings name."""
         settings = settings or self.settings
-        sqs_setup.set_up(settings, create_client(settings))
+        tables = create_client(settings, service="dynamodb") if settings.processed_table else None
+        sqs_setup.set_up(settings, create_client(settings), tables)
 
     def tear_down_queues(self) -> None:
         """Delete the system's queues: those a run made on an endpoint it did not start."""
@@ -279,6 +285,92 @@ def run_e2e(
     )
 
 
+@dataclass(frozen=True)
+class LedgerResult:
+    """The run with PROCESSED_TABLE while the worker's deletes are refused at first."""
+
+    e2e: E2EResult
+    deletes_refused: int  # DeleteMessageBatch calls SQS refused the worker
+    duplicates: int  # redeliveries the ledger knew as done, deleted without the step
+
+    @property
+    def ok(self) -> bool:
+        # each accepted message processed (or dead-lettered) once, though redeliveries came
+        return self.e2e.ok and self.e2e.redelivered == 0 and self.deletes_refused > 0 and self.duplicates > 0
+
+    def report(self) -> str:
+        return (f"accepted {self.e2e.accepted}, processed {self.e2e.processed}, dead-lettered "
+                f"{self.e2e.dead_lettered}, lost {self.e2e.lost}, processed twice {self.e2e.redelivered}; "
+                f"deletes refused {self.deletes_refused}, redeliveries skipped as duplicates {self.duplicates}")
+
+
+#: The ledger run: SQS refuses the worker's deletes this long after its first message is done.
+REFUSE_DELETES_S = 8.0
+
+
+def run_ledger_e2e(
+    *, count: int, workdir: Path, engine: str = "fauxqs", timeout_s: float = 600,
+    log: Optional[Callable[[str], None]] = print,
+) -> LedgerResult:
+    """The end-to-end check with the worker's processed ledger on (PROCESSED_TABLE, on a moto
+    server of its own for DynamoDB), with a 2 s visibility timeout and SQS refusing the
+    worker's deletes for REFUSE_DELETES_S: every message comes back after its step returned,
+    and still each accepted message is processed once."""
+    say = log or (lambda *_: None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
+    summary_path = workdir / "worker-summary.json"
+    for stale in (ids_path, output_path, summary_path):
+        stale.unlink(missing_ok=True)
+    dynamodb_port = free_port()
+    dynamodb = Process(
+        [sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(dynamodb_port)],
+        env=os.environ, log_path=workdir / "dynamodb.log",
+    )
+    try:
+        wait_for_port(dynamodb_port, 30)
+        with local_system(
+            workdir, engine=engine, FAILURE_RATE="0.1", RETRY_BACKOFF_BASE="0", VISIBILITY_TIMEOUT="2",
+            MAX_RECEIVE_COUNT="10", PROCESSED_TABLE="e2e-processed",
+            DYNAMODB_ENDPOINT_URL=f"http://127.0.0.1:{dynamodb_port}",
+        ) as system:
+            proxy = ApiProxy(system.settings.sqs_endpoint_url or "")
+            proxy.refusing = {"AmazonSQS.DeleteMessageBatch"}
+            try:
+                worker = system.python(
+                    "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3",
+                    "--stats-interval", "5", "--summary-json", str(summary_path),
+                    env={"SQS_ENDPOINT_URL": proxy.url},
+                )
+                say(f"e2e with PROCESSED_TABLE: {engine}, DynamoDB on moto's server; sending {count} messages; "
+                    f"the worker's deletes refused for the first {REFUSE_DELETES_S:g} s")
+                started = time.time()
+                load = system.client("--count", str(count), "--malformed-per-batch", "0", "--ids-out", str(ids_path),
+                                     timeout_s=timeout_s)
+                while time.time() - started < REFUSE_DELETES_S:
+                    time.sleep(0.1)
+                proxy.refusing = set()
+                worker.wait(timeout=timeout_s)
+            finally:
+                proxy.stop()
+            worker_summary = json.loads(summary_path.read_text())
+            accepted = set(ids_path.read_text().split())
+            processed_ids = [record.id for record in read_records(output_path)]
+            dead = ids_in(system.queue(system.settings.dlq_name))
+    finally:
+        dynamodb.stop()
+    return LedgerResult(
+        e2e=E2EResult(
+            accepted=len(accepted), processed=len(accepted & set(processed_ids)),
+            redelivered=len(processed_ids) - len(set(processed_ids)), dead_lettered=len(accepted & dead),
+            lost=len(accepted - set(processed_ids) - dead), in_both=len(set(processed_ids) & dead),
+            client_exit=load.returncode, seconds=time.time() - started,
+        ),
+        deletes_refused=proxy.refused["AmazonSQS.DeleteMessageBatch"],
+        duplicates=int(worker_summary["duplicates"]),
+    )
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000, help="messages to send (default %(default)s)")
@@ -291,12 +383,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         "real SQS in AWS_REGION with the environment's credentials: the check runs on queues of its own, "
         "deleted afterwards (default: start the local engine)",
     )
+    parser.add_argument(
+        "--ledger-count", type=int, default=1000,
+        help="messages for the second run, with the worker's processed ledger (PROCESSED_TABLE) while its "
+        "deletes are refused at first; 0 leaves it out (default %(default)s; left out with --endpoint)",
+    )
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     result = run_e2e(count=args.count, workdir=args.workdir, engine=args.engine, endpoint=args.endpoint)
     print(f"e2e: {result.report()}")
     print(f"e2e: {'OK, nothing lost' if result.ok else 'FAILED'} (logs in {args.workdir})")
-    return 0 if result.ok else 1
+    if args.endpoint is not None or args.ledger_count == 0:
+        print("e2e: the run with PROCESSED_TABLE is left out (it needs the local engines and a DynamoDB of its own)")
+        return 0 if result.ok else 1
+    ledger = run_ledger_e2e(count=args.ledger_count, workdir=args.workdir / "processed-table", engine=args.engine)
+    print(f"e2e with PROCESSED_TABLE: {ledger.report()}")
+    print(f"e2e with PROCESSED_TABLE: {'OK, each message processed once' if ledger.ok else 'FAILED'}")
+    return 0 if result.ok and ledger.ok else 1
 
 
 if __name__ == "__main__":

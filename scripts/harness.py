@@ -1,17 +1,24 @@
 """Processes of ours on loopback, for the tests, make e2e, make bench and make soak: started in a
-session of their own, with their output in a file, and stopped with everything they started.
+session of their own, with their output in a file, and stopped with everything they started; and
+a proxy that makes an endpoint refuse what a check says.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import http.client
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +99,73 @@ def cpu_seconds(pid: int) -> float:
     """A process's user and system CPU time so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ApiProxy:
+    """An HTTP proxy on loopback in front of an AWS endpoint (fauxqs, moto's server), that refuses the
+    operations named in `refusing` (by their X-Amz-Target, such as "AmazonSQS.DeleteMessageBatch")
+    with a 500, as a service failing on its side would, and with `down` set drops every request
+    without an answer, as an unreachable one. A test may change both at any time."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream_url)
+        self.refusing: set[str] = set()
+        self.down = False
+        self.refused: collections.Counter[str] = collections.Counter()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as botocore expects
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (BrokenPipeError, ConnectionResetError):  # the caller went away (a killed worker)
+                    self.close_connection = True
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                target = self.headers.get("X-Amz-Target", "")
+                if proxy.down:
+                    self.close_connection = True
+                    return
+                if target in proxy.refusing:
+                    proxy.refused[target] += 1
+                    answer = json.dumps({"__type": "InternalError", "message": "refused by the test"}).encode()
+                    self._send(500, {"Content-Type": "application/x-amz-json-1.0"}, answer)
+                    return
+                upstream = http.client.HTTPConnection(proxy.upstream.netloc, timeout=60)
+                try:
+                    upstream.request("POST", self.path, body, dict(self.headers))
+                    response = upstream.getresponse()
+                    self._send(response.status, dict(response.getheaders()), response.read())
+                finally:
+                    upstream.close()
+
+            do_GET = do_POST
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)

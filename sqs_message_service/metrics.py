@@ -221,7 +221,19 @@ class WorkerStats:
         for queue in self.queues:
             calls.update(queue.calls)
         snapshot, _ = self.snapshot()
-        return {**snapshot, "sqs_calls": dict(calls), "sqs_billable_requests": self.billable_requests}
+        return {
+            **snapshot, "sqs_calls": dict(calls), "sqs_billable_requests": self.billable_requests,
+            "dynamodb_calls": self.dynamodb_calls, "ledger_errors": self.ledger_errors,
+        }
+
+    @property
+    def dynamodb_calls(self) -> dict[str, int]:
+        """The processed ledger's DynamoDB calls since start, by operation (none without it)."""
+        return by_label(self.metrics.dynamodb_requests, "dynamodb_requests_total", "operation")
+
+    @property
+    def ledger_errors(self) -> int:
+        return int(total(self.metrics.ledger_errors, "worker_ledger_errors_total"))
 
 
 def _since(current: Buckets, earlier: Optional[Buckets]) -> Buckets:

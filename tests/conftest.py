@@ -372,3 +372,4 @@ class SlowProxy:
         asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+

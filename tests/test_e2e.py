@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LOCAL_ENGINE, wait_until
-from e2e import LocalSystem, local_system, run_e2e
+from e2e import LocalSystem, local_system, run_e2e, run_ledger_e2e
 from sqs_message_service.aws import create_client
 from sqs_message_service.output import read_records
 from sqs_message_service.settings import Settings
@@ -30,6 +30,16 @@ def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) ->
     assert 0 < result.latency_p50_s <= result.latency_p99_s < 60
     # client.py --processed saw each processed message, and gave up on the dead letters
     assert f"processed    {result.processed:>5}/400" in result.client_summary
+
+
+def test_with_the_processed_ledger_each_message_is_processed_once_while_deletes_are_refused(tmp_path: Path) -> None:
+    result = run_ledger_e2e(count=150, workdir=tmp_path, engine=LOCAL_ENGINE, log=None)
+
+    print(result.report())
+    assert result.e2e.accepted == 150 and result.e2e.lost == 0
+    assert result.deletes_refused > 0 and result.duplicates > 0  # SQS delivered again what was done
+    assert result.e2e.redelivered == 0  # and none of it reached the step twice
+    assert result.ok
 
 
 def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from .part import Part
 
 def render_stats(
     title: str, snapshot: dict[str, Any], *, in_flight: int, per_second: float,
-    depths: dict[str, Optional[dict[str, int]]], sqs_requests: int = 0,
+    depths: dict[str, Optional[dict[str, int]]], sqs_requests: int = 0, ledger_errors: Optional[int] = None,
 ) -> str:
-    """The stats as a block that fits a narrow (28-column) tmux pane."""
+    """The stats as a block that fits a narrow (28-column) tmux pane; with the processed ledger
+    (`ledger_errors` given), its duplicates and errors too."""
     lines = [
         f"{title}  up {snapshot['uptime_s']:.0f}s",
         f"received      {snapshot['received']:>9}",
@@ -33,6 +34,12 @@ def render_stats(
         f"sqs requests  {sqs_requests:>9}",
         f"sqs req/msg   {sqs_requests / max(1, snapshot['processed']):>9.2f}",
     ]
+    if ledger_errors is not None:
+        lines += [
+            f"duplicates    {snapshot['duplicates']:>9}",
+            f"held          {snapshot['held']:>9}",
+            f"ledger errors {ledger_errors:>9}",
+        ]
     for label, depth in depths.items():
         if depth is None:
             lines.append(f"{label:<6}  (unavailable)")
@@ -86,6 +93,7 @@ class StatsPane(Part):
             text = render_stats(
                 title, snapshot, in_flight=len(self.worker.ledger), per_second=snapshot["processed_per_s"],
                 depths=depths, sqs_requests=self.stats.billable_requests,
+                ledger_errors=self.stats.ledger_errors if self.worker.processed is not None else None,
             )
             clear = "\x1b[H\x1b[2J" if title != "summary" and self.out.isatty() else ""
             self.out.write(f"{clear}{text}\n\n")

@@ -23,3 +23,18 @@ def test_render_stats_fits_a_narrow_pane() -> None:
     assert "latency p99     12.3 ms" in text and "1234.5" in text and "(unavailable)" in text
     assert "e2e p50        250.0 ms" in text and "e2e p99               -" in text
     assert "sqs requests      40000" in text and "sqs req/msg        0.32" in text  # 40,000 / 123,456
+
+
+def test_with_the_processed_ledger_the_pane_shows_duplicates_and_ledger_errors() -> None:
+    snapshot: dict[str, Any] = dict.fromkeys(
+        ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "duplicates", "held"), 7
+    )
+    snapshot.update(uptime_s=1, latency_p50_s=None, latency_p99_s=None, end_to_end_p50_s=None, end_to_end_p99_s=None)
+    depths: dict[str, Any] = {"queue": None}
+
+    without = render_stats("worker", snapshot, in_flight=0, per_second=0, depths=depths)
+    with_ledger = render_stats("worker", snapshot, in_flight=0, per_second=0, depths=depths, ledger_errors=3)
+
+    assert "duplicates" not in without and "ledger errors" not in without
+    assert "duplicates            7" in with_ledger and "ledger errors         3" in with_ledger
+    assert max(len(line) for line in with_ledger.splitlines()) <= 28

@@ -1,0 +1,37 @@
+"""A processing step for worker processes started by the tests (PROCESSOR=steps:record, with
+PYTHONPATH=tests): it writes each attempt to the file STEP_LOG names, so that a test counts how
+many times each message reached the step, across workers and kills.
+
+A body `slow:S` sleeps S seconds on its first receive only, so that a test can kill or race a
+worker mid-step and its redelivery runs quickly."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sqsinterface import ReceivedMessage
+
+
+def _log(event: str, message: ReceivedMessage) -> None:
+    line = json.dumps({"event": event, "id": message.id, "body": message.body, "key": message.processing_key,
+                       "receive_count": message.receive_count, "pid": os.getpid(), "at": time.time()})
+    with open(os.environ["STEP_LOG"], "a", encoding="utf-8") as log:  # one write a line: whole lines
+        log.write(line + "\n")
+
+
+def record(message: ReceivedMessage) -> None:
+    _log("start", message)
+    if message.body.startswith("slow:") and message.receive_count == 1:
+        time.sleep(float(message.body.split(":", 1)[1]))
+    _log("end", message)
+
+
+def attempts(path: Path) -> list[dict[str, Any]]:
+    """What a STEP_LOG holds: one dict per event, in the order written."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
