@@ -20,7 +20,9 @@ stage on a fresh queue:
    concurrency / work time; the last two again with each worker on a CPU of its own
    (WORKER_CPU). Each is drained three times, the runs taking turns, and reported by its
    median with the lowest and highest: one drain of a few seconds at 64 threads varies by a
-   fifth from the next on a virtual machine;
+   fifth from the next on a virtual machine; then concurrency 16 with the processed ledger on
+   (PROCESSED_TABLE, DynamoDB on a moto server of its own) and off, in turns: its ratio, its
+   DynamoDB and SQS calls per message, and the ledger's share of the worker's CPU a message;
 6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
@@ -48,9 +50,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
-from harness import cpu_seconds, free_port  # noqa: E402
+from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
+from sqs_message_service.aws import create_client  # noqa: E402
 from sqs_message_service.output import ProcessedRecord, read_records  # noqa: E402
+from sqs_message_service.settings import Settings  # noqa: E402
 from sqs_message_service.sqs import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
+from sqs_message_service.tables import ensure_table  # noqa: E402
 
 #: Each target: the figure it reads, how it compares, and the bound.
 TARGETS: list[tuple[str, str, float]] = [
@@ -61,6 +66,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("sqs_calls_per_msg_worker", "<=", 0.3),
     ("worker_c16_ratio", ">=", 0.85),
     ("worker_c64_ratio", ">=", 0.7),
+    ("worker_once_c16_ratio", ">=", 0.85),
+    ("dynamodb_calls_per_msg", "<=", 0.5),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
 ]
@@ -211,6 +218,7 @@ def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
 
 def drain(
     system: LocalSystem, name: str, *, count: int, args: list[str], processes: int = 1, pinned: bool = False,
+    extra_env: Optional[dict[str, str]] = None,
 ) -> tuple[list[ProcessedRecord], dict[str, Any], float]:
     """Fill a fresh queue with `count` messages, then run `processes` workers with `args` on it
     until it is empty, each `pinned` to a CPU of its own (the last ones first: the first is
@@ -229,7 +237,7 @@ def drain(
         system.python(f"worker-{each}", "worker.py", "--output", str(output), "--exit-when-idle", "1",
                       "--stats-interval", "60", *(["--summary-json", str(summary)] if number == 0 else []),
                       *(["--cpu", str(cpus[number % len(cpus)])] if pinned else []),
-                      *args, env={**env, "METRICS_PORT": "0"})  # several would want one port
+                      *args, env={**env, **(extra_env or {}), "METRICS_PORT": "0"})  # several would want one port
         for number, (each, output) in enumerate(zip(names, outputs, strict=True))
     ]
     cpu = dict.fromkeys(range(processes), 0.0)
@@ -304,6 +312,58 @@ def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+def worker_once(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """The worker at concurrency 16 with the processed ledger on (PROCESSED_TABLE on a moto
+    server of its own, as DynamoDB), against the same worker without it, the drains taking
+    turns: its rate as a ratio to the ideal, its DynamoDB and SQS calls per message, and the
+    share of the worker's CPU time a message that the ledger takes."""
+    port = free_port()
+    dynamodb = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
+                       env=os.environ, log_path=system.workdir / "dynamodb.log")
+    try:
+        wait_for_port(port, 30)
+        endpoint = f"http://127.0.0.1:{port}"
+        ensure_table(create_client(Settings(dynamodb_endpoint_url=endpoint), service="dynamodb"), "bench-processed",
+                     role="processed-messages", setting="PROCESSED_TABLE")
+        ledger = {"PROCESSED_TABLE": "bench-processed", "DYNAMODB_ENDPOINT_URL": endpoint}
+        ideal = 16 / WORK_S
+        count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+        args = ["--concurrency", "16", "--process-time", str(WORK_S), "--failure-rate", "0"]
+        runs: dict[str, list[tuple[float, float, dict[str, Any], int]]] = {"on": [], "off": []}
+        for round_number in range(sizes.worker_drains):
+            for mode in ("on", "off"):
+                records, summary, cores = drain(system, f"worker-once-{mode}-{round_number}", count=count, args=args,
+                                                extra_env=ledger if mode == "on" else {})
+                runs[mode].append((processing_rate(records), cores, summary, len({r.id for r in records})))
+    finally:
+        dynamodb.stop()
+
+    def median(mode: str, figure: Any) -> float:
+        return statistics.median(figure(run) for run in runs[mode])
+
+    rate_on, rate_off = median("on", lambda run: run[0]), median("off", lambda run: run[0])
+    cpu_on = median("on", lambda run: run[1] / max(1e-9, run[0]))  # core-seconds a message
+    cpu_off = median("off", lambda run: run[1] / max(1e-9, run[0]))
+    dynamodb_calls = median("on", lambda run: sum(run[2]["dynamodb_calls"].values()) / max(1, run[3]))
+    sqs_calls = median("on", lambda run: sum(run[2]["sqs_calls"].get(operation, 0)
+                                             for operation in WORKER_OPERATIONS) / max(1, run[3]))
+    duplicates = sum(run[2]["duplicates"] for run in runs["on"])
+    return {
+        "worker_once_c16_msgs_per_s": rate_on,
+        "worker_once_c16_ideal_msgs_per_s": ideal,
+        "worker_once_c16_ratio": rate_on / ideal,
+        "worker_once_c16_ratio_min": min(run[0] for run in runs["on"]) / ideal,
+        "worker_once_c16_ratio_max": max(run[0] for run in runs["on"]) / ideal,
+        "worker_once_off_c16_ratio": rate_off / ideal,
+        "dynamodb_calls_per_msg": dynamodb_calls,
+        "worker_once_sqs_calls_per_msg": sqs_calls,
+        "worker_once_cpu_ms_per_msg": 1000 * cpu_on,
+        "worker_once_off_cpu_ms_per_msg": 1000 * cpu_off,
+        "worker_once_ledger_cpu_share": max(0.0, 1 - cpu_off / max(1e-12, cpu_on)),
+        "worker_once_duplicates": duplicates,
+    }
+
+
 def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -> dict[str, Any]:
     (workdir / f"e2e-{count}").mkdir(exist_ok=True)
     result = run_e2e(count=count, workdir=workdir / f"e2e-{count}", engine=engine, failure_rate=failure_rate, log=None)
@@ -322,7 +382,7 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "cost", "e2e")
+STAGES = ("raw", "write", "batch", "worker", "once", "cost", "e2e")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -337,6 +397,7 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("write", "write path: the writer, its stub, connexion's bare FlaskApp", lambda: write_path(system, sizes)),
             ("batch", "batch endpoint", lambda: batch_endpoint(system, sizes)),
             ("worker", "worker scaling", lambda: worker_scaling(system, sizes)),
+            ("once", "worker with the processed ledger (PROCESSED_TABLE)", lambda: worker_once(system, sizes)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
         ]:
             if stage in stages:
@@ -396,6 +457,15 @@ def table(results: dict[str, Any]) -> str:
            + (f"; {r[f'{prefix}_ratio_min']:.2f} to {r[f'{prefix}_ratio_max']:.2f} in {r['worker_drains']} drains)"
               if r["worker_drains"] > 1 else ")"))
           for prefix, n, c, pinned in SCALING_RUNS],
+        ("worker with the processed ledger, concurrency 16",
+         f"{r['worker_once_c16_msgs_per_s']:.0f} of {r['worker_once_c16_ideal_msgs_per_s']:.0f} msg/s "
+         f"({r['worker_once_c16_ratio']:.2f}; {r['worker_once_c16_ratio_min']:.2f} to "
+         f"{r['worker_once_c16_ratio_max']:.2f}; without it {r['worker_once_off_c16_ratio']:.2f})"),
+        ("  calls per message: DynamoDB / SQS",
+         f"{r['dynamodb_calls_per_msg']:.3f} / {r['worker_once_sqs_calls_per_msg']:.3f}"),
+        ("  worker CPU a message: with / without the ledger",
+         f"{r['worker_once_cpu_ms_per_msg']:.2f} / {r['worker_once_off_cpu_ms_per_msg']:.2f} ms "
+         f"(the ledger's share {r['worker_once_ledger_cpu_share']:.0%})"),
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
          f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "

@@ -131,6 +131,8 @@ def test_main_serves_moto_behind_the_middleware_as_moto_server_does(monkeypatch:
     monkeypatch.setattr(local_moto, "run_simple", lambda *args, **kwargs: served.update(args=args, **kwargs))
     monkeypatch.setattr(local_moto.signal, "signal", lambda *_: None)  # not pytest's own SIGTERM
     monkeypatch.delenv("MOTO_PORT", raising=False)
+    installed: list[Any] = []
+    monkeypatch.setattr(local_moto.TransactionSnapshots, "install", lambda self: installed.append(self))
 
     local_moto.main(["-p", "4599"])
 
@@ -138,6 +140,59 @@ def test_main_serves_moto_behind_the_middleware_as_moto_server_does(monkeypatch:
     assert (host, port) == ("127.0.0.1", 4599) and os.environ["MOTO_PORT"] == "4599"
     assert isinstance(app, OneDynamoDBRequestAtATime) and isinstance(app.app, DomainDispatcherApplication)
     assert served["threaded"] is True and served["request_handler"] is MotoRequestHandler
+    assert len(installed) == 1  # and its transactions copy what they touch, not the table
+
+
+@pytest.fixture
+def snapshots(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> local_moto.TransactionSnapshots:
+    """moto in process with local_moto's transaction snapshots, undone after the test."""
+    installed = local_moto.TransactionSnapshots()
+    installed.install(monkeypatch.setattr)
+    ensure_table(dynamodb, "ledger")
+    dynamodb.batch_write_item(RequestItems={"ledger": [
+        {"PutRequest": {"Item": {"key": {"S": f"old-{n}"}, "state": {"S": "done"}}}} for n in range(25)]})
+    for name in ("a", "b", "d"):
+        dynamodb.put_item(TableName="ledger", Item={"key": {"S": name}, "state": {"S": "processing"}})
+    return installed
+
+
+def records(dynamodb: Any) -> dict[str, str]:
+    return {item["key"]["S"]: item["state"]["S"] for item in dynamodb.scan(TableName="ledger")["Items"]}
+
+
+def a_transaction(*, d_condition: str) -> list[dict[str, Any]]:
+    """Update a in place, put c, delete b, and put d on `d_condition`."""
+    return [
+        {"Update": {"TableName": "ledger", "Key": {"key": {"S": "a"}}, "UpdateExpression": "SET #s = :s",
+                    "ExpressionAttributeNames": {"#s": "state"},
+                    "ExpressionAttributeValues": {":s": {"S": "changed"}}}},
+        {"Put": {"TableName": "ledger", "Item": {"key": {"S": "c"}, "state": {"S": "new"}}}},
+        {"Delete": {"TableName": "ledger", "Key": {"key": {"S": "b"}}}},
+        {"Put": {"TableName": "ledger", "Item": {"key": {"S": "d"}, "state": {"S": "done"}},
+                 "ConditionExpression": d_condition, "ExpressionAttributeNames": {"#k": "key"}}},
+    ]
+
+
+def test_a_cancelled_transaction_leaves_the_table_as_it_was_having_copied_only_what_it_names(
+    dynamodb: Any, snapshots: local_moto.TransactionSnapshots
+) -> None:
+    before = records(dynamodb)
+
+    with pytest.raises(botocore.exceptions.ClientError, match="TransactionCanceled"):
+        dynamodb.transact_write_items(TransactItems=a_transaction(d_condition="attribute_not_exists(#k)"))
+
+    assert records(dynamodb) == before  # a's change, c's put and b's delete all rolled back
+    assert snapshots.copied_records == 3  # a, b and d: c had no record; not the 25 others
+
+
+def test_a_transaction_that_goes_through_changes_what_it_names(
+    dynamodb: Any, snapshots: local_moto.TransactionSnapshots
+) -> None:
+    dynamodb.transact_write_items(TransactItems=a_transaction(d_condition="attribute_exists(#k)"))
+
+    after = records(dynamodb)
+    assert (after["a"], after["c"], after["d"], "b" in after) == ("changed", "new", "done", False)
+    assert len(after) == 25 + 3
 
 
 @pytest.mark.integration

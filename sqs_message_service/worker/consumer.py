@@ -11,10 +11,10 @@ from typing import Callable, Optional
 from ..logs import ThrottledLog
 from ..metrics import WorkerMetrics
 from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage, SqsError, SqsQueue
+from .admission import Admission
 from .backoff import backoff_s
-from .ledger import InFlight, Unit, WorkQueue
+from .ledger import InFlight, WorkQueue, work_units
 from .part import Part
-from .processed import LedgerUnavailable, ProcessedLedger, Verdict, wall_clock
 from .settler import Settler
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,6 @@ def receivers_for(concurrency: int) -> int:
     (one up to 29), at most MAX_RECEIVERS. One receive takes a round trip to SQS; while it is
     away the processors it feeds must have work in hand."""
     return max(1, min(MAX_RECEIVERS, concurrency // (2 * BATCH_MAX_ENTRIES)))
-
-
-def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
-    """Split a receive into units for the processors. Standard queue: one message each. FIFO
-    queue: one unit per message group, in the order SQS gave them, processed one after another."""
-    if not fifo:
-        return [[message] for message in messages]
-    groups: dict[Optional[str], Unit] = {}
-    for message in messages:
-        groups.setdefault(message.group_id, []).append(message)
-    return list(groups.values())
 
 
 class Backlog:
@@ -100,13 +89,11 @@ class Consumer(Part):
     def __init__(
         self, *, queue: SqsQueue, ledger: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
         visibility_timeout_s: int, wait_s: int, stop_worker: Callable[[], None], backlog: Backlog,
-        idle_s: Optional[float] = None, helper: int = 0, processed: Optional[ProcessedLedger] = None,
+        idle_s: Optional[float] = None, helper: int = 0, admission: Optional[Admission] = None,
     ) -> None:
         super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer")
         self.queue, self.ledger, self.work, self.settler, self.metrics = queue, ledger, work, settler, metrics
-        self.processed = processed
-        self._ledger_down = ThrottledLog(log)
-        self._ledger_failures = 0  # checks of the table in a row that failed; 0: it answers
+        self.admission = admission  # with the processed ledger: claims before the processors start
         self.visibility_timeout_s = visibility_timeout_s
         self.stop_worker, self.backlog = stop_worker, backlog
         self.helper = bool(helper)
@@ -121,8 +108,10 @@ class Consumer(Part):
         while not self.stopping:
             if self.helper and not self.backlog.wait(self._stop_asked):
                 break  # stopping
-            if self._ledger_failures and not self._ledger_answers():
-                continue
+            if self.admission is not None and self.admission.down:  # receive nothing it cannot claim
+                self.pause(backoff_s(self.admission.failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S))
+                if self.stopping or not self.admission.answers():
+                    continue
             claimed = self.ledger.claim(gather_s=RECEIVE_GATHER_S, stop=self._stop_asked)
             if not claimed:
                 break  # stopping
@@ -154,8 +143,9 @@ class Consumer(Part):
             if messages:
                 self._idle_since = None
                 self.metrics.add("received", len(messages))
-                if self.processed is not None:
-                    messages = self._admit(messages, deadline)
+                if self.admission is not None:  # its threads hand on what they claim
+                    self.admission.admit(messages, deadline)
+                    continue
                 refused = [
                     message
                     for unit in work_units(messages, fifo=self.queue.is_fifo)
@@ -181,62 +171,6 @@ class Consumer(Part):
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
             self.settler.release(messages)
-
-    def _admit(self, messages: list[ReceivedMessage], deadline: float) -> list[ReceivedMessage]:
-        """Claim the messages' keys in the processed ledger; the ones to process. A duplicate
-        is deleted; a message held under another live lease comes back when that lease ends;
-        if the table does not answer, none is processed: they come back after their visibility
-        timeout, and receiving waits until the table answers again. On a FIFO queue a group
-        stops at its first message not claimed: the ones behind it must not overtake it."""
-        assert self.processed is not None
-        try:
-            claims = self.processed.claim(messages, lease_until=wall_clock(deadline))
-        except LedgerUnavailable:  # a bug's guard: claim() reports an outage as UNAVAILABLE
-            claims = []
-        admitted: list[ReceivedMessage] = []
-        later: list[tuple[ReceivedMessage, float]] = []  # back to the queue after so many seconds
-        blocked_groups: set[Optional[str]] = set()
-        for claim in claims:
-            message, verdict = claim.message, claim.verdict
-            blocked = self.queue.is_fifo and message.group_id in blocked_groups
-            if verdict is Verdict.DONE:
-                self.settler.skip_duplicates([message])
-                continue
-            if verdict is Verdict.CLAIMED and not blocked:
-                admitted.append(message)
-                continue
-            blocked_groups.add(message.group_id)
-            if verdict is Verdict.CLAIMED:  # behind a message of its group that cannot go first
-                self.settler.give_back_claims([message])
-                later.append((message, 0.0))
-            elif verdict is Verdict.HELD:
-                later.append((message, claim.held_s))
-            # UNAVAILABLE: left as it is, to come back after its visibility timeout
-        if len(claims) != len(messages) or any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
-            self._ledger_failures = max(1, self._ledger_failures)
-            self._ledger_down.warning(LedgerUnavailable(
-                f"PROCESSED_TABLE {self.processed.table!r} did not answer: nothing is processed until it does, "
-                "and what was received comes back after its visibility timeout"), "claiming")
-        if later:
-            self.settler.come_back_later(later)
-        left = [message for message in messages if message not in admitted]
-        self.ledger.finish(left)
-        return admitted
-
-    def _ledger_answers(self) -> bool:
-        """While the processed ledger is down: pause, then ask the table; True once it answers."""
-        if self.pause(backoff_s(self._ledger_failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S)):
-            return False
-        assert self.processed is not None
-        try:
-            self.processed.check()
-        except LedgerUnavailable as exc:
-            self._ledger_failures += 1
-            self._ledger_down.warning(exc, "checking the processed ledger")
-            return False
-        self._ledger_failures = 0
-        self._ledger_down.recovered()
-        return True
 
     def _idle_for_long_enough(self) -> bool:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages

@@ -13,8 +13,9 @@
   deletes and visibility changes to group commits that coalesce them into batch calls.
 - `Heartbeat` (heartbeat.py) keeps long work invisible.
 - With PROCESSED_TABLE, the `ProcessedLedger` (processed.py) keeps each key to one run of the
-  step: the consumers claim before the processors start, the settler records what is done
-  before it deletes, and the heartbeat extends the claims with the invisibility.
+  step: `Admission` (admission.py) claims what the consumers receive before the processors
+  start, the settler records what is done before it deletes, and the heartbeat extends the
+  claims with the invisibility.
 
 Every part is a `Part`: `stop()` asks, `join(timeout)` waits. What the operator sees and
 controls (stats pane, summary file, signals, metrics server, options) is worker.py's.
@@ -35,6 +36,7 @@ from ..metrics import WorkerMetrics
 from ..output import OutputWriter
 from ..settings import Settings
 from ..sqs import SqsError, SqsQueue
+from .admission import Admission
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
 from .heartbeat import Heartbeat
 from .ledger import InFlight, WorkQueue
@@ -70,7 +72,10 @@ class Worker:
             processed.metrics = self.metrics
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
         self.receivers = receivers_for(settings.worker_concurrency)
-        self.ledger = InFlight(capacity=settings.worker_concurrency + PREFETCH * self.receivers)
+        # With the processed ledger a receive waits for its claim before the processors see it:
+        # a second receive's worth ahead for each receiver keeps them busy meanwhile.
+        ahead = PREFETCH * self.receivers * (1 if processed is None else 2)
+        self.ledger = InFlight(capacity=settings.worker_concurrency + ahead)
         self.metrics.in_flight.set_function(lambda: len(self.ledger))
         self.work = WorkQueue()
         self.settler = Settler(
@@ -78,6 +83,10 @@ class Worker:
             metrics=self.metrics, output=output, worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
             processed=processed,
+        )
+        self.admission = None if processed is None else Admission(
+            processed=processed, fifo=queue.is_fifo, ledger=self.ledger, work=self.work, settler=self.settler,
+            calls_at_once=1 + self.receivers,
         )
         self.consumers: list[Consumer] = []
         self.processors: list[ProcessorThread] = []
@@ -104,7 +113,7 @@ class Worker:
                 queue=self.queue, ledger=self.ledger, work=self.work, settler=self.settler, metrics=self.metrics,
                 visibility_timeout_s=visibility_timeout_s, wait_s=0 if burst else self.settings.receive_wait_s,
                 stop_worker=self.request_stop, backlog=backlog,
-                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number, processed=self.processed,
+                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number, admission=self.admission,
             )
             for number in range(self.receivers)
         ]
@@ -158,6 +167,8 @@ class Worker:
         if abandoned:
             log.info("not waiting for %d receive(s) under way: what they bring is made visible again", abandoned)
         drained = self.ledger.wait_empty(left_s())
+        if self.admission is not None:  # what it still claims finds the work queue closed: handed back
+            self.admission.close(max(1.0, left_s()))
         for processor in self.processors:
             processor.join(left_s())
         if self.heartbeat is not None:

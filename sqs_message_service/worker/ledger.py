@@ -15,6 +15,17 @@ from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage
 Unit = list[ReceivedMessage]
 
 
+def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
+    """Split a receive into units for the processors. Standard queue: one message each. FIFO
+    queue: one unit per message group, in the order SQS gave them, processed one after another."""
+    if not fifo:
+        return [[message] for message in messages]
+    groups: dict[Optional[str], Unit] = {}
+    for message in messages:
+        groups.setdefault(message.group_id, []).append(message)
+    return list(groups.values())
+
+
 class InFlight:
     """The ledger of messages received and not yet finished, with when each one's invisibility
     ends. At most `capacity` at once: the processors' number plus a receive's worth ahead for
@@ -26,11 +37,15 @@ class InFlight:
         self.receive_size = min(BATCH_MAX_ENTRIES, capacity)  # what a claim gathers for: a whole receive
         self._cond = threading.Condition()
         self._messages: dict[str, tuple[ReceivedMessage, float]] = {}  # receipt handle -> (it, deadline)
+        # Done with, and still to be kept invisible, but no longer holding a slot: the records
+        # the processed ledger is writing before their deletes (`settling`).
+        self._settling: dict[str, tuple[ReceivedMessage, float]] = {}
         self._claimed = 0  # slots promised to a receive under way
 
     def __len__(self) -> int:
+        """Messages received and not finished, those settling included."""
         with self._cond:
-            return len(self._messages)
+            return len(self._messages) + len(self._settling)
 
     def claim(self, *, gather_s: float, stop: threading.Event) -> int:
         """Wait for a free slot; then, if others are busy, up to `gather_s` for more to free, so
@@ -66,23 +81,41 @@ class InFlight:
             was_full = self._free() <= 0
             for message in messages:
                 self._messages.pop(message.receipt_handle, None)
-            # Wake the waiters only when one of them can act: a first free slot, a receive's
-            # worth free, or nothing left. Waking every receiver at every message costs more
-            # thread switches than the processing itself, at a few thousand a second.
-            if was_full or self._free() >= self.receive_size or not self._messages:
-                self._cond.notify_all()
+                self._settling.pop(message.receipt_handle, None)
+            self._notify_room(was_full)
+
+    def settling(self, messages: list[ReceivedMessage]) -> None:
+        """These are done with, but stay invisible until `finish`ed (the heartbeat extends them);
+        their slots are free for the next receive meanwhile. A record that takes a DynamoDB
+        round trip then holds back no processor."""
+        with self._cond:
+            was_full = self._free() <= 0
+            for message in messages:
+                entry = self._messages.pop(message.receipt_handle, None)
+                if entry is not None:
+                    self._settling[message.receipt_handle] = entry
+            self._notify_room(was_full)
+
+    def _notify_room(self, was_full: bool) -> None:
+        """Under the lock: wake the waiters only when one of them can act: a first free slot, a
+        receive's worth free, or nothing left. Waking every receiver at every message costs more
+        thread switches than the processing itself, at a few thousand a second."""
+        if was_full or self._free() >= self.receive_size or not (self._messages or self._settling):
+            self._cond.notify_all()
 
     def due(self, before: float) -> list[ReceivedMessage]:
-        """The messages whose invisibility ends before `before`."""
+        """The messages whose invisibility ends before `before`, settling ones included."""
         with self._cond:
-            return [message for message, deadline in self._messages.values() if deadline < before]
+            return [message for held in (self._messages, self._settling)
+                    for message, deadline in held.values() if deadline < before]
 
     def extended(self, messages: list[ReceivedMessage], deadline: float) -> None:
         """Their invisibility now ends at `deadline`; those finished meanwhile stay finished."""
         with self._cond:
             for message in messages:
-                if message.receipt_handle in self._messages:
-                    self._messages[message.receipt_handle] = (message, deadline)
+                for held in (self._messages, self._settling):
+                    if message.receipt_handle in held:
+                        held[message.receipt_handle] = (message, deadline)
 
     def wake(self) -> None:
         """Let every waiting `claim` look at its stop event again."""
@@ -92,7 +125,7 @@ class InFlight:
     def wait_empty(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight, at most `timeout_s`; whether that happened."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._messages, timeout=max(0.0, timeout_s))
+            return self._cond.wait_for(lambda: not (self._messages or self._settling), timeout=max(0.0, timeout_s))
 
     def _free(self) -> int:
         return self.capacity - len(self._messages) - self._claimed

@@ -15,7 +15,9 @@ table's TTL: PROCESSED_WINDOW after the claim, then after the completion. A reco
 `expires_at` counts as absent, whether or not DynamoDB has removed it yet.
 
 What the calls cost, per message: the claims of one receive are one TransactWriteItems of
-conditional puts (DynamoDB names each refused item with its record, so no read comes first);
+puts on the condition that the key has no record (DynamoDB names each refused item with its
+record, so no read comes first; a key whose record is free again, past its window or its lease
+lapsed, is claimed in a second call on the condition that says so);
 the completions leave in BatchWriteItem calls of up to 25; gives-back and lease extensions, which
 only failures and long steps need, are TransactWriteItems conditional on the owner.
 """
@@ -111,10 +113,10 @@ class ProcessedLedger:
             first_of_key.setdefault(self.record_key(message), message)
         pending = list(first_of_key.items())
         try:
-            for _ in range(ROUNDS):
+            for round_number in range(ROUNDS):
                 if not pending:
                     break
-                pending = self._claim_round(pending, lease_until, verdicts)
+                pending = self._claim_round(pending, lease_until, verdicts, fresh_only=round_number == 0)
         except LedgerUnavailable:
             pending = [(key, m) for key, m in first_of_key.items() if key not in verdicts]
         for key, message in pending:  # still undecided: as good as no answer
@@ -132,32 +134,44 @@ class ProcessedLedger:
         return claims
 
     def _claim_round(
-        self, pending: list[tuple[str, ReceivedMessage]], lease_until: float, verdicts: dict[str, Claim]
+        self, pending: list[tuple[str, ReceivedMessage]], lease_until: float, verdicts: dict[str, Claim], *,
+        fresh_only: bool,
     ) -> list[tuple[str, ReceivedMessage]]:
-        """One TransactWriteItems per TRANSACT_MAX_ITEMS claims; what is left undecided."""
+        """One TransactWriteItems per TRANSACT_MAX_ITEMS claims; what is left undecided. With
+        `fresh_only` a claim takes only a key that has no record: the common case, and the
+        cheapest condition to check. A key whose record turns out free (past its window, or its
+        lease lapsed) is left undecided, for the next round's full condition."""
         now = self._clock()
         undecided: list[tuple[str, ReceivedMessage]] = []
         for start in range(0, len(pending), TRANSACT_MAX_ITEMS):
             chunk = pending[start : start + TRANSACT_MAX_ITEMS]
-            items = [{"Put": self._claim_item(key, message, now, lease_until)} for key, message in chunk]
+            items = [{"Put": self._claim_item(key, message, now, lease_until, fresh_only)} for key, message in chunk]
             reasons = self._transact(items)
             for (key, message), reason in zip(chunk, reasons, strict=True):
+                verdict = None
                 if reason is None:
-                    verdicts[key] = Claim(message, Verdict.CLAIMED)
+                    verdict = Claim(message, Verdict.CLAIMED)
                 elif reason.get("Code") == "ConditionalCheckFailed":
-                    verdicts[key] = self._verdict_from(message, reason.get("Item", {}), now)
-                else:  # cancelled for another item, or a conflict: try again
+                    verdict = self._verdict_from(message, reason.get("Item", {}), now)
+                if verdict is None:  # cancelled for another item, a conflict, or a free record
                     undecided.append((key, message))
+                else:
+                    verdicts[key] = verdict
         return undecided
 
-    def _claim_item(self, key: str, message: ReceivedMessage, now: float, lease_until: float) -> dict[str, Any]:
+    def _claim_item(
+        self, key: str, message: ReceivedMessage, now: float, lease_until: float, fresh_only: bool
+    ) -> dict[str, Any]:
+        item = {
+            "key": {"S": key}, "state": {"S": PROCESSING}, "owner": {"S": self.owner},
+            "lease_until": {"N": _seconds(lease_until)}, "message_id": {"S": message.id},
+            "expires_at": {"N": str(math.ceil(now + self.window_s))},
+        }
+        if fresh_only:
+            return {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(#key)",
+                    "ExpressionAttributeNames": {"#key": "key"}, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         return {
-            "TableName": self.table,
-            "Item": {
-                "key": {"S": key}, "state": {"S": PROCESSING}, "owner": {"S": self.owner},
-                "lease_until": {"N": _seconds(lease_until)}, "message_id": {"S": message.id},
-                "expires_at": {"N": str(math.ceil(now + self.window_s))},
-            },
+            "TableName": self.table, "Item": item,
             # free: no record, a record past its window, or a claim whose lease lapsed
             "ConditionExpression": "attribute_not_exists(#key) OR expires_at <= :now "
             "OR (#state = :processing AND lease_until <= :now)",
@@ -166,14 +180,17 @@ class ProcessedLedger:
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
 
-    def _verdict_from(self, message: ReceivedMessage, record: dict[str, Any], now: float) -> Claim:
+    def _verdict_from(self, message: ReceivedMessage, record: dict[str, Any], now: float) -> Optional[Claim]:
         """A claim the table refused, from the record that refused it: done, or held until its
-        lease ends. (DynamoDB makes a TransactWriteItems that botocore sends again idempotent,
-        so a refused claim is never this very claim's own.)"""
+        lease ends; None when the record is free after all (past its window, or its lease
+        lapsed). (DynamoDB makes a TransactWriteItems that botocore sends again idempotent, so
+        a refused claim is never this very claim's own.)"""
+        if float(record.get("expires_at", {}).get("N", "inf")) <= now:
+            return None
         if record.get("state", {}).get("S") == DONE_STATE:
             return Claim(message, Verdict.DONE)
         lease_until = float(record.get("lease_until", {}).get("N", now))
-        return Claim(message, Verdict.HELD, max(0.0, lease_until - now))
+        return Claim(message, Verdict.HELD, lease_until - now) if lease_until > now else None
 
     # Completions, after the step returned.
 

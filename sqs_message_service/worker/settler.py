@@ -123,6 +123,8 @@ class Settler(Part):
                 finally:  # handed over: the heartbeat leaves it be, and there is room for another
                     if handed_over:
                         self.ledger.finish([message])
+                    else:  # its record is being written: room for another, still kept invisible
+                        self.ledger.settling([message])
             for message in due:
                 self._record_then_delete(message)
         self._drain()
