@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration  # it starts the local endpoint, writers an
 
 NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
-         "worker_c64_ratio", "e2e_1000_seconds", "e2e_10000_lost"]
+         "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "e2e_1000_seconds", "e2e_10000_lost"]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
@@ -66,6 +66,12 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     # and each drain was one of its own, with its own output
     assert all((tmp_path / f"worker-c64-{drain}.jsonl").stat().st_size > 0 for drain in range(2))
     assert results["worker_receives_per_msg"] > 0 and results["worker_deletes_per_msg"] > 0
+    # the processed ledger's stage: on and off drained in turns, its calls counted beside SQS's
+    assert 0 < results["worker_once_c16_ratio"] <= 1.05 and 0 < results["worker_once_off_c16_ratio"] <= 1.05
+    assert 0 < results["dynamodb_calls_per_msg"] <= 1 and results["worker_once_sqs_calls_per_msg"] > 0
+    assert results["worker_once_cpu_ms_per_msg"] > 0 and results["worker_once_duplicates"] == 0
+    assert all((tmp_path / f"worker-once-{mode}-{drain}.jsonl").stat().st_size > 0
+               for mode in ("on", "off") for drain in range(2))
     assert results["e2e_100_lost"] == results["e2e_300_lost"] == 0
     assert results["e2e_100_client_exit"] == results["e2e_300_client_exit"] == 0
     assert results["e2e_300_accepted"] == 300

@@ -94,6 +94,7 @@ class Admission:
             log.error("unexpected error claiming %d messages", len(messages), exc_info=True)
             claims = [Claim(message, Verdict.UNAVAILABLE) for message in messages]
         admitted: list[ReceivedMessage] = []
+        behind: list[ReceivedMessage] = []  # claimed, but behind a message of its group that cannot go first
         later: list[tuple[ReceivedMessage, float]] = []  # back to the queue after so many seconds
         blocked_groups: set[Optional[str]] = set()
         for claim in claims:
@@ -104,9 +105,8 @@ class Admission:
                 admitted.append(message)
             else:
                 blocked_groups.add(message.group_id)
-                if verdict is Verdict.CLAIMED:  # behind a message of its group that cannot go first
-                    self.settler.give_back_claims([message])
-                    later.append((message, 0.0))
+                if verdict is Verdict.CLAIMED:
+                    behind.append(message)
                 elif verdict is Verdict.HELD:
                     later.append((message, claim.held_s))
                 # UNAVAILABLE: left as it is, to come back after its visibility timeout
@@ -117,10 +117,11 @@ class Admission:
                 "and what was received comes back after its visibility timeout"), "claiming")
         if later:
             self.settler.come_back_later(later)
+        if behind:
+            self.settler.hand_back(behind)
         self.ledger.finish([message for message in messages if message not in admitted])
         refused = [message for unit in work_units(admitted, fifo=self.fifo) if not self.work.put(unit)
                    for message in unit]
         if refused:  # the processors are stopping: none will start these
-            self.settler.give_back_claims(refused)
-            self.settler.release(refused)
+            self.settler.hand_back(refused)
             self.ledger.finish(refused)

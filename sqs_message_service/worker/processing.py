@@ -87,5 +87,5 @@ class ProcessorThread(Part):
         return error is None
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
-        self.settler.release(messages)  # never raises
+        self.settler.hand_back(messages)  # never raises
         self.ledger.finish(messages)

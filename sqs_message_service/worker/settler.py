@@ -246,11 +246,6 @@ class Settler(Part):
         except (Overloaded, Closed):  # the claim lapses with its lease instead
             then()
 
-    def give_back_claims(self, messages: list[ReceivedMessage]) -> None:
-        """Claims taken for messages that will not be processed now (a FIFO group held up)."""
-        for message in messages:
-            self._give_back_then(message, lambda: None)
-
     def skip_duplicates(self, messages: list[ReceivedMessage]) -> None:
         """Messages the processed ledger knows as done: deleted without the step."""
         for message in messages:
@@ -266,6 +261,14 @@ class Settler(Part):
             self.metrics.add("held")
             seconds = min(MAX_VISIBILITY_S, max(0, math.ceil(after_s)))
             self._hand_over(self._visibility, (message.receipt_handle, seconds), message, "left to come back")
+
+    def hand_back(self, messages: list[ReceivedMessage]) -> None:
+        """Claimed messages that will not be processed here after all (the processors stopping,
+        a FIFO group held up): their claims given back first, then visible again at once, so
+        that whoever receives them next can claim them. Never raises."""
+        if self.processed is not None:
+            self.processed.release(messages)  # best effort: a claim not given back lapses with its lease
+        self.release(messages)
 
     def release(self, messages: list[ReceivedMessage]) -> None:
         """Make messages visible again at once: received, but not to be processed here. Never

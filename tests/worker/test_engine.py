@@ -648,3 +648,27 @@ def test_a_message_whose_key_another_worker_holds_comes_back_when_that_lease_end
     assert [body for body, _, _ in recorder.attempts] == ["m1"]
     assert recorder.attempts[0][2] >= lease_ends_at - 0.1  # SQS's clock is ms, ours a float
     assert running.worker.metrics.count("held") >= 1
+
+
+def test_a_stop_gives_back_the_claims_of_what_it_hands_back(
+    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, dynamodb: Any
+) -> None:
+    # GIVEN a worker with the ledger, busy with slow steps and more claimed in hand
+    started = threading.Event()
+
+    def slow(message: ReceivedMessage) -> None:
+        started.set()
+        time.sleep(0.3)
+
+    running = start_worker(slow, [f"m{n}" for n in range(40)], processed=processed, burst=False)
+    assert started.wait(10)
+
+    # WHEN it stops
+    running.worker.stop()
+
+    # THEN what it finished is recorded done, and what it handed back unstarted has no claim left
+    # in the way of the next worker
+    states = [item["state"]["S"] for item in dynamodb.scan(TableName="processed")["Items"]]
+    assert states.count("done") == running.worker.metrics.count("processed") > 0
+    assert "processing" not in states
+    assert running.worker.metrics.count("released") > 0
