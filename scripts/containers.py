@@ -244,8 +244,16 @@ def extra_ca() -> Optional[str]:
     return None
 
 
+def installed(package: str) -> bool:
+    """Whether Debian's `package` is installed. `dpkg -s` is not enough: it answers 0 too for a
+    package removed with its configuration left ("deinstall ok config-files"), as `make clean`
+    leaves podman, and the next run then found no podman to run."""
+    status = run(["dpkg-query", "-W", "-f=${Status}", package], check=False)
+    return status.returncode == 0 and status.stdout.strip().endswith("ok installed")
+
+
 def install_missing_packages() -> None:
-    missing = [package for package in PODMAN_PACKAGES if run(["dpkg", "-s", package], check=False).returncode]
+    missing = [package for package in PODMAN_PACKAGES if not installed(package)]
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):

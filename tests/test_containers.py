@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from typing import Any
 
 import pytest
@@ -292,3 +293,23 @@ def test_make_containers_finds_a_service_that_started_before_its_dependency_was_
         states: dict[str, dict[str, Any]] = {"sqs": sqs, "writer": {"StartedAt": writer_started}}
         containers.check_order(states, services, ["sqs", "writer"], report)
         assert (report.failures == []) is passes
+
+
+@pytest.mark.parametrize(("status", "is_installed"), [
+    ("install ok installed", True),
+    ("deinstall ok config-files", False),  # removed by `make clean`, its configuration left
+    ("unknown ok not-installed", False),
+])
+def test_make_containers_installs_a_package_removed_with_its_configuration_left(
+    monkeypatch: pytest.MonkeyPatch, status: str, is_installed: bool
+) -> None:
+    asked: list[list[str]] = []
+
+    def dpkg_query(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        asked.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=status, stderr="")
+
+    monkeypatch.setattr(containers, "run", dpkg_query)
+
+    assert containers.installed("podman") is is_installed
+    assert asked == [["dpkg-query", "-W", "-f=${Status}", "podman"]]
