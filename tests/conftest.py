@@ -92,10 +92,32 @@ def sqs(settings: Settings) -> Iterator[Any]:
         yield create_client(settings)
 
 
+class OneCallAtATime:
+    """A client whose calls run one at a time, as scripts/local_moto.py serves DynamoDB: moto in
+    process copies a table for a transaction while another thread may write to it ("dictionary
+    changed size during iteration"), which DynamoDB itself never shows a caller."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name.startswith("_") or name in ("get_waiter", "get_paginator"):
+            return attribute
+
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return one_at_a_time
+
+
 @pytest.fixture
 def dynamodb(sqs: Any, settings: Settings) -> Any:
-    """A boto3 DynamoDB client on the same moto as `sqs` (for IDEMPOTENCY_TABLE)."""
-    return create_client(settings, service="dynamodb")
+    """A boto3 DynamoDB client on the same moto as `sqs` (IDEMPOTENCY_TABLE, PROCESSED_TABLE),
+    its calls one at a time as on the local moto server."""
+    return OneCallAtATime(create_client(settings, service="dynamodb"))
 
 
 @pytest.fixture
@@ -372,4 +394,21 @@ class SlowProxy:
         asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class Clock:
+    """A clock a test moves by hand (`clock.now += 30`), for what keeps time in epoch seconds."""
+
+    START = 1_700_000_000.0
+
+    def __init__(self) -> None:
+        self.now = self.START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 

@@ -196,22 +196,16 @@ def test_the_worker_with_the_processed_ledger_needs_exactly_both_worker_policies
     assert recorder.take() == grants("worker", "worker-processed")
 
 
-def test_setup_with_the_processed_table_needs_exactly_both_setup_policies(
-    sqs: Any, dynamodb: Any, recorder: CallRecorder
+@pytest.mark.parametrize(("table", "policy"), [
+    ({"idempotency_table": TABLE}, "setup-idempotency"), ({"processed_table": PROCESSED_TABLE}, "setup-processed"),
+], ids=["idempotency-table", "processed-table"])
+def test_setup_with_a_table_needs_exactly_its_policy_beside_setups(
+    sqs: Any, dynamodb: Any, recorder: CallRecorder, table: dict[str, Any], policy: str
 ) -> None:
     recorder.watch(dynamodb)
-    needed = setup_calls(Settings(processed_table=PROCESSED_TABLE), sqs, recorder, dynamodb)
+    needed = setup_calls(Settings(**table), sqs, recorder, dynamodb)
 
-    assert needed == grants("setup", "setup-processed")
-
-
-def test_setup_with_the_table_needs_exactly_both_setup_policies(
-    sqs: Any, dynamodb: Any, recorder: CallRecorder
-) -> None:
-    recorder.watch(dynamodb)
-    needed = setup_calls(Settings(idempotency_table=TABLE), sqs, recorder, dynamodb)
-
-    assert needed == grants("setup", "setup-idempotency")
+    assert needed == grants("setup", policy)
 
 
 def test_the_writer_with_the_table_needs_exactly_both_writer_policies(

@@ -234,7 +234,8 @@ class ProcessedLedger:
 
     def release(self, messages: Sequence[ReceivedMessage]) -> list[None]:
         """Give back the claims this worker holds on these messages' keys (a failed step): the
-        retry runs when it comes. Best effort: a claim not given back lapses with its lease."""
+        retry runs when it comes. Best effort, and never raises: a claim not given back lapses
+        with its lease."""
         keys = {self.record_key(message) for message in messages}
         self._on_own_claims(keys, lambda key: {"Delete": {
             "TableName": self.table, "Key": {"key": {"S": key}}, **self._owned(),
@@ -243,8 +244,9 @@ class ProcessedLedger:
 
     def extend(self, messages: Sequence[ReceivedMessage], *, lease_until: float) -> None:
         """Extend this worker's claims on these messages' keys until `lease_until`, as the
-        heartbeat extends their invisibility. Best effort: a lease not extended may lapse while
-        the step runs, and another worker that receives the message then may run it too."""
+        heartbeat extends their invisibility. Best effort, and never raises: a lease not
+        extended may lapse while the step runs, and another worker that receives the message
+        then may run it too."""
         keys = {self.record_key(message) for message in messages}
         owned = self._owned()
         owned["ExpressionAttributeValues"][":lease_until"] = {"N": _seconds(lease_until)}
@@ -278,6 +280,9 @@ class ProcessedLedger:
                 pending = undecided
         except LedgerUnavailable as exc:
             log.warning("%d claims not %s (%s): they lapse with their leases", len(pending), done, exc)
+            return
+        except Exception:  # a bug of ours or the client's: best effort, never the caller's thread's end
+            log.error("%d claims not %s: they lapse with their leases", len(pending), done, exc_info=True)
             return
         if pending:
             log.warning("%d claims not %s after %d calls: they lapse with their leases", len(pending), done, ROUNDS)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from conftest import Clock
 from sqs_message_service.metrics import WorkerMetrics, by_label, total
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
@@ -17,20 +18,7 @@ from sqsinterface import ReceivedMessage, create_client
 
 TABLE = "processed"
 WINDOW_S = 3600
-NOW = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+NOW = Clock.START
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 
 import pytest
 
+from conftest import Clock
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
 from sqs_message_service.writer.errors import StoreUnavailable
@@ -24,19 +25,6 @@ ANSWER = {"message_id": "m-1"}
 TABLE = "idempotency-keys"
 WINDOW_S = 300
 LEASE_S = 12
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
