@@ -32,6 +32,8 @@ from sqs_message_service.settings import (
     with_options,
 )
 from sqs_message_service.sqs import SqsError, SqsQueue
+from sqs_message_service.tracing import NoTracing
+from sqs_message_service.tracing import configure as configure_tracing
 from sqs_message_service.writer import bridge, checks, stack
 from sqs_message_service.writer.answers import ProblemAnswers
 from sqs_message_service.writer.errors import ServiceError
@@ -44,15 +46,20 @@ log = logging.getLogger(__name__)
 
 def create_app(
     settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None, keys: Optional[KeyStore] = None,
-    source: Optional[Union[Path, Mapping[str, Any]]] = None,
+    source: Optional[Union[Path, Mapping[str, Any]]] = None, tracing: Optional[NoTracing] = None,
 ) -> connexion.FlaskApp:
     """Build the writer. `settings` default to the environment's; `queue` to the configured SQS
     queue on a new client (tests pass one on moto); `keys`, the store of Idempotency-Keys, to
     IDEMPOTENCY_TABLE's when it is set, else the writer's own memory; `source`, the spec before
-    it is fitted to the queue, to swagger.yml (a path, or a document already loaded)."""
+    it is fitted to the queue, to swagger.yml (a path, or a document already loaded); `tracing`
+    to what the OTEL_* variables ask (off unless they do)."""
     settings = settings or Settings.from_env(role="writer")
+    if tracing is None:
+        tracing = configure_tracing(settings, "writer")
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings))
+    if tracing.enabled:
+        queue.tracing = tracing  # a span for each SendMessageBatch
     registry = CollectorRegistry()  # the writer's metrics and its SQS calls
     # One process serves its own registry; one of several serves the sum of all of theirs.
     metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
@@ -63,7 +70,8 @@ def create_app(
             window_s=settings.idempotency_window_s, lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
         )
     writer = Writer(
-        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys
+        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys,
+        tracing=tracing,
     )
 
     api_keys = settings.load_api_keys()
@@ -74,6 +82,7 @@ def create_app(
         fifo=queue.is_fifo,
         content_based_deduplication=_content_based_deduplication(queue),
         keys_required=bool(api_keys),
+        reserved_attribute=tracing.context_attribute,
     )
     flask_bridge: list[bridge.FlaskBridge] = []
 
@@ -82,6 +91,7 @@ def create_app(
         yield
         writer.close()  # the server stopped taking requests: let pending sends finish
         flask_bridge[0].threads.close()
+        tracing.shutdown()  # the spans still to export leave
 
     routes = {
         operation["operationId"]: path
@@ -92,7 +102,7 @@ def create_app(
     middlewares = stack.middlewares(
         api_keys=bool(api_keys),
         # outside connexion's error handling: it answers scrapes first, and sees every final status
-        observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes),
+        observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, tracing=tracing),
         # after routing and the key check, before the body is read
         admission=functools.partial(
             stack.AdmissionLimit, limit=max(1, settings.handler_threads - 1), render=answer.refusal

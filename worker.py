@@ -28,6 +28,7 @@ from sqs_message_service.metrics import SqsMetrics, WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import ConfigError, Settings, add_option, configure_logging, with_options
 from sqs_message_service.sqs import SqsError, SqsQueue
+from sqs_message_service.tracing import configure as configure_tracing
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import StatsPane
 from sqs_message_service.worker.processed import LedgerUnavailable, ProcessedLedger
@@ -109,9 +110,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (LedgerUnavailable, SqsError) as exc:
             print(f"worker: PROCESSED_TABLE={settings.processed_table}: {exc}", file=sys.stderr)
             return 2
+        tracing = configure_tracing(settings, "worker")  # off unless the OTEL_* variables ask for it
+        cleanup.callback(tracing.shutdown)  # the spans still to export leave before the process ends
         worker = Worker(
             queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
-            processor=processor, settings=settings, output=output, processed=processed,
+            processor=processor, settings=settings, output=output, processed=processed, tracing=tracing,
         )
         try:
             metrics_server = serve_metrics(settings, worker.registry)

@@ -232,6 +232,7 @@ def run_e2e(
     timeout_s: float = 600,
     log: Optional[Callable[[str], None]] = print,
     endpoint: Optional[str] = None,
+    env: Optional[dict[str, str]] = None,
 ) -> E2EResult:
     say = log or (lambda *_: None)
     ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
@@ -240,7 +241,7 @@ def run_e2e(
         stale.unlink(missing_ok=True)
     with local_system(
         workdir, engine=engine, endpoint=endpoint, FAILURE_RATE=str(failure_rate),
-        RETRY_BACKOFF_BASE=str(retry_backoff_base_s),
+        RETRY_BACKOFF_BASE=str(retry_backoff_base_s), **(env or {}),  # type: ignore[arg-type]  # all strings
     ) as system:
         worker = system.python(
             "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5",

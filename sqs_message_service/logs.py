@@ -1,4 +1,5 @@
-"""Logging the writer's and the worker's parts share: a throttle for errors that repeat.
+"""Logging the writer's and the worker's parts share: a throttle for errors that repeat, and the
+formatter that joins a log line to its trace.
 
 Logging itself is configured only by the entry points, from log.conf (config.configure_logging).
 """
@@ -40,3 +41,23 @@ class ThrottledLog:
             self.logger.info("%s works again", self._failing)
             self._failing = None
             self._last.clear()
+
+
+#: With tracing on, what gives the current span's (trace id, span id) as hex, or None outside a
+#: span; set by tracing.py. Off, nothing is looked up.
+_trace_ids: Optional[Callable[[], Optional[tuple[str, str]]]] = None
+
+
+def set_trace_ids(lookup: Optional[Callable[[], Optional[tuple[str, str]]]]) -> None:
+    global _trace_ids
+    _trace_ids = lookup
+
+
+class TraceFormatter(logging.Formatter):
+    """log.conf's formatter: `%(trace)s` is ` trace=<32 hex> span=<16 hex>` for a line written
+    inside a span with tracing on, and empty otherwise, so that a log line leads to its trace."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ids = _trace_ids() if _trace_ids is not None else None
+        record.trace = f" trace={ids[0]} span={ids[1]}" if ids else ""
+        return super().format(record)

@@ -247,6 +247,24 @@ class Settings:
     api_keys_file: Optional[Path] = setting(
         None, "API_KEYS_FILE", "a file of keys, one per line (# comments), added to API_KEYS", roles=WRITER,
     )
+    otel_traces_exporter: str = setting(
+        "", "OTEL_TRACES_EXPORTER",
+        "tracing: `otlp` or `console` (comma-separated) turns it on, `none` keeps it off; unset: on when an "
+        "OTLP endpoint is set",
+    )
+    otel_exporter_otlp_endpoint: str = setting(
+        "", "OTEL_EXPORTER_OTLP_ENDPOINT", "tracing: the OTLP/HTTP collector (`/v1/traces` is added); turns tracing on",
+    )
+    otel_exporter_otlp_traces_endpoint: str = setting(
+        "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tracing: the OTLP/HTTP traces URL, whole; turns tracing on",
+    )
+    otel_sdk_disabled: str = setting("", "OTEL_SDK_DISABLED", "tracing: `true` keeps it off whatever else is set")
+    trace_context_in: str = setting(
+        "auto", "TRACE_CONTEXT_IN",
+        "tracing: where a message's trace context travels: `AWSTraceHeader` (the system attribute), `attribute` "
+        "(a `traceparent` message attribute, one of the ten), or `auto`: AWSTraceHeader on real SQS, the "
+        "attribute with SQS_ENDPOINT_URL",
+    )
     log_config: Path = setting(
         DATA_DIR / "log.conf", "LOG_CONFIG", "a logging.config.fileConfig file", default_text="log.conf",
     )
@@ -314,6 +332,10 @@ class Settings:
                     f"{DECLARED[name].env}={table!r}: a DynamoDB table name has 3 to 255 letters, "
                     "digits, '_', '-' or '.'"
                 )
+        if self.trace_context_in not in ("auto", "AWSTraceHeader", "attribute"):
+            raise ConfigError(
+                f"TRACE_CONTEXT_IN={self.trace_context_in!r}: must be auto, AWSTraceHeader or attribute"
+            )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")
         if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor):

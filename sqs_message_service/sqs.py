@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
 
 import botocore.exceptions
 
@@ -193,6 +193,18 @@ def translated_errors(operation: str) -> Iterator[None]:
         raise QueueUnavailable(f"{operation}: SQS unreachable: {exc}") from exc
 
 
+class CallTracing(Protocol):
+    """What tracing.py's Tracing does for the SQS calls: a span around each send and receive."""
+
+    def sending(self, queue: str, messages: Sequence[OutgoingMessage]) -> ContextManager[Any]: ...
+
+    def receiving(self, queue: str) -> ContextManager[Any]: ...
+
+    def received(self, span: Any, messages: Sequence[ReceivedMessage]) -> None: ...
+
+    def failed(self, span: Any, error: BaseException, error_type: Optional[str] = None) -> None: ...
+
+
 class SqsQueue:
     """One SQS queue, found by name, on a client made by `create_client` (one per process, shared
     by its queues; tests pass one under moto). The URL and FIFO settings are looked up on first
@@ -205,6 +217,7 @@ class SqsQueue:
         # Shared by a process's queues, so that its /metrics shows all of them; a queue made
         # alone (tools, tests) counts into a registry of its own.
         self.metrics = metrics if metrics is not None else SqsMetrics()
+        self.tracing: Optional[CallTracing] = None  # with tracing on, a span for each send and receive
         self._url: Optional[str] = None
         self._arn: Optional[str] = None
         self._content_based_dedup: Optional[bool] = None
@@ -318,6 +331,16 @@ class SqsQueue:
         return results
 
     def _send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        if self.tracing is None:
+            return self._send_batch_call(messages)
+        with self.tracing.sending(self.name, messages) as span:
+            results = self._send_batch_call(messages)
+            failure = next((result.error for result in results if result.error is not None), None)
+            if failure is not None:
+                self.tracing.failed(span, failure)
+            return results
+
+    def _send_batch_call(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         entries = [_entry(str(index), message) for index, message in enumerate(messages)]
         try:
             response = self._call(
@@ -344,6 +367,20 @@ class SqsQueue:
         """Long-poll for up to `max_messages` (1 to 10) messages, with their receive count,
         sent time and string attributes; hidden for the queue's visibility timeout, or
         `visibility_timeout_s`."""
+        if self.tracing is None:
+            return self._receive_call(max_messages, wait_s, visibility_timeout_s)
+        with self.tracing.receiving(self.name) as span:
+            try:
+                received = self._receive_call(max_messages, wait_s, visibility_timeout_s)
+            except SqsError as exc:
+                self.tracing.failed(span, exc)
+                raise
+            self.tracing.received(span, received)
+            return received
+
+    def _receive_call(
+        self, max_messages: int, wait_s: int, visibility_timeout_s: Optional[int]
+    ) -> list[ReceivedMessage]:
         extra = {} if visibility_timeout_s is None else {"VisibilityTimeout": visibility_timeout_s}
         response = self._call(
             "ReceiveMessage",

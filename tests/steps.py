@@ -3,7 +3,7 @@ PYTHONPATH=tests): it writes each attempt to the file STEP_LOG names, so that a 
 many times each message reached the step, across workers and kills.
 
 A body `slow:S` sleeps S seconds on its first receive only, so that a test can kill or race a
-worker mid-step and its redelivery runs quickly."""
+worker mid-step and its redelivery runs quickly; a body that starts with `fail` fails every time."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def record(message: ReceivedMessage) -> None:
     _log("start", message)
     if message.body.startswith("slow:") and message.receive_count == 1:
         time.sleep(float(message.body.split(":", 1)[1]))
+    if message.body.startswith("fail"):
+        _log("failed", message)
+        raise ValueError("refused on purpose by the test's step")
     _log("end", message)
 
 

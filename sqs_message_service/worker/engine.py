@@ -36,6 +36,7 @@ from ..metrics import WorkerMetrics
 from ..output import OutputWriter
 from ..settings import Settings
 from ..sqs import SqsError, SqsQueue
+from ..tracing import NO_TRACING, NoTracing
 from .admission import Admission
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
 from .heartbeat import Heartbeat
@@ -61,6 +62,7 @@ class Worker:
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
         output: Optional[OutputWriter] = None, processed: Optional[ProcessedLedger] = None,
+        tracing: NoTracing = NO_TRACING,
     ) -> None:
         self.queue, self.dead_letter_queue, self.processor = queue, dead_letter_queue, processor
         self.settings = settings
@@ -68,6 +70,9 @@ class Worker:
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         self.metrics = WorkerMetrics(self.registry)
         self.processed = processed
+        self.tracing = tracing  # on: spans for each receive, attempt and settlement (tracing.py)
+        if tracing.enabled:
+            queue.tracing = dead_letter_queue.tracing = tracing
         if processed is not None and processed.metrics is None:  # its calls and errors count here
             processed.metrics = self.metrics
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
@@ -82,7 +87,7 @@ class Worker:
             queue=queue, dead_letter_queue=dead_letter_queue, ledger=self.ledger, settings=settings,
             metrics=self.metrics, output=output, worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
-            processed=processed,
+            processed=processed, tracing=tracing,
         )
         self.admission = None if processed is None else Admission(
             processed=processed, fifo=queue.is_fifo, ledger=self.ledger, work=self.work, settler=self.settler,
@@ -118,7 +123,8 @@ class Worker:
             for number in range(self.receivers)
         ]
         self.processors = [
-            ProcessorThread(number, work=self.work, processor=self.processor, ledger=self.ledger, settler=self.settler)
+            ProcessorThread(number, work=self.work, processor=self.processor, ledger=self.ledger, settler=self.settler,
+                            tracing=self.tracing, queue_name=self.queue.name)
             for number in range(self.settings.worker_concurrency)
         ]
         self.heartbeat = Heartbeat(

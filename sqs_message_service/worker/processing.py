@@ -9,6 +9,7 @@ import time
 from typing import Callable, Optional
 
 from ..sqs import ReceivedMessage
+from ..tracing import NO_TRACING, NoTracing
 from .ledger import InFlight, WorkQueue
 from .part import Part
 from .settler import Settler
@@ -58,9 +59,11 @@ class ProcessorThread(Part):
 
     def __init__(
         self, number: int, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler,
+        tracing: NoTracing = NO_TRACING, queue_name: str = "",
     ) -> None:
         super().__init__(name=f"processor-{number}")
         self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
+        self.tracing, self.queue_name = tracing, queue_name  # with tracing on, a process span per attempt
 
     def run(self) -> None:
         while (unit := self.work.get()) is not None:
@@ -79,10 +82,18 @@ class ProcessorThread(Part):
         """Run the step on one message and hand it to the settler; True when it succeeded."""
         started = time.monotonic()
         error: Optional[Exception] = None
-        try:
-            self.processor(message)
-        except Exception as exc:  # whatever the step raises is a failure of this message only
-            error = exc
+        if not self.tracing.enabled:
+            try:
+                self.processor(message)
+            except Exception as exc:  # whatever the step raises is a failure of this message only
+                error = exc
+        else:
+            with self.tracing.processing(message, self.queue_name) as span:  # the step's own spans join it
+                try:
+                    self.processor(message)
+                except Exception as exc:
+                    error = exc
+                    self.tracing.failed(span, exc)
         self.settler.done(message, error, time.monotonic() - started)
         return error is None
 

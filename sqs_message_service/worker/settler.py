@@ -18,6 +18,7 @@ from ..output import OutputWriter, ProcessedRecord
 from ..rules import MAX_ATTRIBUTES
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMessage, SqsQueue
+from ..tracing import NO_TRACING, NoTracing
 from .backoff import compute_backoff
 from .ledger import InFlight
 from .part import Part
@@ -67,7 +68,7 @@ class Settler(Part):
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
         metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
-        processed: Optional[ProcessedLedger] = None,
+        processed: Optional[ProcessedLedger] = None, tracing: NoTracing = NO_TRACING,
     ) -> None:
         super().__init__(name="settler")
         self.queue = queue
@@ -77,15 +78,16 @@ class Settler(Part):
         self.metrics = metrics
         self.output = output
         self.worker_id = worker_id
+        self.tracing = tracing  # with tracing on, a settle span for each batched delete and visibility change
         self._cond = threading.Condition()
         self._finished: list[tuple[ReceivedMessage, Optional[Exception], float]] = []  # (it, error, step's s)
         pending = 10 * settings.worker_concurrency
-        self._deletes: GroupCommit[str, EntryOutcome] = GroupCommit(
+        self._deletes: GroupCommit[ReceivedMessage, EntryOutcome] = GroupCommit(
             self._delete_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="delete",
         )
-        self._visibility: GroupCommit[tuple[str, int], EntryOutcome] = GroupCommit(
-            queue.change_visibility, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
+        self._visibility: GroupCommit[tuple[ReceivedMessage, int], EntryOutcome] = GroupCommit(
+            self._change_visibility_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
             max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
         )
         self.processed = processed
@@ -180,7 +182,7 @@ class Settler(Part):
         if self.processed is not None:
             self._record_then_delete(message)
             return False
-        self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
+        self._hand_over(self._deletes, message, message, "deleted")
         return True
 
     def _record_then_delete(self, message: ReceivedMessage) -> None:
@@ -192,7 +194,7 @@ class Settler(Part):
         def recorded(future: Future[Optional[Exception]]) -> None:
             error = future.exception() or future.result()
             if error is None:
-                self._hand_over(self._deletes, message.receipt_handle, message, "deleted")
+                self._hand_over(self._deletes, message, message, "deleted")
                 self.ledger.finish([message])
             elif self.stopping:
                 log.warning("message %r processed but not recorded as done (%s): stopping, it comes back "
@@ -222,18 +224,20 @@ class Settler(Part):
             )
             log.debug("message %r failed (%s); retry in %d s", message.id, type(error).__name__, delay_s)
             self._give_back_then(message, lambda: self._hand_over(
-                self._visibility, (message.receipt_handle, delay_s), message, "rescheduled"))
+                self._visibility, (message, delay_s), message, "rescheduled"))
             return
         self.metrics.add("dead_lettered")
-        log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
-                 message.id, message.receive_count, type(error).__name__, error)
+        with self.tracing.in_trace_of(message):  # the line and the dead-letter copy's send join its trace
+            log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
+                     message.id, message.receive_count, type(error).__name__, error)
+            sent = self._dead_letter(message, error)
         self._give_back_then(message, lambda: None)  # a redrive with the same key is processed again
-        if self._dead_letter(message, error):
+        if sent:
             # Only now that the dead-letter queue has it: dying before this delete leaves a
             # copy in each queue, never none.
-            self._hand_over(self._deletes, message.receipt_handle, message, "deleted after dead-lettering")
+            self._hand_over(self._deletes, message, message, "deleted after dead-lettering")
         else:  # visible at once instead: SQS's redrive policy moves it on the next receive
-            self._hand_over(self._visibility, (message.receipt_handle, 0), message, "rescheduled")
+            self._hand_over(self._visibility, (message, 0), message, "rescheduled")
 
     def _give_back_then(self, message: ReceivedMessage, then: Callable[[], None]) -> None:
         """Give the message's claim back in the processed ledger (if there is one), then `then`:
@@ -252,7 +256,7 @@ class Settler(Part):
             log.debug("message %r (%s) was processed already: deleted as a duplicate", message.id,
                       message.processing_key)
             self.metrics.add("duplicates")
-            self._hand_over(self._deletes, message.receipt_handle, message, "deleted as a duplicate")
+            self._hand_over(self._deletes, message, message, "deleted as a duplicate")
 
     def come_back_later(self, messages: list[tuple[ReceivedMessage, float]]) -> None:
         """Messages not to be processed now, visible again after the seconds given with each
@@ -260,7 +264,7 @@ class Settler(Part):
         for message, after_s in messages:
             self.metrics.add("held")
             seconds = min(MAX_VISIBILITY_S, max(0, math.ceil(after_s)))
-            self._hand_over(self._visibility, (message.receipt_handle, seconds), message, "left to come back")
+            self._hand_over(self._visibility, (message, seconds), message, "left to come back")
 
     def hand_back(self, messages: list[ReceivedMessage]) -> None:
         """Claimed messages that will not be processed here after all (the processors stopping,
@@ -282,11 +286,26 @@ class Settler(Part):
         except Exception:
             log.error("could not release %d messages", len(messages), exc_info=True)
 
-    def _delete_batch(self, receipt_handles: list[str]) -> list[EntryOutcome]:
+    def _delete_batch(self, messages: list[ReceivedMessage]) -> list[EntryOutcome]:
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""
         if self.output is not None:
             self.output.flush()
-        return self.queue.delete_messages(receipt_handles)
+        with self.tracing.settling("delete", self.queue.name, messages) as span:
+            outcomes = self.queue.delete_messages([message.receipt_handle for message in messages])
+            self._note_failure(span, outcomes)
+        return outcomes
+
+    def _change_visibility_batch(self, changes: list[tuple[ReceivedMessage, int]]) -> list[EntryOutcome]:
+        """A ChangeMessageVisibilityBatch: each message visible again after its seconds."""
+        with self.tracing.settling("change_visibility", self.queue.name, [message for message, _ in changes]) as span:
+            outcomes = self.queue.change_visibility([(message.receipt_handle, seconds) for message, seconds in changes])
+            self._note_failure(span, outcomes)
+        return outcomes
+
+    def _note_failure(self, span: Any, outcomes: list[EntryOutcome]) -> None:
+        failure = next((outcome for outcome in outcomes if outcome is not None), None)
+        if failure is not None:
+            self.tracing.failed(span, failure)
 
     def _dead_letter(self, message: ReceivedMessage, error: Exception) -> bool:
         """Send the message to the dead-letter queue with why it failed; True once SQS has it.
@@ -298,9 +317,9 @@ class Settler(Part):
             log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
                      message.id, len(own))
             return False
-        dead_letter = OutgoingMessage(
+        dead_letter = OutgoingMessage(  # its trace context and Idempotency-Key kept (AWSTraceHeader, or own attributes)
             body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
-            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None,
+            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
         )
         (result,) = self.dead_letter_queue.send([dead_letter])
         if result.error is not None:

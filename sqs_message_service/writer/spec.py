@@ -7,7 +7,9 @@ is one its queue takes:
 - a standard queue: no `deduplication_id` (SQS takes it only on FIFO queues);
 - a FIFO queue: `group_id` required, no `delay_seconds` (SQS takes a delay per queue only), and
   `deduplication_id` required unless the queue has content-based deduplication;
-- no API keys configured: no `security` requirement.
+- no API keys configured: no `security` requirement;
+- tracing carrying its context in a `traceparent` attribute: at most 9 attributes, and none of
+  the user's named so.
 
 `RequestValidator` checks a body against it, including `x-propertyNames`: JSON Schema's
 `propertyNames` (SQS's rule for attribute names), under the vendor prefix OpenAPI 3.0 requires.
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 from jsonschema import ValidationError, validators
@@ -31,8 +34,9 @@ from .connexion_hooks import Draft4RequestValidator
 
 SOURCE = DATA_DIR / "swagger.yml"
 
-#: Where the fields of a message are described, in swagger.yml.
+#: Where the fields of a message are described, in swagger.yml, and the text SQS accepts in them.
 MESSAGE_FIELDS = ("components", "schemas", "MessageFields")
+SQS_TEXT = ("components", "schemas", "SqsText")
 #: The keyword that states what an object's property names must be.
 PROPERTY_NAMES = "x-propertyNames"
 
@@ -57,6 +61,8 @@ class ServedSpec:
     absent: Mapping[str, str]
     #: field -> why this queue needs it
     required: Mapping[str, str]
+    #: the attribute name the writer sets itself (tracing's `traceparent`), if any
+    reserved_attribute: Optional[str] = None
 
     @property
     def body_operations(self) -> frozenset[str]:
@@ -76,7 +82,13 @@ class ServedSpec:
         where = f" - '{'.'.join(str(step) for step in path)}'" if path else ""
         instance = error.instance
         if PROPERTY_NAMES in error.schema_path and isinstance(instance, str):
+            if instance == self.reserved_attribute:
+                return f"attribute {instance!r} carries the trace context while tracing is on; name yours " \
+                       f"otherwise{where}"
             return (attribute_name_problem(instance) or error.message) + where
+        if error.validator == "maxProperties" and path and path[-1] == "attributes" and self.reserved_attribute:
+            return (f"at most {error.validator_value} attributes: while tracing is on, a {self.reserved_attribute!r} "
+                    f"attribute carries the trace context as the tenth{where}")
         if error.validator == "additionalProperties" and isinstance(instance, dict):
             known = error.schema.get("properties", {})
             for name in instance:
@@ -104,11 +116,24 @@ def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
 
 
 def served_spec(
-    source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool
+    source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool,
+    reserved_attribute: Optional[str] = None,
 ) -> ServedSpec:
-    """`source` (swagger.yml, loaded) fitted to a queue of this kind and to the writer's keys."""
+    """`source` (swagger.yml, loaded) fitted to a queue of this kind, to the writer's keys, and
+    to an attribute the writer sets itself (`reserved_attribute`: tracing's context, which then
+    takes one of the ten attributes SQS allows, and its name)."""
     document = copy.deepcopy(dict(source))
     fields = _at(document, MESSAGE_FIELDS)
+    if reserved_attribute is not None:
+        attributes = fields["properties"]["attributes"]
+        attributes["maxProperties"] -= 1
+        attributes["description"] = (
+            f"SQS message attributes, all of data type String (at most {attributes['maxProperties']}: while "
+            f"tracing is on, the writer adds a {reserved_attribute!r} attribute with the trace context, and the "
+            "name is the writer's)."
+        )
+        names = _at(document, SQS_TEXT)["properties"]["attributes"][PROPERTY_NAMES]
+        names["pattern"] = f"^(?!{re.escape(reserved_attribute)}$)" + names["pattern"].removeprefix("^")
     kind = queue_fields(fifo=fifo, content_based_deduplication=content_based_deduplication)
     absent, required = dict(kind.absent), dict(kind.required)
     for name in absent:
@@ -116,7 +141,7 @@ def served_spec(
     fields["required"] = [*fields["required"], *required]
     if not keys_required:
         del document["security"]  # no keys configured: the served spec says so too
-    return ServedSpec(document=document, absent=absent, required=required)
+    return ServedSpec(document=document, absent=absent, required=required, reserved_attribute=reserved_attribute)
 
 
 def _at(document: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

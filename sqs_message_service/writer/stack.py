@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..metrics import WriterMetrics
+from ..tracing import NO_TRACING, NoTracing
 from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
 from .errors import ServiceError, WriterBusy
 
@@ -84,9 +85,12 @@ class RequestObserver:
     the spec is `other`.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str], tracing: NoTracing = NO_TRACING,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing  # with tracing on, a SERVER span around each request
         self.routes = routes  # operationId -> path in the spec
         self.metrics_app = make_asgi_app(metrics.view)
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
@@ -110,17 +114,41 @@ class RequestObserver:
         # connexion's routing notes the operation in scope["extensions"] of a shallow copy of
         # the scope: an extensions dict that exists already is shared, and shows it here too.
         scope.setdefault("extensions", {})
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            duration_s = time.perf_counter() - started
-            requests, duration = self._children(scope, status)
-            requests.inc()
-            duration.observe(duration_s)
-            client = scope.get("client") or ("-", 0)
-            access_log.info(
-                '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000
-            )
+        if not self.tracing.enabled:
+            try:
+                await self.app(scope, receive, send_and_note_status)
+            finally:
+                self._observe(scope, status, started)
+            return
+        with self.tracing.server(scope["method"], scope.get("headers", ())) as span:
+            try:
+                await self.app(scope, receive, send_and_note_status)
+            finally:
+                route = self._route(scope)
+                answered: dict[str, Any] = {"http.response.status_code": status}
+                if route != "other":
+                    span.update_name(f"{scope['method']} {route}")
+                    answered["http.route"] = route
+                if status >= 400:  # HTTP's conventions: a server's 5xx is an error; its 4xx, the client's
+                    answered["error.type"] = str(status)
+                span.set_attributes(answered)
+                if status >= 500:
+                    self.tracing.failed_status(span, str(status))
+                self._observe(scope, status, started)  # the access line, inside the span: it carries its ids
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        duration_s = time.perf_counter() - started
+        requests, duration = self._children(scope, status)
+        requests.inc()
+        duration.observe(duration_s)
+        client = scope.get("client") or ("-", 0)
+        access_log.info('%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000)
+
+    def _route(self, scope: Scope) -> str:
+        """The spec's path of the request's operation (`/api/message`), or `other`."""
+        routing = scope["extensions"].get(ROUTING_CONTEXT, {})
+        path = self.routes.get(routing.get("operation_id") or "")
+        return "other" if path is None else routing.get("api_base_path", "") + path
 
     def _children(self, scope: Scope, status: int) -> tuple[Any, Any]:
         """The request counter's and duration histogram's series for this request."""
@@ -128,14 +156,14 @@ class RequestObserver:
         key = (scope["method"], routing.get("operation_id") or "", status)
         series = self._series.get(key)
         if series is None:
-            path = self.routes.get(key[1])
-            route = "other" if path is None else routing.get("api_base_path", "") + path
+            route = self._route(scope)
             series = (
                 self.metrics.requests.labels(scope["method"], route, str(status)),
                 self.metrics.request_duration.labels(scope["method"], route),
             )
             self._series[key] = series
         return series
+
 
 
 class AdmissionLimit:
