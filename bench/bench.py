@@ -6,11 +6,13 @@ stage on a fresh queue:
 1. raw floor: plain boto3 SendMessageBatch, 10 a call, from a few threads;
 2. write path: POST /api/message through the real writer, then through the same app with its
    SendMessageBatch answered in memory (bench/writer.py --stub), then through connexion's own
-   FlaskApp with a one-line handler (bench/bare.py), each under the writer's serving
-   configuration, same load generator and connections, with the server's CPU time a request.
-   The three serve side by side and take the load in turns, a few short rounds each, so that a
-   drift in the machine's speed weighs on all alike. The ratio real/stub is what SQS costs the
-   write path, real/bare how far the whole writer is from connexion's own floor;
+   FlaskApp with a one-line handler (bench/bare.py), and through the real writer with tracing
+   on (every span exported over OTLP/HTTP to a receiver the benchmark starts), each under the
+   writer's serving configuration, same load generator and connections, with the server's CPU
+   time a request. The four serve side by side and take the load in turns, a few short rounds
+   each, so that a drift in the machine's speed weighs on all alike. The ratio real/stub is what
+   SQS costs the write path, real/bare how far the whole writer is from connexion's own floor,
+   traced/real what tracing costs a request;
 3. cost: SQS calls per accepted message at saturation (group commit), and per processed message
    for a worker draining a backlog with the default 10 % failures (receives, deletes,
    visibility changes, dead letters);
@@ -23,6 +25,9 @@ stage on a fresh queue:
    fifth from the next on a virtual machine; then concurrency 16 with the processed ledger on
    (PROCESSED_TABLE, DynamoDB on a moto server of its own) and off, in turns: its ratio, its
    DynamoDB and SQS calls per message, and the ledger's share of the worker's CPU a message;
+   then concurrency 16 with tracing on (every span exported over OTLP/HTTP to a receiver the
+   benchmark starts) and off, in turns, and 1,000 messages end to end traced, counting those
+   whose trace holds both the writer's and the worker's spans;
 6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
@@ -51,6 +56,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
 from sqs_message_service.aws import create_client  # noqa: E402
 from sqs_message_service.output import ProcessedRecord, read_records  # noqa: E402
 from sqs_message_service.settings import Settings  # noqa: E402
@@ -68,6 +74,9 @@ TARGETS: list[tuple[str, str, float]] = [
     ("worker_c64_ratio", ">=", 0.7),
     ("worker_once_c16_ratio", ">=", 0.85),
     ("dynamodb_calls_per_msg", "<=", 0.5),
+    ("writer_tracing_cpu_ratio", "<=", 1.25),
+    ("worker_tracing_c16_ratio", ">=", 0.85),
+    ("traced_fraction", "==", 1.0),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
 ]
@@ -135,7 +144,7 @@ def raw_floor(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
 
 #: The write stage's servers, each under the writer's serving configuration: the writer with real
 #: SQS calls, the same app with SendMessageBatch answered in memory, and connexion's bare FlaskApp.
-SERVERS = {"real": (WRITER,), "stub": (WRITER, "--stub"), "bare": (BARE,)}
+SERVERS = {"real": (WRITER,), "stub": (WRITER, "--stub"), "bare": (BARE,), "traced": (WRITER,)}
 #: Rounds of load each server gets in turn, so that a machine whose speed drifts during the stage
 #: (this one's moves by a tenth between runs) weighs on all three alike.
 WRITE_ROUNDS = 4
@@ -157,10 +166,13 @@ def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     `write_seconds` each, after a one-second warm-up: their rates, latencies and CPU time a
     request, measured in the same stretch of time."""
     servers: list[Served] = []
+    receiver = OtlpReceiver(keep_spans=False)  # the traced writer exports every span to it
     try:
         for name, (program, *args) in SERVERS.items():
             port = free_port()
             env = {**fresh_queue(system, f"write-{name}"), "PORT": str(port)}
+            if name == "traced":
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
             process = system.start_writer(*args, env=env, program=program, name=f"writer-{name}")
             servers.append(Served(name, process, f"http://127.0.0.1:{port}"))
         for served in servers:
@@ -177,7 +189,8 @@ def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     finally:
         for served in servers:
             system.stop_process(served.process)
-    figures: dict[str, Any] = {}
+        receiver.stop()
+    figures: dict[str, Any] = {"write_traced_traces_exported": len(receiver.services_by_trace)}
     for served in servers:
         name, answered = served.name, served.load
         p50_s, p99_s = answered.latencies(0.50, 0.99)
@@ -364,6 +377,43 @@ def worker_once(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+def tracing(system: LocalSystem, sizes: Sizes, workdir: Path, engine: str) -> dict[str, Any]:
+    """Tracing on, every request sampled, every span exported over OTLP/HTTP to a receiver this
+    starts: the worker at concurrency 16 with and without it, in turns; then the end-to-end run
+    of `sizes.e2e_small` messages, counting the messages whose trace holds both the writer's
+    and the worker's spans (`traced_fraction`)."""
+    receiver = OtlpReceiver(keep_spans=False)
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_TRACES_SAMPLER": "always_on"}
+    try:
+        ideal = 16 / WORK_S
+        count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+        args = ["--concurrency", "16", "--process-time", str(WORK_S), "--failure-rate", "0"]
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        for round_number in range(sizes.worker_drains):
+            for mode in ("on", "off"):
+                records, _, _ = drain(system, f"worker-tracing-{mode}-{round_number}", count=count, args=args,
+                                      extra_env=traced if mode == "on" else {})
+                rates[mode].append(processing_rate(records))
+        worker_traces = len(receiver.services_by_trace)
+        receiver.services_by_trace.clear()
+        (workdir / "e2e-traced").mkdir(exist_ok=True)
+        result = run_e2e(count=sizes.e2e_small, workdir=workdir / "e2e-traced", engine=engine, failure_rate=0.0,
+                         log=None, env=traced)
+        both = sum({"queue-writer", "queue-worker"} <= services for services in receiver.services_by_trace.values())
+    finally:
+        receiver.stop()
+    return {
+        "worker_tracing_c16_ratio": statistics.median(rates["on"]) / ideal,
+        "worker_tracing_c16_ratio_min": min(rates["on"]) / ideal,
+        "worker_tracing_c16_ratio_max": max(rates["on"]) / ideal,
+        "worker_tracing_off_c16_ratio": statistics.median(rates["off"]) / ideal,
+        "worker_tracing_traces": worker_traces,
+        "traced_e2e_accepted": result.accepted,
+        "traced_e2e_lost": result.lost,
+        "traced_fraction": both / max(1, result.accepted),
+    }
+
+
 def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -> dict[str, Any]:
     (workdir / f"e2e-{count}").mkdir(exist_ok=True)
     result = run_e2e(count=count, workdir=workdir / f"e2e-{count}", engine=engine, failure_rate=failure_rate, log=None)
@@ -382,7 +432,7 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "once", "cost", "e2e")
+STAGES = ("raw", "write", "batch", "worker", "once", "tracing", "cost", "e2e")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -398,6 +448,7 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("batch", "batch endpoint", lambda: batch_endpoint(system, sizes)),
             ("worker", "worker scaling", lambda: worker_scaling(system, sizes)),
             ("once", "worker with the processed ledger (PROCESSED_TABLE)", lambda: worker_once(system, sizes)),
+            ("tracing", "tracing on, exported over OTLP/HTTP", lambda: tracing(system, sizes, workdir, engine)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
         ]:
             if stage in stages:
@@ -413,6 +464,8 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
         results["writer_cpu_ms_per_request"] = results["write_real_cpu_ms_per_request"]
         results["stub_cpu_ms_per_request"] = results["write_stub_cpu_ms_per_request"]
         results["bare_cpu_ms_per_request"] = results["write_bare_cpu_ms_per_request"]
+        results["writer_tracing_cpu_ratio"] = (
+            results["write_traced_cpu_ms_per_request"] / max(1e-9, results["write_real_cpu_ms_per_request"]))
     if "write" in stages and "cost" in stages:  # on real SQS, the bill is per request
         results["sqs_requests_per_million_msgs"] = round(
             1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"]))
@@ -445,6 +498,9 @@ def table(results: dict[str, Any]) -> str:
         ("server CPU a request: writer / stub / bare",
          f"{r['writer_cpu_ms_per_request']:.2f} / {r['stub_cpu_ms_per_request']:.2f} / "
          f"{r['bare_cpu_ms_per_request']:.2f} ms"),
+        ("POST /api/message, tracing on (OTLP/HTTP)",
+         f"{rate('write_traced')}, {r['write_traced_cpu_ms_per_request']:.2f} ms CPU a request "
+         f"({r['writer_tracing_cpu_ratio']:.2f}x off)"),
         ("load generator's share of the cores",
          f"{r['write_real_generator_core_share']:.1%} (real), {r['write_stub_generator_core_share']:.1%} (stub)"),
         ("write: mean SendMessageBatch size", f"{r['write_real_mean_batch']:.1f}"),
@@ -466,6 +522,11 @@ def table(results: dict[str, Any]) -> str:
         ("  worker CPU a message: with / without the ledger",
          f"{r['worker_once_cpu_ms_per_msg']:.2f} / {r['worker_once_off_cpu_ms_per_msg']:.2f} ms "
          f"(the ledger's share {r['worker_once_ledger_cpu_share']:.0%})"),
+        ("worker with tracing on, concurrency 16",
+         f"{r['worker_tracing_c16_ratio']:.2f} of ideal ({r['worker_tracing_c16_ratio_min']:.2f} to "
+         f"{r['worker_tracing_c16_ratio_max']:.2f}; off {r['worker_tracing_off_c16_ratio']:.2f})"),
+        ("end to end traced: writer and worker spans in one trace",
+         f"{r['traced_fraction']:.3f} of {r['traced_e2e_accepted']} messages, lost {r['traced_e2e_lost']}"),
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
         ("worker: receives/deletes/visibility per msg",
          f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "

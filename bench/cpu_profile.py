@@ -27,11 +27,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import load  # noqa: E402
 from e2e import local_system  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
 
 PKG = "sqs_message_service"
 #: (part, prefixes of "path:Qualified.function" for it), tried in order for each frame of a sample,
 #: innermost first; py-spy gives paths as imported (server.py, uvicorn/main.py, threading.py).
 PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("tracing (OpenTelemetry, its export)", ("opentelemetry/", "google/protobuf/", f"{PKG}/tracing.py",
+                                              f"{PKG}/trace_header.py")),
     ("boto3 (the SQS calls)", ("botocore/", "boto3/", "urllib3/", "http/client.py", "ssl.py", "socket.py")),
     ("group commit", (f"{PKG}/batcher.py",)),
     ("logging and metrics", ("logging/", "prometheus_client/", f"{PKG}/metrics.py", f"{PKG}/logs.py",
@@ -81,11 +84,14 @@ def _with_function(frame: str) -> str:
     return f"{where.rsplit(':', 1)[0]}:{function}"
 
 
-def profile(seconds: float, engine: str, keep: Optional[Path], stub: bool = False) -> dict[str, float]:
+def profile(seconds: float, engine: str, keep: Optional[Path], stub: bool = False, traced: bool = False
+            ) -> dict[str, float]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    receiver = OtlpReceiver(keep_spans=False) if traced else None
     with tempfile.TemporaryDirectory(prefix="profile-") as work, \
             local_system(Path(work), engine=engine, writer=False) as system:
-        writer = system.start_writer(*(["--stub"] if stub else []), program="bench/writer.py", name="writer")
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url} if receiver is not None else {}
+        writer = system.start_writer(*(["--stub"] if stub else []), program="bench/writer.py", name="writer", env=env)
         load.drive(system.writer_url, "/api/message", connections=32, duration_s=1.0)  # warm-up
         raw = Path(work) / "writer.collapsed"
         recorder = subprocess.Popen(
@@ -103,7 +109,9 @@ def profile(seconds: float, engine: str, keep: Optional[Path], stub: bool = Fals
         shares = split(raw.read_text())
         print(f"profile: {result.ok_per_second(201):.0f} msg/s over {seconds:g} s; "
               f"{sum(1 for _ in raw.read_text().splitlines())} distinct stacks")
-        return shares
+    if receiver is not None:
+        receiver.stop()
+    return shares
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -112,8 +120,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--engine", choices=("fauxqs", "moto"), default="fauxqs", help="local SQS engine")
     parser.add_argument("--keep", type=Path, help="also keep py-spy's collapsed stacks in this file")
     parser.add_argument("--stub", action="store_true", help="the writer with SendMessageBatch answered in memory")
+    parser.add_argument("--traced", action="store_true",
+                        help="the writer with tracing on, exporting every span to a local OTLP/HTTP receiver")
     args = parser.parse_args(argv)
-    shares = profile(args.seconds, args.engine, args.keep, stub=args.stub)
+    shares = profile(args.seconds, args.engine, args.keep, stub=args.stub, traced=args.traced)
     width = max(len(part) for part in shares)
     for part, share in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"{part:<{width}}  {share:6.1%}")

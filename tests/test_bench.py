@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration  # it starts the local endpoint, writers an
 
 NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
-         "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "e2e_1000_seconds", "e2e_10000_lost"]
+         "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "writer_tracing_cpu_ratio",
+         "worker_tracing_c16_ratio", "traced_fraction", "e2e_1000_seconds", "e2e_10000_lost"]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
@@ -72,6 +73,13 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     assert results["worker_once_cpu_ms_per_msg"] > 0 and results["worker_once_duplicates"] == 0
     assert all((tmp_path / f"worker-once-{mode}-{drain}.jsonl").stat().st_size > 0
                for mode in ("on", "off") for drain in range(2))
+    # tracing: the traced writer's spans reached the receiver, and each traced message's trace
+    # held the writer's and the worker's spans
+    assert results["write_traced_msgs_per_s"] > 0 and results["write_traced_traces_exported"] > 0
+    assert results["writer_tracing_cpu_ratio"] > 0 and 0 < results["worker_tracing_c16_ratio"] <= 1.05
+    assert results["worker_tracing_traces"] > 0
+    assert results["traced_e2e_accepted"] == 100 and results["traced_e2e_lost"] == 0
+    assert results["traced_fraction"] == 1.0
     assert results["e2e_100_lost"] == results["e2e_300_lost"] == 0
     assert results["e2e_100_client_exit"] == results["e2e_300_client_exit"] == 0
     assert results["e2e_300_accepted"] == 300
