@@ -8,6 +8,8 @@ The client it is handed is made by `aws.create_client`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,13 +120,16 @@ class ReceivedMessage:
             trace_header=system.get("AWSTraceHeader"),
         )
 
-    @property
+    @functools.cached_property
     def processing_key(self) -> str:
         """What makes two deliveries the same message to the worker's processed ledger
-        (PROCESSED_TABLE): on a FIFO queue its deduplication id; on a standard queue the
-        writer's Idempotency-Key when it was sent with one (hashed, scoped per API key, carried
-        in AWSTraceHeader); otherwise its message id, which every redelivery keeps."""
-        if self.deduplication_id:
+        (PROCESSED_TABLE): on a FIFO queue the deduplication id its sender gave; on a standard
+        queue the writer's Idempotency-Key when it was sent with one (hashed, scoped per API
+        key, carried in AWSTraceHeader); otherwise its message id, which every redelivery
+        keeps. A deduplication id SQS made from the body (content-based deduplication) is not
+        a key: SQS holds it for five minutes only, and two orders with the same text a day
+        apart are two orders."""
+        if self.deduplication_id and self.deduplication_id != hashlib.sha256(self.body.encode("utf-8")).hexdigest():
             return f"dedup:{self.deduplication_id}"
         key = idempotency_key(self.trace_header)
         if key is not None:

@@ -215,5 +215,5 @@ def test_with_dynamodb_stopped_nothing_is_processed_blindly_nothing_is_lost_and_
     # THEN nothing reached the step while the table did not answer, and each message did once after
     assert during_outage == 10
     assert ledgered.steps("start") == collections.Counter({message_id: 1 for message_id in ids})
-    assert "did not answer" in worker.output and "works again" in worker.output
+    assert "did not take the claims" in worker.output and "works again" in worker.output
     assert summary_of(summary)["dead_lettered"] == 0

@@ -10,6 +10,7 @@ that arrive meanwhile leave together, in one TransactWriteItems of up to 100 mes
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 from typing import Optional
 
@@ -39,7 +40,9 @@ class Admission:
         calls_at_once: int,
     ) -> None:
         self.processed, self.fifo, self.ledger, self.work, self.settler = processed, fifo, ledger, work, settler
-        self.failures = 0  # checks of the table in a row that failed; 0: it answers
+        self.failures = 0  # claims and checks in a row that failed; 0: claims go through
+        self._trial = False  # the table answered its check: one receive may try a claim again
+        self._lock = threading.Lock()
         self._down = ThrottledLog(log)
         self._claims: GroupCommit[Received, list[Claim]] = GroupCommit(
             self._claim, max_batch=TRANSACT_MAX_ITEMS // BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
@@ -48,11 +51,14 @@ class Admission:
 
     @property
     def down(self) -> bool:
-        """The table did not answer the last claim or check: receive nothing until it does."""
-        return self.failures > 0
+        """The last claim did not go through: receive nothing until `answers` opens a trial."""
+        with self._lock:
+            return self.failures > 0 and not self._trial
 
     def admit(self, messages: list[ReceivedMessage], deadline: float) -> None:
         """Claim a receive's messages, in flight until `deadline`; returns at once."""
+        with self._lock:
+            self._trial = False  # that receive was the trial: its claim says whether the outage is over
         try:
             future = self._claims.submit((messages, deadline))
         except (Overloaded, Closed):  # stopping: none will be processed here
@@ -62,15 +68,20 @@ class Admission:
         future.add_done_callback(lambda claimed: self._dispatch(messages, claimed))
 
     def answers(self) -> bool:
-        """While the table is down: ask it once; True, and the outage over, when it answers."""
+        """While claims fail: ask the table once (DescribeTable, which costs no receive). True
+        when it answers: then one receive may try a claim. The outage is over only when a claim
+        goes through, so a table that answers its description but refuses writes (throttled,
+        a key disabled, a right missing) costs a receive's worth of receive counts per trial,
+        with the pauses between trials growing, never a receive at every pause."""
         try:
             self.processed.check()
         except LedgerUnavailable as exc:
-            self.failures += 1
+            with self._lock:
+                self.failures += 1
             self._down.warning(exc, "checking the processed ledger")
             return False
-        self.failures = 0
-        self._down.recovered()
+        with self._lock:
+            self._trial = True
         return True
 
     def close(self, timeout_s: float) -> None:
@@ -111,10 +122,16 @@ class Admission:
                     later.append((message, claim.held_s))
                 # UNAVAILABLE: left as it is, to come back after its visibility timeout
         if any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
-            self.failures = max(1, self.failures)
+            with self._lock:
+                self.failures += 1  # the pauses between trials grow with each failed one
             self._down.warning(LedgerUnavailable(
-                f"PROCESSED_TABLE {self.processed.table!r} did not answer: nothing is processed until it does, "
-                "and what was received comes back after its visibility timeout"), "claiming")
+                f"PROCESSED_TABLE {self.processed.table!r} did not take the claims: nothing is processed until it "
+                "does, and what was received comes back after its visibility timeout"), "claiming")
+        elif claims:
+            with self._lock:
+                was_down, self.failures = self.failures > 0, 0
+            if was_down:
+                self._down.recovered()
         if later:
             self.settler.come_back_later(later)
         if behind:

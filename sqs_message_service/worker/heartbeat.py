@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from typing import Optional
 
-from ..sqs import SqsQueue
+from ..sqs import ReceivedMessage, SqsQueue
 from .ledger import InFlight
 from .part import Part
 from .processed import ProcessedLedger, wall_clock
@@ -26,6 +27,10 @@ class Heartbeat(Part):
         super().__init__(name="heartbeat")
         self.queue, self.ledger, self.visibility_timeout_s = queue, ledger, visibility_timeout_s
         self.processed = processed
+        # The leases are extended on a thread of their own: a DynamoDB that stalls (attempts
+        # of seconds each) must never hold back the next beat's visibility extensions.
+        self._leases = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-extension")
+        self._extending: Optional[concurrent.futures.Future[None]] = None
 
     def run(self) -> None:
         interval_s = max(0.2, self.visibility_timeout_s / 3)
@@ -43,4 +48,14 @@ class Heartbeat(Part):
                     log.warning("heartbeat for %r failed (%s)", message.id, outcome)
             self.ledger.extended(extended, deadline=now + self.visibility_timeout_s)
             if self.processed is not None:  # all of them: a lease outlives a visibility SQS would not extend
-                self.processed.extend(due, lease_until=wall_clock(now + self.visibility_timeout_s))
+                self._extend_leases(due, lease_until=wall_clock(now + self.visibility_timeout_s))
+        self._leases.shutdown(wait=False)
+
+    def _extend_leases(self, messages: list[ReceivedMessage], *, lease_until: float) -> None:
+        """Hand the leases' extension to its thread, unless the last one is still under way (a
+        stalled table): then this beat's is skipped, and the next beat's covers it."""
+        if self._extending is not None and not self._extending.done():
+            log.warning("the last extension of %d leases is still under way: this beat's is skipped", len(messages))
+            return
+        assert self.processed is not None
+        self._extending = self._leases.submit(self.processed.extend, messages, lease_until=lease_until)

@@ -50,6 +50,10 @@ BATCH_WRITE_MAX_ITEMS = 25
 ROUNDS = 4
 #: The pause before a batch's unprocessed items are written again, doubled each round.
 UNPROCESSED_PAUSE_S = 0.05
+#: A lease that ends within this is waited out and claimed, rather than its message sent back
+#: for another receive (which SQS counts): the lease of a worker that died ends as its message's
+#: invisibility does, give or take the receive's round trip.
+LAPSING_S = 1.0
 
 PROCESSING, DONE_STATE = "processing", "done"
 
@@ -117,6 +121,13 @@ class ProcessedLedger:
                 if not pending:
                     break
                 pending = self._claim_round(pending, lease_until, verdicts, fresh_only=round_number == 0)
+            lapsing = [(key, claim.message) for key, claim in verdicts.items()
+                       if claim.verdict is Verdict.HELD and claim.held_s < LAPSING_S]
+            if lapsing and not pending:  # a dead worker's lease, ending as its message came back
+                time.sleep(max(verdicts[key].held_s for key, _ in lapsing))
+                for key, _ in lapsing:
+                    del verdicts[key]
+                pending = self._claim_round(lapsing, lease_until, verdicts, fresh_only=False)
         except LedgerUnavailable:
             pending = [(key, m) for key, m in first_of_key.items() if key not in verdicts]
         for key, message in pending:  # still undecided: as good as no answer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
@@ -22,7 +21,7 @@ from sqs_message_service.tables import ensure_table
 from sqs_message_service.worker.consumer import receivers_for
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.pane import poll_depths
-from sqs_message_service.worker.processed import ProcessedLedger, Verdict
+from sqs_message_service.worker.processed import Claim, ProcessedLedger, Verdict
 from sqs_message_service.worker.processing import SimulatedWork
 from sqsinterface import BATCH_MAX_ENTRIES, OutgoingMessage, QueueUnavailable, ReceivedMessage, SqsQueue, create_client
 
@@ -91,15 +90,18 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         burst: bool = True,
         attributes: Optional[dict[str, str]] = None,
         processed: Optional[ProcessedLedger] = None,
+        deduplication_ids: Optional[list[str]] = None,
         **overrides: Any,
     ) -> RunningWorker:
         settings = Settings(**{**FAST, **overrides})
         sqs_setup.set_up(settings, sqs)
         queue = SqsQueue(settings.queue_name, sqs)
         group_id = "one-group" if settings.is_fifo else None
-        results = queue.send(
-            [OutgoingMessage(body=body, group_id=group_id, attributes=attributes or {}) for body in bodies]
-        )
+        results = queue.send([
+            OutgoingMessage(body=body, group_id=group_id, attributes=attributes or {},
+                            deduplication_id=deduplication_ids[n] if deduplication_ids else None)
+            for n, body in enumerate(bodies)
+        ])
         assert all(result.ok for result in results)
         output = io.StringIO()
         worker = Worker(
@@ -629,19 +631,19 @@ def test_a_failed_step_gives_its_claim_back_and_its_retry_runs(
 def test_a_message_whose_key_another_worker_holds_comes_back_when_that_lease_ends(
     start_worker: Callable[..., RunningWorker], dynamodb: Any
 ) -> None:
-    # GIVEN a FIFO message (known by its content's deduplication id) whose key a worker that
+    # GIVEN a FIFO message (known by its deduplication id, order-1001) whose key a worker that
     # was killed mid-step holds for 2 more seconds
     ensure_table(dynamodb, "processed", role="processed-messages", setting="PROCESSED_TABLE")
     ledgers = [ProcessedLedger("processed", dynamodb, queue_name="messages.fifo", window_s=3600, worker_id=name)
                for name in ("killed", "this")]
     held_until, lease_ends_at = time.time() + 2, time.monotonic() + 2
-    key = "dedup:" + hashlib.sha256(b"m1").hexdigest()
-    killed_claim = ReceivedMessage(id="earlier", body="m1", receipt_handle="-", deduplication_id=key[6:])
+    killed_claim = ReceivedMessage(id="earlier", body="m1", receipt_handle="-", deduplication_id="order-1001")
     assert [c.verdict for c in ledgers[0].claim([killed_claim], lease_until=held_until)] == [Verdict.CLAIMED]
     recorder = Recorder()
 
     # WHEN a worker receives it
-    running = start_worker(recorder, ["m1"], queue_name="messages.fifo", processed=ledgers[1])
+    running = start_worker(recorder, ["m1"], queue_name="messages.fifo", processed=ledgers[1],
+                           deduplication_ids=["order-1001"])
 
     # THEN it leaves it until that lease ends, then processes it, once
     assert running.wait() == 0
@@ -672,3 +674,32 @@ def test_a_stop_gives_back_the_claims_of_what_it_hands_back(
     assert states.count("done") == running.worker.metrics.count("processed") > 0
     assert "processing" not in states
     assert running.worker.metrics.count("released") > 0
+
+
+def test_a_table_that_answers_but_takes_no_claim_keeps_the_worker_waiting_longer_each_time(
+    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GIVEN a table that describes itself (DescribeTable answers) but takes no claim, as a
+    # throttled table or a role without PutItem would
+    attempts: list[int] = []
+
+    def refused(messages: Any, **_: Any) -> list[Claim]:
+        attempts.append(len(messages))
+        return [Claim(message, Verdict.UNAVAILABLE) for message in messages]
+
+    monkeypatch.setattr(processed, "claim", refused)
+    recorder = Recorder()
+
+    # WHEN a worker tries for a while
+    running = start_worker(recorder, [f"m{n}" for n in range(5)], processed=processed, burst=False,
+                           visibility_timeout_s=1)
+    wait_until(lambda: len(attempts) >= 3, timeout_s=30, what="three claims tried")
+    admission = running.worker.admission
+    assert admission is not None
+
+    # THEN nothing reached the step, and the outage was never taken as over: each trial that
+    # failed made the next pause longer
+    assert recorder.attempts == []
+    assert admission.failures >= 2 and admission.down
+    assert "works again" not in caplog.text

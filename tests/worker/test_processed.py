@@ -3,6 +3,8 @@ keys, its calls per message, and a table that does not answer."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
 import pytest
@@ -95,6 +97,21 @@ def test_a_lapsed_lease_is_claimed_again_at_once(table: str, dynamodb: Any, cloc
     assert verdicts(other.claim([message(1)], lease_until=clock.now + 30)) == [Verdict.CLAIMED]
 
 
+def test_a_lease_ending_as_its_message_comes_back_is_waited_out_not_sent_round_again(
+    table: str, dynamodb: Any
+) -> None:
+    # a real clock: the lease of a worker that died ends 0.3 s after its message came back here
+    started = time.time()
+    killed, other = (ProcessedLedger(TABLE, dynamodb, queue_name="messages", window_s=WINDOW_S, worker_id=name)
+                     for name in ("killed", "other"))
+    killed.claim([message(1)], lease_until=started + 0.3)
+
+    (claim,) = other.claim([message(1)], lease_until=started + 30)
+
+    assert claim.verdict is Verdict.CLAIMED  # not HELD for 0.3 s, which would cost another receive
+    assert time.time() - started >= 0.3
+
+
 def test_a_record_past_its_window_counts_as_absent(table: str, dynamodb: Any, clock: Clock) -> None:
     ledger = a_worker(dynamodb, clock)
     ledger.claim([message(1)], lease_until=NOW + 30)
@@ -175,11 +192,13 @@ def test_a_table_that_does_not_answer_makes_every_claim_unavailable(
     [
         ({}, "id:id-1"),
         ({"deduplication_id": "order-1001"}, "dedup:order-1001"),
+        ({"deduplication_id": hashlib.sha256(b"body 1").hexdigest()}, "id:id-1"),  # SQS's, from the body
         ({"trace_header": with_idempotency_key("00112233445566778899aabbccddeeff")},
          "idempotency:00112233445566778899aabbccddeeff"),
         ({"trace_header": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}, "id:id-1"),  # someone else's
     ],
-    ids=["message-id", "fifo-deduplication-id", "writer-idempotency-key", "a-trace-header-without-a-key"],
+    ids=["message-id", "fifo-deduplication-id", "content-based-deduplication", "writer-idempotency-key",
+         "a-trace-header-without-a-key"],
 )
 def test_a_message_is_known_by_its_processing_key(fields: dict[str, Any], key: str) -> None:
     assert message(1, **fields).processing_key == key
