@@ -13,10 +13,12 @@ never in neither.
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import sys
 import time
 from datetime import datetime
-from typing import Callable, Mapping, Optional, TextIO
+from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from .aws import create_client
 from .settings import settings_for_command
@@ -28,6 +30,15 @@ DEAD_LETTER_PREFIX = "dead_letter."
 SOURCE_ID = DEAD_LETTER_PREFIX + "source_id"
 #: How much of an error's text travels with a dead letter.
 ERROR_TEXT_CHARS = 256
+#: The earlier failed attempts a worker saw of a message, as a JSON list of
+#: [receive count, ISO time, error type, error text]: only where the message's own attributes
+#: leave room for a seventh (SQS allows ten), the latest EARLIER_MAX of them, each error text
+#: cut to EARLIER_TEXT_CHARS.
+EARLIER = DEAD_LETTER_PREFIX + "earlier"
+EARLIER_MAX = 9
+EARLIER_TEXT_CHARS = 120
+#: Messages whose failures a worker remembers, for EARLIER, before the oldest are forgotten.
+HISTORY_MAX_MESSAGES = 10_000
 
 #: How long a listed or moving message stays hidden from others while this tool holds it.
 HOLD_S = 60
@@ -37,19 +48,86 @@ MOVE_TASK_POLL_S = 1.0
 Progress = Callable[[int, Optional[int]], None]
 
 
+def error_text(error: BaseException, chars: int = ERROR_TEXT_CHARS) -> str:
+    """An error's text as it travels with a dead letter: printable characters only, cut short."""
+    return "".join(c if c.isprintable() else " " for c in str(error))[:chars].strip() or "(no message)"
+
+
 def failure_attributes(
     message: ReceivedMessage, error: BaseException, *, worker_id: str, at: datetime
 ) -> dict[str, str]:
     """Why a message is dead-lettered, as message attributes an operator can read in any SQS
     console: its source id, the error's type and text, the attempts, which worker, when."""
-    text = "".join(c if c.isprintable() else " " for c in str(error))[:ERROR_TEXT_CHARS].strip()
     return {
         SOURCE_ID: message.id,
         DEAD_LETTER_PREFIX + "error_type": type(error).__name__,
-        DEAD_LETTER_PREFIX + "error": text or "(no message)",
+        DEAD_LETTER_PREFIX + "error": error_text(error),
         DEAD_LETTER_PREFIX + "attempts": str(message.receive_count),
         DEAD_LETTER_PREFIX + "worker": worker_id,
         DEAD_LETTER_PREFIX + "at": at.isoformat(timespec="milliseconds"),
+    }
+
+
+class FailureHistory:
+    """The failed attempts a worker saw of the messages that are to come back, so that a dead
+    letter can carry each attempt's error and not only the last (EARLIER). One worker sees the
+    attempts it received; those another worker received are in that worker's log. Bounded: past
+    HISTORY_MAX_MESSAGES messages the oldest are forgotten. Used by the settler's one thread."""
+
+    def __init__(self, max_messages: int = HISTORY_MAX_MESSAGES) -> None:
+        self.max_messages = max_messages
+        self._attempts: collections.OrderedDict[str, list[list[Any]]] = collections.OrderedDict()
+
+    def failed(self, message: ReceivedMessage, error: BaseException, at: datetime) -> None:
+        attempts = self._attempts.pop(message.id, [])
+        attempts.append([message.receive_count, at.isoformat(timespec="milliseconds"), type(error).__name__,
+                         error_text(error, EARLIER_TEXT_CHARS)])
+        self._attempts[message.id] = attempts[-EARLIER_MAX:]
+        while len(self._attempts) > self.max_messages:
+            self._attempts.popitem(last=False)
+
+    def forget(self, message_id: str) -> list[list[Any]]:
+        """The attempts remembered of a message, forgotten now (it succeeded or is dead-lettered)."""
+        return self._attempts.pop(message_id, [])
+
+    def __len__(self) -> int:
+        return len(self._attempts)
+
+
+def earlier_attribute(attempts: Sequence[Sequence[Any]]) -> dict[str, str]:
+    """EARLIER for these earlier attempts; none when there were none."""
+    if not attempts:
+        return {}
+    return {EARLIER: json.dumps([list(attempt) for attempt in attempts[-EARLIER_MAX:]], separators=(",", ":"))}
+
+
+def reasons(message: ReceivedMessage) -> dict[str, Any]:
+    """What the worker recorded of a dead letter, read back: each attempt's failure (earlier
+    ones as far as that worker saw them, then the last), the receive count, the first and last
+    failure times and the source message id. `recorded` is False for one SQS's redrive policy
+    moved (no worker wrote reasons: the worker's log has them)."""
+    attributes = message.attributes
+    if SOURCE_ID not in attributes:
+        return {"recorded": False, "source_id": None, "attempts": None, "worker": None, "failures": [],
+                "first_failure_at": None, "last_failure_at": None}
+    failures: list[dict[str, Any]] = []
+    try:
+        earlier = json.loads(attributes.get(EARLIER, "[]"))
+        failures = [{"attempt": int(n), "at": str(at), "error_type": str(kind), "error": str(text)}
+                    for n, at, kind, text in earlier]
+    except (ValueError, TypeError):  # not ours, or cut: the last failure still stands
+        failures = []
+    last_at = attributes.get(DEAD_LETTER_PREFIX + "at")
+    attempts = attributes.get(DEAD_LETTER_PREFIX + "attempts", "")
+    failures.append({
+        "attempt": int(attempts) if attempts.isdigit() else None, "at": last_at,
+        "error_type": attributes.get(DEAD_LETTER_PREFIX + "error_type"),
+        "error": attributes.get(DEAD_LETTER_PREFIX + "error"),
+    })
+    return {
+        "recorded": True, "source_id": attributes[SOURCE_ID], "attempts": int(attempts) if attempts.isdigit() else None,
+        "worker": attributes.get(DEAD_LETTER_PREFIX + "worker"), "failures": failures,
+        "first_failure_at": failures[0]["at"], "last_failure_at": last_at,
     }
 
 
@@ -58,21 +136,35 @@ def without_reasons(attributes: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in attributes.items() if not name.startswith(DEAD_LETTER_PREFIX)}
 
 
-def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies: bool, out: TextIO) -> int:
-    """Print up to `max_messages` dead letters with their reasons; returns how many. They are
-    made visible again before this returns, so nothing is consumed."""
+def sample(dead_letter_queue: SqsQueue, *, max_messages: int, next_wait_s: int = 1) -> list[ReceivedMessage]:
+    """Up to `max_messages` dead letters, read and given back: SQS has no peek, so each is
+    received (hidden for HOLD_S, so that one reading does not see a message twice) and made
+    visible again before this returns, consuming nothing. The first receive waits up to a
+    second for a message; the next ones `next_wait_s`: 0 ends a reading of a small queue at
+    once, where on real SQS a short poll may miss some (it asks only some of SQS's servers)."""
     held: list[ReceivedMessage] = []
+    seen: set[str] = set()
     try:
         while len(held) < max_messages:
             batch = dead_letter_queue.receive(
-                max_messages=min(BATCH_MAX_ENTRIES, max_messages - len(held)), wait_s=1, visibility_timeout_s=HOLD_S
+                max_messages=min(BATCH_MAX_ENTRIES, max_messages - len(held)), wait_s=1 if not held else next_wait_s,
+                visibility_timeout_s=HOLD_S,
             )
             if not batch:
                 break
-            held.extend(batch)
+            fresh = [message for message in batch if message.id not in seen]
+            seen.update(message.id for message in fresh)
+            held.extend(fresh)
     finally:
         if held:
             dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message in held])
+    return held
+
+
+def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies: bool, out: TextIO) -> int:
+    """Print up to `max_messages` dead letters with their reasons; returns how many. They are
+    made visible again before this returns, so nothing is consumed."""
+    held = sample(dead_letter_queue, max_messages=max_messages)
     for message in held:
         out.write(describe(message, body=bodies) + "\n")
     out.write(f"{len(held)} dead letters shown ({dead_letter_queue.name!r})\n")

@@ -262,9 +262,8 @@ class SqsQueue:
             return False
 
     def attributes(self, names: Sequence[str] = ("All",)) -> dict[str, str]:
-        return self._call("GetQueueAttributes", QueueUrl=self.url, AttributeNames=list(names))[
-            "Attributes"
-        ]
+        # SQS leaves out "Attributes" when the queue has none of those asked (a RedrivePolicy, say).
+        return self._call("GetQueueAttributes", QueueUrl=self.url, AttributeNames=list(names)).get("Attributes", {})
 
     def depth(self) -> dict[str, int]:
         """SQS's approximate counts: waiting, in flight (received, not yet deleted), delayed."""

@@ -133,3 +133,55 @@ def test_where_sqs_has_no_move_tasks_redrive_says_so_and_moves_by_hand() -> None
     assert moved == 0
     assert "StartMessageMoveTask is not available here" in said[0]
     stubber.assert_no_pending_responses()
+
+
+# Each attempt's error, for the console
+
+
+def test_the_history_keeps_each_failed_attempt_until_the_message_is_dead_lettered_or_succeeds() -> None:
+    history = dlq.FailureHistory(max_messages=2)
+    first = ReceivedMessage(id="m-1", body="b", receipt_handle="r", receive_count=1)
+    second = ReceivedMessage(id="m-1", body="b", receipt_handle="r2", receive_count=2)
+
+    history.failed(first, ValueError("no stock\nat all"), AT)
+    history.failed(second, KeyError("sku"), AT)
+
+    assert history.forget("m-1") == [[1, "2026-11-22T12:00:00.000+00:00", "ValueError", "no stock at all"],
+                                     [2, "2026-11-22T12:00:00.000+00:00", "KeyError", "'sku'"]]
+    assert history.forget("m-1") == []  # forgotten once read
+    for n in range(3):  # bounded: the oldest message goes first
+        history.failed(ReceivedMessage(id=f"x-{n}", body="b", receipt_handle="r"), ValueError("v"), AT)
+    assert len(history) == 2 and history.forget("x-0") == []
+
+
+def test_reasons_read_back_each_attempt_first_and_last_failure_and_the_source_id() -> None:
+    failed = ReceivedMessage(id="src-1", body="b", receipt_handle="r", receive_count=3)
+    later = datetime(2026, 11, 22, 12, 5, tzinfo=timezone.utc)
+    attributes = {
+        **failure_attributes(failed, ValueError("third"), worker_id="host:7", at=later),
+        **dlq.earlier_attribute([[1, AT.isoformat(), "ValueError", "first"], [2, AT.isoformat(), "KeyError", "2nd"]]),
+    }
+
+    why = dlq.reasons(ReceivedMessage(id="dlq-1", body="b", receipt_handle="r", attributes=attributes))
+
+    assert why["source_id"] == "src-1" and why["attempts"] == 3 and why["recorded"]
+    assert [(f["attempt"], f["error_type"], f["error"]) for f in why["failures"]] == [
+        (1, "ValueError", "first"), (2, "KeyError", "2nd"), (3, "ValueError", "third")]
+    assert why["first_failure_at"] == AT.isoformat()
+    assert why["last_failure_at"] == later.isoformat(timespec="milliseconds")
+    moved_by_sqs = dlq.reasons(ReceivedMessage(id="dlq-2", body="b", receipt_handle="r", attributes={"own": "x"}))
+    assert not moved_by_sqs["recorded"] and moved_by_sqs["failures"] == []
+
+
+def test_a_sample_gives_back_what_it_read_and_reads_a_page_not_the_queue(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    _, dead_letter_queue = queues
+    for start in range(0, 60, 10):
+        dead_letter_queue.send([dead_letter(f"order {n}") for n in range(start, start + 10)])
+    before = dict(dead_letter_queue.calls)
+
+    held = dlq.sample(dead_letter_queue, max_messages=25)
+
+    assert len(held) == len({message.id for message in held}) == 25
+    receives = dead_letter_queue.calls["ReceiveMessage"] - before.get("ReceiveMessage", 0)
+    assert receives == 3  # 10 + 10 + 5, not the 60 the queue holds
+    assert dead_letter_queue.depth()["visible"] == 60  # every one given back

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
-from ..dlq import failure_attributes, without_reasons
+from ..dlq import FailureHistory, earlier_attribute, failure_attributes, without_reasons
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter, ProcessedRecord
-from ..rules import MAX_ATTRIBUTES
+from ..rules import MAX_ATTRIBUTES, payload_bytes
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMessage, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
@@ -79,6 +79,7 @@ class Settler(Part):
         self.output = output
         self.worker_id = worker_id
         self.tracing = tracing  # with tracing on, a settle span for each batched delete and visibility change
+        self.history = FailureHistory()  # each attempt's error, for the dead letter's reasons
         self._cond = threading.Condition()
         self._finished: list[tuple[ReceivedMessage, Optional[Exception], float]] = []  # (it, error, step's s)
         pending = 10 * settings.worker_concurrency
@@ -177,6 +178,8 @@ class Settler(Part):
         if self.output is not None:  # out before the delete (_delete_batch): nothing acknowledged is missing
             self.output.write(ProcessedRecord.of(message, processed_at_s=now))
         self.metrics.add("processed")
+        if self.history:
+            self.history.forget(message.id)
         if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
             self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
         if self.processed is not None:
@@ -223,6 +226,7 @@ class Settler(Part):
                 max_s=self.settings.retry_backoff_max_s,
             )
             log.debug("message %r failed (%s); retry in %d s", message.id, type(error).__name__, delay_s)
+            self.history.failed(message, error, datetime.now(timezone.utc))
             self._give_back_then(message, lambda: self._hand_over(
                 self._visibility, (message, delay_s), message, "rescheduled"))
             return
@@ -230,7 +234,7 @@ class Settler(Part):
         with self.tracing.in_trace_of(message):  # the line and the dead-letter copy's send join its trace
             log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
                      message.id, message.receive_count, type(error).__name__, error)
-            sent = self._dead_letter(message, error)
+            sent = self._dead_letter(message, error, self.history.forget(message.id))
         self._give_back_then(message, lambda: None)  # a redrive with the same key is processed again
         if sent:
             # Only now that the dead-letter queue has it: dying before this delete leaves a
@@ -307,16 +311,22 @@ class Settler(Part):
         if failure is not None:
             self.tracing.failed(span, failure)
 
-    def _dead_letter(self, message: ReceivedMessage, error: Exception) -> bool:
+    def _dead_letter(self, message: ReceivedMessage, error: Exception, earlier: list[list[Any]]) -> bool:
         """Send the message to the dead-letter queue with why it failed; True once SQS has it.
         False, leaving it to SQS's redrive policy, when the reasons do not fit beside the
-        message's own attributes, or SQS refuses the send."""
+        message's own attributes, or SQS refuses the send. The `earlier` attempts' errors this
+        worker saw go too where a seventh attribute fits, in number and in size."""
         reasons = failure_attributes(message, error, worker_id=self.worker_id, at=datetime.now(timezone.utc))
         own = without_reasons(message.attributes)  # a redriven message's earlier reasons go
         if len(own) + len(reasons) > MAX_ATTRIBUTES:
             log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
                      message.id, len(own))
             return False
+        history = earlier_attribute(earlier)
+        if history and len(own) + len(reasons) + 1 <= MAX_ATTRIBUTES and payload_bytes(
+            message.body, {**own, **reasons, **history}
+        ) <= self.settings.max_message_bytes:
+            reasons.update(history)
         dead_letter = OutgoingMessage(  # its trace context and Idempotency-Key kept (AWSTraceHeader, or own attributes)
             body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
             deduplication_id=message.id if self.dead_letter_queue.is_fifo else None, trace_header=message.trace_header,

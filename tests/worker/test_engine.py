@@ -214,8 +214,12 @@ def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone
         "dead_letter.attempts": "3",
         "dead_letter.worker": running.worker.worker_id,
         "dead_letter.at": attributes["dead_letter.at"],
+        "dead_letter.earlier": attributes["dead_letter.earlier"],
     }
     assert datetime.fromisoformat(attributes["dead_letter.at"]).tzinfo is not None
+    earlier = json.loads(attributes["dead_letter.earlier"])  # each attempt's error, as this worker saw them
+    assert [(n, kind, text) for n, _, kind, text in earlier] == [
+        (1, "ValueError", "cannot parse order  42"), (2, "ValueError", "cannot parse order  42")]
     stats, _ = running.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
     assert running.output_lines == []
@@ -234,6 +238,19 @@ def test_a_message_with_no_room_for_the_reasons_is_left_to_sqs_redrive(
     assert dead["Body"] == "crowded"
     assert {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()} == own
     assert sum(queue.depth().values()) == 0
+
+
+def test_earlier_attempts_go_only_where_a_seventh_attribute_fits(
+    start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any
+) -> None:
+    own = {f"a{n}": "v" for n in range(4)}  # 4 + the 6 reasons = SQS's 10: no room for the earlier ones
+
+    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=1.0), ["full"], attributes=own)
+
+    assert running.wait() == 0
+    (dead,) = drain(queues[1])
+    names = set(dead["MessageAttributes"])
+    assert len(names) == 10 and "dead_letter.error" in names and "dead_letter.earlier" not in names
 
 
 def test_failure_attributes_are_short_printable_and_never_empty() -> None:
