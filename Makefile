@@ -4,8 +4,8 @@
 # make profile: where the writer's CPU goes, by part of the stack.
 # make containers: build the image and run docker-compose.yml for real, with its checks.
 # make audit: known vulnerabilities in the pins.
-# make setup: virtualenv, dependencies, queues.  make serve / make worker: one part in the
-# foreground.  make clean.
+# make setup: virtualenv, dependencies, queues.  make serve / make worker / make console: one part
+# in the foreground.  make clean.
 # Every target creates the virtualenv first when it is missing or requirements.txt changed.
 
 PYTHON ?= python3
@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs queues run stop test fast lint e2e containers soak bench profile audit serve worker clean requirements
+.PHONY: setup venv local-sqs browser queues run stop test fast lint e2e containers soak bench profile audit serve worker console clean requirements
 
 setup: queues
 
@@ -49,8 +49,19 @@ run: $(STAMP) local-sqs
 stop:
 	./runall.sh stop
 
+# Debian's headless Chromium and its driver, for the console's browser tests (Selenium drives
+# them): installed with apt-get when missing and this is root; otherwise it says how, and stops.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (Debian's) for the console's browser tests"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else \
+	  echo "the console's browser tests need Chromium: sudo apt-get install chromium chromium-driver" >&2; exit 1; \
+	fi
+
 # Lint and types first (seconds), then every test. `make fast` is the quick tier alone.
-test: $(STAMP) local-sqs lint
+test: $(STAMP) local-sqs browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick tier, on every core (pytest-xdist): its tests share no process, file or fixed port.
@@ -94,13 +105,16 @@ audit:
 serve: $(STAMP)
 	$(PY) server.py
 
+console: $(STAMP)
+	$(PY) -m sqs_message_service.console
+
 worker: $(STAMP)
 	$(PY) worker.py $(WORKER_ARGS)
 
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build ruff mypy
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build selenium ruff mypy
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 

@@ -8,8 +8,10 @@
 # Locally (the default) a local SQS endpoint runs in a second tmux window ("sqs") on
 # 127.0.0.1:$LOCAL_SQS_PORT with dummy credentials, and real AWS is never contacted.
 # AWS=1 uses real SQS with your own credentials and region instead.
-# Knobs: SQS_LOCAL=fauxqs|moto, LOCAL_SQS_PORT (4566), PORT (5000), RUN_RATE (client requests
-# per second, 100), RUN_DURATION (client seconds, 3600), PY (.venv/bin/python).
+# The operator console runs in a third window ("console"), at http://127.0.0.1:$CONSOLE_PORT/.
+# Knobs: SQS_LOCAL=fauxqs|moto, LOCAL_SQS_PORT (4566), PORT (5000), CONSOLE_PORT (5050),
+# CONSOLE_KEYS (unset: the console is read-only), RUN_RATE (client requests per second, 100),
+# RUN_DURATION (client seconds, 3600), PY (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")"
 SESSION="${RUNALL_SESSION:-sqs-message-service}"
@@ -104,7 +106,19 @@ tmux select-pane -t "$SESSION:run.1" -T worker
 tmux select-pane -t "$SESSION:run.2" -T client
 tmux set-option -w -t "$SESSION:run" pane-border-status top >/dev/null
 
+console_port="${CONSOLE_PORT:-5050}"
+metrics_port="${METRICS_PORT:-9102}"
+[ "$metrics_port" = 0 ] && metrics_port=9102
+tmux new-window -d -t "$SESSION" -n console "${env_args[@]}" -e "CONSOLE_PORT=$console_port" \
+  -e "CONSOLE_KEYS=${CONSOLE_KEYS:-}" \
+  -e "CONSOLE_SCRAPE=http://127.0.0.1:${PORT:-5000}/metrics,http://127.0.0.1:$metrics_port/metrics" \
+  "$PY -m sqs_message_service.console"
+tmux set-option -w -t "$SESSION:console" remain-on-exit on >/dev/null
+
 echo "runall.sh: running in tmux session '$SESSION' (writer | worker | client); stop with ./runall.sh stop"
+actions="read-only: set CONSOLE_KEYS for redrive and delete"
+[ -n "${CONSOLE_KEYS:-}" ] && actions="redrive and delete with one of CONSOLE_KEYS"
+echo "runall.sh: the console is at http://127.0.0.1:$console_port/ ($actions)"
 if [ "$detached" = 0 ]; then
   exec tmux attach -t "$SESSION:run"
 fi

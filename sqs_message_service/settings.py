@@ -30,10 +30,11 @@ DISTRIBUTION = "sqs-message-service"
 DATA_DIR = Path(__file__).resolve().parent
 
 #: The parts a setting can be for; the tools (sqs_setup, queue-dlq) read every setting.
-Role = Literal["writer", "worker"]
+Role = Literal["writer", "worker", "console"]
 WRITER: frozenset[str] = frozenset({"writer"})
 WORKER: frozenset[str] = frozenset({"worker"})
-SHARED: frozenset[str] = WRITER | WORKER
+CONSOLE: frozenset[str] = frozenset({"console"})
+SHARED: frozenset[str] = WRITER | WORKER | CONSOLE
 
 #: SQS's own ceiling for one message (body plus attributes) since August 2025; queues default
 #: to 256 KiB, which is our default too.
@@ -109,7 +110,8 @@ class Settings:
         bounds=(1024, 256 * 1_048_576), roles=WRITER,
     )
     host: str = setting(
-        "127.0.0.1", "HOST", "the address the writer and the worker's metrics bind; loopback unless you choose",
+        "127.0.0.1", "HOST",
+        "the address the writer, the worker's metrics and the console bind; loopback unless you choose",
     )
     port: int = setting(5000, "PORT", "the writer's port", bounds=(1, 65_535), roles=WRITER)
     writer_processes: int = setting(
@@ -247,6 +249,28 @@ class Settings:
     api_keys_file: Optional[Path] = setting(
         None, "API_KEYS_FILE", "a file of keys, one per line (# comments), added to API_KEYS", roles=WRITER,
     )
+    console_port: int = setting(5050, "CONSOLE_PORT", "the operator console's port, on HOST", bounds=(1, 65_535),
+                                roles=CONSOLE)
+    console_keys: str = setting(
+        "", "CONSOLE_KEYS",
+        "comma-separated keys that allow the console's actions (redrive, delete), separate from API_KEYS; "
+        "unset: the console is read-only", roles=CONSOLE,
+    )
+    console_scrape: str = setting(
+        "http://127.0.0.1:5000/metrics,http://127.0.0.1:9102/metrics", "CONSOLE_SCRAPE",
+        "comma-separated /metrics URLs of the writers and workers the console charts (summed); "
+        "unused when PROMETHEUS_URL is set", default_text="the writer's and the worker's of make run", roles=CONSOLE,
+    )
+    prometheus_url: str = setting(
+        "", "PROMETHEUS_URL",
+        "a Prometheus server that scrapes the writers and workers; the console asks it for their rates "
+        "instead of scraping CONSOLE_SCRAPE", roles=CONSOLE,
+    )
+    console_refresh_s: float = setting(
+        2.0, "CONSOLE_REFRESH",
+        "seconds between the console's readings (one GetQueueAttributes per queue, one scrape per URL), "
+        "however many pages are open", bounds=(0.2, 300), roles=CONSOLE,
+    )
     otel_traces_exporter: str = setting(
         "", "OTEL_TRACES_EXPORTER",
         "tracing: `otlp` or `console` (comma-separated) turns it on, `none` keeps it off; unset: on when an "
@@ -277,6 +301,14 @@ class Settings:
     @property
     def is_fifo(self) -> bool:
         return self.queue_name.endswith(".fifo")
+
+    @property
+    def scrape_urls(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.console_scrape.split(",") if url.strip())
+
+    def load_console_keys(self) -> frozenset[str]:
+        """The keys that allow the console's actions; empty: the console is read-only."""
+        return frozenset(key.strip() for key in self.console_keys.split(",") if key.strip())
 
     def load_api_keys(self) -> frozenset[str]:
         """The accepted API keys: API_KEYS (comma-separated) and API_KEYS_FILE (one per line,
@@ -321,10 +353,13 @@ class Settings:
             )
         if self.dlq_name == self.queue_name:
             raise ConfigError(f"DLQ_NAME={self.dlq_name!r}: must differ from QUEUE_NAME")
-        for name in ("sqs_endpoint_url", "dynamodb_endpoint_url"):
+        for name in ("sqs_endpoint_url", "dynamodb_endpoint_url", "prometheus_url"):
             url = getattr(self, name)
             if url and not re.match(r"^https?://[^/\s]+", url):
                 raise ConfigError(f"{DECLARED[name].env}={url!r}: must be an http:// or https:// URL")
+        for url in self.scrape_urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ConfigError(f"CONSOLE_SCRAPE: {url!r} must be an http:// or https:// URL")
         for name in ("idempotency_table", "processed_table"):
             table = getattr(self, name)
             if table and not _TABLE_NAME.match(table):

@@ -7,6 +7,7 @@ either moto in process or a process of ours on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import os
 import shutil
@@ -25,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import sqs_setup
 from harness import ROOT, Process, accepts_connections, free_port
 from server import create_app
+from sqs_message_service.console.app import create_app as create_console
+from sqs_message_service.console.readings import Scrape
 from sqs_message_service.settings import ENV_NAMES, Settings
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
@@ -137,6 +140,18 @@ def app(settings: Settings, queue: SqsQueue) -> Iterator[Any]:
     application = create_app(settings, queue=queue)
     yield application
     application.app.extensions[WRITER_EXTENSION].close()
+
+
+@pytest.fixture
+def console_app(settings: Settings, sqs: Any, queues: tuple[SqsQueue, SqsQueue]) -> Callable[..., Any]:
+    """A console on moto (`queue-console`'s app) with the given settings' changes, its readings
+    taken by the test (`feed.read_once()`), its rates from no page at all."""
+
+    def create(**changes: Any) -> Any:
+        return create_console(dataclasses.replace(settings, **changes), client=sqs, source=Scrape(()),
+                              start_feed=False)
+
+    return create
 
 
 @pytest.fixture

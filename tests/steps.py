@@ -3,7 +3,9 @@ PYTHONPATH=tests): it writes each attempt to the file STEP_LOG names, so that a 
 many times each message reached the step, across workers and kills.
 
 A body `slow:S` sleeps S seconds on its first receive only, so that a test can kill or race a
-worker mid-step and its redelivery runs quickly; a body that starts with `fail` fails every time."""
+worker mid-step and its redelivery runs quickly; a body that starts with `fail` fails every time;
+one that starts with `broken` fails while the file STEP_BROKEN names exists (a cause an operator
+fixes before a redrive)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ def record(message: ReceivedMessage) -> None:
     if message.body.startswith("fail"):
         _log("failed", message)
         raise ValueError("refused on purpose by the test's step")
+    if message.body.startswith("broken") and Path(os.environ.get("STEP_BROKEN", "/nonexistent")).exists():
+        _log("failed", message)
+        raise ValueError(f"broken on attempt {message.receive_count}: the test's cause is not fixed")
     _log("end", message)
 
 

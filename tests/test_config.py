@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT
 from sqs_message_service.settings import (
+    CONSOLE,
     DECLARED,
     WORKER,
     WRITER,
@@ -176,5 +177,20 @@ def test_every_setting_says_which_parts_read_it() -> None:
     roles = {declared.env: declared.roles for declared in DECLARED.values()}
 
     assert roles["API_KEYS_FILE"] == WRITER and roles["PROCESSOR"] == WORKER
-    assert roles["QUEUE_NAME"] == roles["SQS_ENDPOINT_URL"] == roles["LOG_CONFIG"] == WRITER | WORKER
-    assert all(role in (WRITER, WORKER, WRITER | WORKER) for role in roles.values())
+    assert roles["CONSOLE_KEYS"] == roles["CONSOLE_SCRAPE"] == CONSOLE
+    assert roles["QUEUE_NAME"] == roles["SQS_ENDPOINT_URL"] == roles["LOG_CONFIG"] == WRITER | WORKER | CONSOLE
+    assert all(role in (WRITER, WORKER, CONSOLE, WRITER | WORKER | CONSOLE) for role in roles.values())
+
+
+def test_the_console_reads_its_own_settings_and_no_other_part_does() -> None:
+    wrong_for_the_console = {"CONSOLE_PORT": "web", "CONSOLE_SCRAPE": "ftp://x/metrics", "PROMETHEUS_URL": "nope"}
+
+    for variable, value in wrong_for_the_console.items():
+        with pytest.raises(ConfigError, match=variable):
+            Settings.from_env({variable: value}, role="console")
+        Settings.from_env({variable: value}, role="worker")  # not the worker's: never read
+    environ = {"CONSOLE_SCRAPE": " http://a:1/metrics, http://b:2/metrics ", "CONSOLE_KEYS": "k1, k2,"}
+    console = Settings.from_env(environ, role="console")
+    assert console.scrape_urls == ("http://a:1/metrics", "http://b:2/metrics")
+    assert console.load_console_keys() == {"k1", "k2"}
+    assert Settings().load_console_keys() == frozenset()  # unset: read-only

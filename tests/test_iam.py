@@ -1,22 +1,26 @@
 """deploy/iam's policies: each part, run against moto, makes only AWS calls its policy allows, and
 its policy allows nothing it does not call; with IDEMPOTENCY_TABLE, the writer and setup need
-their -idempotency policies too, and with PROCESSED_TABLE the worker and setup their -processed
-ones."""
+their -idempotency policies too, with PROCESSED_TABLE the worker and setup their -processed
+ones, and the console its -actions one for redrive and delete."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import re
 import threading
-from typing import Any, Iterator
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import sqs_setup
 from conftest import ROOT, PartlyFailingClient
 from server import create_app
+from sqs_message_service import dlq
+from sqs_message_service.dlq import failure_attributes
 from sqs_message_service.metrics import WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import Settings
@@ -71,7 +75,9 @@ class CallRecorder:
         client.meta.events.register("before-parameter-build.dynamodb", self._record_dynamodb)
 
     def _record_sqs(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        queue = params.get("QueueName") or params["QueueUrl"].rsplit("/", 1)[1]
+        # A queue by name, by URL, or (a move task) by its ARN.
+        queue = params.get("QueueName") or (params.get("QueueUrl") or params.get("SourceArn", "")).rsplit("/", 1)[-1]
+        queue = queue.rsplit(":", 1)[-1]
         # A batch call is authorised by its single-message action.
         actions = {"sqs:" + model.name.removesuffix("Batch")}
         if model.name == "CreateQueue" and params.get("tags"):
@@ -111,6 +117,7 @@ def recorder(sqs: Any) -> Iterator[CallRecorder]:
 def test_deploy_has_a_policy_for_each_part_and_for_the_idempotency_table() -> None:
     assert set(policies()) == {
         "writer", "worker", "setup", "writer-idempotency", "setup-idempotency", "worker-processed", "setup-processed",
+        "console", "console-actions",
     }
 
 
@@ -231,3 +238,52 @@ def test_the_writer_with_the_table_needs_exactly_both_writer_policies(
         app.app.extensions["queue_writer"].close()
 
     assert recorder.take() == grants("writer", "writer-idempotency")
+
+
+def dead_letters(queues: tuple[SqsQueue, SqsQueue], count: int) -> None:
+    failed = ReceivedMessage(id="src", body="b", receipt_handle="r", receive_count=3)
+    reasons = failure_attributes(failed, ValueError("no"), worker_id="w", at=datetime.now(timezone.utc))
+    queues[1].send([OutgoingMessage(body=f"dead {n}", attributes=reasons) for n in range(count)])
+
+
+def test_a_read_only_console_needs_exactly_its_policy(
+    console_app: Callable[..., Any], queues: tuple[SqsQueue, SqsQueue], recorder: CallRecorder
+) -> None:
+    dead_letters(queues, 3)
+    recorder.take()
+    app = console_app()
+    page = app.test_client()
+
+    app.app.extensions["console"].feed.read_once()
+    listed = page.get("/api/dead-letters").json()["items"]
+    assert page.get(f"/api/dead-letters/{listed[0]['id']}/body").status_code == 200
+
+    assert recorder.take() == grants("console")
+
+
+def test_a_console_that_redrives_and_deletes_needs_both_console_policies(
+    console_app: Callable[..., Any], queues: tuple[SqsQueue, SqsQueue], recorder: CallRecorder
+) -> None:
+    dead_letters(queues, 4)
+    recorder.take()
+    app = console_app(console_keys="k")
+    page = app.test_client()
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page.get("/").text).group(1)  # type: ignore[union-attr]
+    headers = {"X-Console-Key": "k", "Origin": "http://testserver", "X-CSRF-Token": token}
+    app.app.extensions["console"].feed.read_once()
+    ids = [item["id"] for item in page.get("/api/dead-letters").json()["items"]]
+
+    assert page.post("/api/dead-letters/redrive", json={"ids": ids[:1]}, headers=headers).json()["done"] == ids[:1]
+    assert page.post("/api/dead-letters/delete", json={"ids": ids[1:2]}, headers=headers).json()["done"] == ids[1:2]
+    # Redrive of all: SQS's move task first (moto in process has none, so its two calls are made
+    # here as dlq.redrive makes them), then by hand.
+    dead_letter_queue = app.app.extensions["console"].dead_letters.queue
+    with contextlib.suppress(NotImplementedError):
+        dead_letter_queue.start_move_task(destination_arn=queues[0].arn)
+    with contextlib.suppress(NotImplementedError):
+        dead_letter_queue.move_task("handle")
+    job = dlq.redrive_by_hand(dead_letter_queue, SqsQueue(queues[0].name, queues[0].client), max_messages=None,
+                              rate=None, progress=lambda moved, total: None)
+    assert job == 2
+
+    assert recorder.take() == grants("console", "console-actions")

@@ -20,7 +20,10 @@ from test_layout import USERS_NAMES
 
 pytestmark = pytest.mark.integration
 
-SCRIPTS = ("queue-writer", "queue-worker", "queue-client", "queue-setup", "queue-dlq")
+SCRIPTS = ("queue-writer", "queue-worker", "queue-client", "queue-setup", "queue-dlq", "queue-console")
+#: The console's page, script, style and spec: data of its package that the wheel must carry.
+CONSOLE_FILES = {f"sqs_message_service/console/{name}" for name in (
+    "console.yml", "templates/console.html", "static/console.js", "static/console.css")}
 
 
 def run(*args: str | Path, cwd: Path) -> str:
@@ -72,10 +75,10 @@ def test_the_wheel_holds_the_package_and_the_users_modules_and_nothing_else(tmp_
 
     with zipfile.ZipFile(wheel) as archive:
         top = {name.split("/")[0] for name in archive.namelist() if not name.split("/")[0].endswith(".dist-info")}
-        data = {name for name in archive.namelist() if name.endswith((".yml", ".conf"))}
+        data = {name for name in archive.namelist() if name.endswith((".yml", ".conf", ".html", ".js", ".css"))}
 
     assert top == {"sqs_message_service", *(f"{module}.py" for module in USERS_NAMES)}
-    assert data == {"sqs_message_service/swagger.yml", "sqs_message_service/log.conf"}
+    assert data == {"sqs_message_service/swagger.yml", "sqs_message_service/log.conf", *CONSOLE_FILES}
 
 
 def scrape(url: str) -> str:
@@ -104,3 +107,25 @@ def test_the_installed_writer_serves_the_spec_health_and_metrics(installed: Path
     finally:
         assert writer.stop() in (0, -15), writer.output[-3000:]
     assert "serving on http://127.0.0.1" in writer.output
+
+
+def test_the_installed_console_serves_its_page_script_and_api(installed: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+        "CONSOLE_PORT": str(port),
+        "SQS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing there: the page says so
+        "CONSOLE_SCRAPE": f"http://127.0.0.1:{free_port()}/metrics",
+    }
+    console = Process([installed / "queue-console"], env=env, log_path=tmp_path / "console.log")
+    try:
+        wait_until(lambda: accepts_connections(port), timeout_s=30, what="the installed console listening")
+        base = f"http://127.0.0.1:{port}"
+        assert 'name="csrf-token"' in scrape(f"{base}/")
+        assert "function drawChart" in scrape(f"{base}/static/console.js")
+        assert json.loads(scrape(f"{base}/api/openapi.json"))["paths"].keys() >= {"/overview", "/dead-letters"}
+        wait_until(lambda: json.loads(scrape(f"{base}/api/overview"))["sqs_error"] is not None, timeout_s=30,
+                   what="the console saying SQS does not answer")
+    finally:
+        assert console.stop() in (0, -15), console.output[-3000:]
+    assert f"http://127.0.0.1:{port}/" in console.output and "read-only" in console.output

@@ -1,4 +1,4 @@
-"""runall.sh: three panes with moving counters, and `stop` leaves nothing behind."""
+"""runall.sh: three panes with moving counters, the console's URL, and `stop` leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def counter(text: str, name: str) -> int:
 
 def test_runall_shows_moving_counters_and_stop_leaves_no_process(tmp_path: Path) -> None:
     session = f"test-runall-{os.getpid()}"
-    sqs_port, writer_port = free_port(), free_port()
+    sqs_port, writer_port, console_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "RUNALL_SESSION": session,
@@ -40,6 +41,7 @@ def test_runall_shows_moving_counters_and_stop_leaves_no_process(tmp_path: Path)
         "PORT": str(writer_port),
         "RUN_RATE": "50",
         "RUN_DURATION": "120",
+        "CONSOLE_PORT": str(console_port),
     }
     env.pop("SQS_ENDPOINT_URL", None)
     started = subprocess.run(
@@ -57,14 +59,24 @@ def test_runall_shows_moving_counters_and_stop_leaves_no_process(tmp_path: Path)
         pane_pids = subprocess.run(
             ["tmux", "list-panes", "-s", "-t", session, "-F", "#{pane_pid}"], capture_output=True, text=True
         ).stdout.split()
-        assert len(pane_pids) == 4  # the local endpoint, writer, worker, client
+        assert len(pane_pids) == 5  # the local endpoint, writer, worker, client, console
+        assert f"the console is at http://127.0.0.1:{console_port}/ (read-only" in started.stdout
+        wait_until(lambda: _answers(f"http://127.0.0.1:{console_port}/api/health"), timeout_s=30, what="the console")
     finally:
         stopped = subprocess.run([str(ROOT / "runall.sh"), "stop"], env=env, capture_output=True, text=True, timeout=60)
 
     assert stopped.returncode == 0, stopped.stderr
     assert subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0
     assert [pid for pid in pane_pids if Path(f"/proc/{pid}").exists()] == []
-    assert not _listening(sqs_port) and not _listening(writer_port)
+    assert not _listening(sqs_port) and not _listening(writer_port) and not _listening(console_port)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _listening(port: int) -> bool:

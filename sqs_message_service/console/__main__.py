@@ -1,0 +1,7 @@
+"""`python -m sqs_message_service.console`: the operator console, as `queue-console` runs it."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())
