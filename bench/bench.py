@@ -28,7 +28,11 @@ stage on a fresh queue:
    then concurrency 16 with tracing on (every span exported over OTLP/HTTP to a receiver the
    benchmark starts) and off, in turns, and 1,000 messages end to end traced, counting those
    whose trace holds both the writer's and the worker's spans;
-6. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
+6. console: the operator console with 10 pages open, each asking for new readings once a
+   refresh as the page does: its CPU and SQS calls a minute, and its GetQueueAttributes per
+   queue per reading (at most 1, however many pages); then listing 100 dead letters of a
+   dead-letter queue holding 100,000 (the median of five readings, each fresh);
+7. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
 
@@ -45,7 +49,10 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
+import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,14 +60,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 import load  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 from sqs_message_service.aws import create_client  # noqa: E402
+from sqs_message_service.dlq import failure_attributes  # noqa: E402
 from sqs_message_service.output import ProcessedRecord, read_records  # noqa: E402
 from sqs_message_service.settings import Settings  # noqa: E402
-from sqs_message_service.sqs import BATCH_MAX_ENTRIES, OutgoingMessage, SqsQueue  # noqa: E402
+from sqs_message_service.sqs import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsQueue  # noqa: E402
 from sqs_message_service.tables import ensure_table  # noqa: E402
 
 #: Each target: the figure it reads, how it compares, and the bound.
@@ -77,6 +87,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("writer_tracing_cpu_ratio", "<=", 1.25),
     ("worker_tracing_c16_ratio", ">=", 0.85),
     ("traced_fraction", "==", 1.0),
+    ("console_get_queue_attributes_per_queue_per_refresh", "<=", 1.0),
+    ("console_list_100_ms", "<", 1000),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
 ]
@@ -102,10 +114,16 @@ class Sizes:
     cost_messages: int = 3000
     e2e_small: int = 1000
     e2e_large: int = 10_000
+    console_seconds: float = 60.0
+    console_dead_letters: int = 100_000
 
 
 QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
-              worker_max_messages=400, worker_drains=2, cost_messages=200, e2e_small=100, e2e_large=300)
+              worker_max_messages=400, worker_drains=2, cost_messages=200, e2e_small=100, e2e_large=300,
+              console_seconds=3.0, console_dead_letters=300)
+#: The console's pages in the console stage, and its refresh period there (its default).
+CONSOLE_VIEWERS = 10
+CONSOLE_REFRESH_S = 2.0
 
 
 def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
@@ -414,6 +432,94 @@ def tracing(system: LocalSystem, sizes: Sizes, workdir: Path, engine: str) -> di
     }
 
 
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def console_calls(url: str) -> dict[tuple[str, str], float]:
+    """The console's SQS calls so far, by (queue, operation), from its /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.labels["queue"], sample.labels["operation"]): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == "sqs_requests_total"}
+
+
+def console(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """The console with CONSOLE_VIEWERS pages polling it, then its dead-letter listing in a deep
+    dead-letter queue."""
+    env = fresh_queue(system, "console")
+    dead_letter_queue = system.queue(env["DLQ_NAME"])
+    writer_port = free_port()
+    system.start_writer(env={**env, "PORT": str(writer_port)}, name="writer-console")
+    port = free_port()
+    process = system.python("console", "-m", "sqs_message_service.console", env={
+        **env, "CONSOLE_PORT": str(port), "CONSOLE_REFRESH": str(CONSOLE_REFRESH_S),
+        "CONSOLE_SCRAPE": f"http://127.0.0.1:{writer_port}/metrics",
+    })
+    wait_for_port(port, 30)
+    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+
+    def page() -> None:  # as console.js does: all it has not seen, then every refresh what is new
+        seq = 0
+        while not stop.is_set():
+            points = get_json(f"{url}/api/overview?since={seq}")["points"]
+            seq = points[-1]["seq"] if points else seq
+            stop.wait(CONSOLE_REFRESH_S)
+
+    before_calls, before_cpu = console_calls(url), cpu_seconds(process.pid)
+    before_readings = get_json(f"{url}/api/health")["readings"]
+    started = time.perf_counter()
+    pages = [threading.Thread(target=page) for _ in range(CONSOLE_VIEWERS)]
+    for thread in pages:
+        thread.start()
+    time.sleep(sizes.console_seconds)
+    stop.set()
+    for thread in pages:
+        thread.join()
+    minutes = (time.perf_counter() - started) / 60
+    cpu_s = cpu_seconds(process.pid) - before_cpu
+    readings = get_json(f"{url}/api/health")["readings"] - before_readings
+    calls = {key: value - before_calls.get(key, 0) for key, value in console_calls(url).items()}
+    attribute_reads = [calls.get((queue, "GetQueueAttributes"), 0) for queue in (env["QUEUE_NAME"], env["DLQ_NAME"])]
+
+    # 100,000 dead letters, each with the worker's reasons, then five fresh listings of 100.
+    reasons = failure_attributes(ReceivedMessage(id="source", body="b", receipt_handle="r", receive_count=3),
+                                 ValueError("simulated"), worker_id="bench:1", at=datetime.now(timezone.utc))
+    batch = [OutgoingMessage(body=f"dead letter {n}", attributes=reasons) for n in range(BATCH_MAX_ENTRIES)]
+    filled = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(dead_letter_queue.send, batch)
+                       for _ in range(sizes.console_dead_letters // BATCH_MAX_ENTRIES)]:
+            assert all(result.ok for result in future.result())
+    fill_s = time.perf_counter() - filled
+    listings = []
+    for _ in range(5):
+        asked = time.perf_counter()
+        listing = get_json(f"{url}/api/dead-letters?limit=100&fresh=true")
+        listings.append((time.perf_counter() - asked) * 1000)
+        assert listing["read"] == 100, listing["read"]
+    depth = dead_letter_queue.depth()
+    system.stop_process(process)
+    system.stop_process(system.processes["writer-console"])
+    return {
+        "console_viewers": CONSOLE_VIEWERS,
+        "console_refresh_s": CONSOLE_REFRESH_S,
+        "console_cpu_s_per_min": cpu_s / minutes,
+        "console_cpu_share_of_a_core": cpu_s / (minutes * 60),
+        "console_sqs_calls_per_min": sum(calls.values()) / minutes,
+        "console_readings": readings,
+        "console_get_queue_attributes_per_queue_per_refresh": max(attribute_reads) / max(1, readings),
+        "console_dead_letters": sizes.console_dead_letters,
+        "console_fill_s": fill_s,
+        "console_list_100_ms": statistics.median(listings),
+        "console_list_100_max_ms": max(listings),
+        "console_list_left_visible": depth["visible"],
+    }
+
+
 def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -> dict[str, Any]:
     (workdir / f"e2e-{count}").mkdir(exist_ok=True)
     result = run_e2e(count=count, workdir=workdir / f"e2e-{count}", engine=engine, failure_rate=failure_rate, log=None)
@@ -432,7 +538,7 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "once", "tracing", "cost", "e2e")
+STAGES = ("raw", "write", "batch", "worker", "once", "tracing", "cost", "console", "e2e")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -450,6 +556,8 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("once", "worker with the processed ledger (PROCESSED_TABLE)", lambda: worker_once(system, sizes)),
             ("tracing", "tracing on, exported over OTLP/HTTP", lambda: tracing(system, sizes, workdir, engine)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
+            ("console", "the console with 10 pages open; listing 100 dead letters of a deep queue",
+             lambda: console(system, sizes)),
         ]:
             if stage in stages:
                 say(f"bench: {title}")
@@ -528,6 +636,13 @@ def table(results: dict[str, Any]) -> str:
         ("end to end traced: writer and worker spans in one trace",
          f"{r['traced_fraction']:.3f} of {r['traced_e2e_accepted']} messages, lost {r['traced_e2e_lost']}"),
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
+        (f"console, {r['console_viewers']} pages open, refresh {r['console_refresh_s']:g} s",
+         f"{r['console_cpu_s_per_min']:.2f} CPU s a minute ({r['console_cpu_share_of_a_core']:.1%} of a core), "
+         f"{r['console_sqs_calls_per_min']:.0f} SQS calls a minute, "
+         f"{r['console_get_queue_attributes_per_queue_per_refresh']:.2f} GetQueueAttributes per queue a reading"),
+        (f"console, 100 dead letters of {r['console_dead_letters']:,}",
+         f"{r['console_list_100_ms']:.0f} ms (max {r['console_list_100_max_ms']:.0f} of 5), "
+         f"{r['console_list_left_visible']:,} still visible after"),
         ("worker: receives/deletes/visibility per msg",
          f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
          f"{r['worker_visibility_changes_per_msg']:.3f}"),

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration  # it starts the local endpoint, writers an
 NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
          "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "writer_tracing_cpu_ratio",
-         "worker_tracing_c16_ratio", "traced_fraction", "e2e_1000_seconds", "e2e_10000_lost"]
+         "worker_tracing_c16_ratio", "traced_fraction", "console_get_queue_attributes_per_queue_per_refresh",
+         "console_list_100_ms", "e2e_1000_seconds", "e2e_10000_lost"]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
@@ -53,6 +54,9 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     # group commit: never more than one call a message, and the stub really replaced the calls
     assert 0 < results["sqs_calls_per_msg_write"] <= 1
     assert results["batch_endpoint_msgs_per_s"] > 0
+    # the console: its readings were counted, and listing consumed none of the dead letters
+    assert results["console_readings"] >= 1 and results["console_sqs_calls_per_min"] > 0
+    assert results["console_list_left_visible"] == results["console_dead_letters"]
     for prefix in ("worker_c1", "worker_c4", "worker_c16", "worker_c64", "worker_2proc_c32", "worker_c64_pinned",
                    "worker_2proc_c32_pinned"):
         assert 0 < results[f"{prefix}_ratio"] <= 1.05, prefix
