@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs browser queues run stop test fast lint e2e containers soak bench profile audit serve worker console clean requirements
+.PHONY: setup venv local-sqs browser prometheus queues run stop test fast lint e2e containers soak bench profile audit serve worker console clean requirements
 
 setup: queues
 
@@ -60,8 +60,19 @@ browser:
 	  echo "the console's browser tests need Chromium: sudo apt-get install chromium chromium-driver" >&2; exit 1; \
 	fi
 
+# A real Prometheus for the console's PROMETHEUS_URL test: Debian's package, downloaded and
+# unpacked here (no installation, no service, no user), used only on 127.0.0.1.
+PROMETHEUS := .cache/prometheus/usr/bin/prometheus
+prometheus: $(PROMETHEUS)
+
+$(PROMETHEUS):
+	mkdir -p .cache/prometheus
+	cd .cache && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x .cache/prometheus_*.deb .cache/prometheus && rm -f .cache/prometheus_*.deb
+	touch $@
+
 # Lint and types first (seconds), then every test. `make fast` is the quick tier alone.
-test: $(STAMP) local-sqs browser lint
+test: $(STAMP) local-sqs browser prometheus lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick tier, on every core (pytest-xdist): its tests share no process, file or fixed port.
@@ -121,5 +132,5 @@ requirements:
 # Also what `make containers` left: its podman storage and base, and Debian packages it installed.
 clean:
 	$(PYTHON) scripts/containers.py clean
-	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules .e2e .soak .bench
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache *.egg-info build dist local/sqs/node_modules .e2e .soak .bench .cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
