@@ -5,7 +5,6 @@ uvicorn. The parts it puts together live in sqs_message_service/writer/.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
@@ -24,12 +23,10 @@ from sqs_message_service.aws import create_client
 from sqs_message_service.metrics import WriterMetrics, all_processes
 from sqs_message_service.settings import (
     DATA_DIR,
-    ConfigError,
     Settings,
-    add_option,
     configure_logging,
     settings_for_command,
-    with_options,
+    with_address,
 )
 from sqs_message_service.sqs import SqsError, SqsQueue
 from sqs_message_service.tracing import NoTracing
@@ -142,16 +139,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     settings = settings_for_command("server", role="writer")
     if settings is None:
         return 2
-    parser = argparse.ArgumentParser(
-        description="Queue-writer: POST /api/message enqueues JSON messages on SQS. "
-        "Every setting comes from the environment (see docs/configuration.md); these flags override two."
+    settings = with_address(
+        settings, argv, description="Queue-writer: POST /api/message enqueues JSON messages on SQS.", port="port"
     )
-    add_option(parser, "--host", "host", settings)
-    add_option(parser, "--port", "port", settings)
-    try:
-        settings = with_options(settings, parser.parse_args(argv))
-    except ConfigError as exc:
-        parser.error(str(exc))
     log.info(
         "queue %r on %s; serving on http://%s:%d/api (Swagger UI at /api/ui), %d process%s",
         settings.queue_name,

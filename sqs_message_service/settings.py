@@ -417,6 +417,21 @@ def add_option(parser: argparse.ArgumentParser, flag: str, name: str, settings: 
     )
 
 
+def with_address(settings: Settings, argv: Optional[list[str]], *, description: str, port: str) -> Settings:
+    """The settings of a program that serves HTTP, with `--host` and `--port` (the field `port`
+    names) overriding HOST and its port variable; a bad value ends the program, as argparse does."""
+    parser = argparse.ArgumentParser(
+        description=f"{description} Every setting comes from the environment (see docs/configuration.md); "
+        "these flags override two."
+    )
+    add_option(parser, "--host", "host", settings)
+    add_option(parser, "--port", port, settings)
+    try:
+        return with_options(settings, parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
 def with_options(settings: Settings, args: argparse.Namespace) -> Settings:
     """`settings` with the values of the options `add_option` made, checked again: a flag gets
     the same bounds as its variable (ConfigError otherwise)."""

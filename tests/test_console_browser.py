@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -116,6 +117,16 @@ def read_until_listed(browser: WebDriver, text: str, timeout_s: float = 60) -> A
     raise AssertionError(f"no dead letter listed with {text!r} within {timeout_s} s: {[r.text for r in rows(browser)]}")
 
 
+def processed_once(steps: Path, body: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The step's record of `body` returning, once it has (STEP_LOG)."""
+    deadline = time.monotonic() + timeout_s
+    while not (ended := [a for a in attempts(steps) if a["body"] == body and a["event"] == "end"]):
+        assert time.monotonic() < deadline, f"{body!r} not processed: {attempts(steps)[-5:]}"
+        time.sleep(0.2)
+    assert len(ended) == 1, ended
+    return ended[0]
+
+
 def confirm(browser: WebDriver) -> None:
     WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "confirm").get_attribute("open") is not None)
     browser.find_element(By.ID, "confirm-ok").click()
@@ -181,12 +192,8 @@ def test_a_dead_letters_reasons_appear_and_a_redrive_brings_it_back_to_be_proces
 
     # THEN it is moved back, and the worker processes it
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "action-result").text.startswith("Done: 1"))
-    ended = lambda: [a for a in attempts(system["steps"]) if a["body"] == "broken order 7" and a["event"] == "end"]  # noqa: E731
-    deadline = time.monotonic() + 30
-    while not ended():
-        assert time.monotonic() < deadline, attempts(system["steps"])[-5:]
-        time.sleep(0.2)
-    assert ended()[0]["receive_count"] == 1  # a new message in the source queue, as a redrive makes it
+    processed = processed_once(system["steps"], "broken order 7")
+    assert processed["receive_count"] == 1  # a new message in the source queue, as a redrive makes it
     WebDriverWait(browser, 10).until(lambda b: all("broken order 7" not in row.text for row in rows(b)))
     assert javascript_errors(browser) == []
 
@@ -240,8 +247,5 @@ def test_a_redrive_of_all_at_a_chosen_rate_shows_its_progress_and_empties_the_de
     WebDriverWait(browser, 30).until(lambda b: "(done): 1" in b.find_element(By.ID, "redrive-progress").text)
     assert "receive, send, delete" in browser.find_element(By.ID, "redrive-progress").text
     WebDriverWait(browser, 30).until(lambda b: figure(b, "dead_letters") == 0)
-    deadline = time.monotonic() + 30
-    while not [a for a in attempts(system["steps"]) if a["body"] == "broken order 8" and a["event"] == "end"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    processed_once(system["steps"], "broken order 8")
     assert javascript_errors(browser) == []

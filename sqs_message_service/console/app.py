@@ -6,7 +6,6 @@ sqs_message_service.console`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import secrets
@@ -22,7 +21,7 @@ from connexion.middleware.security import SecurityMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from ..aws import create_client
-from ..settings import ConfigError, Settings, add_option, settings_for_command, with_options
+from ..settings import Settings, settings_for_command, with_address
 from ..sqs import SqsMetrics, SqsQueue
 from .dead_letters import DeadLetters
 from .feed import HISTORY_S, Feed
@@ -146,16 +145,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     settings = settings_for_command("console", role="console")
     if settings is None:
         return 2
-    parser = argparse.ArgumentParser(
-        description="The operator console: the system live, and the dead letters with their reasons. "
-        "Every setting comes from the environment (see docs/configuration.md); these flags override two."
+    settings = with_address(
+        settings, argv, description="The operator console: the system live, and the dead letters with their reasons.",
+        port="console_port",
     )
-    add_option(parser, "--host", "host", settings)
-    add_option(parser, "--port", "console_port", settings)
-    try:
-        settings = with_options(settings, parser.parse_args(argv))
-    except ConfigError as exc:
-        parser.error(str(exc))
     keys = settings.load_console_keys()
     log.info(
         "console for queue %r on %s: http://%s:%d/ (%s; rates from %s)",
