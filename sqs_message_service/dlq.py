@@ -110,25 +110,39 @@ def reasons(message: ReceivedMessage) -> dict[str, Any]:
     if SOURCE_ID not in attributes:
         return {"recorded": False, "source_id": None, "attempts": None, "worker": None, "failures": [],
                 "first_failure_at": None, "last_failure_at": None}
-    failures: list[dict[str, Any]] = []
+    # Attributes are the sender's to write too: anything that is not what a worker writes is
+    # left out, never an error that would stop a listing.
     try:
         earlier = json.loads(attributes.get(EARLIER, "[]"))
-        failures = [{"attempt": int(n), "at": str(at), "error_type": str(kind), "error": str(text)}
-                    for n, at, kind, text in earlier]
-    except (ValueError, TypeError):  # not ours, or cut: the last failure still stands
-        failures = []
+    except ValueError:
+        earlier = []
+    failures = [failure for failure in map(_earlier_failure, earlier if isinstance(earlier, list) else [])
+                if failure is not None]
     last_at = attributes.get(DEAD_LETTER_PREFIX + "at")
-    attempts = attributes.get(DEAD_LETTER_PREFIX + "attempts", "")
+    attempts = _count(attributes.get(DEAD_LETTER_PREFIX + "attempts"))
     failures.append({
-        "attempt": int(attempts) if attempts.isdigit() else None, "at": last_at,
+        "attempt": attempts, "at": last_at,
         "error_type": attributes.get(DEAD_LETTER_PREFIX + "error_type"),
         "error": attributes.get(DEAD_LETTER_PREFIX + "error"),
     })
     return {
-        "recorded": True, "source_id": attributes[SOURCE_ID], "attempts": int(attempts) if attempts.isdigit() else None,
+        "recorded": True, "source_id": attributes[SOURCE_ID], "attempts": attempts,
         "worker": attributes.get(DEAD_LETTER_PREFIX + "worker"), "failures": failures,
         "first_failure_at": failures[0]["at"], "last_failure_at": last_at,
     }
+
+
+def _count(text: Any) -> Optional[int]:
+    """A receive count as a worker writes it (ASCII digits, a few of them); None for anything else."""
+    text = str(text)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+
+
+def _earlier_failure(entry: Any) -> Optional[dict[str, Any]]:
+    if not isinstance(entry, list) or len(entry) != 4:
+        return None
+    attempt, at, kind, text = entry
+    return {"attempt": _count(attempt), "at": str(at), "error_type": str(kind), "error": str(text)}
 
 
 def without_reasons(attributes: Mapping[str, str]) -> dict[str, str]:
@@ -142,8 +156,7 @@ def sample(dead_letter_queue: SqsQueue, *, max_messages: int, next_wait_s: int =
     visible again before this returns, consuming nothing. The first receive waits up to a
     second for a message; the next ones `next_wait_s`: 0 ends a reading of a small queue at
     once, where on real SQS a short poll may miss some (it asks only some of SQS's servers)."""
-    held: list[ReceivedMessage] = []
-    seen: set[str] = set()
+    held: dict[str, ReceivedMessage] = {}  # by id, with its newest receipt handle
     try:
         while len(held) < max_messages:
             batch = dead_letter_queue.receive(
@@ -152,13 +165,11 @@ def sample(dead_letter_queue: SqsQueue, *, max_messages: int, next_wait_s: int =
             )
             if not batch:
                 break
-            fresh = [message for message in batch if message.id not in seen]
-            seen.update(message.id for message in fresh)
-            held.extend(fresh)
+            held.update((message.id, message) for message in batch)
     finally:
         if held:
-            dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message in held])
-    return held
+            dead_letter_queue.change_visibility([(message.receipt_handle, 0) for message in held.values()])
+    return list(held.values())
 
 
 def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies: bool, out: TextIO) -> int:

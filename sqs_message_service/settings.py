@@ -256,6 +256,11 @@ class Settings:
         "comma-separated keys that allow the console's actions (redrive, delete), separate from API_KEYS; "
         "unset: the console is read-only", roles=CONSOLE,
     )
+    console_origin: str = setting(
+        "", "CONSOLE_ORIGIN",
+        "the console's address as browsers reach it behind a proxy, e.g. https://console.example.com: the one "
+        "origin its actions may come from, and a Host it answers; unset: http://HOST:CONSOLE_PORT", roles=CONSOLE,
+    )
     console_scrape: str = setting(
         "http://127.0.0.1:5000/metrics,http://127.0.0.1:9102/metrics", "CONSOLE_SCRAPE",
         "comma-separated /metrics URLs of the writers and workers the console charts (summed); "
@@ -357,6 +362,8 @@ class Settings:
             url = getattr(self, name)
             if url and not re.match(r"^https?://[^/\s]+", url):
                 raise ConfigError(f"{DECLARED[name].env}={url!r}: must be an http:// or https:// URL")
+        if self.console_origin and not re.match(r"^https?://[^/\s]+$", self.console_origin):
+            raise ConfigError(f"CONSOLE_ORIGIN={self.console_origin!r}: must be scheme://host[:port], with no path")
         for url in self.scrape_urls:
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ConfigError(f"CONSOLE_SCRAPE: {url!r} must be an http:// or https:// URL")

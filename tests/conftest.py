@@ -145,11 +145,12 @@ def app(settings: Settings, queue: SqsQueue) -> Iterator[Any]:
 @pytest.fixture
 def console_app(settings: Settings, sqs: Any, queues: tuple[SqsQueue, SqsQueue]) -> Callable[..., Any]:
     """A console on moto (`queue-console`'s app) with the given settings' changes, its readings
-    taken by the test (`feed.read_once()`), its rates from no page at all."""
+    taken by the test (`feed.read_once()`), its rates from no page at all. Its test client asks
+    for http://testserver, the CONSOLE_ORIGIN it is given unless a change says otherwise."""
 
     def create(**changes: Any) -> Any:
-        return create_console(dataclasses.replace(settings, **changes), client=sqs, source=Scrape(()),
-                              start_feed=False)
+        changed = dataclasses.replace(settings, **{"console_origin": "http://testserver", **changes})
+        return create_console(changed, client=sqs, source=Scrape(()), start_feed=False)
 
     return create
 

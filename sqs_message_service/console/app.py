@@ -25,7 +25,7 @@ from ..settings import Settings, settings_for_command, with_address
 from ..sqs import SqsMetrics, SqsQueue
 from .dead_letters import DeadLetters
 from .feed import HISTORY_S, Feed
-from .guard import Guard, secure_headers
+from .guard import Guard, answered_hosts, secure_headers
 from .readings import Prometheus, Scrape, Source
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,17 @@ class Console:
         self.settings = settings
         self.feed = feed
         self.dead_letters = dead_letters
-        self.guard = Guard(settings.load_console_keys())
+        self.guard = Guard(
+            settings.load_console_keys(), origin=settings.console_origin,
+            hosts=answered_hosts(settings.host, settings.console_port, settings.console_origin),
+        )
         self.registry = registry
+        self.boot = secrets.token_hex(8)  # a page that sees it change (a restart) reads all again
 
     def overview(self, since: int) -> dict[str, Any]:
         job = self.dead_letters.job
         return {
+            "boot": self.boot,
             "refresh_s": self.feed.refresh_s,
             "window_s": HISTORY_S,
             "queue": self.feed.queue.name,
@@ -134,10 +139,13 @@ def _metrics() -> flask.Response:
 
 
 def _guard_actions() -> Optional[flask.Response]:
-    """Every request that could change state passes the guard first."""
-    if flask.request.method in ("GET", "HEAD", "OPTIONS"):
-        return None
-    return _console().guard.refusal(flask.request)
+    """Every request passes the guard's Host check first, and one that could change state its
+    checks of an action."""
+    guard = _console().guard
+    misdirected = guard.misdirected(flask.request)
+    if misdirected is not None or flask.request.method in ("GET", "HEAD", "OPTIONS"):
+        return misdirected
+    return guard.refusal(flask.request)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -156,6 +164,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         settings.console_port, f"{len(keys)} action key(s)" if keys else "read-only: no CONSOLE_KEYS",
         settings.prometheus_url or ", ".join(settings.scrape_urls),
     )
+    if answered_hosts(settings.host, settings.console_port, settings.console_origin) is None:
+        log.warning("the console listens on every interface and answers any Host: set CONSOLE_ORIGIN to the "
+                    "address browsers use, so that a page of another site cannot reach it by a rebound DNS name")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.console_port, access_log=False,
                 log_config=None)
     return 0

@@ -15,11 +15,13 @@ fauxqs does that on a delete), and gives back at once whatever else it read on t
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..dlq import HOLD_S, back_to_source, reasons, redrive, sample, without_reasons
 from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage, SqsError, SqsQueue
@@ -32,6 +34,10 @@ LISTING_FRESH_S = 10.0
 LISTING_MAX = 1000
 #: The most dead letters an action on selected ones reads to find them.
 FIND_MAX = 2 * LISTING_MAX
+#: A "read again" reads SQS at most this often, whoever asks (each reading costs receives).
+LISTING_MIN_S = 2.0
+#: The bodies of listed dead letters the console keeps for "show", in bytes at most.
+LISTED_BYTES = 64 * 1_048_576
 
 
 class RedriveJob:
@@ -86,8 +92,43 @@ class RedriveJob:
                 "error": self.error, "notes": self.notes, "started_at": self.started_at, "ended_at": self.ended_at}
 
 
+class Bodies:
+    """The listed dead letters' bodies and own attributes, for "show" on any open page: kept
+    across listings, newest first out of LISTED_BYTES (a page's "show" may follow another
+    page's listing), and forgotten once the message is redriven or deleted."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._messages: collections.OrderedDict[str, ReceivedMessage] = collections.OrderedDict()
+        self._bytes = 0
+
+    def keep(self, messages: list[ReceivedMessage]) -> None:
+        for message in messages:
+            self.forget([message.id])
+            self._messages[message.id] = message
+            self._bytes += _size(message)
+        while self._bytes > self.budget_bytes and self._messages:
+            _, oldest = self._messages.popitem(last=False)
+            self._bytes -= _size(oldest)
+
+    def get(self, message_id: str) -> Optional[ReceivedMessage]:
+        return self._messages.get(message_id)
+
+    def forget(self, ids: list[str]) -> None:
+        for message_id in ids:
+            gone = self._messages.pop(message_id, None)
+            if gone is not None:
+                self._bytes -= _size(gone)
+
+
+def _size(message: ReceivedMessage) -> int:
+    return len(message.body) + sum(len(name) + len(value) for name, value in message.attributes.items())
+
+
 class DeadLetters:
-    """The dead-letter queue as the console reads it and acts on it."""
+    """The dead-letter queue as the console reads it and acts on it. One listing or action at a
+    time; none while a redrive of every dead letter runs (a listing would hide, for a moment,
+    messages that redrive is looking for, and it would end early)."""
 
     def __init__(
         self, dead_letter_queue: SqsQueue, source: SqsQueue, *, clock: Callable[[], float] = time.monotonic,
@@ -95,8 +136,8 @@ class DeadLetters:
         self.queue = dead_letter_queue
         self.source = source
         self.clock = clock
-        self._lock = threading.Lock()  # one listing or action at a time
-        self._listed: dict[str, ReceivedMessage] = {}  # by the dead letter's own message id
+        self._lock = threading.Lock()
+        self._bodies = Bodies(LISTED_BYTES)
         self._listing: Optional[dict[str, Any]] = None
         self._listed_at = -1e18
         self._own_redrive_policy: Optional[str] = None
@@ -108,24 +149,32 @@ class DeadLetters:
             self._own_redrive_policy = self.queue.attributes(["RedrivePolicy"]).get("RedrivePolicy", "")
         return self._own_redrive_policy
 
+    def _may_read(self) -> None:
+        if self.job is not None and self.job.running:
+            raise RuntimeError("a redrive of every dead letter is running: the dead letters are read again after it")
+        if self.own_redrive_policy():
+            raise PermissionError(
+                f"the dead-letter queue {self.queue.name!r} has a redrive policy of its own: every receive "
+                "would bring its messages nearer to being moved on, so the console does not read it "
+                "(queue-dlq list does, if you must)"
+            )
+
     def listing(self, *, limit: int, fresh: bool = False) -> dict[str, Any]:
         """Up to `limit` dead letters, newest failure first, and how they were read: the last
-        listing when it is recent enough and as large, else a new one. After the first receive
-        it short-polls, so that a queue with fewer than `limit` answers at once; on real SQS a
-        listing of a small queue may therefore show fewer than it holds (read again)."""
+        listing when it is recent enough and as large, else a new one; `fresh` asks for a new
+        one, at most every LISTING_MIN_S. After the first receive it short-polls, so that a
+        queue with fewer than `limit` answers at once; on real SQS a listing of a small queue
+        may therefore show fewer than it holds (read again)."""
         with self._lock:
-            recent = self.clock() - self._listed_at < LISTING_FRESH_S
-            if self._listing is not None and recent and not fresh and self._listing["limit"] >= limit:
+            age = self.clock() - self._listed_at
+            if self._listing is not None and self._listing["limit"] >= limit and (
+                age < LISTING_MIN_S or (age < LISTING_FRESH_S and not fresh)
+            ):
                 return {**self._listing, "items": self._listing["items"][:limit]}
-            if self.own_redrive_policy():
-                raise PermissionError(
-                    f"the dead-letter queue {self.queue.name!r} has a redrive policy of its own: every receive "
-                    "would bring its messages nearer to being moved on, so the console does not read it "
-                    "(queue-dlq list does, if you must)"
-                )
+            self._may_read()
             started = time.monotonic()
             held = sample(self.queue, max_messages=min(limit, LISTING_MAX), next_wait_s=0)
-            self._listed = {message.id: message for message in held}
+            self._bodies.keep(held)
             items = sorted((summary(message) for message in held), key=_failed_at, reverse=True)
             self._listing = {
                 "limit": limit, "read": len(held), "read_at": time.time(), "items": items,
@@ -135,15 +184,18 @@ class DeadLetters:
             return self._listing
 
     def message(self, message_id: str) -> Optional[ReceivedMessage]:
-        """A dead letter of the last listing, by its own id."""
+        """A listed dead letter, by its own id, while its body is kept."""
         with self._lock:
-            return self._listed.get(message_id)
+            return self._bodies.get(message_id)
 
     def delete(self, ids: list[str]) -> dict[str, Any]:
         """Delete the selected dead letters (by their own ids), found afresh (`_find`)."""
         with self._lock:
+            self._may_read()
             found, missing = self._find(ids)
-            outcomes = self.queue.delete_messages([message.receipt_handle for message in found]) if found else []
+            with self._giving_back(found) as unsettled:
+                outcomes = self.queue.delete_messages([message.receipt_handle for message in found]) if found else []
+                unsettled.clear()  # deleted, or refused: either way nothing of ours holds them
             done = [message.id for message, error in zip(found, outcomes, strict=True) if error is None]
             failed = {message.id: str(error) for message, error in zip(found, outcomes, strict=True) if error}
             self._forget(done)
@@ -154,55 +206,68 @@ class DeadLetters:
         """Move the selected dead letters back to the source queue as `dlq.py`'s redrive moves
         one: found afresh and held (`_find`), sent to the source, then deleted. A send the
         source refuses leaves it a dead letter, visible again; a delete refused after the send
-        leaves it in both queues, never in neither."""
+        leaves it in both queues, never in neither. `done` holds only those moved and deleted."""
         with self._lock:
+            self._may_read()
             found, missing = self._find(ids)
             failed: dict[str, str] = {}
-            results = self.source.send([back_to_source(m, fifo=self.source.is_fifo) for m in found]) if found else []
-            sent = [message for message, result in zip(found, results, strict=True) if result.ok]
-            refused = [(message, result) for message, result in zip(found, results, strict=True) if not result.ok]
-            for message, result in refused:
-                failed[message.id] = f"the source queue refused it: {result.error}"
-            if refused:
-                self.queue.change_visibility([(message.receipt_handle, 0) for message, _ in refused])
-            deletes = self.queue.delete_messages([message.receipt_handle for message in sent]) if sent else []
-            done = [message.id for message in sent]
+            with self._giving_back(found) as unsettled:
+                back = [back_to_source(message, fifo=self.source.is_fifo) for message in found]
+                results = self.source.send(back) if back else []
+                sent = [message for message, result in zip(found, results, strict=True) if result.ok]
+                for message, result in zip(found, results, strict=True):
+                    if not result.ok:
+                        failed[message.id] = f"the source queue refused it: {result.error}"
+                unsettled[:] = [message for message in found if message.id in failed]  # visible again, below
+                deletes = self.queue.delete_messages([message.receipt_handle for message in sent]) if sent else []
+            done = []
             for message, error in zip(sent, deletes, strict=True):
-                if error is not None:
+                if error is None:
+                    done.append(message.id)
+                else:
                     failed[message.id] = f"sent back, but still in the dead-letter queue ({error})"
             self._forget(done)
         log.info("console: redrove %d selected dead letters (%d not found, %d failed)", len(done), len(missing),
                  len(failed))
         return {"done": done, "missing": missing, "failed": failed}
 
+    @contextlib.contextmanager
+    def _giving_back(self, held: list[ReceivedMessage]) -> Iterator[list[ReceivedMessage]]:
+        """Whatever of `held` the block leaves in the list it is given (all of it, if the block
+        raises) is made visible again at once, not after HOLD_S."""
+        unsettled = list(held)
+        try:
+            yield unsettled
+        except BaseException:
+            unsettled[:] = held
+            raise
+        finally:
+            if unsettled:
+                self.queue.change_visibility([(message.receipt_handle, 0) for message in unsettled])
+
     def _find(self, ids: list[str]) -> tuple[list[ReceivedMessage], list[str]]:
-        """The selected dead letters, received again and held (HOLD_S), with the handles of this
-        receive: SQS acts only on a message's latest receipt handle, and an older one may be
-        refused or, worse, answered as done while nothing happened. Every other message read
-        on the way is given back at once. Reads up to FIND_MAX messages; the ids not found by
-        then (gone, or not reached) are `missing`."""
-        if self.own_redrive_policy():
-            raise PermissionError(f"the dead-letter queue {self.queue.name!r} has a redrive policy of its own")
+        """The selected dead letters, received again and held (HOLD_S), each with the newest
+        receipt handle SQS gave for it: SQS acts only on a message's latest handle, and an
+        older one may be refused or, worse, answered as done while nothing happened (fauxqs
+        does that on a delete). Every other message read on the way is given back at once.
+        Reads up to FIND_MAX messages; the ids not found by then are `missing` (gone, or not
+        reached: on a very deep queue, or behind others of its group on a FIFO queue)."""
         wanted = set(ids)
-        found: list[ReceivedMessage] = []
-        others: list[ReceivedMessage] = []
+        received: dict[str, ReceivedMessage] = {}  # by id, its newest receive
         read = 0
         try:
-            while wanted and read < FIND_MAX:
+            while not wanted <= received.keys() and read < FIND_MAX:
                 batch = self.queue.receive(max_messages=BATCH_MAX_ENTRIES, wait_s=1, visibility_timeout_s=HOLD_S)
                 if not batch:
                     break
                 read += len(batch)
-                for message in batch:
-                    if message.id in wanted:
-                        wanted.discard(message.id)
-                        found.append(message)
-                    else:
-                        others.append(message)
+                received.update((message.id, message) for message in batch)
         finally:
+            others = [message for message_id, message in received.items() if message_id not in wanted]
             if others:
                 self.queue.change_visibility([(message.receipt_handle, 0) for message in others])
-        return found, [message_id for message_id in dict.fromkeys(ids) if message_id in wanted]
+        found = [received[message_id] for message_id in dict.fromkeys(ids) if message_id in received]
+        return found, [message_id for message_id in dict.fromkeys(ids) if message_id not in received]
 
     def redrive_all(self, rate: Optional[float]) -> RedriveJob:
         """Start moving every dead letter back; refused (RuntimeError) while one such redrive runs."""
@@ -214,8 +279,7 @@ class DeadLetters:
             return self.job
 
     def _forget(self, ids: list[str]) -> None:
-        for message_id in ids:
-            self._listed.pop(message_id, None)
+        self._bodies.forget(ids)
         if self._listing is not None and ids:
             gone = set(ids)
             self._listing = {**self._listing, "items": [i for i in self._listing["items"] if i["id"] not in gone]}

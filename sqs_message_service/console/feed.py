@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Deque, Optional
 
 from ..sqs import SqsError, SqsQueue
-from .readings import RATES, Figures, Source
+from .readings import RATES, Figures, Source, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,11 @@ class Feed:
                 point["dead_letters"] = None if depth is None else sum(depth.values())
             else:
                 point.update({name: None if depth is None else depth[name] for name in names})
-        figures: Figures = self.source.read(now)
+        try:
+            figures: Figures = self.source.read(now)
+        except Exception as exc:  # a page or an answer not as expected: the SQS figures still count
+            log.warning("console: the rates could not be read (%s: %s)", type(exc).__name__, exc)
+            figures = Figures(dict.fromkeys(RATES), None, None, (SourceState("rates", ok=False, error=str(exc)[:200]),))
         point.update({rate: _rounded(figures.rates.get(rate)) for rate in RATES})
         point["p50_ms"] = _milliseconds(figures.p50_s)
         point["p99_ms"] = _milliseconds(figures.p99_s)

@@ -1,11 +1,16 @@
 """What stands between the console and a request that changes state (a redrive, a delete), and
 the headers every answer carries.
 
+Every request must name, in `Host`, an address the console answers for (its own HOST:CONSOLE_PORT,
+`localhost` too on loopback, and CONSOLE_ORIGIN's host), or it is 421: a page of another site
+that a DNS name rebound to 127.0.0.1 reaches it under that name, and is refused.
+
 An action needs all of:
 - keys: CONSOLE_KEYS set (otherwise the console is read-only, and says so: 403), and one of
   them in `X-Console-Key` (401 otherwise; compared in constant time);
-- the same origin: an `Origin` (or, without one, a `Referer`) naming this console, and no
-  `Sec-Fetch-Site` other than same-origin (403);
+- the same origin: an `Origin` (or, without one, a `Referer`) naming this console (CONSOLE_ORIGIN
+  when set, else the address it was asked at), and no `Sec-Fetch-Site` other than same-origin
+  (403);
 - a CSRF token: the one the page was served with, in `X-CSRF-Token`, matching the one held in
   the console's session cookie (HttpOnly, SameSite=Strict) (403).
 
@@ -42,11 +47,36 @@ def problem(status: int, title: str, detail: str) -> flask.Response:
     return response
 
 
-class Guard:
-    """The checks of an action, and the page's CSRF token."""
+#: Addresses that mean "this machine only", where `localhost` names the console too.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+#: Addresses that mean "every interface": the Host cannot be known from them.
+WILDCARD = frozenset({"0.0.0.0", "::", "[::]"})
 
-    def __init__(self, keys: frozenset[str]) -> None:
+
+def answered_hosts(host: str, port: int, origin: str) -> Optional[frozenset[str]]:
+    """The `Host` values the console answers: its own address, `localhost` and the other
+    loopback names when it is on loopback, and CONSOLE_ORIGIN's. None (any) when it listens on
+    every interface with no CONSOLE_ORIGIN to say its name."""
+    names: set[str] = set()
+    if origin:
+        parsed = urllib.parse.urlsplit(origin)
+        names.add(parsed.netloc)
+        if parsed.port is None:  # a browser may send the default port or not
+            names.add(f"{parsed.netloc}:{443 if parsed.scheme == 'https' else 80}")
+    if host in WILDCARD:
+        return frozenset(names) if names else None
+    for name in LOOPBACK if host in LOOPBACK else {host}:
+        names.add(f"[{name}]:{port}" if ":" in name and not name.startswith("[") else f"{name}:{port}")
+    return frozenset(names)
+
+
+class Guard:
+    """The checks of a request and of an action, and the page's CSRF token."""
+
+    def __init__(self, keys: frozenset[str], *, hosts: Optional[frozenset[str]] = None, origin: str = "") -> None:
         self._keys = [key.encode("utf-8") for key in sorted(keys)]
+        self.hosts = hosts
+        self.origin = origin
 
     @property
     def read_only(self) -> bool:
@@ -70,6 +100,14 @@ class Guard:
             token = flask.session[CSRF_SESSION_KEY] = secrets.token_urlsafe(32)
         return token
 
+    def misdirected(self, request: flask.Request) -> Optional[flask.Response]:
+        """A refusal of any request whose `Host` is not one the console answers for."""
+        if self.hosts is None or request.host in self.hosts:
+            return None
+        return problem(421, "Misdirected Request",
+                       f"this console answers for {', '.join(sorted(self.hosts))}; set CONSOLE_ORIGIN to the address "
+                       "your browser uses, if it is behind a proxy")
+
     def refusal(self, request: flask.Request) -> Optional[flask.Response]:
         """Why `request`, one that changes state, is refused; None when it may go on."""
         if self.read_only:
@@ -77,7 +115,7 @@ class Guard:
                            "this console has no CONSOLE_KEYS: it shows the system but takes no action")
         if not self.key_matches(request.headers.get(KEY_HEADER)):
             return problem(401, "Unauthorized", f"an action needs one of CONSOLE_KEYS in {KEY_HEADER}")
-        if not same_origin(request):
+        if not same_origin(request, self.origin):
             return problem(403, "Cross-site request refused",
                            "an action must come from the console's own page (Origin, Sec-Fetch-Site)")
         expected = flask.session.get(CSRF_SESSION_KEY)
@@ -88,16 +126,18 @@ class Guard:
         return None
 
 
-def same_origin(request: flask.Request) -> bool:
-    """Whether the browser says the request comes from this console's own pages."""
+def same_origin(request: flask.Request, origin: str = "") -> bool:
+    """Whether the browser says the request comes from this console's own pages: `origin`
+    (CONSOLE_ORIGIN) when set, else the scheme and host it was asked at (a host the console
+    answers for: `Guard.misdirected` saw to it)."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
         return False
     claimed = request.headers.get("Origin") or request.headers.get("Referer")
     if not claimed:
         return False
-    origin = urllib.parse.urlsplit(claimed)
-    own = urllib.parse.urlsplit(request.host_url)
-    return (origin.scheme, origin.netloc) == (own.scheme, own.netloc)
+    sent = urllib.parse.urlsplit(claimed)
+    own = urllib.parse.urlsplit(origin or request.host_url)
+    return (sent.scheme, sent.netloc) == (own.scheme, own.netloc)
 
 
 def secure_headers(response: flask.Response) -> flask.Response:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
+from sqs_message_service.console.guard import answered_hosts
 from sqs_message_service.dlq import failure_attributes
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
 
@@ -16,9 +17,9 @@ KEY = "op-key-1"
 ORIGIN = "http://testserver"  # the test client's own origin
 
 
-def page_token(page: Any) -> str:
+def page_token(page: Any, **headers: str) -> str:
     """The CSRF token the page carries; the session cookie it came with stays in the client."""
-    answer = page.get("/")
+    answer = page.get("/", headers=headers)
     assert answer.status_code == 200
     found = re.search(r'<meta name="csrf-token" content="([^"]+)">', answer.text)
     assert found is not None
@@ -138,3 +139,41 @@ def test_listing_answers_the_page_and_a_body_only_when_asked(console_app: Callab
     assert body.json()["body"].startswith("order ")
     assert page.get("/api/dead-letters/nope/body").status_code == 404
     assert page.get("/api/dead-letters", params={"limit": 0}).status_code == 400
+
+
+def test_a_request_for_another_host_is_refused_as_a_rebound_dns_name_would_send_it(
+    console_app: Callable[..., Any], dead: list[str]
+) -> None:
+    page = console_app(console_origin="").test_client()  # it answers for 127.0.0.1:5050 and localhost:5050
+
+    rebound = page.get("/api/dead-letters", headers={"Host": "evil.example:5050"})
+    own = page.get("/api/overview", headers={"Host": "localhost:5050"})
+
+    assert rebound.status_code == 421 and rebound.headers["Content-Type"] == "application/problem+json"
+    assert own.status_code == 200
+
+
+@pytest.mark.parametrize(("host", "origin", "answered"), [
+    ("127.0.0.1", "", {"127.0.0.1:5050", "localhost:5050", "[::1]:5050"}),
+    ("10.0.0.7", "", {"10.0.0.7:5050"}),
+    ("0.0.0.0", "", None),  # every interface, no name given: any Host (the console warns at start)
+    ("0.0.0.0", "https://console.example.com", {"console.example.com", "console.example.com:443"}),
+])
+def test_the_hosts_a_console_answers_for(host: str, origin: str, answered: Any) -> None:
+    assert answered_hosts(host, 5050, origin) == (None if answered is None else frozenset(answered))
+
+
+def test_behind_a_proxy_an_action_must_come_from_console_origin(
+    console_app: Callable[..., Any], dead: list[str]
+) -> None:
+    page = console_app(console_keys=KEY, console_origin="https://console.example.com").test_client()
+    token = page_token(page, Host="console.example.com")
+    asked = {"Host": "console.example.com", "X-Console-Key": KEY, "X-CSRF-Token": token}
+
+    as_the_proxy_serves_it = page.post("/api/dead-letters/delete", json={"ids": dead[:1]},
+                                       headers={**asked, "Origin": "https://console.example.com"})
+    from_plain_http = page.post("/api/dead-letters/delete", json={"ids": dead[1:2]},
+                                headers={**asked, "Origin": "http://console.example.com"})
+
+    assert as_the_proxy_serves_it.status_code == 200, as_the_proxy_serves_it.text
+    assert from_plain_http.status_code == 403

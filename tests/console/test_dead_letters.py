@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sqs_message_service.console.dead_letters import LISTING_FRESH_S, DeadLetters, RedriveJob
+from sqs_message_service.console.dead_letters import LISTING_FRESH_S, LISTING_MIN_S, DeadLetters, RedriveJob
 from sqs_message_service.dlq import SOURCE_ID, earlier_attribute, failure_attributes
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsError, SqsQueue
 
@@ -65,7 +65,10 @@ def test_one_listing_serves_every_page_for_a_while_then_sqs_is_read_again(queues
         dead_letters.listing(limit=100)
     assert dead_letter_queue.calls["ReceiveMessage"] == receives
 
-    dead_letters.listing(limit=100, fresh=True)  # "Read again"
+    dead_letters.listing(limit=100, fresh=True)  # "Read again" at once: not more often than LISTING_MIN_S
+    assert dead_letter_queue.calls["ReceiveMessage"] == receives
+    clock.now += LISTING_MIN_S
+    dead_letters.listing(limit=100, fresh=True)
     assert dead_letter_queue.calls["ReceiveMessage"] > receives
     receives = dead_letter_queue.calls["ReceiveMessage"]
     clock.now += LISTING_FRESH_S
@@ -145,3 +148,46 @@ def test_a_second_redrive_of_all_is_refused_while_one_runs(queues: tuple[SqsQueu
 
     with pytest.raises(RuntimeError, match="already running"):
         dead_letters.redrive_all(rate=5)
+
+
+def test_nothing_is_read_while_a_redrive_of_all_runs(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    queue, dead_letter_queue = queues
+    dead_letter_queue.send([dead_letter("a")])
+    dead_letters = DeadLetters(dead_letter_queue, queue)
+    dead_letters.job = RedriveJob(dead_letter_queue, queue, rate=None)  # running
+
+    for action in (lambda: dead_letters.listing(limit=10), lambda: dead_letters.delete(["x"]),
+                   lambda: dead_letters.redrive_selected(["x"])):
+        with pytest.raises(RuntimeError, match="redrive of every dead letter is running"):
+            action()
+    assert dead_letter_queue.calls.get("ReceiveMessage", 0) == 0
+
+
+def test_a_senders_own_dead_letter_attributes_never_break_a_listing(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    queue, dead_letter_queue = queues
+    forged = {SOURCE_ID: "x", "dead_letter.attempts": "\u00b2", "dead_letter.earlier": "[[1e999, 1, 2, 3], 5, [1]]"}
+    dead_letter_queue.send([OutgoingMessage(body="odd", attributes=forged), dead_letter("fine")])
+
+    items = DeadLetters(dead_letter_queue, queue).listing(limit=10)["items"]
+
+    odd = next(item for item in items if item["source_id"] == "x")
+    assert odd["receive_count"] is None and [f["attempt"] for f in odd["failures"]] == [None, None]
+    assert len(items) == 2
+
+
+def test_an_action_that_fails_midway_gives_back_what_it_held(
+    queues: tuple[SqsQueue, SqsQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue, dead_letter_queue = queues
+    dead_letter_queue.send([dead_letter(f"order {n}") for n in range(3)])
+    dead_letters = DeadLetters(dead_letter_queue, queue)
+    ids = [item["id"] for item in dead_letters.listing(limit=10)["items"]]
+
+    def source_down(_: object) -> None:
+        raise SqsError("SendMessageBatch: the source queue does not answer")
+
+    monkeypatch.setattr(queue, "send", source_down)
+    with pytest.raises(SqsError):
+        dead_letters.redrive_selected(ids[:2])
+
+    assert dead_letter_queue.depth() == {"visible": 3, "in_flight": 0, "delayed": 0}  # not hidden for HOLD_S

@@ -72,3 +72,21 @@ def test_ten_open_pages_cost_sqs_one_get_queue_attributes_per_queue_per_reading(
     for queue in ("messages", "messages-dlq"):
         assert metric(samples, "sqs_requests_total", queue=queue, operation="GetQueueAttributes") == 3
     assert metric(samples, "sqs_requests_total", queue="messages", operation="ReceiveMessage") == 0
+
+
+class BrokenSource:
+    """A rates source that answers something unexpected, as an odd Prometheus or page might."""
+
+    def read(self, now_s: float) -> Any:
+        raise KeyError("le")
+
+
+def test_rates_that_cannot_be_read_leave_the_queues_figures_and_say_why(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    queue, dead_letter_queue = queues
+    queue.send([OutgoingMessage(body="m")])
+    feed = Feed(queue=queue, dead_letter_queue=dead_letter_queue, source=BrokenSource(), refresh_s=1)
+
+    point = feed.read_once()
+
+    assert point["visible"] == 1 and point["accepted"] is None
+    assert feed.sources[0]["ok"] is False and "le" in feed.sources[0]["error"]

@@ -14,7 +14,8 @@ const CHARTS = {
 const LABELS = { dead_lettered: "dead-lettered", in_flight: "in flight", dead_letters: "dead letters",
   p50_ms: "p50", p99_ms: "p99" };
 
-const state = { seq: 0, points: [], refreshS: 2, windowS: 900, listing: null, selected: new Set() };
+const state = { seq: 0, boot: null, points: [], refreshS: 2, windowS: 900, listing: null, selected: new Set(),
+  redriving: false };
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 const readOnly = document.querySelector('meta[name="read-only"]').content === "true";
 
@@ -104,6 +105,10 @@ function showFigures(overview) {
   el("sources").textContent = sources.length ? `Read from: ${sources.join(" · ")}` : "";
   el("sources").classList.toggle("trouble", Boolean(overview.sqs_error) || overview.sources.some((s) => !s.ok));
   const job = overview.redrive;
+  const redriving = Boolean(job && job.state === "running");
+  if (state.redriving && !redriving) readDeadLetters(true);  // the redrive of all ended: what is left
+  state.redriving = redriving;
+  el("read-dead-letters").disabled = redriving;
   el("redrive-progress").textContent = job
     ? `Redrive of all (${job.state}): ${job.moved}${job.total ? ` of ${job.total}` : ""} moved` +
       (job.error ? ` — ${job.error}` : "") + (job.notes.length ? ` (${job.notes.join("; ")})` : "")
@@ -115,6 +120,10 @@ async function poll() {
     const response = await fetch(`api/overview?since=${state.seq}`, { cache: "no-store" });
     if (response.ok) {
       const overview = await response.json();
+      if (state.boot !== overview.boot) {  // the console restarted: its readings start again
+        if (state.boot !== null && state.seq > 0) { state.seq = 0; state.points = []; state.boot = overview.boot; setTimeout(poll, 0); return; }
+        state.boot = overview.boot;
+      }
       state.refreshS = overview.refresh_s;
       state.windowS = overview.window_s;
       if (overview.points.length) {
@@ -240,6 +249,9 @@ async function act(path, payload, question) {
   }
   if (response.status === 202) {
     result.textContent = `Redrive of all started${payload.rate ? ` at ${payload.rate} a second at most` : ""}.`;
+    state.redriving = true;  // the dead letters are read again once it ends
+    el("read-dead-letters").disabled = true;
+    return;
   } else {
     const failed = Object.entries(answer.failed);
     result.textContent = `Done: ${answer.done.length}` + (answer.missing.length ? `; not in the listing: ${answer.missing.length}` : "") +
