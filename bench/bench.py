@@ -67,6 +67,7 @@ from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 from sqs_message_service.aws import create_client  # noqa: E402
+from sqs_message_service.console.dead_letters import LISTING_MIN_S  # noqa: E402
 from sqs_message_service.dlq import failure_attributes  # noqa: E402
 from sqs_message_service.output import ProcessedRecord, read_records  # noqa: E402
 from sqs_message_service.settings import Settings  # noqa: E402
@@ -497,6 +498,7 @@ def console(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     fill_s = time.perf_counter() - filled
     listings = []
     for _ in range(5):
+        time.sleep(LISTING_MIN_S)  # each listing a new reading of SQS, not the last one served again
         asked = time.perf_counter()
         listing = get_json(f"{url}/api/dead-letters?limit=100&fresh=true")
         listings.append((time.perf_counter() - asked) * 1000)
