@@ -14,11 +14,12 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Optional, Union
 
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -86,6 +87,14 @@ def figure(browser: WebDriver, name: str) -> float:
     return float("nan") if shown == NOTHING else float(shown)
 
 
+def series_attribute(browser: WebDriver, series: str, name: str) -> Optional[str]:
+    """An attribute of a chart's line for `series`: each reading redraws the charts, so a line
+    found may be replaced before it is read; then it is found again."""
+    waiting = WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))
+    (value,) = waiting.until(lambda b: (b.find_element(By.CSS_SELECTOR, f"path.series-{series}").get_attribute(name),))
+    return value
+
+
 def send(system: LocalSystem, body: str) -> None:
     answer = requests.post(f"{system.writer_url}/api/message", json={"body": body}, timeout=10)
     assert answer.status_code == 201, answer.text
@@ -105,16 +114,36 @@ def rows(browser: WebDriver) -> list[Any]:
     return browser.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")
 
 
-def read_until_listed(browser: WebDriver, text: str, timeout_s: float = 60) -> Any:
-    """Press "Read again" until a dead letter whose reasons hold `text` is listed; its row."""
+def row_of(browser: WebDriver, dead_letter_id: str) -> Any:
+    """A listed dead letter's row as the page shows it now (a new listing draws new rows)."""
+    return browser.find_element(By.CSS_SELECTOR, f'#dead-letters tbody tr[data-id="{dead_letter_id}"]')
+
+
+def listed(browser: WebDriver) -> dict[str, str]:
+    """The dead letters listed, by id, with their rows' text, once the newest reading asked for
+    is shown (the page marks it: body[data-listing=idle]); read again if a new one replaced the
+    rows meanwhile."""
+
+    def shown(b: WebDriver) -> Union[tuple[dict[str, str]], Literal[False]]:  # a tuple: true even when empty
+        if b.find_element(By.TAG_NAME, "body").get_attribute("data-listing") != "idle":
+            return False
+        return ({row.get_attribute("data-id"): row.text for row in rows(b)},)
+
+    waiting = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
+    (found,) = waiting.until(shown)
+    return found
+
+
+def read_until_listed(browser: WebDriver, text: str, timeout_s: float = 60) -> str:
+    """Press "Read again" until a dead letter whose reasons hold `text` is listed; its id."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         browser.find_element(By.ID, "read-dead-letters").click()
         time.sleep(0.5)
-        for row in rows(browser):
-            if text in row.text:
-                return row
-    raise AssertionError(f"no dead letter listed with {text!r} within {timeout_s} s: {[r.text for r in rows(browser)]}")
+        for dead_letter_id, shown in listed(browser).items():
+            if text in shown:
+                return dead_letter_id
+    raise AssertionError(f"no dead letter listed with {text!r} within {timeout_s} s: {listed(browser)}")
 
 
 def processed_once(steps: Path, body: str, timeout_s: float = 30) -> dict[str, Any]:
@@ -148,7 +177,7 @@ def test_the_page_draws_its_charts_and_its_figures_move_under_load(system: dict[
         WebDriverWait(browser, 10, poll_frequency=0.2).until(
             lambda b: b.find_element(By.ID, "figure-processed").text not in seen)
         WebDriverWait(browser, 20, poll_frequency=0.2).until(lambda b: all(
-            int(b.find_element(By.CSS_SELECTOR, f"path.series-{series}").get_attribute("data-points") or 0) >= 3
+            int(series_attribute(b, series, "data-points") or 0) >= 3
             for series in CHARTED))
         if os.environ.get("CONSOLE_SCREENSHOT"):
             time.sleep(3)
@@ -159,8 +188,7 @@ def test_the_page_draws_its_charts_and_its_figures_move_under_load(system: dict[
 
     # THEN each chart has a line drawn from the readings, and the latency shows
     for series in CHARTED:
-        path = browser.find_element(By.CSS_SELECTOR, f"path.series-{series}")
-        assert (path.get_attribute("d") or "").count("L") >= 2, series
+        assert (series_attribute(browser, series, "d") or "").count("L") >= 2, series
     assert figure(browser, "p50_ms") > 0
     assert "ok" in browser.find_element(By.ID, "sources").text
     assert javascript_errors(browser) == []
@@ -173,7 +201,7 @@ def test_a_dead_letters_reasons_appear_and_a_redrive_brings_it_back_to_be_proces
     system["broken"].touch()
     send(system["system"], "broken order 7")
     browser.get(system["url"])
-    row = read_until_listed(browser, "broken on attempt 2")
+    row = row_of(browser, read_until_listed(browser, "broken on attempt 2"))
 
     # THEN its reasons are each attempt's: the first one the worker saw, and the last
     reasons = row.find_element(By.CSS_SELECTOR, "ol.reasons").text
@@ -194,7 +222,7 @@ def test_a_dead_letters_reasons_appear_and_a_redrive_brings_it_back_to_be_proces
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "action-result").text.startswith("Done: 1"))
     processed = processed_once(system["steps"], "broken order 7")
     assert processed["receive_count"] == 1  # a new message in the source queue, as a redrive makes it
-    WebDriverWait(browser, 10).until(lambda b: all("broken order 7" not in row.text for row in rows(b)))
+    WebDriverWait(browser, 10).until(lambda b: all("broken order 7" not in shown for shown in listed(b).values()))
     assert javascript_errors(browser) == []
 
 
@@ -205,8 +233,8 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
     system["broken"].touch()
     send(system["system"], "broken order 8")
     browser.get(system["url"])
-    row = read_until_listed(browser, "broken on attempt 2")
-    target = row.get_attribute("data-id")
+    target = read_until_listed(browser, "broken on attempt 2")
+    row = row_of(browser, target)
 
     # WHEN the operator deletes it with a wrong key
     browser.find_element(By.ID, "console-key").send_keys("not-the-key")
@@ -217,7 +245,7 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
     # THEN the page says it was refused, and the dead letter is still there
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "action-result").text.startswith("Refused"))
     assert "401" in browser.find_element(By.ID, "action-result").text
-    assert target in [r.get_attribute("data-id") for r in rows(browser)]
+    assert target in listed(browser)
     javascript_errors(browser)  # the 401 answer is logged as a failed load: expected here, and cleared
 
     # AND the same action from another site, with the key, is refused before it is looked at
@@ -226,7 +254,7 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
     assert forged.status_code == 403 and forged.headers["Content-Type"] == "application/problem+json"
     browser.find_element(By.ID, "read-dead-letters").click()
     time.sleep(1)
-    assert target in [r.get_attribute("data-id") for r in rows(browser)]
+    assert target in listed(browser)
 
 
 def test_a_redrive_of_all_at_a_chosen_rate_shows_its_progress_and_empties_the_dead_letter_queue(

@@ -15,7 +15,7 @@ const LABELS = { dead_lettered: "dead-lettered", in_flight: "in flight", dead_le
   p50_ms: "p50", p99_ms: "p99" };
 
 const state = { seq: 0, boot: null, points: [], refreshS: 2, windowS: 900, listing: null, selected: new Set(),
-  redriving: false };
+  redriveStarted: null };
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 const readOnly = document.querySelector('meta[name="read-only"]').content === "true";
 
@@ -105,10 +105,13 @@ function showFigures(overview) {
   el("sources").textContent = sources.length ? `Read from: ${sources.join(" · ")}` : "";
   el("sources").classList.toggle("trouble", Boolean(overview.sqs_error) || overview.sources.some((s) => !s.ok));
   const job = overview.redrive;
-  const redriving = Boolean(job && job.state === "running");
-  if (state.redriving && !redriving) readDeadLetters(true);  // the redrive of all ended: what is left
-  state.redriving = redriving;
-  el("read-dead-letters").disabled = redriving;
+  // The redrive of all this page started (known by its start time, since a reading taken before
+  // the console had it shows none) has ended: read what is left.
+  if (state.redriveStarted !== null && job && job.started_at === state.redriveStarted && job.state !== "running") {
+    state.redriveStarted = null;
+    readDeadLetters(true);
+  }
+  el("read-dead-letters").disabled = state.redriveStarted !== null || Boolean(job && job.state === "running");
   el("redrive-progress").textContent = job
     ? `Redrive of all (${job.state}): ${job.moved}${job.total ? ` of ${job.total}` : ""} moved` +
       (job.error ? ` — ${job.error}` : "") + (job.notes.length ? ` (${job.notes.join("; ")})` : "")
@@ -201,10 +204,21 @@ function showListing(listing) {
   updateButtons();
 }
 
+// Only the newest reading asked for is shown: an older answer arriving late never replaces it.
+// The body's data-listing says "reading" until that answer is shown, then "idle".
 async function readDeadLetters(fresh) {
-  const response = await fetch(`api/dead-letters?limit=100&fresh=${fresh ? "true" : "false"}`, { cache: "no-store" });
-  const answer = await response.json();
-  if (response.ok) showListing(answer); else el("listing-note").textContent = answer.detail || answer.title;
+  const asked = (state.listingsAsked = (state.listingsAsked || 0) + 1);
+  document.body.dataset.listing = "reading";
+  try {
+    const response = await fetch(`api/dead-letters?limit=100&fresh=${fresh ? "true" : "false"}`, { cache: "no-store" });
+    const answer = await response.json();
+    if (asked !== state.listingsAsked) return;
+    if (response.ok) showListing(answer); else el("listing-note").textContent = answer.detail || answer.title;
+  } catch (error) {
+    if (asked === state.listingsAsked) el("listing-note").textContent = "the console does not answer; read again";
+  } finally {
+    if (asked === state.listingsAsked) document.body.dataset.listing = "idle";
+  }
 }
 
 async function showBody(id, button) {
@@ -249,7 +263,7 @@ async function act(path, payload, question) {
   }
   if (response.status === 202) {
     result.textContent = `Redrive of all started${payload.rate ? ` at ${payload.rate} a second at most` : ""}.`;
-    state.redriving = true;  // the dead letters are read again once it ends
+    state.redriveStarted = answer.started_at;  // the dead letters are read again once it ends
     el("read-dead-letters").disabled = true;
     return;
   } else {
