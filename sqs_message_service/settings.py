@@ -309,20 +309,20 @@ class Settings:
 
     @property
     def scrape_urls(self) -> tuple[str, ...]:
-        return tuple(url.strip() for url in self.console_scrape.split(",") if url.strip())
+        return comma_list(self.console_scrape)
 
     def load_console_keys(self) -> frozenset[str]:
         """The keys that allow the console's actions; empty: the console is read-only."""
-        return frozenset(key.strip() for key in self.console_keys.split(",") if key.strip())
+        return frozenset(comma_list(self.console_keys))
 
     def load_api_keys(self) -> frozenset[str]:
         """The accepted API keys: API_KEYS (comma-separated) and API_KEYS_FILE (one per line,
         '#' comments). Empty: the writer needs no key."""
-        keys = [key.strip() for key in self.api_keys.split(",")]
+        keys = list(comma_list(self.api_keys))
         if self.api_keys_file is not None:
             lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
-            keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
-        return frozenset(key for key in keys if key)
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return frozenset(keys)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, role: Optional[Role] = None) -> "Settings":
@@ -399,6 +399,11 @@ _TYPES: dict[str, type] = {
     for name, hint in get_type_hints(Settings).items()
 }
 _KINDS = {int: "an integer", float: "a number"}
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """The items of a comma-separated setting, stripped, the empty ones left out."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _shown(number: float) -> str:

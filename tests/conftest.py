@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import uvicorn
 from moto import mock_aws
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
@@ -153,6 +154,35 @@ def console_app(settings: Settings, sqs: Any, queues: tuple[SqsQueue, SqsQueue])
         return create_console(changed, client=sqs, source=Scrape(()), start_feed=False)
 
     return create
+
+
+class MetricsPage:
+    """A registry served on a loopback port by prometheus_client, as a writer or worker serves
+    its /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.port = free_port()
+        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def metrics_page() -> Iterator[Callable[[], MetricsPage]]:
+    """Serve a new /metrics page on loopback each call; all are closed at the end of the test."""
+    pages: list[MetricsPage] = []
+
+    def serve() -> MetricsPage:
+        pages.append(MetricsPage())
+        return pages[-1]
+
+    yield serve
+    for page in pages:
+        page.close()
 
 
 @pytest.fixture

@@ -146,6 +146,16 @@ def read_until_listed(browser: WebDriver, text: str, timeout_s: float = 60) -> s
     raise AssertionError(f"no dead letter listed with {text!r} within {timeout_s} s: {listed(browser)}")
 
 
+def dead_lettered(system: dict[str, Any], browser: WebDriver, body: str) -> str:
+    """Send `body` while the step's cause is broken (left broken), open the page, and read until
+    a dead letter with its last attempt's reason is listed: its id. Each test leaves no other
+    dead letter behind, except the one the next test starts from."""
+    system["broken"].touch()
+    send(system["system"], body)
+    browser.get(system["url"])
+    return read_until_listed(browser, "broken on attempt 2")
+
+
 def processed_once(steps: Path, body: str, timeout_s: float = 30) -> dict[str, Any]:
     """The step's record of `body` returning, once it has (STEP_LOG)."""
     deadline = time.monotonic() + timeout_s
@@ -198,10 +208,7 @@ def test_a_dead_letters_reasons_appear_and_a_redrive_brings_it_back_to_be_proces
     system: dict[str, Any], browser: WebDriver
 ) -> None:
     # GIVEN a message the worker's step cannot process until its cause is fixed: dead-lettered
-    system["broken"].touch()
-    send(system["system"], "broken order 7")
-    browser.get(system["url"])
-    row = row_of(browser, read_until_listed(browser, "broken on attempt 2"))
+    row = row_of(browser, dead_lettered(system, browser, "broken order 7"))
 
     # THEN its reasons are each attempt's: the first one the worker saw, and the last
     reasons = row.find_element(By.CSS_SELECTOR, "ol.reasons").text
@@ -230,10 +237,7 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
     system: dict[str, Any], browser: WebDriver
 ) -> None:
     # GIVEN a dead letter, listed
-    system["broken"].touch()
-    send(system["system"], "broken order 8")
-    browser.get(system["url"])
-    target = read_until_listed(browser, "broken on attempt 2")
+    target = dead_lettered(system, browser, "broken order 8")
     row = row_of(browser, target)
 
     # WHEN the operator deletes it with a wrong key

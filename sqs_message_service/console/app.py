@@ -121,13 +121,14 @@ def create_app(
     return app
 
 
-def _console() -> Console:
+def current_console() -> Console:
+    """The Console of the app serving this request."""
     console: Console = flask.current_app.extensions[CONSOLE_EXTENSION]
     return console
 
 
 def _page() -> str:
-    console = _console()
+    console = current_console()
     return flask.render_template(
         "console.html", csrf_token=console.guard.csrf_token(), read_only=console.guard.read_only,
         queue=console.feed.queue.name, dead_letter_queue=console.feed.dead_letter_queue.name,
@@ -135,13 +136,13 @@ def _page() -> str:
 
 
 def _metrics() -> flask.Response:
-    return flask.Response(generate_latest(_console().registry), mimetype="text/plain")
+    return flask.Response(generate_latest(current_console().registry), mimetype="text/plain")
 
 
 def _guard_actions() -> Optional[flask.Response]:
     """Every request passes the guard's Host check first, and one that could change state its
     checks of an action."""
-    guard = _console().guard
+    guard = current_console().guard
     misdirected = guard.misdirected(flask.request)
     if misdirected is not None or flask.request.method in ("GET", "HEAD", "OPTIONS"):
         return misdirected

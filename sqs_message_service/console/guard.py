@@ -27,6 +27,8 @@ from typing import Optional
 
 import flask
 
+from ..keys import Keys
+
 #: The header an action's key travels in, and the CSRF token's.
 KEY_HEADER = "X-Console-Key"
 CSRF_HEADER = "X-CSRF-Token"
@@ -74,23 +76,13 @@ class Guard:
     """The checks of a request and of an action, and the page's CSRF token."""
 
     def __init__(self, keys: frozenset[str], *, hosts: Optional[frozenset[str]] = None, origin: str = "") -> None:
-        self._keys = [key.encode("utf-8") for key in sorted(keys)]
+        self._keys = Keys(keys)
         self.hosts = hosts
         self.origin = origin
 
     @property
     def read_only(self) -> bool:
         return not self._keys
-
-    def key_matches(self, presented: Optional[str]) -> bool:
-        """Every key compared, none ending the loop early: timing tells nothing of which matched."""
-        if presented is None:
-            return False
-        candidate = presented.encode("utf-8", "surrogateescape")
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
-        return matched
 
     @staticmethod
     def csrf_token() -> str:
@@ -113,7 +105,7 @@ class Guard:
         if self.read_only:
             return problem(403, "Read-only console",
                            "this console has no CONSOLE_KEYS: it shows the system but takes no action")
-        if not self.key_matches(request.headers.get(KEY_HEADER)):
+        if not self._keys.matches(request.headers.get(KEY_HEADER)):
             return problem(401, "Unauthorized", f"an action needs one of CONSOLE_KEYS in {KEY_HEADER}")
         if not same_origin(request, self.origin):
             return problem(403, "Cross-site request refused",

@@ -8,7 +8,7 @@ from typing import Any, Union
 import flask
 
 from ..sqs import SqsError
-from .app import Console
+from .app import current_console
 from .dead_letters import body
 from .guard import problem
 
@@ -23,22 +23,17 @@ def _json(answer: dict[str, Any], status: int = 200) -> flask.Response:
     return response
 
 
-def _console() -> Console:
-    console: Console = flask.current_app.extensions["console"]
-    return console
-
-
 def health() -> Answer:
-    feed = _console().feed
+    feed = current_console().feed
     return {"status": "ok", "sqs_error": feed.sqs_error, "readings": 0 if feed.latest is None else feed.latest["seq"]}
 
 
 def overview(since: int = 0) -> Answer:
-    return _console().overview(since)
+    return current_console().overview(since)
 
 
 def list_dead_letters(limit: int = 100, fresh: bool = False) -> Answer:
-    console = _console()
+    console = current_console()
     try:
         return _json(console.dead_letters.listing(limit=limit, fresh=fresh))
     except PermissionError as exc:
@@ -48,14 +43,14 @@ def list_dead_letters(limit: int = 100, fresh: bool = False) -> Answer:
 
 
 def dead_letter_body(message_id: str) -> Answer:
-    message = _console().dead_letters.message(message_id)
+    message = current_console().dead_letters.message(message_id)
     if message is None:
         return problem(404, "Not in the listing", f"no dead letter {message_id!r} in the last listing: read them again")
     return _json(body(message))
 
 
 def redrive(body: dict[str, Any]) -> Answer:
-    dead_letters = _console().dead_letters
+    dead_letters = current_console().dead_letters
     ids: list[str] = body.get("ids") or []
     everything = bool(body.get("all", False))
     if bool(ids) == bool(everything):
@@ -72,7 +67,7 @@ def redrive(body: dict[str, Any]) -> Answer:
 
 def delete(body: dict[str, Any]) -> Answer:
     try:
-        return _json(_console().dead_letters.delete(body["ids"]))
+        return _json(current_console().dead_letters.delete(body["ids"]))
     except PermissionError as exc:
         return problem(409, "Conflict", str(exc))
     except SqsError as exc:

@@ -5,7 +5,6 @@ Swagger UI asked only on its own paths, the API-key check and the compact jsonif
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from prometheus_client import make_asgi_app
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..keys import Keys
 from ..metrics import WriterMetrics
 from ..tracing import NO_TRACING, NoTracing
 from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
@@ -203,14 +203,10 @@ def api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
     """connexion's API-key handler, checking this app's keys. Every key is compared in constant
     time and none ends the loop early, so timing tells nothing of which key, or how much of one,
     matched."""
-    known = [key.encode("utf-8") for key in keys]
+    known = Keys(keys)
 
     def check(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
-        candidate = presented.encode("utf-8", "surrogateescape")
-        matched = False
-        for key in known:
-            matched |= hmac.compare_digest(candidate, key)
-        return {"sub": "api-key"} if matched else None
+        return {"sub": "api-key"} if known.matches(presented) else None
 
     class ConfiguredApiKeys(ApiKeySecurityHandler):
         def _resolve_func(self, security_scheme: dict[str, Any]) -> Any:

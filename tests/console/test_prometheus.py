@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
 
-from conftest import ROOT, Process, accepts_connections, free_port, wait_until
+from conftest import ROOT, MetricsPage, Process, accepts_connections, free_port, wait_until
 from sqs_message_service.console.app import source_for
 from sqs_message_service.console.readings import Prometheus
 from sqs_message_service.metrics import WorkerMetrics, WriterMetrics
@@ -23,18 +22,16 @@ BINARY = ROOT / ".cache" / "prometheus" / "usr" / "bin" / "prometheus"
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[str, WriterMetrics, WorkerMetrics]]:
-    """A writer's and a worker's registries served on loopback, and a Prometheus scraping both
-    every second; its URL and the two metrics."""
+def prometheus(
+    tmp_path: Path, metrics_page: Callable[[], MetricsPage]
+) -> Iterator[tuple[str, WriterMetrics, WorkerMetrics]]:
+    """A writer's and a worker's metrics pages on loopback, and a Prometheus scraping both every
+    second; its URL and the two metrics."""
     assert BINARY.exists(), "the real Prometheus is missing: run `make prometheus` (make test does)"
-    pages = []
-    for _ in range(2):
-        registry, port = CollectorRegistry(), free_port()
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
-        pages.append((registry, port, server))
-    writer, worker = WriterMetrics(pages[0][0]), WorkerMetrics(pages[1][0])
+    pages = [metrics_page(), metrics_page()]
+    writer, worker = WriterMetrics(pages[0].registry), WorkerMetrics(pages[1].registry)
     config = tmp_path / "prometheus.yml"
-    targets = ", ".join(f"'127.0.0.1:{port}'" for _, port, _ in pages)
+    targets = ", ".join(f"'127.0.0.1:{page.port}'" for page in pages)
     config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: parts\n"
                       f"    static_configs:\n      - targets: [{targets}]\n")
     port = free_port()
@@ -45,9 +42,6 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, WriterMetrics, WorkerMetri
         yield f"http://127.0.0.1:{port}", writer, worker
     finally:
         process.stop()
-        for _, _, server in pages:
-            server.shutdown()
-            server.server_close()
 
 
 def test_the_rates_and_latency_come_from_prometheus_queries(

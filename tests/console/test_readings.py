@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable
 
-import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from conftest import MetricsPage
 from harness import free_port
 from sqs_message_service.console.readings import Scrape, parse_metrics
 from sqs_message_service.metrics import WorkerMetrics, WriterMetrics
 
 
-class Served:
-    """A registry served on a loopback port by prometheus_client, as a writer or worker serves it."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.port = free_port()
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def served() -> Iterator[list[Served]]:
-    pages: list[Served] = []
-    yield pages
-    for page in pages:
-        page.close()
-
-
-def serve(pages: list[Served]) -> Served:
-    page = Served()
-    pages.append(page)
-    return page
-
-
-def test_rates_are_each_pages_increase_over_the_time_between_readings_summed(served: list[Served]) -> None:
+def test_rates_are_each_pages_increase_over_the_time_between_readings_summed(
+    metrics_page: Callable[[], MetricsPage]
+) -> None:
     # GIVEN a writer's page and a worker's, read once
-    writer_page, worker_page = serve(served), serve(served)
+    writer_page, worker_page = metrics_page(), metrics_page()
     writer, worker = WriterMetrics(writer_page.registry), WorkerMetrics(worker_page.registry)
     writer.messages.labels("accepted").inc(100)
     scrape = Scrape((writer_page.url, worker_page.url))
@@ -66,8 +40,10 @@ def test_rates_are_each_pages_increase_over_the_time_between_readings_summed(ser
     assert [state.ok for state in second.sources] == [True, True]
 
 
-def test_a_restarted_process_counts_from_zero_and_a_silent_page_is_left_out_and_said(served: list[Served]) -> None:
-    page = serve(served)
+def test_a_restarted_process_counts_from_zero_and_a_silent_page_is_left_out_and_said(
+    metrics_page: Callable[[], MetricsPage]
+) -> None:
+    page = metrics_page()
     metrics = WriterMetrics(page.registry)
     metrics.messages.labels("accepted").inc(500)
     down = f"http://127.0.0.1:{free_port()}/metrics"
@@ -85,8 +61,8 @@ def test_a_restarted_process_counts_from_zero_and_a_silent_page_is_left_out_and_
     assert "Connection" in (reading.sources[1].error or "")
 
 
-def test_the_latency_covers_the_last_minute_only(served: list[Served]) -> None:
-    page = serve(served)
+def test_the_latency_covers_the_last_minute_only(metrics_page: Callable[[], MetricsPage]) -> None:
+    page = metrics_page()
     worker = WorkerMetrics(page.registry)
     scrape = Scrape((page.url,))
     scrape.read(now_s=0.0)
