@@ -1,6 +1,6 @@
 """The SQS interface, as a processing step or a tool of one's own imports it: queues by name,
-the messages that go in and come out, each entry's outcome, and the few errors that say what
-went wrong.
+the messages that go in and come out, each entry's outcome, the few errors that say what went
+wrong, and what a processing step can say of a message (`Reject`, `RetryLater`).
 
 The front door to sqs_message_service/sqs.py, the one module that talks to SQS, and to
 sqs_message_service/aws.py, which makes every AWS client with its own timeouts.
@@ -23,6 +23,7 @@ from sqs_message_service.sqs import (
     SqsQueue,
     plan_batches,
 )
+from sqs_message_service.verdicts import Reject, RetryLater
 
 __all__ = [
     "BATCH_MAX_BYTES",
@@ -35,6 +36,8 @@ __all__ = [
     "QueueNotFound",
     "QueueUnavailable",
     "ReceivedMessage",
+    "Reject",
+    "RetryLater",
     "SendResult",
     "SqsError",
     "SqsQueue",

@@ -16,23 +16,29 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Optional
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from sqs_message_service.aws import create_client
 from sqs_message_service.metrics import SqsMetrics, WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import ConfigError, Settings, add_option, configure_logging, with_options
 from sqs_message_service.sqs import SqsError, SqsQueue
+from sqs_message_service.tracing import NoTracing
 from sqs_message_service.tracing import configure as configure_tracing
 from sqs_message_service.worker.engine import Worker
+from sqs_message_service.worker.http_step import HttpStep
 from sqs_message_service.worker.pane import StatsPane
 from sqs_message_service.worker.processed import LedgerUnavailable, ProcessedLedger
-from sqs_message_service.worker.processing import Processor, SimulatedWork, load_processor
+from sqs_message_service.worker.processing import SimulatedWork
+from sqs_message_service.worker.steps import Processor, StepNotLoadable, load_step
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +96,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         except OSError as exc:
             print(f"worker: WORKER_CPU={settings.worker_cpu}: {exc}", file=sys.stderr)
             return 2
-    processor: Processor
-    if settings.processor:
-        processor = load_processor(settings.processor)
-    else:
-        processor = SimulatedWork(
-            process_time_s=settings.process_time_s, failure_rate=settings.failure_rate, seed=settings.failure_seed
-        )
+    tracing = configure_tracing(settings, "worker")  # off unless the OTEL_* variables ask for it
+    try:
+        processor = processing_step(settings, tracing)
+    except StepNotLoadable as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
     # A long poll holds the connection for up to RECEIVE_WAIT_SECONDS: the read timeout covers it.
     client = create_client(settings, read_timeout_s=settings.receive_wait_s + settings.sqs_read_timeout_s)
     sqs_metrics = SqsMetrics()
@@ -110,14 +115,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (LedgerUnavailable, SqsError) as exc:
             print(f"worker: PROCESSED_TABLE={settings.processed_table}: {exc}", file=sys.stderr)
             return 2
-        tracing = configure_tracing(settings, "worker")  # off unless the OTEL_* variables ask for it
         cleanup.callback(tracing.shutdown)  # the spans still to export leave before the process ends
         worker = Worker(
             queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
             processor=processor, settings=settings, output=output, processed=processed, tracing=tracing,
         )
         try:
-            metrics_server = serve_metrics(settings, worker.registry)
+            metrics_server = serve_metrics(settings, worker.registry, healthy=lambda: worker.healthy)
         except OSError as exc:
             print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
                   file=sys.stderr)
@@ -126,9 +130,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             cleanup.callback(metrics_server.shutdown)
         _install_signal_handlers(worker)
         log.info(
-            "worker %s on queue %r (%s), concurrency %d%s", worker.worker_id, settings.queue_name,
-            settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.worker_concurrency,
-            "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
+            "worker %s on queue %r (%s), concurrency %d%s; step %s (%s), PROCESSING_TIMEOUT %g s", worker.worker_id,
+            settings.queue_name, settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
+            settings.worker_concurrency, "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
+            settings.processor or "simulated work", "coroutines" if worker.coroutines is not None else "threads",
+            settings.processing_timeout_s,
         )
         stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
         with StatsPane(worker, stats, sys.stdout, settings.stats_interval_s):
@@ -136,6 +142,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.summary_json is not None:
             args.summary_json.write_text(json.dumps(stats.summary(), indent=1) + "\n", encoding="utf-8")
         return exit_code
+
+
+def processing_step(settings: Settings, tracing: NoTracing) -> Processor:
+    """The step PROCESSOR names: a URL is an HTTP step, 'module:function' the user's own
+    function; unset, the simulated work. Raises StepNotLoadable, in one line, when it cannot be
+    found."""
+    if not settings.processor:
+        return SimulatedWork(
+            process_time_s=settings.process_time_s, failure_rate=settings.failure_rate, seed=settings.failure_seed
+        )
+    if settings.processor.startswith(("http://", "https://")):
+        return HttpStep(settings.processor, timeout_s=settings.processing_timeout_s,
+                        concurrency=settings.worker_concurrency, tracing=tracing)
+    return load_step(settings.processor)
 
 
 def processed_ledger(settings: Settings, queue: SqsQueue) -> Optional[ProcessedLedger]:
@@ -157,14 +177,51 @@ def processed_ledger(settings: Settings, queue: SqsQueue) -> Optional[ProcessedL
     return ledger
 
 
-def serve_metrics(settings: Settings, registry: CollectorRegistry) -> Optional[WSGIServer]:
-    """Serve `registry` for Prometheus on HOST:METRICS_PORT from a thread of its own (none when
-    METRICS_PORT is 0). Raises OSError when the port is taken: better than running unwatched."""
+def serve_metrics(
+    settings: Settings, registry: CollectorRegistry, *, healthy: Callable[[], bool] = lambda: True
+) -> Optional[WSGIServer]:
+    """Serve `registry` for Prometheus on HOST:METRICS_PORT, and /health for an orchestrator's
+    probe, from a thread of its own (none when METRICS_PORT is 0). Raises OSError when the port
+    is taken: better than running unwatched."""
     if not settings.metrics_port:
         return None
-    server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    server = make_server(settings.host, settings.metrics_port, health_and_metrics(registry, healthy),
+                         server_class=_server_class(settings.host), handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics, health on /health", settings.host, settings.metrics_port)
     return server
+
+
+def health_and_metrics(registry: CollectorRegistry, healthy: Callable[[], bool]) -> Any:
+    """A WSGI app: /health answers 200, or 503 once the worker can no longer run its step (its
+    threads stuck past PROCESSING_TIMEOUT up to MAX_STUCK_THREADS); every other path, the metrics."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/health":
+            return metrics(environ, start_response)
+        ok = healthy()
+        body = json.dumps({"status": "ok"} if ok else {
+            "status": "unhealthy", "reason": "processing threads stuck past PROCESSING_TIMEOUT (MAX_STUCK_THREADS)",
+        }).encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def _server_class(host: str) -> type[WSGIServer]:
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    return Server
 
 
 def _install_signal_handlers(worker: Worker) -> None:

@@ -100,7 +100,7 @@ class WorkerMetrics:
     """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane."""
 
     COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released", "duplicates",
-                "held")
+                "held", "timed_out", "rejected")
     _HELP: ClassVar[dict[str, str]] = {
         "received": "Messages received from SQS",
         "processed": "Messages whose processing succeeded",
@@ -112,6 +112,8 @@ class WorkerMetrics:
         "released": "Messages received but not started (shutdown), made visible again at once",
         "duplicates": "Messages the processed ledger (PROCESSED_TABLE) knew as done: deleted without processing",
         "held": "Messages whose key another worker's live claim held (PROCESSED_TABLE): left to come back",
+        "timed_out": "Attempts that outlived PROCESSING_TIMEOUT (counted in failed too)",
+        "rejected": "Messages the step rejected (Reject, or an HTTP step's 422): dead-lettered on that attempt",
     }
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -131,6 +133,10 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "worker_messages_in_flight", "Messages received and not yet finished (processing or prefetched)",
             registry=registry,
+        )
+        self.stuck_threads = Gauge(
+            "worker_stuck_threads", "Threads of a plain step still running past PROCESSING_TIMEOUT (replaced up to "
+            "MAX_STUCK_THREADS; at that bound /health answers 503)", registry=registry,
         )
         self.dynamodb_requests = Counter(
             "dynamodb_requests", "DynamoDB calls made for the processed ledger, by table and operation",

@@ -42,6 +42,7 @@ SQS_MAX_MESSAGE_BYTES_CEILING = 1_048_576
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}(\.fifo)?$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_STEP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 
 
 class ConfigError(ValueError):
@@ -215,7 +216,19 @@ class Settings:
         None, "FAILURE_SEED", "makes simulated failures repeatable; unset: random", roles=WORKER,
     )
     processor: str = setting(
-        "", "PROCESSOR", "your processing step, module:function; unset: the simulated work", roles=WORKER,
+        "", "PROCESSOR",
+        "your processing step: module:function (a plain or an async def function), or an http:// or "
+        "https:// URL each message is POSTed to; unset: the simulated work", roles=WORKER,
+    )
+    processing_timeout_s: float = setting(
+        600.0, "PROCESSING_TIMEOUT",
+        "seconds an attempt at a message may take; past it the attempt fails (timed out) and the message "
+        "comes back after its backoff", bounds=(0.1, 43_200), roles=WORKER,
+    )
+    max_stuck_threads: Optional[int] = setting(
+        None, "MAX_STUCK_THREADS",
+        "threads of a plain step still running past PROCESSING_TIMEOUT that the worker replaces; at this "
+        "many its /health answers 503", bounds=(0, 10_000), default_text="WORKER_CONCURRENCY", roles=WORKER,
     )
     retry_backoff_base_s: float = setting(
         1.0, "RETRY_BACKOFF_BASE", "seconds before a failed message's first retry; doubles with each receive",
@@ -380,8 +393,10 @@ class Settings:
             )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")
-        if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor):
-            raise ConfigError(f"PROCESSOR={self.processor!r}: must be 'module:function'")
+        if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor) and not _STEP_URL.match(self.processor):
+            raise ConfigError(
+                f"PROCESSOR={self.processor!r}: must be 'module:function' or an http:// or https:// URL"
+            )
         if self.max_request_bytes < self.max_message_bytes:
             raise ConfigError(
                 f"MAX_REQUEST_BYTES={self.max_request_bytes}: must be at least "

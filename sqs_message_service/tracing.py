@@ -140,6 +140,17 @@ class NoTracing:
     def in_trace_of(self, message: ReceivedMessage) -> ContextManager[None]:
         return contextlib.nullcontext()
 
+    def traceparent(self, message: ReceivedMessage) -> Optional[str]:
+        """The W3C `traceparent` an HTTP step is sent: here, the context the message carries
+        from its creation (None when it carries none), passed on untouched."""
+        carried = from_xray_header(message.trace_header)
+        if carried is None and TRACEPARENT in message.attributes:
+            carried = from_traceparent(message.attributes[TRACEPARENT])
+        if carried is None:
+            return None
+        trace_id, span_id, sampled = carried
+        return f"00-{trace_id:032x}-{span_id:016x}-{int(sampled):02x}"
+
     def failed(self, span: Any, error: BaseException, error_type: Optional[str] = None) -> None:
         pass
 
@@ -311,6 +322,12 @@ class Tracing(NoTracing):
             yield
         finally:
             otel_context.detach(token)
+
+    def traceparent(self, message: ReceivedMessage) -> Optional[str]:
+        """The current span's context (the attempt's `process` span) as a W3C `traceparent`, so
+        that an HTTP step's own spans join the attempt; outside a span, the message's own."""
+        context = self._trace.get_current_span().get_span_context()
+        return w3c_traceparent(context) if context.is_valid else super().traceparent(message)
 
     # Both
 

@@ -54,6 +54,9 @@ LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
 STARTS_PROCESSES_OR_SERVERS = frozenset({"live_server", "moto_server", "start"})
 
 
+#: The worker in a thread, for the engine's and the steps' tests: the `start_worker` fixture.
+pytest_plugins = ["worker_doubles"]
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `integration` every test that starts a process or a server through a fixture, so
     that `pytest -m "not integration"` is the fast tier without anyone having to remember."""

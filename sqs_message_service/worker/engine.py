@@ -7,8 +7,11 @@
   polls; above a few receives' worth of processors, helpers join it while receives come back
   full, so that a backlog is fetched by several receives at once and an empty queue costs one
   long poll.
-- `ProcessorThread`s run the processing step (processing.py); they never receive, and hand each
-  message they are done with to the settler without waiting.
+- `ProcessorThread`s run a plain processing step (processing.py), each attempt bracketed by the
+  `DeadlineWatch` (deadlines.py), which settles an attempt past PROCESSING_TIMEOUT and replaces
+  its stuck thread; an `async def` step runs instead as coroutines on one event loop
+  (`CoroutineProcessing`, coroutines.py). Neither receives; each hands the message it is done
+  with to the settler without waiting.
 - `Settler` (settler.py), a thread, decides what becomes of each of those messages, and hands
   deletes and visibility changes to group commits that coalesce them into batch calls.
 - `Heartbeat` (heartbeat.py) keeps long work invisible.
@@ -35,15 +38,18 @@ from prometheus_client import CollectorRegistry
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter
 from ..settings import Settings
-from ..sqs import SqsError, SqsQueue
+from ..sqs import ReceivedMessage, SqsError, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
 from .admission import Admission
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
+from .coroutines import CoroutineProcessing
+from .deadlines import DeadlineWatch
 from .heartbeat import Heartbeat
 from .ledger import InFlight, WorkQueue
 from .processed import ProcessedLedger
-from .processing import Processor, ProcessorThread
+from .processing import ProcessorThread
 from .settler import Settler
+from .steps import Processor, runs_as_coroutine
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,10 @@ log = logging.getLogger(__name__)
 #: messages comes back within a round trip, and then hands them back itself; only an empty long
 #: poll lasts longer (up to RECEIVE_WAIT_SECONDS), and it brings nothing worth waiting for.
 RECEIVE_ABANDON_S = 0.5
+#: The end of SHUTDOWN_GRACE kept for handing back what an async step has not finished: its
+#: attempts are cancelled and their messages made visible at once (at most a second, at most a
+#: tenth of the grace).
+HAND_BACK_S = 1.0
 
 
 class Worker:
@@ -95,6 +105,22 @@ class Worker:
         )
         self.consumers: list[Consumer] = []
         self.processors: list[ProcessorThread] = []
+        self._processor_numbers = iter(range(1_000_000))
+        self.coroutines: Optional[CoroutineProcessing] = None  # an async def step's runner
+        self.watch: Optional[DeadlineWatch] = None  # a plain step's deadlines
+        if runs_as_coroutine(processor):
+            self.coroutines = CoroutineProcessing(
+                work=self.work, processor=processor, ledger=self.ledger, settler=self.settler, metrics=self.metrics,
+                concurrency=settings.worker_concurrency, timeout_s=settings.processing_timeout_s, tracing=tracing,
+                queue_name=queue.name,
+            )
+        else:
+            max_stuck = settings.max_stuck_threads
+            self.watch = DeadlineWatch(
+                timeout_s=settings.processing_timeout_s, metrics=self.metrics,
+                max_stuck=settings.worker_concurrency if max_stuck is None else max_stuck,
+                settle=self.settler.done, give_back=self._give_back, replace=self._replace_stuck,
+            )
         self.heartbeat: Optional[Heartbeat] = None
         self._stop_requested = threading.Event()
         self._stop_lock = threading.Lock()
@@ -122,21 +148,45 @@ class Worker:
             )
             for number in range(self.receivers)
         ]
-        self.processors = [
-            ProcessorThread(number, work=self.work, processor=self.processor, ledger=self.ledger, settler=self.settler,
-                            tracing=self.tracing, queue_name=self.queue.name)
-            for number in range(self.settings.worker_concurrency)
-        ]
+        if self.coroutines is None:
+            self.processors = [self._processor_thread() for _ in range(self.settings.worker_concurrency)]
         self.heartbeat = Heartbeat(
             queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s, processed=self.processed,
         )
-        for part in (self.settler, *self.consumers, *self.processors, self.heartbeat):
-            part.start()
+        parts = (self.settler, *self.consumers, *self.processors, self.coroutines, self.watch, self.heartbeat)
+        for part in parts:
+            if part is not None:
+                part.start()
         if self._stop_requested.is_set():  # asked before the consumers existed
             for consumer in self.consumers:
                 consumer.stop()
         self._stop_requested.wait()
         return 0 if self.stop() else 1
+
+    @property
+    def healthy(self) -> bool:
+        """False once MAX_STUCK_THREADS threads of the step are stuck past PROCESSING_TIMEOUT: a
+        process that can no longer run its step at its concurrency (the worker's /health)."""
+        return self.watch is None or self.watch.healthy
+
+    def _processor_thread(self) -> ProcessorThread:
+        return ProcessorThread(
+            next(self._processor_numbers), work=self.work, processor=self.processor, ledger=self.ledger,
+            settler=self.settler, watch=self.watch, tracing=self.tracing, queue_name=self.queue.name,
+        )
+
+    def _replace_stuck(self, stuck: object) -> None:
+        """The deadline watch gave up on a thread: a new one takes its slot (not once stopping)."""
+        if self._stop_requested.is_set():
+            return
+        thread = self._processor_thread()
+        self.processors.append(thread)
+        thread.start()
+
+    def _give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Messages no processor will start: their claims given back, visible again at once."""
+        self.settler.hand_back(messages)  # never raises
+        self.ledger.finish(messages)
 
     def stop(self) -> bool:
         """Stop every part, in the order that keeps the guarantees, within SHUTDOWN_GRACE; True
@@ -165,18 +215,34 @@ class Worker:
             return max(0.0, until - time.monotonic())
 
         self.work.close()
-        for processor in self.processors:
+        for processor in list(self.processors):
             processor.stop()
+        if self.coroutines is not None:
+            self.coroutines.stop()
         for consumer in self.consumers:
             consumer.join(min(left_s(), RECEIVE_ABANDON_S))
         abandoned = sum(consumer.is_alive() for consumer in self.consumers)
         if abandoned:
             log.info("not waiting for %d receive(s) under way: what they bring is made visible again", abandoned)
-        drained = self.ledger.wait_empty(left_s())
+        if self.coroutines is None:
+            drained = self.ledger.wait_empty(left_s())
+        else:  # what has not finished by the end of the grace is cancelled and handed back
+            hand_back_s = min(HAND_BACK_S, self.settings.shutdown_grace_s / 10)
+            drained = self.ledger.wait_empty(left_s() - hand_back_s)
+            if not drained:
+                log.info("grace period ending: cancelling %d attempt(s) still running, handing their messages back",
+                         len(self.ledger))
+                self.coroutines.hand_back_in_flight()
+                drained = self.ledger.wait_empty(left_s())
         if self.admission is not None:  # what it still claims finds the work queue closed: handed back
             self.admission.close(max(1.0, left_s()))
-        for processor in self.processors:
-            processor.join(left_s())
+        for processor in list(self.processors):
+            if self.watch is None or not self.watch.is_stuck(processor):  # a stuck one never ends
+                processor.join(left_s())
+        if self.coroutines is not None and self.coroutines.ident is not None:
+            self.coroutines.join(left_s())
+        if self.watch is not None:
+            self.watch.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat.join(left_s())

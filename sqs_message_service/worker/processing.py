@@ -1,22 +1,21 @@
-"""The processing step and the threads that run it: the default step (simulated work that fails on
-purpose), loading the user's own (PROCESSOR), and `ProcessorThread`, which runs it."""
+"""The default processing step (simulated work that fails on purpose), and `ProcessorThread`, which
+runs a plain step on a thread of its own, each attempt under the deadline watch."""
 
 from __future__ import annotations
 
-import importlib
+import asyncio
+import inspect
 import random
 import time
-from typing import Callable, Optional
+from typing import Any, Awaitable, Optional
 
 from ..sqs import ReceivedMessage
 from ..tracing import NO_TRACING, NoTracing
+from .deadlines import DeadlineWatch, Late
 from .ledger import InFlight, WorkQueue
 from .part import Part
 from .settler import Settler
-
-#: The processing step: a plain function of one message. Returning means success (the message
-#: is deleted); raising anything means failure (the message comes back after a backoff).
-Processor = Callable[[ReceivedMessage], None]
+from .steps import Processor, load_step
 
 
 class SimulatedFailure(Exception):
@@ -44,59 +43,92 @@ class SimulatedWork:
 
 
 def load_processor(spec: str) -> Processor:
-    """Import the user's processing step from 'module:function'."""
-    module_name, _, function_name = spec.partition(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    if not callable(function):
-        raise TypeError(f"{spec} is not callable")
-    return function
+    """The step PROCESSOR names, 'module:function' (steps.load_step)."""
+    return load_step(spec)
 
 
 class ProcessorThread(Part):
-    """Runs the processing step on units of work, and hands each message to the settler; never
-    receives. Asked to stop, it finishes the message it is on and hands back, visible at once,
-    every unit it gets after that, until the work queue gives it None."""
+    """Runs a plain processing step on units of work, and hands each message to the settler;
+    never receives. Asked to stop, it finishes the message it is on and hands back, visible at
+    once, every unit it gets after that, until the work queue gives it None.
+
+    Each attempt is bracketed by the deadline `watch`: one that outlives PROCESSING_TIMEOUT is
+    settled without this thread, which on its return drops the outcome (and ends, when it was
+    replaced meanwhile). A step that returns an awaitable (a plain function handing back a
+    coroutine) has it run to its end here, on this thread's own event loop: an attempt counts as
+    done only once the step's code has run."""
 
     def __init__(
         self, number: int, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler,
-        tracing: NoTracing = NO_TRACING, queue_name: str = "",
+        watch: Optional[DeadlineWatch] = None, tracing: NoTracing = NO_TRACING, queue_name: str = "",
     ) -> None:
         super().__init__(name=f"processor-{number}")
         self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
+        self.watch = watch
         self.tracing, self.queue_name = tracing, queue_name  # with tracing on, a process span per attempt
+        self._loop: Optional[asyncio.Runner] = None  # for awaitables a plain step returns
+        self._late = Late.NO  # what the watch said of the last attempt
 
     def run(self) -> None:
-        while (unit := self.work.get()) is not None:
-            for position, message in enumerate(unit):
-                if self.stopping:
-                    self._release(unit[position:])  # never started: back at once
-                    break
-                if not self._handle(message) and position + 1 < len(unit):
-                    self._release(unit[position + 1 :])  # FIFO: none may overtake the failed one
-                    break
+        try:
+            while (unit := self.work.get()) is not None:
+                for position, message in enumerate(unit):
+                    if self.stopping:
+                        self.give_back(unit[position:])  # never started: back at once
+                        break
+                    succeeded = self._handle(message, unit[position + 1 :])
+                    if succeeded is None:  # timed out: the watch gave back the rest of the unit
+                        if self._late is Late.END:
+                            return  # replaced: the new thread takes the next unit
+                        break
+                    if not succeeded and position + 1 < len(unit):
+                        self.give_back(unit[position + 1 :])  # FIFO: none may overtake the failed one
+                        break
+        finally:
+            if self._loop is not None:
+                self._loop.close()
 
     def _wake(self) -> None:
         self.work.wake()
 
-    def _handle(self, message: ReceivedMessage) -> bool:
-        """Run the step on one message and hand it to the settler; True when it succeeded."""
-        started = time.monotonic()
-        error: Optional[Exception] = None
+    def _handle(self, message: ReceivedMessage, rest: list[ReceivedMessage]) -> Optional[bool]:
+        """Run the step on one message and hand it to the settler; True when it succeeded, None
+        when it outlived its deadline (the watch settled it)."""
+        started = self.watch.begin(self, message, rest) if self.watch is not None else time.monotonic()
+        error: Optional[BaseException] = None
         if not self.tracing.enabled:
-            try:
-                self.processor(message)
-            except Exception as exc:  # whatever the step raises is a failure of this message only
-                error = exc
+            error = self._call(message)
         else:
             with self.tracing.processing(message, self.queue_name) as span:  # the step's own spans join it
-                try:
-                    self.processor(message)
-                except Exception as exc:
-                    error = exc
-                    self.tracing.failed(span, exc)
+                error = self._call(message)
+                if error is not None:
+                    self.tracing.failed(span, error)
+        if self.watch is not None:
+            self._late = self.watch.end(self)
+            if self._late is not Late.NO:
+                return None
         self.settler.done(message, error, time.monotonic() - started)
         return error is None
 
-    def _release(self, messages: list[ReceivedMessage]) -> None:
+    def _call(self, message: ReceivedMessage) -> Optional[BaseException]:
+        """The step on `message`: None when it returned, or what it raised. Whatever it raises is
+        a failure of this message only: SystemExit too, which would otherwise end this thread
+        with the message held."""
+        try:
+            result = self.processor(message)
+            if result is not None and inspect.isawaitable(result):
+                if self._loop is None:
+                    self._loop = asyncio.Runner()
+                self._loop.run(_awaited(result))
+        except BaseException as exc:
+            return exc
+        return None
+
+    def give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Messages this thread will not start: their claims given back, visible again at once."""
         self.settler.hand_back(messages)  # never raises
         self.ledger.finish(messages)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

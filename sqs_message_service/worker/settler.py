@@ -13,12 +13,14 @@ from typing import Any, Callable, Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
 from ..dlq import FailureHistory, earlier_attribute, failure_attributes, without_reasons
+from ..logs import ThrottledLog
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter, ProcessedRecord
 from ..rules import MAX_ATTRIBUTES, payload_bytes
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMessage, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
+from ..verdicts import Reject, RetryLater, TimedOut
 from .backoff import compute_backoff
 from .ledger import InFlight
 from .part import Part
@@ -38,6 +40,36 @@ ACK_BACKPRESSURE_S = 30.0
 RECORD_RETRY_S = 1.0
 #: SQS's longest visibility timeout: 12 hours.
 MAX_VISIBILITY_S = 43_200
+#: How often a kind of step failure is logged at WARNING (every one is at DEBUG).
+FAILURE_LOG_INTERVAL_S = 10.0
+
+
+def _traceback_of(error: BaseException) -> Any:
+    """`exc_info` for a log line: the step's traceback when it raised, none for the worker's own
+    verdicts (timed out) and a step's `Reject`, whose reason says it all."""
+    if isinstance(error, (TimedOut, Reject, RetryLater)) or error.__traceback__ is None:
+        return None
+    return (type(error), error, error.__traceback__)
+
+
+class FailureLog(ThrottledLog):
+    """A failed attempt's line, at most once per kind of error per interval, with how many of
+    that kind were not logged meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        super().__init__(logger, interval_s)
+        self._unlogged: dict[str, int] = {}
+
+    def warning(self, error: BaseException, what: str = "") -> None:
+        kind = type(error).__name__
+        now = self._clock()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        unlogged = self._unlogged.pop(kind, 0)
+        self.logger.warning("step failed: %s: %s (%s)%s", kind, error, what,
+                            f"; {unlogged} more {kind} since the last line" if unlogged else "")
 
 
 class Settler(Part):
@@ -80,8 +112,9 @@ class Settler(Part):
         self.worker_id = worker_id
         self.tracing = tracing  # with tracing on, a settle span for each batched delete and visibility change
         self.history = FailureHistory()  # each attempt's error, for the dead letter's reasons
+        self._failure_log = FailureLog(log, FAILURE_LOG_INTERVAL_S)
         self._cond = threading.Condition()
-        self._finished: list[tuple[ReceivedMessage, Optional[Exception], float]] = []  # (it, error, step's s)
+        self._finished: list[tuple[ReceivedMessage, Optional[BaseException], float]] = []  # (it, error, step's s)
         pending = 10 * settings.worker_concurrency
         self._deletes: GroupCommit[ReceivedMessage, EntryOutcome] = GroupCommit(
             self._delete_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
@@ -103,7 +136,7 @@ class Settler(Part):
                 max_pending=pending, linger_s=ACK_LINGER_S, name="give-back",
             )
 
-    def done(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> None:
+    def done(self, message: ReceivedMessage, error: Optional[BaseException], step_s: float) -> None:
         """A processor is done with `message`: its step took `step_s` and raised `error` (None:
         succeeded). Returns at once; the message is settled on this thread."""
         with self._cond:
@@ -161,7 +194,7 @@ class Settler(Part):
         if self.output is not None:
             self.output.flush()
 
-    def _settle(self, message: ReceivedMessage, error: Optional[Exception], step_s: float) -> bool:
+    def _settle(self, message: ReceivedMessage, error: Optional[BaseException], step_s: float) -> bool:
         """Decide what becomes of `message`; False while it stays in flight here (its record as
         done is being written), True once it is handed over."""
         try:
@@ -217,23 +250,34 @@ class Settler(Part):
             failed.set_result(exc)
             recorded(failed)
 
-    def _failed(self, message: ReceivedMessage, error: Exception) -> None:
+    def _failed(self, message: ReceivedMessage, error: BaseException) -> None:
+        """A failed attempt: back after its backoff (or the delay a `RetryLater` asked for), or
+        dead-lettered with its reasons on its MAX_RECEIVE_COUNT-th receive or a `Reject`."""
         self.metrics.add("failed")
-        if message.receive_count < self.settings.max_receive_count:
+        rejected = isinstance(error, Reject)
+        if not rejected and message.receive_count < self.settings.max_receive_count:
             self.metrics.add("retried")
-            delay_s = compute_backoff(
-                message.receive_count, base_s=self.settings.retry_backoff_base_s,
-                max_s=self.settings.retry_backoff_max_s,
-            )
-            log.debug("message %r failed (%s); retry in %d s", message.id, type(error).__name__, delay_s)
+            if isinstance(error, RetryLater):
+                delay_s = error.seconds
+            else:
+                delay_s = compute_backoff(
+                    message.receive_count, base_s=self.settings.retry_backoff_base_s,
+                    max_s=self.settings.retry_backoff_max_s,
+                )
+            self._log_failure(message, error, f"back in {delay_s} s")
             self.history.failed(message, error, datetime.now(timezone.utc))
             self._give_back_then(message, lambda: self._hand_over(
                 self._visibility, (message, delay_s), message, "rescheduled"))
             return
         self.metrics.add("dead_lettered")
+        if rejected:
+            self.metrics.add("rejected")
         with self.tracing.in_trace_of(message):  # the line and the dead-letter copy's send join its trace
-            log.info("message %r failed %d times (%s: %s): to the dead-letter queue",
-                     message.id, message.receive_count, type(error).__name__, error)
+            log.warning(
+                "message %r %s (%s: %s): to the dead-letter queue", message.id,
+                "rejected by the step" if rejected else f"failed {message.receive_count} times",
+                type(error).__name__, error, exc_info=_traceback_of(error),
+            )
             sent = self._dead_letter(message, error, self.history.forget(message.id))
         self._give_back_then(message, lambda: None)  # a redrive with the same key is processed again
         if sent:
@@ -242,6 +286,16 @@ class Settler(Part):
             self._hand_over(self._deletes, message, message, "deleted after dead-lettering")
         else:  # visible at once instead: SQS's redrive policy moves it on the next receive
             self._hand_over(self._visibility, (message, 0), message, "rescheduled")
+
+    def _log_failure(self, message: ReceivedMessage, error: BaseException, then: str) -> None:
+        """Each failed attempt, with its reason: at WARNING once per kind of error every
+        FAILURE_LOG_INTERVAL_S (a step failing on every message is not a log flood), and at DEBUG
+        every time, with the step's traceback."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("message %r failed on receive %d (%s: %s); %s", message.id, message.receive_count,
+                      type(error).__name__, error, then, exc_info=_traceback_of(error))
+        else:
+            self._failure_log.warning(error, f"message {message.id!r}, receive {message.receive_count}; {then}")
 
     def _give_back_then(self, message: ReceivedMessage, then: Callable[[], None]) -> None:
         """Give the message's claim back in the processed ledger (if there is one), then `then`:
@@ -311,7 +365,7 @@ class Settler(Part):
         if failure is not None:
             self.tracing.failed(span, failure)
 
-    def _dead_letter(self, message: ReceivedMessage, error: Exception, earlier: list[list[Any]]) -> bool:
+    def _dead_letter(self, message: ReceivedMessage, error: BaseException, earlier: list[list[Any]]) -> bool:
         """Send the message to the dead-letter queue with why it failed; True once SQS has it.
         False, leaving it to SQS's redrive policy, when the reasons do not fit beside the
         message's own attributes, or SQS refuses the send. The `earlier` attempts' errors this
