@@ -5,7 +5,8 @@
 A processing step is a plain function of one message. Returning means success: the worker
 deletes the message. Raising anything means failure of that message only: it comes back after a
 backoff, and after MAX_RECEIVE_COUNT attempts goes to the dead-letter queue with the exception's
-type and text as its reasons. So a body this step cannot read is simply raised about.
+type and text as its reasons. A body that is not an order raises `NotAnOrder`, a `Reject`: no
+retry can make it one, so it is dead-lettered on its first attempt, with the reason.
 
 Delivery is at least once: a message can arrive twice (a worker killed between the step and
 the delete, say). Shipping the same order twice must do no harm, so the orders already shipped
@@ -18,7 +19,7 @@ import json
 import logging
 import threading
 
-from sqsinterface import ReceivedMessage
+from sqsinterface import ReceivedMessage, Reject
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,16 @@ SHIPMENTS: list[tuple[str, int]] = []
 _lock = threading.Lock()  # the worker calls the step from WORKER_CONCURRENCY threads at once
 
 
-class NotAnOrder(ValueError):
-    """The body is JSON, but not an order: no retry will make it one."""
+class NotAnOrder(Reject):
+    """The body is not an order: no retry will make it one (dead-lettered at once)."""
 
 
 def handle(message: ReceivedMessage) -> None:
     """Ship the order in `message`, once however many times it is delivered."""
-    order = json.loads(message.body)  # not JSON: json.JSONDecodeError, a failure like any other
+    try:
+        order = json.loads(message.body)
+    except json.JSONDecodeError as exc:
+        raise NotAnOrder(f"not JSON: {exc}") from None
     if not isinstance(order, dict) or not isinstance(order.get("order_id"), str):
         raise NotAnOrder("an order is a JSON object with a string order_id")
     quantity = order.get("quantity", 1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -253,3 +255,49 @@ def test_a_worker_cpu_not_among_the_process_cpus_stops_the_worker_with_a_clear_e
 
     assert worker.wait(timeout=30) == 2
     assert f"worker: WORKER_CPU={cpu}: " in worker.output
+
+
+@pytest.mark.parametrize("step", ["steps:record", "steps:record_async"])
+def test_a_step_that_never_returns_is_timed_out_dead_lettered_and_a_sigterm_still_stops_within_grace(
+    moto_server: str, start: Callable[..., Any], tmp_path: Path, step: str
+) -> None:
+    """The hung attempt fails as timed out at PROCESSING_TIMEOUT, comes back, and is dead-lettered
+    with that reason at MAX_RECEIVE_COUNT; the other messages are processed meanwhile. With a
+    plain step, the stuck threads are replaced until MAX_STUCK_THREADS, then /health says 503."""
+    bodies = ["hang", *(f"m{n}" for n in range(6))]
+    queue, dead_letter_queue = loaded_queues(moto_server, bodies)
+    port = free_port()
+    worker = start(
+        "worker.py", "--concurrency", "2", "--grace", "4",
+        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "PROCESSOR": step,
+             "PYTHONPATH": str(Path(__file__).parent), "STEP_LOG": str(tmp_path / "steps.jsonl"),
+             "PROCESSING_TIMEOUT": "1", "MAX_RECEIVE_COUNT": "2", "RETRY_BACKOFF_BASE": "0",
+             "MAX_STUCK_THREADS": "2", "METRICS_PORT": str(port)},
+    )
+    wait_until(lambda: bool(dead_letter_queue.depth()["visible"]), timeout_s=40, what="the hung message dead-lettered")
+
+    (dead,) = dead_letter_queue.receive(max_messages=10, wait_s=0)
+    assert dead.body == "hang"
+    assert (dead.attributes["dead_letter.error_type"], dead.attributes["dead_letter.error"]) == (
+        "TimedOut", "timed out after 1 s")
+    assert dead.attributes["dead_letter.attempts"] == "2"
+    wait_until(lambda: queue.depth()["visible"] + queue.depth()["in_flight"] == 0, timeout_s=30, what="drained")
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert metric(samples, "worker_messages_processed_total") == 6
+    assert metric(samples, "worker_messages_timed_out_total") == 2
+    health = urllib.request.Request(f"http://127.0.0.1:{port}/health")
+    if step == "steps:record":  # two threads stuck, the bound: the orchestrator should restart it
+        assert metric(samples, "worker_stuck_threads") == 2
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(health, timeout=2)
+        assert unhealthy.value.code == 503
+        assert json.loads(unhealthy.value.read())["status"] == "unhealthy"
+        unhealthy.value.close()
+    else:  # a coroutine is cancelled: nothing stuck
+        with urllib.request.urlopen(health, timeout=2) as answer:
+            assert answer.status == 200
+    started = time.monotonic()
+
+    assert worker.stop(signal.SIGTERM, timeout_s=15) == 0, worker.output[-3000:]
+    assert time.monotonic() - started < 4 + 2  # SHUTDOWN_GRACE, and the process's own exit
+    assert "past PROCESSING_TIMEOUT=1" in worker.output

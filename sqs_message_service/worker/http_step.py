@@ -68,6 +68,8 @@ class HttpStep:
                 "POST", self.url, body=message.body.encode("utf-8"), headers=self.headers(message),
                 redirect=False, preload_content=False,
             )
+        except urllib3.exceptions.NewConnectionError as exc:  # before TimeoutError: urllib3 makes it one
+            raise HttpStepFailed(f"POST {self.url}: {_reason(exc)}") from None
         except urllib3.exceptions.TimeoutError:
             raise HttpStepFailed(f"no answer from {self.url} within {self.timeout_s:g} s") from None
         except urllib3.exceptions.HTTPError as exc:
