@@ -207,7 +207,7 @@ def test_the_worker_settles_each_answer_as_documented(
 ) -> None:
     """Through a worker: 204 deleted; 429 + Retry-After: 2, then 204; 500 every time, dead-lettered
     with the status and the answer as its reason; 422 dead-lettered on its first attempt."""
-    answers = {"fine": (204, {}, ""), "broken": (500, {}, "database down")}
+    answers: dict[str, tuple[int, dict[str, str], str]] = {"fine": (204, {}, ""), "broken": (500, {}, "database down")}
     retried_at: list[float] = []
 
     def answer(body: str, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
