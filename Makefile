@@ -3,6 +3,7 @@
 # make soak: steady load, flat memory and depth.  make bench: throughput and cost, as ratios.
 # make profile: where the writer's CPU goes, by part of the stack.
 # make containers: build the image and run docker-compose.yml for real, with its checks.
+# make deploy-check: lint deploy/aws and deploy/kubernetes, and deploy the stack on moto.
 # make audit: known vulnerabilities in the pins.
 # make setup: virtualenv, dependencies, queues.  make serve / make worker / make console: one part
 # in the foreground.  make clean.
@@ -91,6 +92,12 @@ e2e: $(STAMP) local-sqs
 containers: $(STAMP)
 	$(PY) scripts/containers.py $(CONTAINERS_ARGS)
 
+# deploy/: cfn-lint and kubernetes-validate over the files, and the stack deployed on moto's
+# server with the end-to-end check against it (docs/deployment.md#on-aws). Also in make test.
+.PHONY: deploy-check
+deploy-check: $(STAMP)
+	$(PY) -m pytest tests/test_deploy_aws.py tests/test_deploy_kubernetes.py $(PYTEST_ARGS)
+
 # Two minutes at half the measured capacity: writer and worker memory and queue depth stay flat.
 soak: $(STAMP) local-sqs
 	$(PY) bench/soak.py $(SOAK_ARGS)
@@ -125,7 +132,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build selenium ruff mypy
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build selenium ruff mypy 'moto[cloudformation]' cfn-lint kubernetes-validate
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 
