@@ -184,7 +184,7 @@ def test_start_order_waits_for_health_checks_that_exist(compose: dict[str, Any])
             if rule["condition"] == "service_healthy":
                 assert has_health_check(dependency), f"{name} waits for {dependency}, which has no health check"
     worker_check = " ".join(services["worker"]["healthcheck"]["test"])
-    assert f":{listening_metrics_port(services['worker'])}/metrics" in worker_check
+    assert f":{listening_metrics_port(services['worker'])}/health" in worker_check
 
 
 def listening_metrics_port(service: dict[str, Any]) -> int:

@@ -170,7 +170,7 @@ def test_each_service_checks_its_health_logs_and_stops_after_the_workers_grace()
     assert parameters["ShutdownGrace"]["MaxValue"] < parameters["StopTimeout"]["MaxValue"]
     writer, worker = container(template, "WriterTask"), container(template, "WorkerTask")
     assert "/api/health" in writer["HealthCheck"]["Command"][-1]  # liveness: no SQS call
-    assert "9102/metrics" in worker["HealthCheck"]["Command"][-1]
+    assert "9102/health" in worker["HealthCheck"]["Command"][-1]
     assert {"Name": "METRICS_PORT", "Value": "9102"} in worker["Environment"]
     assert {"Name": "SHUTDOWN_GRACE", "Value": {"Ref": "ShutdownGrace"}} in worker["Environment"]
     target_group = template["Resources"]["WriterTargetGroup"]["Properties"]

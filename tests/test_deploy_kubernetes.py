@@ -223,7 +223,7 @@ def test_the_probes_ask_the_routes_and_ports_the_parts_serve() -> None:
     assert {"/health", "/ready"} <= set(spec["paths"]) and "/health" in console_spec["paths"]
 
     assert probes(writer) == {("/api/ready", 5000), ("/api/health", 5000)}
-    assert probes(worker) == {("/metrics", 9102)}
+    assert probes(worker) == {("/metrics", 9102), ("/health", 9102)}  # live: 503 once threads are stuck
     assert {"name": "METRICS_PORT", "value": "9102"} in worker["env"]
     assert probes(console) == {("/api/health", 5050)}
     assert {"name": "CONSOLE_PORT", "value": "5050"} in console["env"]
