@@ -323,10 +323,16 @@ def wait_until_ready(url: str, timeout_s: float) -> bool:
                 if response.status == 200:
                     return True
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+            if exc.code == 404 and base_url(url) != url.rstrip("/"):
                 raise WrongUrl(
                     f"{health} answered 404: --url is the writer's base URL, without /api "
                     f"(here, --url {base_url(url)})"
+                ) from None
+            if exc.code == 404:  # the URL is right, so what answers there is not the writer
+                netloc = urllib.parse.urlsplit(url).netloc
+                raise WrongUrl(
+                    f"{health} answered 404: what listens on {netloc} is not the writer; another program "
+                    "holds that port? Stop it, or start the writer on another (PORT) and give that --url"
                 ) from None
         except (OSError, http.client.HTTPException):
             pass  # not listening yet: urllib.error.URLError is an OSError
