@@ -22,11 +22,13 @@ setup: queues
 
 venv: $(STAMP)
 
+# The editable install builds with setuptools>=77 from PyPI (PEP 639 license). Its notice that
+# such an install finds top-level modules through a path finder is information, not an action.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .  # builds with setuptools>=77 from PyPI (PEP 639 license)
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # fauxqs, the local SQS engine, when Node.js is there; without it, make run uses moto_server.

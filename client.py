@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, TextIO
 
 from sqs_message_service.metrics import LatencyWindow, milliseconds, percentile
 from sqs_message_service.output import read_appended
+from sqs_message_service.settings import ConfigError, Settings
 
 DEFAULT_COUNT = 1000
 
@@ -323,10 +324,16 @@ def wait_until_ready(url: str, timeout_s: float) -> bool:
                 if response.status == 200:
                     return True
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+            if exc.code == 404 and base_url(url) != url.rstrip("/"):
                 raise WrongUrl(
                     f"{health} answered 404: --url is the writer's base URL, without /api "
                     f"(here, --url {base_url(url)})"
+                ) from None
+            if exc.code == 404:  # the URL is right, so what answers there is not the writer
+                netloc = urllib.parse.urlsplit(url).netloc
+                raise WrongUrl(
+                    f"{health} answered 404: what listens on {netloc} is not the writer; another program "
+                    "holds that port? Stop it, or start the writer on another (PORT) and give that --url"
                 ) from None
         except (OSError, http.client.HTTPException):
             pass  # not listening yet: urllib.error.URLError is an OSError
@@ -341,7 +348,17 @@ def base_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def writer_port() -> int:
+    """The writer's PORT as its settings read it here, so that a client run beside a writer
+    started on another port finds it; 5000 when those settings are not valid (the writer would
+    not start either, and says why)."""
+    try:
+        return Settings.from_env(role="writer").port
+    except ConfigError:
+        return Settings().port
+
+
+def build_parser(port: int = 5000) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Load client for the queue-writer. Sends batches of POST /api/message, "
         "exactly --malformed-per-batch of each malformed on purpose (the writer must answer "
@@ -350,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "error unless --allow-errors."
     )
     add = parser.add_argument
-    add("--url", default="http://127.0.0.1:5000", help="the writer (default %(default)s)")
+    add("--url", default=f"http://127.0.0.1:{port}", help="the writer (default %(default)s, on the writer's PORT)")
     add("--batch-size", type=int, default=10, help="requests per batch (default %(default)s)")
     add("--malformed-per-batch", type=int, default=1,
         help="malformed requests in each batch, 0 to switch off (default %(default)s)")
@@ -379,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(writer_port())
     args = parser.parse_args(argv)
     if args.batch_size < 1 or not 0 <= args.malformed_per_batch <= args.batch_size:
         parser.error("--malformed-per-batch must be from 0 to --batch-size, which must be at least 1")

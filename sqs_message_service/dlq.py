@@ -178,12 +178,14 @@ def list_dead_letters(dead_letter_queue: SqsQueue, *, max_messages: int, bodies:
     held = sample(dead_letter_queue, max_messages=max_messages)
     for message in held:
         out.write(describe(message, body=bodies) + "\n")
-    out.write(f"{len(held)} dead letters shown ({dead_letter_queue.name!r})\n")
+    noun = "dead letter" if len(held) == 1 else "dead letters"
+    out.write(f"{len(held)} {noun} shown ({dead_letter_queue.name!r})\n")
     return len(held)
 
 
 def describe(message: ReceivedMessage, *, body: bool) -> str:
-    """One line per dead letter: its source id, then why it failed, as the worker recorded it."""
+    """A dead letter: its source id and why its last attempt failed, as the worker recorded it,
+    then a line for each earlier failed attempt that worker saw (as the console shows them)."""
     attributes = message.attributes
 
     def reason(name: str) -> str:
@@ -194,8 +196,13 @@ def describe(message: ReceivedMessage, *, body: bool) -> str:
                f"{reason('error_type')}: {reason('error')}")
     else:
         why = "moved by SQS's redrive policy: no reason recorded (see the worker's log)"
-    line = f"{attributes.get(SOURCE_ID, message.id)}  {why}"
-    return f"{line}\n    body: {message.body!r}" if body else line
+    lines = [f"{attributes.get(SOURCE_ID, message.id)}  {why}"]
+    for failure in reasons(message)["failures"][:-1]:  # the last is the line above
+        attempt = "?" if failure["attempt"] is None else failure["attempt"]
+        lines.append(f"    attempt {attempt}, {failure['at']}: {failure['error_type']}: {failure['error']}")
+    if body:
+        lines.append(f"    body: {message.body!r}")
+    return "\n".join(lines)
 
 
 def back_to_source(message: ReceivedMessage, *, fifo: bool) -> OutgoingMessage:

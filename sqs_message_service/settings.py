@@ -434,6 +434,10 @@ def parse(name: str, raw: str) -> Any:
         raise ConfigError(f"{DECLARED[name].env}={raw!r}: must be {_KINDS.get(kind, 'a valid value')}") from None
 
 
+#: Where add_option leaves each option's flag in the parsed arguments, for with_options' errors.
+_FLAG = "_flag_of_"
+
+
 def add_option(parser: argparse.ArgumentParser, flag: str, name: str, settings: Settings, **extra: Any) -> None:
     """A command-line option that overrides setting `name`: its type, its default from
     `settings`, and a help naming its variable. Parsed into `args.<name>`."""
@@ -442,6 +446,7 @@ def add_option(parser: argparse.ArgumentParser, flag: str, name: str, settings: 
         flag, dest=name, type=_TYPES[name], default=getattr(settings, name),
         help=f"{declared.help} ({declared.env}, default %(default)s)", **extra,
     )
+    parser.set_defaults(**{f"{_FLAG}{name}": flag})  # so that an error names the flag given
 
 
 def with_address(settings: Settings, argv: Optional[list[str]], *, description: str, port: str) -> Settings:
@@ -463,7 +468,14 @@ def with_options(settings: Settings, args: argparse.Namespace) -> Settings:
     """`settings` with the values of the options `add_option` made, checked again: a flag gets
     the same bounds as its variable (ConfigError otherwise)."""
     given = {name: value for name, value in vars(args).items() if name in DECLARED}
-    return dataclasses.replace(settings, **given)
+    try:
+        return dataclasses.replace(settings, **given)
+    except ConfigError as exc:
+        for name, value in given.items():  # a bad flag is named as the user wrote it
+            flag, env = getattr(args, f"{_FLAG}{name}", None), DECLARED[name].env
+            if flag and value != getattr(settings, name) and str(exc).startswith(f"{env}="):
+                raise ConfigError(f"{flag} {value}: {str(exc).partition(': ')[2]} ({env})") from None
+        raise
 
 
 def configuration_table() -> str:

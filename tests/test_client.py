@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import itertools
 import socket
@@ -118,6 +119,34 @@ def test_a_url_where_the_writer_answers_404_fails_at_once_naming_the_url_to_give
     assert f"--url {live_server}" in error
     samples = metric_samples(app.test_client().get("/metrics").text)
     assert metric(samples, "writer_requests_total", method="GET", route="other", status="404") == 1
+
+
+def test_another_program_on_the_writers_port_is_named_as_such_not_as_a_wrong_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN a program that is not the writer, answering 404 on the port the client is given
+    class NotTheWriter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotTheWriter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        # WHEN the client starts there
+        exit_code = client.main(["--url", url, "--count", "1", "--wait-ready", "5"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # THEN it says another program holds the port, and does not blame the URL's form
+    error = capsys.readouterr().err
+    assert exit_code == 2
+    assert "is not the writer; another program holds that port?" in error and "PORT" in error
+    assert "without /api" not in error
 
 
 @pytest.mark.parametrize(

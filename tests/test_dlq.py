@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from sqs_message_service import dlq
-from sqs_message_service.dlq import failure_attributes
+from sqs_message_service.dlq import earlier_attribute, failure_attributes
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
@@ -39,6 +39,30 @@ def test_list_shows_each_reason_and_consumes_nothing(queues: tuple[SqsQueue, Sqs
     assert "no reason recorded" in text
     assert "order 2" not in text  # bodies only with --bodies
     assert dead_letter_queue.depth()["visible"] == 2  # all visible again: nothing consumed
+
+
+def test_list_shows_every_attempt_the_worker_saw_and_counts_in_words(queues: tuple[SqsQueue, SqsQueue]) -> None:
+    # GIVEN one dead letter that failed twice before its last attempt
+    _, dead_letter_queue = queues
+    letter = dead_letter("order 3")
+    earlier = earlier_attribute([
+        [1, "2026-11-22T11:58:00.000+00:00", "TimeoutError", "slow"],
+        [2, "2026-11-22T11:59:00.000+00:00", "KeyError", "'sku'"],
+    ])
+    dead_letter_queue.send([OutgoingMessage(body=letter.body, attributes={**letter.attributes, **earlier})])
+    out = io.StringIO()
+
+    # WHEN it is listed
+    dlq.list_dead_letters(dead_letter_queue, max_messages=100, bodies=False, out=out)
+
+    # THEN every attempt's reason shows, in order, and one is "1 dead letter"
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("id-of-order 3  3 attempts, 2026-11-22T12:00:00.000+00:00")
+    assert lines[1:3] == [
+        "    attempt 1, 2026-11-22T11:58:00.000+00:00: TimeoutError: slow",
+        "    attempt 2, 2026-11-22T11:59:00.000+00:00: KeyError: 'sku'",
+    ]
+    assert lines[3] == "1 dead letter shown ('messages-dlq')"
 
 
 def test_redrive_moves_every_dead_letter_back_exactly_once(

@@ -1,6 +1,7 @@
 """The README and docs/ stay true to the tree: every relative link leads to a file (and a heading,
 when it names one), every `make` command they show is a target of the Makefile, and the copies of
-files they show are the files' own."""
+files they show are the files' own; and every ```sh block carries a doc-test marker, whose
+convention (and the test that runs the blocks) is in tests/test_doc_commands.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from test_doc_commands import blocks
 
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -84,3 +86,9 @@ def test_the_iam_policy_shown_in_deployment_is_the_file_itself() -> None:
     page = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
     shown = [json.loads(block) for block in re.findall(r"^```json\n(.*?)^```", page, re.S | re.M)]
     assert json.loads((ROOT / "deploy" / "iam" / "writer.json").read_text(encoding="utf-8")) in shown
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_sh_block_says_whether_the_docs_test_runs_it(page: Path) -> None:
+    unmarked = [block.id for block in blocks(page) if block.decision is None]
+    assert not unmarked, f"add <!-- doc-test: runs needs=... --> or <!-- doc-test: skip why --> before: {unmarked}"

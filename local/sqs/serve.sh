@@ -14,6 +14,11 @@ if [ "$engine" = fauxqs ] && ! { command -v node >/dev/null && [ -d "$here/node_
   echo "there); using moto_server instead, which slows down as the queue grows." >&2
   engine=moto
 fi
+if [ "$engine" = moto ] && [ ! -x "$venv_bin/python" ]; then
+  echo "local SQS: moto_server needs the virtualenv, and there is none at $venv_bin:" >&2
+  echo "run 'make run' (or 'make venv local-sqs' first)" >&2
+  exit 1
+fi
 case "$engine" in
   fauxqs) exec node "$here/launch.mjs" ;;
   moto)

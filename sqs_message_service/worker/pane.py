@@ -32,7 +32,7 @@ def render_stats(
         f"e2e p50     {milliseconds(snapshot['end_to_end_p50_s']):>11}",
         f"e2e p99     {milliseconds(snapshot['end_to_end_p99_s']):>11}",
         f"sqs requests  {sqs_requests:>9}",
-        f"sqs req/msg   {sqs_requests / max(1, snapshot['processed']):>9.2f}",
+        f"sqs req/msg   {per_message(sqs_requests, snapshot['processed']):>9}",
     ]
     if ledger_errors is not None:
         lines += [
@@ -47,6 +47,11 @@ def render_stats(
             lines.append(f"{label:<6} visible {depth['visible']:>9}")
             lines.append(f"{'':<6} hidden  {depth['in_flight'] + depth['delayed']:>9}")
     return "\n".join(lines)
+
+
+def per_message(requests: int, processed: int) -> str:
+    """Requests per processed message; "-" before the first, where a ratio would be a count."""
+    return f"{requests / processed:.2f}" if processed else "-"
 
 
 def poll_depths(worker: Worker) -> dict[str, Optional[dict[str, int]]]:

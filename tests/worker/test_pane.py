@@ -38,3 +38,13 @@ def test_with_the_processed_ledger_the_pane_shows_duplicates_and_ledger_errors()
     assert "duplicates" not in without and "ledger errors" not in without
     assert "duplicates            7" in with_ledger and "ledger errors         3" in with_ledger
     assert max(len(line) for line in with_ledger.splitlines()) <= 28
+
+
+def test_before_the_first_message_requests_per_message_is_not_a_number() -> None:
+    counters = ("received", "processed", "failed", "retried", "dead_lettered", "deleted")
+    snapshot: dict[str, Any] = dict.fromkeys(counters, 0)
+    snapshot.update(uptime_s=1, latency_p50_s=None, latency_p99_s=None, end_to_end_p50_s=None, end_to_end_p99_s=None)
+
+    text = render_stats("worker", snapshot, in_flight=0, per_second=0, depths={}, sqs_requests=16)
+
+    assert "sqs requests         16" in text and "sqs req/msg           -" in text
