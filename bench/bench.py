@@ -25,6 +25,9 @@ stage on a fresh queue:
    fifth from the next on a virtual machine; then concurrency 16 with the processed ledger on
    (PROCESSED_TABLE, DynamoDB on a moto server of its own) and off, in turns: its ratio, its
    DynamoDB and SQS calls per message, and the ledger's share of the worker's CPU a message;
+   then the kinds of step: an async step awaiting 200 ms at concurrency 256, beside the same
+   wait on 256 threads (rate and peak memory), and an HTTP step whose server takes 20 ms a
+   request at concurrency 16 (examples/http_step.py);
    then concurrency 16 with tracing on (every span exported over OTLP/HTTP to a receiver the
    benchmark starts) and off, in turns, and 1,000 messages end to end traced, counting those
    whose trace holds both the writer's and the worker's spans;
@@ -84,6 +87,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("worker_c16_ratio", ">=", 0.85),
     ("worker_c64_ratio", ">=", 0.7),
     ("worker_once_c16_ratio", ">=", 0.85),
+    ("worker_async_c256_ratio", ">=", 0.8),
+    ("worker_http_c16_ratio", ">=", 0.85),
     ("dynamodb_calls_per_msg", "<=", 0.5),
     ("writer_tracing_cpu_ratio", "<=", 1.25),
     ("worker_tracing_c16_ratio", ">=", 0.85),
@@ -328,6 +333,76 @@ def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     return figures
 
 
+def peak_rss_mib(pid: int, peak: float) -> float:
+    """The larger of `peak` and process `pid`'s resident memory now, in MiB (0 once it ended)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return max(peak, int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return peak
+
+
+#: The steps stage's runs: (figure prefix, PROCESSOR, concurrency, ideal msg/s). The async and
+#: the threaded runs wait the same 200 ms, so that their memory compares the two ways of running.
+STEP_RUNS = [
+    ("worker_async_c256", "bench.step_kinds:wait_async", 256, 256 / 0.2),
+    ("worker_threads_c256", "bench.step_kinds:wait_on_thread", 256, 256 / 0.2),
+    ("worker_http_c16", "http", 16, 16 / WORK_S),
+]
+
+
+def worker_steps(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """The kinds of step: an async step awaiting 200 ms at concurrency 256 against the same wait
+    on 256 threads (rate and the worker's peak memory), and an HTTP step whose server
+    (examples/http_step.py) takes 20 ms a request, at concurrency 16. Each drained
+    `sizes.worker_drains` times, the runs taking turns; the median is reported."""
+    port = free_port()
+    server = Process([sys.executable, ROOT / "examples" / "http_step.py", "--port", str(port),
+                      "--work-ms", str(WORK_S * 1000)], env=os.environ, log_path=system.workdir / "http-step.log")
+    drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in STEP_RUNS}  # (rate, MiB)
+    try:
+        wait_for_port(port, 30)
+        for round_number in range(sizes.worker_drains):
+            for prefix, step, concurrency, ideal in STEP_RUNS:
+                processor = f"http://127.0.0.1:{port}/step" if step == "http" else step
+                count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
+                drained[prefix].append(drain_watching_memory(
+                    system, f"{prefix.replace('_', '-')}-{round_number}", count=count,
+                    args=["--concurrency", str(concurrency), "--processor", processor]))
+    finally:
+        server.stop()
+    figures: dict[str, Any] = {}
+    for prefix, _, _, ideal in STEP_RUNS:
+        rates = [rate for rate, _ in drained[prefix]]
+        figures.update({
+            f"{prefix}_msgs_per_s": statistics.median(rates), f"{prefix}_ideal_msgs_per_s": ideal,
+            f"{prefix}_ratio": statistics.median(rates) / ideal,
+            f"{prefix}_peak_mib": statistics.median(mib for _, mib in drained[prefix]),
+        })
+    return figures
+
+
+def drain_watching_memory(system: LocalSystem, name: str, *, count: int, args: list[str]) -> tuple[float, float]:
+    """Fill a fresh queue with `count` messages and drain it with one worker of `args`: (its
+    processing rate, its peak resident memory in MiB)."""
+    env = fresh_queue(system, name)
+    send_raw(system.queue(env["QUEUE_NAME"]), count=count)
+    output = system.workdir / f"{name}.jsonl"
+    output.unlink(missing_ok=True)
+    worker = system.python(f"worker-{name}", "worker.py", "--output", str(output), "--exit-when-idle", "1",
+                           "--stats-interval", "60", *args, env={**env, "METRICS_PORT": "0"})
+    peak = 0.0
+    while worker.poll() is None:
+        peak = peak_rss_mib(worker.pid, peak)
+        time.sleep(0.1)
+    if worker.returncode != 0:
+        tail = system.log(f"worker-{name}")[-2000:]
+        raise RuntimeError(f"the worker of stage {name} exited {worker.returncode}: {tail}")
+    return processing_rate(read_records(output)), peak
+
+
 def worker_cost(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     """SQS calls per processed message for a worker with the default settings (10 % failures)
     draining a backlog: the worker at saturation, as the write path is measured."""
@@ -540,7 +615,7 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "once", "tracing", "cost", "console", "e2e")
+STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost", "console", "e2e")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -555,6 +630,7 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("write", "write path: the writer, its stub, connexion's bare FlaskApp", lambda: write_path(system, sizes)),
             ("batch", "batch endpoint", lambda: batch_endpoint(system, sizes)),
             ("worker", "worker scaling", lambda: worker_scaling(system, sizes)),
+            ("steps", "the kinds of step: async, on threads, over HTTP", lambda: worker_steps(system, sizes)),
             ("once", "worker with the processed ledger (PROCESSED_TABLE)", lambda: worker_once(system, sizes)),
             ("tracing", "tracing on, exported over OTLP/HTTP", lambda: tracing(system, sizes, workdir, engine)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
@@ -623,6 +699,11 @@ def table(results: dict[str, Any]) -> str:
            + (f"; {r[f'{prefix}_ratio_min']:.2f} to {r[f'{prefix}_ratio_max']:.2f} in {r['worker_drains']} drains)"
               if r["worker_drains"] > 1 else ")"))
           for prefix, n, c, pinned in SCALING_RUNS],
+        *[(label, f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
+                  f"({r[f'{prefix}_ratio']:.2f}), peak {r[f'{prefix}_peak_mib']:.0f} MiB")
+          for prefix, label in (("worker_async_c256", "async step awaiting 200 ms, concurrency 256"),
+                                ("worker_threads_c256", "the same wait on 256 threads"),
+                                ("worker_http_c16", "HTTP step, 20 ms a request, concurrency 16"))],
         ("worker with the processed ledger, concurrency 16",
          f"{r['worker_once_c16_msgs_per_s']:.0f} of {r['worker_once_c16_ideal_msgs_per_s']:.0f} msg/s "
          f"({r['worker_once_c16_ratio']:.2f}; {r['worker_once_c16_ratio_min']:.2f} to "

@@ -71,6 +71,10 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     # and each drain was one of its own, with its own output
     assert all((tmp_path / f"worker-c64-{drain}.jsonl").stat().st_size > 0 for drain in range(2))
     assert results["worker_receives_per_msg"] > 0 and results["worker_deletes_per_msg"] > 0
+    # the kinds of step: an async step, the same wait on threads, an HTTP step behind its server
+    for prefix in ("worker_async_c256", "worker_threads_c256", "worker_http_c16"):
+        assert 0 < results[f"{prefix}_ratio"] <= 1.05 and results[f"{prefix}_peak_mib"] > 10, prefix
+    assert all((tmp_path / f"worker-http-c16-{drain}.jsonl").stat().st_size > 0 for drain in range(2))
     # the processed ledger's stage: on and off drained in turns, its calls counted beside SQS's
     assert 0 < results["worker_once_c16_ratio"] <= 1.05 and 0 < results["worker_once_off_c16_ratio"] <= 1.05
     assert 0 < results["dynamodb_calls_per_msg"] <= 1 and results["worker_once_sqs_calls_per_msg"] > 0
