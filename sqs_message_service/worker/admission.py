@@ -62,8 +62,7 @@ class Admission:
         try:
             future = self._claims.submit((messages, deadline))
         except (Overloaded, Closed):  # stopping: none will be processed here
-            self.settler.release(messages)
-            self.ledger.finish(messages)
+            self.settler.give_back(messages, claimed=False)
             return
         future.add_done_callback(lambda claimed: self._dispatch(messages, claimed))
 
@@ -106,6 +105,7 @@ class Admission:
             claims = [Claim(message, Verdict.UNAVAILABLE) for message in messages]
         admitted: list[ReceivedMessage] = []
         behind: list[ReceivedMessage] = []  # claimed, but behind a message of its group that cannot go first
+        unclaimed: list[ReceivedMessage] = []  # the table did not answer
         later: list[tuple[ReceivedMessage, float]] = []  # back to the queue after so many seconds
         blocked_groups: set[Optional[str]] = set()
         for claim in claims:
@@ -120,7 +120,8 @@ class Admission:
                     behind.append(message)
                 elif verdict is Verdict.HELD:
                     later.append((message, claim.held_s))
-                # UNAVAILABLE: left as it is, to come back after its visibility timeout
+                else:  # UNAVAILABLE: left as it is, to come back after its visibility timeout
+                    unclaimed.append(message)
         if any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
             with self._lock:
                 self.failures += 1  # the pauses between trials grow with each failed one
@@ -135,10 +136,10 @@ class Admission:
         if later:
             self.settler.come_back_later(later)
         if behind:
-            self.settler.hand_back(behind)
-        self.ledger.finish([message for message in messages if message not in admitted])
+            self.settler.give_back(behind)
+        if unclaimed:
+            self.settler.leave(unclaimed)
         refused = [message for unit in work_units(admitted, fifo=self.fifo) if not self.work.put(unit)
                    for message in unit]
         if refused:  # the processors are stopping: none will start these
-            self.settler.hand_back(refused)
-            self.ledger.finish(refused)
+            self.settler.give_back(refused)

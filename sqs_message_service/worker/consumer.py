@@ -132,7 +132,7 @@ class Consumer(Part):
             outage.recovered()
             failures = 0
             if self.stopping:  # arrived after the stop: back to the queue at once
-                self._hand_back(claimed, messages)
+                self._give_back(claimed, messages)
                 break
             deadline = time.monotonic() + self.visibility_timeout_s
             self.ledger.receive(claimed, messages, deadline=deadline)
@@ -153,8 +153,7 @@ class Consumer(Part):
                     for message in unit
                 ]
                 if refused:
-                    self.settler.release(refused)
-                    self.ledger.finish(refused)
+                    self.settler.give_back(refused, claimed=False)
             elif self.idle_s is not None and self._idle_for_long_enough():
                 log.info("queue empty for %g s: stopping", self.idle_s)
                 self.stop_worker()
@@ -165,12 +164,12 @@ class Consumer(Part):
         self.ledger.wake()
         self.backlog.wake()
 
-    def _hand_back(self, claimed: int, messages: list[ReceivedMessage]) -> None:
+    def _give_back(self, claimed: int, messages: list[ReceivedMessage]) -> None:
         """A receive that came back after the stop: its messages visible again at once."""
         self.ledger.receive(claimed, [], deadline=0.0)
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
-            self.settler.release(messages)
+            self.settler.give_back(messages, claimed=False)
 
     def _idle_for_long_enough(self) -> bool:
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages

@@ -135,11 +135,9 @@ class CoroutineProcessing(Part):
 
     def give_back(self, messages: list[ReceivedMessage]) -> None:
         """Messages this runner will not finish: their claims given back, visible again at once."""
-        if messages:
-            self.settler.hand_back(messages)  # never raises
-            self.ledger.finish(messages)
+        self.settler.give_back(messages)  # never raises
 
-    def hand_back_in_flight(self) -> None:
+    def give_back_in_flight(self) -> None:
         """The grace is over: cancel every attempt still running; each one's message (and its
         unit's rest) is handed back, visible at once, instead of waiting out its visibility."""
         if self._loop is None or self._loop.is_closed():

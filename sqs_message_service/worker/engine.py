@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter
 from ..settings import Settings
-from ..sqs import ReceivedMessage, SqsError, SqsQueue
+from ..sqs import SqsError, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
 from .admission import Admission
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
@@ -60,7 +60,7 @@ RECEIVE_ABANDON_S = 0.5
 #: The end of SHUTDOWN_GRACE kept for handing back what an async step has not finished: its
 #: attempts are cancelled and their messages made visible at once (at most a second, at most a
 #: tenth of the grace).
-HAND_BACK_S = 1.0
+GIVE_BACK_S = 1.0
 
 
 class Worker:
@@ -119,7 +119,7 @@ class Worker:
             self.watch = DeadlineWatch(
                 timeout_s=settings.processing_timeout_s, metrics=self.metrics,
                 max_stuck=settings.worker_concurrency if max_stuck is None else max_stuck,
-                settle=self.settler.done, give_back=self._give_back, replace=self._replace_stuck,
+                settle=self.settler.done, give_back=self.settler.give_back, replace=self._replace_stuck,
             )
         self.heartbeat: Optional[Heartbeat] = None
         self._stop_requested = threading.Event()
@@ -183,11 +183,6 @@ class Worker:
         self.processors.append(thread)
         thread.start()
 
-    def _give_back(self, messages: list[ReceivedMessage]) -> None:
-        """Messages no processor will start: their claims given back, visible again at once."""
-        self.settler.hand_back(messages)  # never raises
-        self.ledger.finish(messages)
-
     def stop(self) -> bool:
         """Stop every part, in the order that keeps the guarantees, within SHUTDOWN_GRACE; True
         when everything in flight was finished or handed back. Blocks until then; a second
@@ -227,12 +222,12 @@ class Worker:
         if self.coroutines is None:
             drained = self.ledger.wait_empty(left_s())
         else:  # what has not finished by the end of the grace is cancelled and handed back
-            hand_back_s = min(HAND_BACK_S, self.settings.shutdown_grace_s / 10)
-            drained = self.ledger.wait_empty(left_s() - hand_back_s)
+            give_back_s = min(GIVE_BACK_S, self.settings.shutdown_grace_s / 10)
+            drained = self.ledger.wait_empty(left_s() - give_back_s)
             if not drained:
                 log.info("grace period ending: cancelling %d attempt(s) still running, handing their messages back",
                          len(self.ledger))
-                self.coroutines.hand_back_in_flight()
+                self.coroutines.give_back_in_flight()
                 drained = self.ledger.wait_empty(left_s())
         if self.admission is not None:  # what it still claims finds the work queue closed: handed back
             self.admission.close(max(1.0, left_s()))

@@ -126,8 +126,7 @@ class ProcessorThread(Part):
 
     def give_back(self, messages: list[ReceivedMessage]) -> None:
         """Messages this thread will not start: their claims given back, visible again at once."""
-        self.settler.hand_back(messages)  # never raises
-        self.ledger.finish(messages)
+        self.settler.give_back(messages)  # never raises
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

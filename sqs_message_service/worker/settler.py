@@ -82,9 +82,11 @@ class Settler(Part):
     to the dead-letter queue with its reasons and then deleted. Only once a message is handed
     over does the ledger let it go, so the worker receives no faster than it settles, and the
     heartbeat no longer extends what is now a delete or a retry's backoff.
-    Unstarted messages (shutdown, or behind a failed one of its FIFO group) are `release`d by
-    whoever holds them: visible at once. Asked to stop, it settles what it was handed, then lets
-    the pending deletes and visibility changes leave (for up to SHUTDOWN_GRACE), and ends.
+    Unstarted messages (shutdown, or behind a failed one of its FIFO group) are given back
+    (`give_back`) by whoever holds them: visible at once. Every way a message leaves the ledger
+    is a verb of this class: the other parts say what happened, the settler lets it go. Asked to
+    stop, it settles what it was handed, then lets the pending deletes and visibility changes
+    leave (for up to SHUTDOWN_GRACE), and ends.
 
     Deletes and visibility changes go to group commits, `calls_at_once` calls of each at most;
     this thread waits while they are behind (ACK_BACKPRESSURE_S). If one fails, SQS still has
@@ -308,6 +310,9 @@ class Settler(Part):
         except (Overloaded, Closed):  # the claim lapses with its lease instead
             then()
 
+    # What the other parts say of the messages they will not finish: each verb lets the message
+    # go from the ledger here, so that the settler is the one place a message leaves it.
+
     def skip_duplicates(self, messages: list[ReceivedMessage]) -> None:
         """Messages the processed ledger knows as done: deleted without the step."""
         for message in messages:
@@ -315,6 +320,7 @@ class Settler(Part):
                       message.processing_key)
             self.metrics.add("duplicates")
             self._hand_over(self._deletes, message, message, "deleted as a duplicate")
+        self.ledger.finish(messages)
 
     def come_back_later(self, messages: list[tuple[ReceivedMessage, float]]) -> None:
         """Messages not to be processed now, visible again after the seconds given with each
@@ -323,26 +329,31 @@ class Settler(Part):
             self.metrics.add("held")
             seconds = min(MAX_VISIBILITY_S, max(0, math.ceil(after_s)))
             self._hand_over(self._visibility, (message, seconds), message, "left to come back")
+        self.ledger.finish([message for message, _ in messages])
 
-    def hand_back(self, messages: list[ReceivedMessage]) -> None:
-        """Claimed messages that will not be processed here after all (the processors stopping,
-        a FIFO group held up): their claims given back first, then visible again at once, so
-        that whoever receives them next can claim them. Never raises."""
-        if self.processed is not None:
-            self.processed.release(messages)  # best effort: a claim not given back lapses with its lease
-        self.release(messages)
+    def leave(self, messages: list[ReceivedMessage]) -> None:
+        """Messages left as they are, to come back after their visibility timeout (the
+        processed ledger could not claim them)."""
+        self.ledger.finish(messages)
 
-    def release(self, messages: list[ReceivedMessage]) -> None:
-        """Make messages visible again at once: received, but not to be processed here. Never
-        raises, from whichever thread holds them: what SQS does not make visible now, it makes
-        visible after the visibility timeout all the same."""
+    def give_back(self, messages: list[ReceivedMessage], *, claimed: bool = True) -> None:
+        """Messages received but not to be processed here after all (the worker stopping, a FIFO
+        group held up, a deadline's unit behind a timed-out message): their claims given back
+        first when `claimed` (with the processed ledger), then visible again at once, so that
+        whoever receives them next can claim them. Never raises, from whichever thread holds
+        them: what SQS does not make visible now, it makes visible after the visibility timeout
+        all the same."""
         if not messages:
             return
+        if claimed and self.processed is not None:
+            self.processed.release(messages)  # best effort: a claim not given back lapses with its lease
         try:
             outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
             self.metrics.add("released", sum(outcome is None for outcome in outcomes))
         except Exception:
-            log.error("could not release %d messages", len(messages), exc_info=True)
+            log.error("could not give back %d messages", len(messages), exc_info=True)
+        finally:
+            self.ledger.finish(messages)
 
     def _delete_batch(self, messages: list[ReceivedMessage]) -> list[EntryOutcome]:
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""
