@@ -2,11 +2,15 @@
 
 The user's entry points stand at the top of the checkout (server.py, message.py, worker.py,
 sqsinterface.py, config.py, client.py, sqs_setup.py) and import this package; it imports none of
-them. Its rooms, by role:
+them. Its modules, by role:
 
 - shared: `settings` (every setting), `aws` (every AWS client), `sqs` (the SQS interface),
   `rules` (what SQS accepts, with its wording), `batcher` (group commit), `metrics`, `logs`,
-  `output` (the worker's output file), `dlq` (dead letters; `queue-dlq`);
+  `keys` (API and console keys), `tables` (the DynamoDB tables), `tracing` and `trace_header`
+  (OpenTelemetry, and what travels in AWSTraceHeader), `verdicts` (what a processing step can
+  say: Reject, RetryLater), `output` (the worker's output file), `dlq` (dead letters;
+  `queue-dlq`);
 - `writer/`: the writer's parts that server.py assembles;
-- `worker/`: the worker's engine that worker.py runs.
+- `worker/`: the worker's engine that worker.py runs;
+- `console/`: the operator console (`queue-console`).
 """

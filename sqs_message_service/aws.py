@@ -1,5 +1,6 @@
 """Every AWS client of the service is made here: SQS's for the queues (sqs.py), DynamoDB's for
-the idempotency table (writer/idempotency.py). Each service has its own timeouts and attempts
+the writer's idempotency table (writer/idempotency.py) and the worker's processed ledger
+(worker/processed.py). Each service has its own timeouts and attempts
 (SQS_* and DYNAMODB_* settings), botocore's standard retries, a bounded connection pool, and
 the error codes that mean the same thing whichever service says them.
 """

@@ -1,8 +1,8 @@
 """Dead letters: the reasons a worker gives a message it dead-letters, listing them, and moving
 dead letters back to the source queue (redrive) once the cause is fixed.
 
-    python dlq.py list [--max N] [--bodies]
-    python dlq.py redrive [--max N] [--rate R] [--method auto|move-task|receive]
+    queue-dlq list [--max N] [--bodies]          (python -m sqs_message_service.dlq, in a checkout)
+    queue-dlq redrive [--max N] [--rate R] [--method auto|move-task|receive]
 
 Listing consumes nothing: what it received is made visible again at once. Redrive uses SQS's
 own StartMessageMoveTask where the endpoint has it, and otherwise receives, sends to the source

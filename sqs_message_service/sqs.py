@@ -60,7 +60,8 @@ _NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 @dataclass(frozen=True)
 class OutgoingMessage:
-    """One message as SQS will receive it. Build it with `rules.to_outgoing`, which checks it."""
+    """One message as SQS will receive it. The writer builds it with `writer.service.to_outgoing`,
+    which checks it against `rules`."""
 
     body: str
     attributes: Mapping[str, str] = field(default_factory=dict)

@@ -1,10 +1,11 @@
-"""The house: the user's entry points at the top, everything else in one package by role, imports
+"""The layout: the user's entry points at the top, everything else in one package by role, imports
 running one way (the top imports the package; the package imports nothing of the top) and no
 cycle inside the package."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -54,10 +55,18 @@ def test_the_package_imports_nothing_from_the_top() -> None:
         assert not top_level & USERS_NAMES, f"{name} imports {sorted(top_level & USERS_NAMES)} from the top"
 
 
-def test_every_door_at_the_top_opens_onto_the_package() -> None:
+def test_every_entry_point_at_the_top_uses_the_package() -> None:
     for name in USERS_NAMES:
         modules = imported(ROOT / f"{name}.py")
-        assert any(module.startswith("sqs_message_service") for module in modules), f"{name}.py uses no room"
+        assert any(module.startswith("sqs_message_service") for module in modules), f"{name}.py uses no module of it"
+
+
+def test_the_package_docstring_names_each_of_its_shared_modules() -> None:
+    import sqs_message_service
+
+    shared = {path.stem for path in (ROOT / "sqs_message_service").glob("*.py") if path.stem != "__init__"}
+    named = set(re.findall(r"`(\w+)`", sqs_message_service.__doc__ or ""))
+    assert shared - named == set(), "sqs_message_service/__init__.py: say what each module is for"
 
 
 def test_no_module_of_the_package_imports_one_that_imports_it_back() -> None:
