@@ -1,6 +1,6 @@
 """Every setting of the writer, the worker and the tools, from the environment, checked at start.
 
-The front door to sqs_message_service/settings.py, where each setting is declared once (its
+The entry point to sqs_message_service/settings.py, where each setting is declared once (its
 variable, type, range, help and the parts that read it). `python config.py` prints the table
 of docs/configuration.md.
 """

@@ -2,7 +2,7 @@
 the messages that go in and come out, each entry's outcome, the few errors that say what went
 wrong, and what a processing step can say of a message (`Reject`, `RetryLater`).
 
-The front door to sqs_message_service/sqs.py, the one module that talks to SQS, and to
+The entry point to sqs_message_service/sqs.py, the one module that talks to SQS, and to
 sqs_message_service/aws.py, which makes every AWS client with its own timeouts.
 """
 
