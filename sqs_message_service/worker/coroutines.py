@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT_S = 1.0
 
 
+class StepExited(Exception):
+    """The step raised SystemExit or KeyboardInterrupt, which asyncio would let end the loop."""
+
+
 class CoroutineProcessing(Part):
     """One thread, one event loop, `concurrency` slots taking units of work from `work`. A
     second thread (the feeder) waits on the work queue, which is a thread's queue, and hands
@@ -117,6 +121,9 @@ class CoroutineProcessing(Part):
         with self.tracing.processing(message, self.queue_name) as span:
             try:
                 await self.processor(message)
+            except (SystemExit, KeyboardInterrupt) as exc:  # would end the event loop: a failure of this message
+                self.tracing.failed(span, exc)
+                raise StepExited(f"the step raised {type(exc).__name__}({exc})") from exc
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     self.tracing.failed(span, exc)

@@ -101,6 +101,23 @@ def test_an_async_steps_failures_come_back_and_dead_letter_with_their_reasons(
     assert [line.body for line in running.output_lines] == ["fine"]
 
 
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_a_step_raising_system_exit_fails_that_message_and_the_worker_goes_on(
+    start_worker: Callable[..., RunningWorker], kind: str
+) -> None:
+    def plain(message: ReceivedMessage) -> None:
+        if message.body == "exits" and message.receive_count == 1:
+            raise SystemExit(3)
+
+    async def in_async(message: ReceivedMessage) -> None:
+        plain(message)
+
+    running = start_worker(plain if kind == "plain" else in_async, ["exits", "fine"], max_receive_count=2)
+
+    assert running.wait() == 0
+    assert sorted((line.body, line.receive_count) for line in running.output_lines) == [("exits", 2), ("fine", 1)]
+
+
 # The deadline
 
 
