@@ -5,6 +5,7 @@ span and no attribute."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -202,7 +203,7 @@ def test_a_refusal_and_an_sqs_outage_set_the_server_spans_error_type(
 # The worker
 
 
-def run_worker(sqs: Any, processor: Callable[[ReceivedMessage], None], bodies: list[str], **overrides: Any) -> Worker:
+def run_worker(sqs: Any, processor: Callable[[ReceivedMessage], Any], bodies: list[str], **overrides: Any) -> Worker:
     """Send `bodies` through the writer's tracing (as the writer would), then drain the queue
     with a traced worker."""
     settings = Settings(receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0, **overrides)
@@ -247,6 +248,26 @@ def test_each_attempt_is_a_process_span_in_the_messages_trace_and_the_steps_own_
     assert [link.context.span_id for link in receives[0].links] == [create.context.span_id]
     assert delete.kind is SpanKind.CLIENT and messaging(delete)["messaging.operation.type"] == "settle"
     assert [link.context.span_id for link in delete.links] == [create.context.span_id]
+
+
+def test_an_async_steps_attempt_is_a_process_span_and_its_own_spans_join_it(
+    sqs: Any, spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    async def step(message: ReceivedMessage) -> None:
+        await asyncio.sleep(0)
+        with trace.get_tracer("the user's step").start_as_current_span("the user's async call"):
+            await asyncio.sleep(0.01)
+
+    worker = run_worker(sqs, step, ["order 1002", "order 1003"])
+
+    assert worker.coroutines is not None
+    finished = spans()
+    processes = named(finished, "process messages")
+    own = named(finished, "the user's async call")
+    assert len(processes) == len(own) == 2
+    creates = {span.context.span_id for span in named(finished, "create messages")}
+    assert {process.parent.span_id for process in processes if process.parent} == creates
+    assert {span.parent.span_id for span in own if span.parent} == {process.context.span_id for process in processes}
 
 
 def test_a_failing_attempt_and_the_dead_letter_are_in_the_messages_trace(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -528,6 +529,30 @@ def test_a_redelivery_of_a_processed_message_is_deleted_without_the_step(
     assert sorted(body for body, _, _ in recorder.attempts) == sorted(bodies)
     assert running.worker.metrics.count("duplicates") > 0
     assert running.worker.metrics.count("deleted") == 20 - running.worker.metrics.count("duplicates")
+
+
+def test_an_async_step_with_the_processed_ledger_runs_each_message_once_whatever_sqs_redelivers(
+    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an async step, and a worker whose first deletes fail, so that what it processed comes back
+    finished: list[str] = []
+
+    async def step(message: ReceivedMessage) -> None:
+        await asyncio.sleep(0.01)
+        finished.append(message.body)
+
+    bodies = [f"m{n}" for n in range(20)]
+    running = start_worker(step, bodies, visibility_timeout_s=1, max_receive_count=5, processed=processed)
+    refused = refuse_deletes(running.worker.queue, monkeypatch, times=2)
+
+    # WHEN it runs until the queue is drained
+    assert running.wait() == 0
+
+    # THEN each message reached the step once, and the redeliveries were deleted as duplicates
+    assert refused[0] == 2
+    assert sorted(finished) == sorted(bodies)
+    assert running.worker.coroutines is not None
+    assert running.worker.metrics.count("duplicates") > 0
 
 
 def test_a_failed_step_gives_its_claim_back_and_its_retry_runs(
