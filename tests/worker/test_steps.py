@@ -47,7 +47,7 @@ def test_an_async_step_runs_each_of_many_messages_once_to_its_end_as_coroutines(
         running_now += 1  # one event loop: no lock needed, and none must be
         most_at_once = max(most_at_once, running_now)
         threads.add(threading.current_thread().name)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # long enough for several receives' worth to be under way at once
         running_now -= 1
         finished.append(message.body)  # only once the step's code ran to its end
 
