@@ -129,19 +129,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         if metrics_server is not None:
             cleanup.callback(metrics_server.shutdown)
         _install_signal_handlers(worker)
-        log.info(
-            "worker %s on queue %r (%s), concurrency %d%s; step %s (%s), PROCESSING_TIMEOUT %g s", worker.worker_id,
-            settings.queue_name, settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
-            settings.worker_concurrency, "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
-            settings.processor or "simulated work", "coroutines" if worker.coroutines is not None else "threads",
-            settings.processing_timeout_s,
-        )
+        log_start(worker, settings)
         stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
         with StatsPane(worker, stats, sys.stdout, settings.stats_interval_s):
             exit_code = worker.run()
         if args.summary_json is not None:
             args.summary_json.write_text(json.dumps(stats.summary(), indent=1) + "\n", encoding="utf-8")
         return exit_code
+
+
+def log_start(worker: Worker, settings: Settings) -> None:
+    log.info(
+        "worker %s on queue %r (%s), concurrency %d%s; step %s (%s), PROCESSING_TIMEOUT %g s", worker.worker_id,
+        settings.queue_name, settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
+        settings.worker_concurrency, "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
+        settings.processor or "simulated work", "coroutines" if worker.coroutines is not None else "threads",
+        settings.processing_timeout_s,
+    )
 
 
 def processing_step(settings: Settings, tracing: NoTracing) -> Processor:
