@@ -27,6 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from sqs_message_service.aws import create_client
+from sqs_message_service.leases import TableUnavailable
 from sqs_message_service.metrics import SqsMetrics, WorkerStats
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import ConfigError, Settings, add_option, configure_logging, with_options
@@ -36,7 +37,7 @@ from sqs_message_service.tracing import configure as configure_tracing
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.worker.http_step import HttpStep
 from sqs_message_service.worker.pane import StatsPane
-from sqs_message_service.worker.processed import LedgerUnavailable, ProcessedLedger
+from sqs_message_service.worker.processed import ProcessedLedger
 from sqs_message_service.worker.processing import SimulatedWork
 from sqs_message_service.worker.steps import Processor, StepNotLoadable, load_step
 
@@ -112,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         queue = SqsQueue(settings.queue_name, client, sqs_metrics)
         try:
             processed = processed_ledger(settings, queue)
-        except (LedgerUnavailable, SqsError) as exc:
+        except (TableUnavailable, SqsError) as exc:
             print(f"worker: PROCESSED_TABLE={settings.processed_table}: {exc}", file=sys.stderr)
             return 2
         cleanup.callback(tracing.shutdown)  # the spans still to export leave before the process ends
@@ -165,7 +166,7 @@ def processing_step(settings: Settings, tracing: NoTracing) -> Processor:
 def processed_ledger(settings: Settings, queue: SqsQueue) -> Optional[ProcessedLedger]:
     """The processed ledger of PROCESSED_TABLE (None when unset), its table found. Its window is
     PROCESSED_WINDOW, or the queue's retention period: no redelivery outlives that. Raises
-    LedgerUnavailable when the table does not exist or cannot be reached, SqsError when the
+    TableUnavailable when the table does not exist or cannot be reached, SqsError when the
     queue's retention cannot be read."""
     if not settings.processed_table:
         return None

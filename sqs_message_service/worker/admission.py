@@ -15,10 +15,11 @@ from concurrent.futures import Future
 from typing import Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
+from ..leases import TableUnavailable
 from ..logs import ThrottledLog
 from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage
 from .ledger import InFlight, WorkQueue, work_units
-from .processed import TRANSACT_MAX_ITEMS, Claim, LedgerUnavailable, ProcessedLedger, Verdict, wall_clock
+from .processed import TRANSACT_MAX_ITEMS, Claim, ProcessedLedger, Verdict, wall_clock
 from .settler import Settler
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Admission:
         with the pauses between trials growing, never a receive at every pause."""
         try:
             self.processed.check()
-        except LedgerUnavailable as exc:
+        except TableUnavailable as exc:
             with self._lock:
                 self.failures += 1
             self._down.warning(exc, "checking the processed ledger")
@@ -125,7 +126,7 @@ class Admission:
         if any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
             with self._lock:
                 self.failures += 1  # the pauses between trials grow with each failed one
-            self._down.warning(LedgerUnavailable(
+            self._down.warning(TableUnavailable(
                 f"PROCESSED_TABLE {self.processed.table!r} did not take the claims: nothing is processed until it "
                 "does, and what was received comes back after its visibility timeout"), "claiming")
         elif claims:

@@ -20,11 +20,12 @@ record, so no read comes first; a key whose record is free again, past its windo
 lapsed, is claimed in a second call on the condition that says so);
 the completions leave in BatchWriteItem calls of up to 25; gives-back and lease extensions, which
 only failures and long steps need, are TransactWriteItems conditional on the owner.
+
+A user of the lease store (leases.py), which writes the conditions and translates the errors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
@@ -33,10 +34,9 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import botocore.exceptions
-
+from ..leases import LeaseTable, TableUnavailable, seconds
 from ..metrics import WorkerMetrics
 from ..sqs import ReceivedMessage
 
@@ -74,10 +74,6 @@ class Claim:
     held_s: float = 0.0  # HELD: seconds until the lease that holds it ends
 
 
-class LedgerUnavailable(Exception):
-    """The table did not answer, or refused the call: nothing was recorded."""
-
-
 class ProcessedLedger:
     """The worker's view of PROCESSED_TABLE for one queue: claims, completions, gives-back and
     lease extensions, each for many messages at once. Thread-safe: it keeps no state but its
@@ -93,17 +89,25 @@ class ProcessedLedger:
         self.window_s = window_s
         # whose claim a record is: this process, and this ledger in it
         self.owner = f"{worker_id or f'{socket.gethostname()}:{os.getpid()}'}/{uuid.uuid4().hex[:8]}"
-        self.metrics = metrics
+        self.metrics = metrics  # its calls and failures count there (the worker's, when it has none)
+        self.leases = LeaseTable(table, client, claimed=PROCESSING, counted=self._counted, failed=self._failed)
         self._clock = clock
 
     def record_key(self, message: ReceivedMessage) -> str:
         return f"{self.queue_name}/{message.processing_key}"
 
     def check(self) -> None:
-        """Raise LedgerUnavailable unless the table can be reached and exists (DescribeTable):
+        """Raise TableUnavailable unless the table can be reached and exists (DescribeTable):
         at start, and to find out whether an outage has ended."""
-        with self._call("DescribeTable"):
-            self.client.describe_table(TableName=self.table)
+        self.leases.check()
+
+    def _counted(self, operation: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dynamodb_requests.labels(self.table, operation).inc()
+
+    def _failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.ledger_errors.inc()
 
     # Claims, before the step.
 
@@ -128,7 +132,7 @@ class ProcessedLedger:
                 for key, _ in lapsing:
                     del verdicts[key]
                 pending = self._claim_round(lapsing, lease_until, verdicts, fresh_only=False)
-        except LedgerUnavailable:
+        except TableUnavailable:
             pending = [(key, m) for key, m in first_of_key.items() if key not in verdicts]
         for key, message in pending:  # still undecided: as good as no answer
             verdicts[key] = Claim(message, Verdict.UNAVAILABLE)
@@ -157,7 +161,7 @@ class ProcessedLedger:
         for start in range(0, len(pending), TRANSACT_MAX_ITEMS):
             chunk = pending[start : start + TRANSACT_MAX_ITEMS]
             items = [{"Put": self._claim_item(key, message, now, lease_until, fresh_only)} for key, message in chunk]
-            reasons = self._transact(items)
+            reasons = self.leases.transact(items)
             for (key, message), reason in zip(chunk, reasons, strict=True):
                 verdict = None
                 if reason is None:
@@ -175,21 +179,10 @@ class ProcessedLedger:
     ) -> dict[str, Any]:
         item = {
             "key": {"S": key}, "state": {"S": PROCESSING}, "owner": {"S": self.owner},
-            "lease_until": {"N": _seconds(lease_until)}, "message_id": {"S": message.id},
+            "lease_until": {"N": seconds(lease_until)}, "message_id": {"S": message.id},
             "expires_at": {"N": str(math.ceil(now + self.window_s))},
         }
-        if fresh_only:
-            return {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(#key)",
-                    "ExpressionAttributeNames": {"#key": "key"}, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
-        return {
-            "TableName": self.table, "Item": item,
-            # free: no record, a record past its window, or a claim whose lease lapsed
-            "ConditionExpression": "attribute_not_exists(#key) OR expires_at <= :now "
-            "OR (#state = :processing AND lease_until <= :now)",
-            "ExpressionAttributeNames": {"#key": "key", "#state": "state"},
-            "ExpressionAttributeValues": {":now": {"N": _seconds(now)}, ":processing": {"S": PROCESSING}},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
+        return self.leases.claim(item, now=now, fresh_only=fresh_only)
 
     def _verdict_from(self, message: ReceivedMessage, record: dict[str, Any], now: float) -> Optional[Claim]:
         """A claim the table refused, from the record that refused it: done, or held until its
@@ -215,7 +208,7 @@ class ProcessedLedger:
         for message in messages:
             by_key[self.record_key(message)] = {
                 "key": {"S": self.record_key(message)}, "state": {"S": DONE_STATE},
-                "message_id": {"S": message.id}, "done_at": {"N": _seconds(now)}, "expires_at": {"N": expires_at},
+                "message_id": {"S": message.id}, "done_at": {"N": seconds(now)}, "expires_at": {"N": expires_at},
             }
         failed: dict[str, Exception] = {}
         keys = list(by_key)
@@ -223,7 +216,7 @@ class ProcessedLedger:
             chunk = keys[start : start + BATCH_WRITE_MAX_ITEMS]
             try:
                 self._write_all([by_key[key] for key in chunk])
-            except LedgerUnavailable as exc:
+            except TableUnavailable as exc:
                 failed.update((key, exc) for key in chunk)
         return [failed.get(self.record_key(message)) for message in messages]
 
@@ -232,14 +225,15 @@ class ProcessedLedger:
         requests = [{"PutRequest": {"Item": record}} for record in records]
         pause_s = UNPROCESSED_PAUSE_S
         for _ in range(ROUNDS):
-            with self._call("BatchWriteItem"):
+            with self.leases.call("BatchWriteItem"):
                 response = self.client.batch_write_item(RequestItems={self.table: requests})
             requests = response.get("UnprocessedItems", {}).get(self.table, [])
             if not requests:
                 return
             time.sleep(pause_s)
             pause_s *= 2
-        raise self._failed("BatchWriteItem", f"{len(requests)} records left unprocessed after {ROUNDS} calls")
+        raise self.leases.unavailable("BatchWriteItem",
+                                      f"{len(requests)} records left unprocessed after {ROUNDS} calls")
 
     # Gives-back and extensions, on this worker's own claims.
 
@@ -249,7 +243,7 @@ class ProcessedLedger:
         with its lease."""
         keys = {self.record_key(message) for message in messages}
         self._on_own_claims(keys, lambda key: {"Delete": {
-            "TableName": self.table, "Key": {"key": {"S": key}}, **self._owned(),
+            "TableName": self.table, "Key": {"key": {"S": key}}, **self.leases.owned(self.owner, still_claimed=True),
         }}, "given back")
         return [None] * len(messages)
 
@@ -259,20 +253,12 @@ class ProcessedLedger:
         extended may lapse while the step runs, and another worker that receives the message
         then may run it too."""
         keys = {self.record_key(message) for message in messages}
-        owned = self._owned()
-        owned["ExpressionAttributeValues"][":lease_until"] = {"N": _seconds(lease_until)}
+        owned = self.leases.owned(self.owner, still_claimed=True)
+        owned["ExpressionAttributeValues"][":lease_until"] = {"N": seconds(lease_until)}
         self._on_own_claims(keys, lambda key: {"Update": {
             "TableName": self.table, "Key": {"key": {"S": key}}, "UpdateExpression": "SET lease_until = :lease_until",
             **owned,
         }}, "extended")
-
-    def _owned(self) -> dict[str, Any]:
-        """The condition of a change to a claim: still this worker's, still processing."""
-        return {
-            "ConditionExpression": "#owner = :owner AND #state = :processing",
-            "ExpressionAttributeNames": {"#owner": "owner", "#state": "state"},
-            "ExpressionAttributeValues": {":owner": {"S": self.owner}, ":processing": {"S": PROCESSING}},
-        }
 
     def _on_own_claims(self, keys: set[str], item: Callable[[str], dict[str, Any]], done: str) -> None:
         """Change each claim of `keys` that is still this worker's; those that are not (done,
@@ -285,11 +271,11 @@ class ProcessedLedger:
                 undecided = []
                 for start in range(0, len(pending), TRANSACT_MAX_ITEMS):
                     chunk = pending[start : start + TRANSACT_MAX_ITEMS]
-                    reasons = self._transact([item(key) for key in chunk])
+                    reasons = self.leases.transact([item(key) for key in chunk])
                     undecided += [key for key, reason in zip(chunk, reasons, strict=True)
                                   if reason is not None and reason.get("Code") != "ConditionalCheckFailed"]
                 pending = undecided
-        except LedgerUnavailable as exc:
+        except TableUnavailable as exc:
             log.warning("%d claims not %s (%s): they lapse with their leases", len(pending), done, exc)
             return
         except Exception:  # a bug of ours or the client's: best effort, never the caller's thread's end
@@ -297,56 +283,6 @@ class ProcessedLedger:
             return
         if pending:
             log.warning("%d claims not %s after %d calls: they lapse with their leases", len(pending), done, ROUNDS)
-
-    # Calls.
-
-    def _transact(self, items: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
-        """TransactWriteItems: one reason per item, all None when it went through; when it was
-        cancelled, each item's reason ("ConditionalCheckFailed" with the record, or "None" for
-        an item cancelled only because another failed)."""
-        try:
-            with self._call("TransactWriteItems"):
-                self.client.transact_write_items(TransactItems=items)
-        except _Cancelled as cancelled:
-            reasons = cancelled.reasons
-            if len(reasons) != len(items):
-                raise self._failed("TransactWriteItems", "cancelled without a reason per item") from None
-            return list(reasons)
-        return [None] * len(items)
-
-    @contextlib.contextmanager
-    def _call(self, operation: str) -> Iterator[None]:
-        """Count the call; botocore's errors as ours: a transaction's cancellation, or the table
-        unavailable."""
-        if self.metrics is not None:
-            self.metrics.dynamodb_requests.labels(self.table, operation).inc()
-        try:
-            yield
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") == "TransactionCanceledException":
-                raise _Cancelled(exc.response.get("CancellationReasons", [])) from None
-            raise self._failed(operation, f"{error.get('Code', '')}: {error.get('Message', '')}") from exc
-        except botocore.exceptions.BotoCoreError as exc:  # unreachable, no credentials, timed out
-            raise self._failed(operation, str(exc)) from exc
-
-    def _failed(self, operation: str, text: str) -> LedgerUnavailable:
-        if self.metrics is not None:
-            self.metrics.ledger_errors.inc()
-        return LedgerUnavailable(f"{operation} {self.table!r}: {text}")
-
-
-class _Cancelled(Exception):
-    """A TransactWriteItems was cancelled; `reasons` says why, item by item."""
-
-    def __init__(self, reasons: list[dict[str, Any]]) -> None:
-        super().__init__("transaction cancelled")
-        self.reasons = reasons
-
-
-def _seconds(epoch_s: float) -> str:
-    """A time as the ledger keeps a lease: epoch seconds to the millisecond."""
-    return f"{epoch_s:.3f}"
 
 
 def wall_clock(deadline: float) -> float:

@@ -16,7 +16,6 @@ request is 422, a repeat that arrives while the first is still being sent is 409
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,17 +24,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
-import botocore.exceptions
-
-from .errors import KeyInProgress, KeyReused, StoreUnavailable
+from ..leases import KeyTaken, LeaseTable, TableUnavailable
+from .errors import KeyInProgress, KeyReused
 
 log = logging.getLogger(__name__)
 
 #: How much longer than SEND_TIMEOUT a claim on a key lasts: a writer's send cannot outlast it,
 #: and clocks of writers on different hosts may differ by this much.
 LEASE_MARGIN_S = 2.0
+#: A key's states in the table: claimed while its first request is sent, then answered.
+SENDING, ANSWERED = "sending", "answered"
 
 
 class KeyStore(Protocol):
@@ -137,7 +137,8 @@ class IdempotencyStore:
 
 
 class SharedStore:
-    """Keys and answers in a DynamoDB table, shared by every writer process and replica.
+    """Keys and answers in a DynamoDB table, shared by every writer process and replica: a user
+    of the lease store (leases.py).
 
     A record is a key's claim while its first request is being sent (`state` "sending", with an
     `owner` and a `lease_until`), then its answer (`state` "answered"). `expires_at` is the
@@ -145,8 +146,9 @@ class SharedStore:
     claim whose lease lapsed (its writer died mid-send), counts as no record: the key is free
     again. Keys are hashed and scoped per API key, as in memory; no body is stored.
 
-    Any failure of the table is StoreUnavailable (503): a keyed request is never sent without
-    its key kept. Which claim is this writer's is known by its owner token, kept per key.
+    Any failure of the table is TableUnavailable (the writer answers 503): a keyed request is
+    never sent without its key kept. Which claim is this writer's is known by its owner token,
+    kept per key.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class SharedStore:
         self.client = client
         self.window_s = window_s
         self.lease_s = lease_s
+        self.leases = LeaseTable(table, client, claimed=SENDING)
         self._clock = clock
         self._owners: dict[bytes, str] = {}  # the keys this writer holds a claim on, with its token
         self._lock = threading.Lock()
@@ -166,21 +169,13 @@ class SharedStore:
         now = self._clock()
         owner = uuid.uuid4().hex
         claim = {
-            "key": {"S": key.hex()}, "fingerprint": {"S": request.hex()}, "state": {"S": "sending"},
+            "key": {"S": key.hex()}, "fingerprint": {"S": request.hex()}, "state": {"S": SENDING},
             "owner": {"S": owner}, "lease_until": {"N": _later(now + self.lease_s)},
             "expires_at": {"N": _later(now + self.window_s)},
         }
         try:
-            with self._translated("PutItem"):
-                self.client.put_item(
-                    TableName=self.table, Item=claim,
-                    ConditionExpression="attribute_not_exists(#key) OR expires_at <= :now "
-                    "OR (#state = :sending AND lease_until <= :now)",
-                    ExpressionAttributeNames={"#key": "key", "#state": "state"},
-                    ExpressionAttributeValues={":now": {"N": str(math.floor(now))}, ":sending": {"S": "sending"}},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-        except _KeyTaken as taken:
+            self.leases.put_claim(claim, now=now)
+        except KeyTaken as taken:
             if taken.record.get("owner", {}).get("S") != owner:
                 return self._repeat(taken.record, request)
             # botocore retried a PutItem whose answer was lost: the claim it refuses is this one
@@ -191,68 +186,40 @@ class SharedStore:
     def finish(self, key: bytes, answer: dict[str, str]) -> None:
         """SQS has the message: the key's answer replaces this writer's claim on it. A failure
         here is logged, not raised: the message was sent, and its 201 is true."""
-        owner = self._release_owner(key)
+        owned = self.leases.owned(self._release_owner(key))
+        # or already so, when botocore retried an UpdateItem whose answer was lost
+        owned["ConditionExpression"] += " OR (#state = :answered AND answer = :answer)"
+        owned["ExpressionAttributeNames"]["#state"] = "state"
+        owned["ExpressionAttributeValues"].update({":answered": {"S": ANSWERED}, ":answer": {"S": _encode(answer)}})
         try:
-            with self._translated("UpdateItem"):
+            with self.leases.call("UpdateItem"):
                 self.client.update_item(
                     TableName=self.table, Key={"key": {"S": key.hex()}},
-                    UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner",
-                    # or already so, when botocore retried an UpdateItem whose answer was lost
-                    ConditionExpression="#owner = :owner OR (#state = :answered AND answer = :answer)",
-                    ExpressionAttributeNames={"#state": "state", "#owner": "owner"},
-                    ExpressionAttributeValues={
-                        ":answered": {"S": "answered"}, ":owner": {"S": owner}, ":answer": {"S": _encode(answer)},
-                    },
+                    UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner", **owned,
                 )
-        except (StoreUnavailable, _KeyTaken) as exc:
+        except (TableUnavailable, KeyTaken) as exc:
             log.error("an answer was not kept for its Idempotency-Key (%s): a retry after the lease "
                       "lapses is sent again", exc)
 
     def abandon(self, key: bytes) -> None:
         """The send failed: give the key back (if the claim is still this writer's), so that a
         retry sends anew. A failure here leaves the claim to lapse with its lease."""
-        owner = self._release_owner(key)
+        owned = self.leases.owned(self._release_owner(key))
         try:
-            with self._translated("DeleteItem"):
-                self.client.delete_item(
-                    TableName=self.table, Key={"key": {"S": key.hex()}}, ConditionExpression="#owner = :owner",
-                    ExpressionAttributeNames={"#owner": "owner"}, ExpressionAttributeValues={":owner": {"S": owner}},
-                )
-        except (StoreUnavailable, _KeyTaken) as exc:
+            with self.leases.call("DeleteItem"):
+                self.client.delete_item(TableName=self.table, Key={"key": {"S": key.hex()}}, **owned)
+        except (TableUnavailable, KeyTaken) as exc:
             log.warning("an Idempotency-Key was not given back (%s): it is free once its lease lapses", exc)
 
     def _repeat(self, record: Mapping[str, Any], request: bytes) -> dict[str, str]:
         """The answer for a repeat, found in the live `record` of its key."""
-        answered = record.get("state", {}).get("S") == "answered"
+        answered = record.get("state", {}).get("S") == ANSWERED
         return _replay(record.get("fingerprint", {}).get("S") == request.hex(),
                        record["answer"]["S"] if answered else None)
 
     def _release_owner(self, key: bytes) -> str:
         with self._lock:
             return self._owners.pop(key, "")
-
-    @contextlib.contextmanager
-    def _translated(self, operation: str) -> Iterator[None]:
-        """botocore's errors as ours: a key already taken, or the table unavailable (503)."""
-        try:
-            yield
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") == "ConditionalCheckFailedException":
-                raise _KeyTaken(exc.response.get("Item", {})) from None
-            raise StoreUnavailable(
-                f"{operation} {self.table!r}: {error.get('Code', '')}: {error.get('Message', '')}"
-            ) from exc
-        except botocore.exceptions.BotoCoreError as exc:  # unreachable, no credentials, timed out
-            raise StoreUnavailable(f"{operation} {self.table!r}: {exc}") from exc
-
-
-class _KeyTaken(Exception):
-    """The table's condition refused the call: the key is live, as `record` shows."""
-
-    def __init__(self, record: Mapping[str, Any]) -> None:
-        super().__init__("the key is held or answered already")
-        self.record = record
 
 
 def _later(seconds: float) -> str:

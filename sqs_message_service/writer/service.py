@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping, Optional, TypeVar, Union
 
 from ..batcher import GroupCommit, Overloaded
+from ..leases import TableUnavailable
 from ..metrics import WriterMetrics, by_label, total
 from ..rules import attribute_name_problem, character_problem, queue_fields, size_problem
 from ..settings import Settings
@@ -217,8 +218,8 @@ class Writer:
         scoped = scoped_key(key, client)
         try:
             remembered = self.idempotency.begin(scoped, fingerprint(fields))
-        except StoreUnavailable as exc:
-            raise self.refused(exc) from None
+        except TableUnavailable as exc:  # a keyed request is never sent without its key kept
+            raise self.refused(StoreUnavailable(str(exc))) from None
         if remembered is not None:
             return remembered, True
         if not self.queue.is_fifo:  # FIFO: the key is the message's deduplication id already (prepare)

@@ -8,9 +8,9 @@ from typing import Any, Optional, Union
 import pytest
 
 from conftest import Clock
+from sqs_message_service.leases import TableUnavailable
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
-from sqs_message_service.writer.errors import StoreUnavailable
 from sqs_message_service.writer.idempotency import (
     IdempotencyStore,
     KeyInProgress,
@@ -214,7 +214,7 @@ def test_the_table_keeps_the_hashed_key_and_the_answer_never_the_body(
 
 
 def test_a_missing_table_is_unavailable(dynamodb: Any, clock: Clock) -> None:
-    with pytest.raises(StoreUnavailable, match="ResourceNotFoundException"):
+    with pytest.raises(TableUnavailable, match="ResourceNotFoundException"):
         shared_store(dynamodb, clock).begin(b"k", b"request")
 
 
@@ -222,5 +222,5 @@ def test_an_unreachable_store_is_unavailable(closed_endpoint: str, clock: Clock)
     settings = Settings(dynamodb_endpoint_url=closed_endpoint, sqs_max_attempts=1)
     store = SharedStore(TABLE, create_client(settings, service="dynamodb"), window_s=WINDOW_S, lease_s=LEASE_S)
 
-    with pytest.raises(StoreUnavailable, match="Could not connect"):
+    with pytest.raises(TableUnavailable, match="Could not connect"):
         store.begin(b"k", b"request")
