@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 import flask
 
 from sqs_message_service.sqs import OutgoingMessage, SendResult, SqsError
-from sqs_message_service.writer.errors import Answerable, InvalidMessage, answer, problem
+from sqs_message_service.writer.errors import Answerable, InvalidMessage, InvalidRequest, answer, problem
 from sqs_message_service.writer.service import WRITER_EXTENSION, Writer, accepted
 
 
@@ -56,10 +56,13 @@ def post_messages(body: dict[str, Any]) -> JsonResponse:
     permission): then that 503, so that a client retries the whole request.
     """
     writer = current_writer()
+    if "Idempotency-Key" in flask.request.headers:
+        raise InvalidRequest("POST /api/messages takes no Idempotency-Key (its entries are not replayed): "
+                             "send keyed messages one by one to POST /api/message")
     prepared: list[Union[OutgoingMessage, InvalidMessage]] = []
     for fields in body["messages"]:
         try:
-            prepared.append(writer.prepare(fields))
+            prepared.append(writer.prepare_entry(fields))
         except InvalidMessage as exc:
             prepared.append(exc)
     to_send = [entry for entry in prepared if isinstance(entry, OutgoingMessage)]

@@ -66,11 +66,6 @@ def create_app(
             settings.idempotency_table, create_client(settings, service="dynamodb"),
             window_s=settings.idempotency_window_s, lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
         )
-    writer = Writer(
-        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys,
-        tracing=tracing,
-    )
-
     api_keys = settings.load_api_keys()
     if source is None or isinstance(source, Path):
         source = load_source() if source is None else load_source(source)
@@ -80,6 +75,10 @@ def create_app(
         content_based_deduplication=_content_based_deduplication(queue),
         keys_required=bool(api_keys),
         reserved_attribute=tracing.context_attribute,
+    )
+    writer = Writer(
+        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys,
+        tracing=tracing, entry_problem=spec.entry_problem,
     )
     flask_bridge: list[bridge.FlaskBridge] = []
 

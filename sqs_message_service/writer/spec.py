@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 from jsonschema import ValidationError, validators
+from jsonschema.exceptions import best_match
 
 from ..rules import attribute_name_problem, character_problem, queue_fields
 from ..settings import DATA_DIR
@@ -73,6 +74,18 @@ class ServedSpec:
             for operation in operations.values()
             if "requestBody" in operation
         )
+
+    @functools.cached_property
+    def _entry_validator(self) -> Any:
+        return RequestValidator(_at(self.document, MESSAGE_FIELDS), format_checker=RequestValidator.FORMAT_CHECKER)
+
+    def entry_problem(self, entry: Any) -> Optional[str]:
+        """What the served `MessageFields` finds wrong with one entry of a batch, worded as a
+        request's violation would be (None: nothing): each entry is judged on its own."""
+        errors = list(self._entry_validator.iter_errors(entry))
+        if not errors:
+            return None
+        return self.describe(best_match(errors))
 
     def describe(self, error: ValidationError) -> str:
         """A request body's violation of the spec, as a `detail`: the reason this queue takes no

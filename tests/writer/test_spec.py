@@ -79,11 +79,13 @@ def test_a_violation_is_worded_for_the_client(fifo: bool, body: Any, detail: str
     assert detail in first_violation(fifo, body)
 
 
-def test_each_entry_of_a_batch_is_named_by_its_place() -> None:
-    detail = first_violation(False, {"messages": [{"body": "b"}, {"body": "b", "deduplication_id": "d"}]},
-                             ("MessageBatch",))
+def test_each_entry_of_a_batch_is_judged_on_its_own_by_the_served_fields() -> None:
+    spec = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=False)
 
-    assert detail == "deduplication_id is only for FIFO queues; this queue is standard - 'messages.1'"
+    assert spec.entry_problem({"body": "b"}) is None
+    assert spec.entry_problem({"body": "b", "deduplication_id": "d"}) == (
+        "deduplication_id is only for FIFO queues; this queue is standard")
+    assert spec.entry_problem({"body": ""}) == "'' should be non-empty - 'body'"
 
 
 def test_a_writer_on_a_fifo_queue_without_content_based_deduplication_serves_and_keeps_it(sqs: Any) -> None:
