@@ -9,7 +9,9 @@ is one its queue takes:
   `deduplication_id` required unless the queue has content-based deduplication;
 - no API keys configured: no `security` requirement;
 - tracing carrying its context in a `traceparent` attribute: at most 9 attributes, and none of
-  the user's named so.
+  the user's named so;
+- the read routes: READ_MAX_LEASE as the longest lease and delay, and no key asked of them
+  without READ_KEYS (they then refuse every request, saying how to turn reading on).
 
 `RequestValidator` checks a body against it, including `x-propertyNames`: JSON Schema's
 `propertyNames` (SQS's rule for attribute names), under the vendor prefix OpenAPI 3.0 requires.
@@ -40,6 +42,11 @@ MESSAGE_FIELDS = ("components", "schemas", "MessageFields")
 SQS_TEXT = ("components", "schemas", "SqsText")
 #: The keyword that states what an object's property names must be.
 PROPERTY_NAMES = "x-propertyNames"
+#: The security scheme of the read routes, and the fields that take a lease's seconds.
+READ_KEY = "readKey"
+#: What marks a read route in swagger.yml.
+READS = "x-reads"
+LEASE_FIELDS = (("ReceiveRequest", "lease_seconds"), ("GiveBack", "delay_seconds"), ("Extend", "lease_seconds"))
 
 
 def _property_names(validator: Any, names: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -87,6 +94,16 @@ class ServedSpec:
             return None
         return self.describe(best_match(errors))
 
+    @property
+    def message_operations(self) -> frozenset[str]:
+        """The operations whose body holds messages (not the read routes'): those counted."""
+        return frozenset(
+            operation["operationId"]
+            for operations in self.document["paths"].values()
+            for operation in operations.values()
+            if "requestBody" in operation and not operation.get(READS)
+        )
+
     def describe(self, error: ValidationError) -> str:
         """A request body's violation of the spec, as a `detail`: the reason this queue takes no
         such field, or needs it; the character or attribute name SQS would refuse; otherwise
@@ -130,12 +147,20 @@ def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
 
 def served_spec(
     source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool,
-    reserved_attribute: Optional[str] = None,
+    reserved_attribute: Optional[str] = None, read_keys: bool = False, max_lease_s: int = 300,
 ) -> ServedSpec:
     """`source` (swagger.yml, loaded) fitted to a queue of this kind, to the writer's keys, and
     to an attribute the writer sets itself (`reserved_attribute`: tracing's context, which then
-    takes one of the ten attributes SQS allows, and its name)."""
+    takes one of the ten attributes SQS allows, and its name); the read routes to READ_KEYS
+    (`read_keys`: whether any is set) and READ_MAX_LEASE (`max_lease_s`)."""
     document = copy.deepcopy(dict(source))
+    for schema, field_name in LEASE_FIELDS:
+        document["components"]["schemas"][schema]["properties"][field_name]["maximum"] = max_lease_s
+    if not read_keys:  # no key to ask for: the handlers refuse every read, saying how to turn it on
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                if operation.get(READS):
+                    operation["security"] = []
     fields = _at(document, MESSAGE_FIELDS)
     if reserved_attribute is not None:
         attributes = fields["properties"]["attributes"]
