@@ -48,7 +48,7 @@ class Reader:
     """Everything behind the read routes. One per app, kept in `app.extensions`.
 
     `queue` is the queue on a client whose read timeout covers a 20 s long poll. A long poll
-    runs on a thread of its own (at most READ_MAX_POLLS), so that `stop()` can answer the
+    runs on a thread of its own (at most READ_MAX_POLLS at once), so that `stop()` can answer the
     request at once: what the abandoned receive brings back afterwards is made visible again."""
 
     def __init__(
@@ -67,7 +67,6 @@ class Reader:
             for outcome in ("received", "acknowledged", "given_back", "dead_lettered", "extended", "lapsed")
         }
         self._polls = threading.BoundedSemaphore(settings.read_max_polls)
-        self._pollers = concurrent.futures.ThreadPoolExecutor(settings.read_max_polls, thread_name_prefix="poll")
         self._stopping = threading.Event()
         self._waiting: set[threading.Event] = set()
         self._lock = threading.Lock()
@@ -91,11 +90,7 @@ class Reader:
             raise PollsBusy(f"{self.settings.read_max_polls} long polls already wait here (READ_MAX_POLLS); "
                             "retry later, or with wait_seconds 0")
         try:
-            context = contextvars.copy_context()  # the request's span: the receive is its child
-            future = self._pollers.submit(
-                context.run, self.queue.receive, max_messages=max_messages, wait_s=wait_s,
-                visibility_timeout_s=lease_s,
-            )
+            future = self._poll(max_messages, wait_s, lease_s)
             done = threading.Event()
             future.add_done_callback(lambda _: done.set())
             with self._lock:
@@ -115,6 +110,22 @@ class Reader:
             return future.result()
         finally:
             self._polls.release()
+
+    def _poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> concurrent.futures.Future[Any]:
+        """The receive on a daemon thread of its own: one abandoned at a stop keeps no process
+        from exiting (an executor's threads are joined at exit)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        context = contextvars.copy_context()  # the request's span: the receive is its child
+
+        def run() -> None:
+            try:
+                future.set_result(context.run(
+                    self.queue.receive, max_messages=max_messages, wait_s=wait_s, visibility_timeout_s=lease_s))
+            except BaseException as exc:  # handed to the request, as raised
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="long-poll", daemon=True).start()
+        return future
 
     def _give_back_late(self, future: concurrent.futures.Future[list[ReceivedMessage]]) -> None:
         """What a receive abandoned at a stop brought back: visible again at once, lost to no one."""
@@ -151,7 +162,6 @@ class Reader:
 
     def close(self) -> None:
         self.stop()
-        self._pollers.shutdown(wait=False, cancel_futures=True)
 
     # Acknowledge, give back, extend
 
