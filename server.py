@@ -80,6 +80,7 @@ def create_app(
         reserved_attribute=tracing.context_attribute,
         read_keys=bool(read_keys),
         max_lease_s=settings.read_max_lease_s,
+        max_wait_s=settings.read_max_wait_s,
     )
     dead_letter_queue = SqsQueue(settings.dlq_name, queue.client, queue.metrics)
     writer = Writer(

@@ -271,6 +271,10 @@ class Settings:
         300, "READ_MAX_LEASE", "the longest lease (visibility timeout, seconds) a reader may ask for or extend to",
         bounds=(1, 43_200), roles=WRITER,
     )
+    read_max_wait_s: int = setting(
+        20, "READ_MAX_WAIT", "the longest long poll (seconds) a reader may ask for; SQS's own limit is 20",
+        bounds=(0, 20), roles=WRITER,
+    )
     read_max_polls: int = setting(
         16, "READ_MAX_POLLS",
         "long polls a writer process holds at once, each on a handler thread; one more is 503 with Retry-After "

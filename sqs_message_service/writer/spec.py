@@ -10,7 +10,8 @@ is one its queue takes:
 - no API keys configured: no `security` requirement;
 - tracing carrying its context in a `traceparent` attribute: at most 9 attributes, and none of
   the user's named so;
-- the read routes: READ_MAX_LEASE as the longest lease and delay, and no key asked of them
+- the read routes: READ_MAX_LEASE as the longest lease and delay, READ_MAX_WAIT as the longest
+  long poll, and no key asked of them
   without READ_KEYS (they then refuse every request, saying how to turn reading on).
 
 `RequestValidator` checks a body against it, including `x-propertyNames`: JSON Schema's
@@ -147,15 +148,17 @@ def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
 
 def served_spec(
     source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool,
-    reserved_attribute: Optional[str] = None, read_keys: bool = False, max_lease_s: int = 300,
+    reserved_attribute: Optional[str] = None, read_keys: bool = False, max_lease_s: int = 300, max_wait_s: int = 20,
 ) -> ServedSpec:
     """`source` (swagger.yml, loaded) fitted to a queue of this kind, to the writer's keys, and
     to an attribute the writer sets itself (`reserved_attribute`: tracing's context, which then
     takes one of the ten attributes SQS allows, and its name); the read routes to READ_KEYS
-    (`read_keys`: whether any is set) and READ_MAX_LEASE (`max_lease_s`)."""
+    (`read_keys`: whether any is set), READ_MAX_LEASE (`max_lease_s`) and READ_MAX_WAIT
+    (`max_wait_s`)."""
     document = copy.deepcopy(dict(source))
     for schema, field_name in LEASE_FIELDS:
         document["components"]["schemas"][schema]["properties"][field_name]["maximum"] = max_lease_s
+    document["components"]["schemas"]["ReceiveRequest"]["properties"]["wait_seconds"]["maximum"] = max_wait_s
     if not read_keys:  # no key to ask for: the handlers refuse every read, saying how to turn it on
         for operations in document["paths"].values():
             for operation in operations.values():
