@@ -1,7 +1,8 @@
 """deploy/iam's policies: each part, run against moto, makes only AWS calls its policy allows, and
 its policy allows nothing it does not call; with IDEMPOTENCY_TABLE, the writer and setup need
-their -idempotency policies too, with READ_KEYS the writer its -read one, with PROCESSED_TABLE the worker and setup their -processed
-ones, and the console its -actions one for redrive and delete."""
+their -idempotency policies too, with READ_KEYS the writer its -read one, with PROCESSED_TABLE
+the worker and setup their -processed ones, and the console its -actions one for redrive and
+delete."""
 
 from __future__ import annotations
 
