@@ -134,7 +134,7 @@ worker: $(STAMP)
 # Re-pin every package after changing the direct dependencies listed in requirements.txt.
 requirements:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build selenium ruff mypy 'moto[cloudformation]' cfn-lint kubernetes-validate
+	.venv-pin/bin/pip install --quiet 'connexion[flask,uvicorn,swagger-ui]' boto3 prometheus-client jsonschema-rs opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http moto flask-cors pytest pytest-xdist httpx2 schemathesis requests build selenium openapi-python-client==0.29.1 ruff mypy 'moto[cloudformation]' cfn-lint kubernetes-validate
 	{ sed -n '/^#/p' requirements.txt; .venv-pin/bin/pip freeze | grep -v '^#'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .venv-pin
 

@@ -3,6 +3,10 @@ batch, and reports honestly what came back. Or sends a file, one message per lin
 
 Always bounded: `--count` requests or `--duration` seconds (1,000 requests when neither is given).
 Exits 1 when any 5xx or connection error happened, unless `--allow-errors`.
+
+`python client.py copy INPUT OUTPUT [--url URL]` copies a file through the API both ways: each
+line written as a message, read back through the read routes and acknowledged once it is in
+OUTPUT (sqs_message_service/file_copy.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
+from sqs_message_service.file_copy import CopyError, FileCopy
 from sqs_message_service.metrics import LatencyWindow, milliseconds, percentile
 from sqs_message_service.output import read_appended
 from sqs_message_service.settings import ConfigError, Settings
@@ -364,7 +369,8 @@ def build_parser(port: int = 5000) -> argparse.ArgumentParser:
         "exactly --malformed-per-batch of each malformed on purpose (the writer must answer "
         "them 400), or a file line by line with --file. Bounded by --count or --duration "
         f"({DEFAULT_COUNT} requests when neither is given). Exits 1 on any 5xx or connection "
-        "error unless --allow-errors."
+        "error unless --allow-errors. `client.py copy INPUT OUTPUT` copies a file through the API both "
+        "ways (see `client.py copy --help`)."
     )
     add = parser.add_argument
     add("--url", default=f"http://127.0.0.1:{port}", help="the writer (default %(default)s, on the writer's PORT)")
@@ -395,7 +401,49 @@ def build_parser(port: int = 5000) -> argparse.ArgumentParser:
     return parser
 
 
+def build_copy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="client.py copy",
+        description="Copy INPUT to OUTPUT through the writer: every line is sent as a message (POST "
+        "/api/messages, in batches), read back through POST /api/messages/receive, written to OUTPUT, and "
+        "only then acknowledged. Ends when every line is back: OUTPUT is then byte-identical to INPUT (on a "
+        "standard queue, put back in order by the line number each message carries). Needs a writer with "
+        "READ_KEYS. Exits 1 when a line cannot be sent or does not come back.",
+    )
+    add = parser.add_argument
+    add("input", type=Path, metavar="INPUT", help="the file to send, one message per line (UTF-8)")
+    add("output", type=Path, metavar="OUTPUT", help="where the lines read back are written")
+    add("--url", default=f"http://127.0.0.1:{writer_port()}", help="the writer (default %(default)s, on PORT)")
+    add("--api-key", help="sent as X-API-Key with the writes, for a writer with API_KEYS")
+    add("--read-key", help="sent as X-API-Key with the reads: one of READ_KEYS (default: --api-key)")
+    add("--lease", type=int, default=60, help="seconds each message is leased while read (default %(default)s)")
+    add("--idle-timeout", type=float, default=60.0,
+        help="give up when no line has come back for this many seconds (default %(default)s)")
+    add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
+    return parser
+
+
+def copy_main(argv: list[str]) -> int:
+    args = build_copy_parser().parse_args(argv)
+    try:
+        if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
+            print(f"copy: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
+            return 1
+        copier = FileCopy(args.url, api_key=args.api_key, read_key=args.read_key, lease_s=args.lease,
+                          idle_timeout_s=args.idle_timeout, say=print)
+        result = copier.copy(args.input, args.output)
+    except (WrongUrl, CopyError, OSError) as exc:
+        print(f"copy: {exc}", file=sys.stderr)
+        return 1
+    print(f"copy: {result.lines} lines back in {args.output} in {result.seconds:.1f} s "
+          f"({result.received} deliveries, {'FIFO' if result.fifo else 'standard'} queue)")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["copy"]:
+        return copy_main(argv[1:])
     parser = build_parser(writer_port())
     args = parser.parse_args(argv)
     if args.batch_size < 1 or not 0 <= args.malformed_per_batch <= args.batch_size:

@@ -1,6 +1,7 @@
 """The queue-writer's HTTP handlers, bound by `operationId` in swagger.yml: each takes what the
 served spec has already checked (types, fields, ranges, characters) and hands it to the app's
-Writer (sqs_message_service/writer/service.py), which checks what a schema cannot say and sends.
+Writer (sqs_message_service/writer/service.py), which checks what a schema cannot say and sends,
+or for the read routes to its Reader (sqs_message_service/writer/reader.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from typing import Any, Optional, Union
 import flask
 
 from sqs_message_service.sqs import OutgoingMessage, SendResult, SqsError
-from sqs_message_service.writer.errors import Answerable, InvalidMessage, answer, problem
+from sqs_message_service.writer.errors import (
+    Answerable,
+    InvalidMessage,
+    InvalidRequest,
+    NotAReader,
+    answer,
+    problem,
+)
+from sqs_message_service.writer.reader import READER_EXTENSION, Reader, Settled
 from sqs_message_service.writer.service import WRITER_EXTENSION, Writer, accepted
 
 
@@ -56,10 +65,13 @@ def post_messages(body: dict[str, Any]) -> JsonResponse:
     permission): then that 503, so that a client retries the whole request.
     """
     writer = current_writer()
+    if "Idempotency-Key" in flask.request.headers:
+        raise InvalidRequest("POST /api/messages takes no Idempotency-Key (its entries are not replayed): "
+                             "send keyed messages one by one to POST /api/message")
     prepared: list[Union[OutgoingMessage, InvalidMessage]] = []
     for fields in body["messages"]:
         try:
-            prepared.append(writer.prepare(fields))
+            prepared.append(writer.prepare_entry(fields))
         except InvalidMessage as exc:
             prepared.append(exc)
     to_send = [entry for entry in prepared if isinstance(entry, OutgoingMessage)]
@@ -83,6 +95,57 @@ def _entry_outcome(outcome: Union[SendResult, Answerable]) -> dict[str, Any]:
         outcome = outcome.error
     body = problem(outcome)
     return {"status": body["status"], "title": body["title"], "detail": body["detail"]}
+
+
+# The read routes
+
+
+def current_reader() -> Reader:
+    """The Reader of the app serving this request; refuses when reading is off (no READ_KEYS)."""
+    reader: Optional[Reader] = flask.current_app.extensions.get(READER_EXTENSION)
+    if reader is None:
+        raise NotAReader("reading is off on this writer: set READ_KEYS (comma-separated keys, sent in X-API-Key) "
+                         "to turn the read routes on")
+    return reader
+
+
+def receive_messages(body: dict[str, Any]) -> JsonResponse:
+    messages = current_reader().receive(
+        max_messages=body.get("max_messages", 10), wait_s=body.get("wait_seconds", 0),
+        lease_s=body.get("lease_seconds"),
+    )
+    return {"messages": messages}, 200, _JSON
+
+
+def acknowledge(body: dict[str, Any]) -> JsonResponse:
+    return _settled(current_reader().acknowledge(body["tokens"]))
+
+
+def give_back(body: dict[str, Any]) -> JsonResponse:
+    return _settled(current_reader().give_back(
+        body["tokens"], delay_s=body.get("delay_seconds", 0), reason=body.get("reason")))
+
+
+def extend_leases(body: dict[str, Any]) -> JsonResponse:
+    return _settled(current_reader().extend(body["tokens"], lease_s=body["lease_seconds"]))
+
+
+def _settled(outcomes: list[Settled]) -> JsonResponse:
+    """200 with each token's outcome, in order, when any succeeded; otherwise the first one's
+    problem (400 not a token, 410 lapsed, 503 SQS), as a lone token's answer would be."""
+    if all(outcome.error is not None for outcome in outcomes):
+        raise outcomes[0].error  # type: ignore[misc]  # all are errors
+    results: list[dict[str, Any]] = []
+    for index, outcome in enumerate(outcomes):
+        entry: dict[str, Any] = {"index": index, "status": 200}
+        if outcome.error is not None:
+            error = problem(outcome.error)
+            entry = {"index": index, "status": error["status"], "title": error["title"], "detail": error["detail"]}
+        if outcome.dead_lettered:
+            entry["dead_lettered"] = True
+        results.append(entry)
+    done = sum(result["status"] == 200 for result in results)
+    return {"done": done, "failed": len(results) - done, "results": results}, 200, _JSON
 
 
 def health() -> JsonResponse:

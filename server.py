@@ -24,6 +24,7 @@ from sqs_message_service.metrics import WriterMetrics, all_processes
 from sqs_message_service.settings import (
     DATA_DIR,
     Settings,
+    comma_list,
     configure_logging,
     settings_for_command,
     with_address,
@@ -31,10 +32,11 @@ from sqs_message_service.settings import (
 from sqs_message_service.sqs import SqsError, SqsQueue
 from sqs_message_service.tracing import NoTracing
 from sqs_message_service.tracing import configure as configure_tracing
-from sqs_message_service.writer import bridge, checks, stack
+from sqs_message_service.writer import bridge, checks, stack, stopping
 from sqs_message_service.writer.answers import ProblemAnswers
 from sqs_message_service.writer.errors import ServiceError
 from sqs_message_service.writer.idempotency import LEASE_MARGIN_S, KeyStore, SharedStore
+from sqs_message_service.writer.reader import READER_EXTENSION, Reader
 from sqs_message_service.writer.service import WRITER_EXTENSION, Writer
 from sqs_message_service.writer.spec import load_source, served_spec
 
@@ -53,6 +55,7 @@ def create_app(
     settings = settings or Settings.from_env(role="writer")
     if tracing is None:
         tracing = configure_tracing(settings, "writer")
+    injected = queue is not None
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings))
     if tracing.enabled:
@@ -66,12 +69,7 @@ def create_app(
             settings.idempotency_table, create_client(settings, service="dynamodb"),
             window_s=settings.idempotency_window_s, lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
         )
-    writer = Writer(
-        settings, queue, SqsQueue(settings.dlq_name, queue.client, queue.metrics), metrics, idempotency=keys,
-        tracing=tracing,
-    )
-
-    api_keys = settings.load_api_keys()
+    api_keys, read_keys = settings.load_api_keys(), frozenset(comma_list(settings.read_keys))
     if source is None or isinstance(source, Path):
         source = load_source() if source is None else load_source(source)
     spec = served_spec(
@@ -80,12 +78,26 @@ def create_app(
         content_based_deduplication=_content_based_deduplication(queue),
         keys_required=bool(api_keys),
         reserved_attribute=tracing.context_attribute,
+        read_keys=bool(read_keys),
+        max_lease_s=settings.read_max_lease_s,
+        max_wait_s=settings.read_max_wait_s,
     )
+    dead_letter_queue = SqsQueue(settings.dlq_name, queue.client, queue.metrics)
+    writer = Writer(
+        settings, queue, dead_letter_queue, metrics, idempotency=keys, tracing=tracing,
+        entry_problem=spec.entry_problem,
+    )
+    reader = Reader(settings, _read_queue(settings, queue, injected), dead_letter_queue, metrics,
+                    tracing=tracing) if read_keys else None
     flask_bridge: list[bridge.FlaskBridge] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
+        if reader is not None:
+            stopping.on_stop_signal(reader.stop)  # a long poll answers at once, not when its wait is over
         yield
+        if reader is not None:
+            reader.close()
         writer.close()  # the server stopped taking requests: let pending sends finish
         flask_bridge[0].threads.close()
         tracing.shutdown()  # the spans still to export leave
@@ -95,9 +107,9 @@ def create_app(
         for path, operations in spec.document["paths"].items()
         for operation in operations.values()
     }
-    answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.body_operations)
+    answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.message_operations)
     middlewares = stack.middlewares(
-        api_keys=bool(api_keys),
+        api_keys=bool(api_keys or read_keys),
         # outside connexion's error handling: it answers scrapes first, and sees every final status
         observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, tracing=tracing),
         # after routing and the key check, before the body is read
@@ -109,13 +121,28 @@ def create_app(
     app = connexion.FlaskApp(
         __name__, specification_dir=DATA_DIR, lifespan=lifespan, middlewares=middlewares, jsonifier=stack.COMPACT_JSON,
     )
-    app.add_api(spec.document, security_map={"apiKey": stack.api_key_handler(api_keys)})
+    app.add_api(spec.document, security_map={"apiKey": stack.api_key_handler(api_keys, read_keys=read_keys)})
     flask_bridge.append(bridge.use_bridge(app, threads=settings.handler_threads, body_operations=spec.body_operations))
     app.app.extensions[WRITER_EXTENSION] = writer
+    if reader is not None:
+        app.app.extensions[READER_EXTENSION] = reader
     app.add_error_handler(ServiceError, answer.handle)
     app.add_error_handler(SqsError, answer.handle)
     app.add_error_handler(ProblemException, answer.handle_connexion)
     return app
+
+
+def _read_queue(settings: Settings, queue: SqsQueue, injected: bool) -> SqsQueue:
+    """The queue the read routes receive from: on a client of its own whose read timeout covers a
+    20 s long poll and whose pool holds READ_MAX_POLLS of them (the writer's would cut a long poll
+    at SQS_READ_TIMEOUT); the injected queue's own client in tests."""
+    if injected:
+        return queue
+    client = create_client(settings, read_timeout_s=20 + settings.sqs_read_timeout_s,
+                           pool=settings.read_max_polls + 10)
+    read_queue = SqsQueue(settings.queue_name, client, queue.metrics)
+    read_queue.tracing = queue.tracing  # a receive span linked to each message's creation
+    return read_queue
 
 
 def _content_based_deduplication(queue: SqsQueue) -> bool:

@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import load  # noqa: E402
+import read  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
@@ -97,6 +98,7 @@ TARGETS: list[tuple[str, str, float]] = [
     ("console_list_100_ms", "<", 1000),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
+    ("read_vs_raw", ">=", 0.5),  # read and acknowledged through the routes, against raw boto3 (bench/read.py)
 ]
 
 WORK_S = 0.020  # the simulated work of the scaling stage
@@ -625,7 +627,7 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost", "console", "e2e")
+STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost", "console", "e2e", "read")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -646,6 +648,8 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
             ("console", "the console with 10 pages open; listing 100 dead letters of a deep queue",
              lambda: console(system, sizes)),
+            ("read", "read path: the read routes, and raw boto3 receive + delete", lambda: read.read_path(
+                system, sizes.raw_seconds)),
         ]:
             if stage in stages:
                 say(f"bench: {title}")

@@ -8,8 +8,8 @@ them. Its modules, by role:
   `rules` (what SQS accepts, with its wording), `batcher` (group commit), `metrics`, `logs`,
   `keys` (API and console keys), `tables` (the DynamoDB tables), `tracing` and `trace_header`
   (OpenTelemetry, and what travels in AWSTraceHeader), `verdicts` (what a processing step can
-  say: Reject, RetryLater), `output` (the worker's output file), `dlq` (dead letters;
-  `queue-dlq`);
+  say: Reject, RetryLater), `leases` (the one lease store of the DynamoDB tables), `output`
+  (the worker's output file), `dlq` (dead letters; `queue-dlq`), `file_copy` (`client.py copy`);
 - `writer/`: the writer's parts that server.py assembles;
 - `worker/`: the worker's engine that worker.py runs;
 - `console/`: the operator console (`queue-console`).

@@ -87,9 +87,12 @@ def _service_data() -> Loader:
     return botocore.session.get_session().get_component("data_loader")
 
 
-def create_client(settings: Settings, *, service: str = "sqs", read_timeout_s: Optional[float] = None) -> Any:
+def create_client(
+    settings: Settings, *, service: str = "sqs", read_timeout_s: Optional[float] = None, pool: Optional[int] = None,
+) -> Any:
     """A client of `service` ("sqs", or "dynamodb" for IDEMPOTENCY_TABLE), made here and only
-    here: that service's timeouts (`read_timeout_s` overrides its read timeout: a long poll's),
+    here: that service's timeouts (`read_timeout_s` overrides its read timeout: a long poll's;
+    `pool` its connection pool: the threads that share it),
     botocore's standard retries (which back off with jitter on throttling and 5xx), a
     connection pool for the threads that share it. An endpoint setting unset (SQS_ENDPOINT_URL,
     DYNAMODB_ENDPOINT_URL) means real AWS."""
@@ -100,7 +103,7 @@ def create_client(settings: Settings, *, service: str = "sqs", read_timeout_s: O
         read_timeout=read_timeout_s or limits.read_timeout_s,
         # total_max_attempts counts the first attempt too (botocore's max_attempts counts retries)
         retries={"mode": "standard", "total_max_attempts": limits.max_attempts},
-        max_pool_connections=limits.pool,
+        max_pool_connections=pool or limits.pool,
         tcp_keepalive=True,
         # A sixth of a call's CPU: botocore checks again what this service builds from checked
         # values, and composes its User-Agent anew for every call unless one is given.

@@ -75,6 +75,12 @@ class WriterMetrics:
             "writer_send_batch_messages", "Messages per SendMessageBatch call made by the group commit",
             buckets=BATCH_SIZE_BUCKETS, registry=registry,
         )
+        self.reads = Counter(
+            "writer_read_messages",
+            "Messages through the read routes, by outcome: received, acknowledged, given_back, dead_lettered "
+            "(given back on the last allowed receive), extended, lapsed (a token whose lease had run out)",
+            ("outcome",), registry=registry,
+        )
         self.group_commit_wait = Histogram(
             "writer_group_commit_wait_seconds",
             "Time a message waited in the group commit before its SendMessageBatch call started",

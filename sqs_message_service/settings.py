@@ -262,6 +262,30 @@ class Settings:
     api_keys_file: Optional[Path] = setting(
         None, "API_KEYS_FILE", "a file of keys, one per line (# comments), added to API_KEYS", roles=WRITER,
     )
+    read_keys: str = setting(
+        "", "READ_KEYS",
+        "comma-separated keys that may read, acknowledge and give back messages over HTTP (X-API-Key), apart "
+        "from API_KEYS; unset: the read routes refuse every request", roles=WRITER,
+    )
+    read_max_lease_s: int = setting(
+        300, "READ_MAX_LEASE", "the longest lease (visibility timeout, seconds) a reader may ask for or extend to",
+        bounds=(1, 43_200), roles=WRITER,
+    )
+    read_max_wait_s: int = setting(
+        20, "READ_MAX_WAIT", "the longest long poll (seconds) a reader may ask for; SQS's own limit is 20",
+        bounds=(0, 20), roles=WRITER,
+    )
+    read_max_polls: int = setting(
+        16, "READ_MAX_POLLS",
+        "long polls a writer process holds at once, each on a handler thread; one more is 503 with Retry-After "
+        "(keep it below HANDLER_THREADS)", bounds=(1, 1024), roles=WRITER,
+    )
+    read_token_secret: str = setting(
+        "", "READ_TOKEN_SECRET",
+        "a secret shared by every writer that serves reads: it signs the copy of a message its token carries on "
+        "the last allowed receive, for the dead-letter queue; unset: one made at random per process",
+        roles=WRITER,
+    )
     console_port: int = setting(5050, "CONSOLE_PORT", "the operator console's port, on HOST", bounds=(1, 65_535),
                                 roles=CONSOLE)
     console_keys: str = setting(

@@ -46,6 +46,11 @@ class MessageRejected(SqsError):
     """SQS refused the request itself as invalid; sending it again will not help."""
 
 
+class LeaseLapsed(MessageRejected):
+    """SQS no longer takes a receipt handle: the message's visibility timeout ran out and it
+    was received again (or deleted), or the handle was never one."""
+
+
 #: SQS accepts at most this many entries in one batch call.
 BATCH_MAX_ENTRIES = 10
 #: Sum of the payloads in one SendMessageBatch. SQS raised it to 1 MiB in 2025; we keep the older
@@ -427,6 +432,11 @@ class SqsQueue:
                     Entries=[{"Id": str(i), **entry} for i, entry in enumerate(chunk)],
                 )
             except SqsError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, botocore.exceptions.ClientError):
+                    error = cause.response.get("Error", {})
+                    if _lapsed_handle(operation, str(error.get("Code", "")), str(error.get("Message", ""))):
+                        exc = LeaseLapsed(str(exc))
                 outcomes.extend([exc] * len(chunk))
                 continue
             chunk_outcomes: list[EntryOutcome] = [None] * len(chunk)
@@ -449,12 +459,31 @@ FINAL_ENTRY_CODES = frozenset({
 })
 
 
+#: Codes that say a receipt handle is no longer (or never was) good, whichever engine says them:
+#: SQS, LocalStack and fauxqs (ReceiptHandleIsInvalid, MessageNotInflight), moto; SQS says
+#: InvalidParameterValue of a handle it cannot read.
+LAPSED_HANDLE_CODES = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidReceiptHandle"})
+#: The operations that take receipt handles.
+HANDLE_OPERATIONS = frozenset({"DeleteMessageBatch", "ChangeMessageVisibilityBatch"})
+
+
+def _lapsed_handle(operation: str, code: str, message: str) -> bool:
+    """Whether an error of `operation` says its receipt handle is no longer good."""
+    if operation not in HANDLE_OPERATIONS:
+        return False
+    code = code.rsplit(".", 1)[-1]
+    return code in LAPSED_HANDLE_CODES or (code == "InvalidParameterValue" and "receipt" in message.lower())
+
+
 def _entry_error(operation: str, failed: Mapping[str, Any]) -> SqsError:
     """The error for one entry of a batch's `Failed` list: the sender's fault, or a code no
-    retry can change, is final; anything else may pass."""
+    retry can change, is final; anything else may pass. A receipt handle no longer good is
+    LeaseLapsed."""
     code = str(failed.get("Code", ""))
     final = failed.get("SenderFault") or code.rsplit(".", 1)[-1] in FINAL_ENTRY_CODES
     error_type = MessageRejected if final else QueueUnavailable
+    if _lapsed_handle(operation, code, str(failed.get("Message", ""))):
+        error_type = LeaseLapsed
     text = f"{code}: {failed.get('Message', '')}".rstrip(": ")
     return error_type(f"{operation}: {text}")
 

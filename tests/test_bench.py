@@ -22,7 +22,7 @@ NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
          "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "writer_tracing_cpu_ratio",
          "worker_tracing_c16_ratio", "traced_fraction", "console_get_queue_attributes_per_queue_per_refresh",
-         "console_list_100_ms", "e2e_1000_seconds", "e2e_10000_lost"]
+         "console_list_100_ms", "e2e_1000_seconds", "e2e_10000_lost", "read_vs_raw"]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:

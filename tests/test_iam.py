@@ -1,7 +1,8 @@
 """deploy/iam's policies: each part, run against moto, makes only AWS calls its policy allows, and
 its policy allows nothing it does not call; with IDEMPOTENCY_TABLE, the writer and setup need
-their -idempotency policies too, with PROCESSED_TABLE the worker and setup their -processed
-ones, and the console its -actions one for redrive and delete."""
+their -idempotency policies too, with READ_KEYS the writer its -read one, with PROCESSED_TABLE
+the worker and setup their -processed ones, and the console its -actions one for redrive and
+delete."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def recorder(sqs: Any) -> Iterator[CallRecorder]:
 def test_deploy_has_a_policy_for_each_part_and_for_the_idempotency_table() -> None:
     assert set(policies()) == {
         "writer", "worker", "setup", "writer-idempotency", "setup-idempotency", "worker-processed", "setup-processed",
-        "console", "console-actions",
+        "console", "console-actions", "writer-read",
     }
 
 
@@ -154,6 +155,38 @@ def test_the_writer_needs_exactly_its_policy(
         app.app.extensions["queue_writer"].close()
 
     assert recorder.take() == grants("writer")
+
+
+def test_a_writer_that_serves_reads_needs_exactly_both_writer_policies(
+    queues: tuple[SqsQueue, SqsQueue], recorder: CallRecorder
+) -> None:
+    queue, _ = queues
+    recorder.take()  # the queues' creation
+    settings = Settings(read_keys="r", max_receive_count=2)
+    app = create_app(settings, queue=SqsQueue(queue.name, queue.client))
+    client = app.test_client()
+    read = {"X-API-Key": "r"}
+
+    def receive() -> list[str]:
+        answer = client.post("/api/messages/receive", json={"wait_seconds": 1}, headers=read)
+        return [message["token"] for message in answer.json()["messages"]]
+
+    try:
+        assert client.post("/api/messages", json={"messages": [{"body": "a"}, {"body": "b"}]}).status_code == 200
+        first, second = receive()
+        assert client.post("/api/messages/extend", json={"tokens": [first], "lease_seconds": 30},
+                           headers=read).status_code == 200
+        assert client.post("/api/messages/acknowledge", json={"tokens": [first]}, headers=read).status_code == 200
+        assert client.post("/api/messages/give-back", json={"tokens": [second]}, headers=read).status_code == 200
+        (last,) = receive()  # its last allowed receive: given back, it is dead-lettered
+        outcome = client.post("/api/messages/give-back", json={"tokens": [last], "reason": "no"}, headers=read)
+        assert outcome.json()["results"][0]["dead_lettered"] is True
+        assert client.get("/api/ready").status_code == 200
+        assert client.get("/api/stats").status_code == 200
+    finally:
+        app.app.extensions["queue_writer"].close()
+
+    assert recorder.take() == grants("writer", "writer-read")
 
 
 def run_a_worker(settings: Settings, sqs: Any, recorder: CallRecorder, processed: Any = None) -> None:

@@ -349,12 +349,46 @@ def test_the_batch_endpoint_is_503_when_sqs_takes_none(settings: Settings, close
     [
         ({"messages": []}, "should be non-empty"),
         ({"messages": [SEED] * 101}, "is too long"),
-        ({"messages": [{"body": "b", "x": 1}]}, "Additional properties"),
+        ({"messages": ["not an object"]}, "is not of type 'object'"),
         ({}, "'messages' is a required property"),
     ],
 )
 def test_an_invalid_batch_request_is_400(client: Any, request_json: Any, detail: str) -> None:
     assert_problem(client.post("/api/messages", json=request_json), 400, detail)
+
+
+@pytest.mark.parametrize(
+    ("entry", "status", "detail"),
+    [
+        ({"body": ""}, 400, "should be non-empty - 'body'"),
+        ({"body": "b", "x": 1}, 400, "Additional properties are not allowed"),
+        ({"body": "b", "deduplication_id": "d"}, 400, "only for FIFO"),
+        ({"body": 5}, 400, "not of type 'string'"),
+        ({}, 400, "'body' is a required property"),
+        ({"body": "b", "delay_seconds": 901}, 400, "greater than the maximum"),
+        ({"body": "bell \u0007"}, 400, "U+0007"),
+        ({"body": "x" * 262_145}, 413, "the limit is 262144"),
+    ],
+)
+def test_every_entry_level_problem_of_a_batch_is_that_entrys_own_verdict(
+    client: Any, queue: SqsQueue, drain: Any, entry: dict, status: int, detail: str
+) -> None:
+    # GIVEN a batch with one good entry on each side of a bad one
+    response = client.post("/api/messages", json={"messages": [{"body": "before"}, entry, {"body": "after"}]})
+
+    # THEN the request is 200, the bad entry has its own verdict, and the others are sent
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [result["status"] for result in results] == [201, status, 201]
+    assert detail in results[1]["detail"]
+    assert sorted(message["Body"] for message in drain(queue)) == ["after", "before"]
+
+
+def test_the_batch_route_refuses_an_idempotency_key_rather_than_ignore_it(client: Any, queue: SqsQueue) -> None:
+    response = client.post("/api/messages", json={"messages": [SEED]}, headers={"Idempotency-Key": "k-1"})
+
+    assert_problem(response, 400, "takes no Idempotency-Key")
+    assert queue.depth()["visible"] == 0
 
 
 def test_fifo_messages_need_a_group_and_get_a_sequence_number(sqs: Any, drain: Any) -> None:
@@ -697,7 +731,7 @@ def test_without_a_valid_api_key_every_operation_but_health_is_401(
         keyed_client.get("/api/stats", headers=headers),
     ]
     for response in requests_needing_a_key:
-        assert_problem(response, 401)
+        assert_problem(response, 401, "X-API-Key")
     assert keyed_client.get("/api/health", headers=headers).status_code == 200
     assert queue.depth()["visible"] == 0
 

@@ -17,6 +17,11 @@ from .service import Writer
 
 log = logging.getLogger(__name__)
 
+#: The header of the writer's keys, and the details of a 401 without one, or with another key.
+API_KEY_HEADER = "X-API-Key"
+UNAUTHENTICATED_NONE = f"no {API_KEY_HEADER} header: this route needs one of the writer's keys in it"
+UNAUTHENTICATED_WRONG = f"the {API_KEY_HEADER} header holds no key this route takes"
+
 PROBLEM = "application/problem+json"
 
 
@@ -63,4 +68,7 @@ class ProblemAnswers:
         adapted = {400: InvalidRequest, 401: Unauthenticated, 415: UnsupportedMediaType}.get(exc.status)
         if adapted is None:
             return exc.to_problem()
-        return await self.handle(request, adapted(exc.detail or exc.title or ""))
+        detail = exc.detail or exc.title or ""
+        if exc.status == 401:  # connexion's words name no header: ours say which, and what goes in it
+            detail = (UNAUTHENTICATED_NONE if request.headers.get(API_KEY_HEADER) is None else UNAUTHENTICATED_WRONG)
+        return await self.handle(request, adapted(detail))

@@ -16,11 +16,14 @@ it for the error handlers and the admission limit, message.py for each entry of 
     │   ├── InvalidMessage            400  a message SQS would refuse              invalid
     │   │   └── MessageTooLarge       413  over MAX_MESSAGE_BYTES in UTF-8         invalid
     │   ├── Unauthenticated           401  no X-API-Key, or not one of the keys
+    │   ├── NotAReader                403  a key that may not read, or READ_KEYS unset
+    │   ├── NotAToken                 400  a read route's token this writer never gave
     │   ├── KeyInProgress             409  Idempotency-Key: first request still sending
     │   └── KeyReused                 422  Idempotency-Key: used with another request
     ├── TryLater                      503  nothing wrong with the request: not now
     │   ├── WriterBusy                503  every handler thread is taken           busy
     │   ├── QueueBacklogged           503  the queue is over MAX_QUEUE_DEPTH       backlogged
+    │   ├── PollsBusy                 503  READ_MAX_POLLS long polls already wait
     │   └── StoreUnavailable          503  IDEMPOTENCY_TABLE cannot be used        unavailable
 
     sqs.SqsError (SQS_ANSWERS)        503  an SQS call failed                      unavailable
@@ -28,6 +31,7 @@ it for the error handlers and the admission limit, message.py for each entry of 
     │   └── QueueNotFound             503  the queue does not exist                unavailable
     ├── NotAuthorized                 503  credentials or IAM policy               unavailable
     └── MessageRejected               400  SQS refused the request as invalid      invalid
+        └── LeaseLapsed               410  a receipt handle SQS no longer takes
 
 Every 503 is answered with Retry-After: the same request may succeed later.
 """
@@ -37,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
-from ..sqs import MessageRejected, NotAuthorized, QueueNotFound, QueueUnavailable, SqsError
+from ..sqs import LeaseLapsed, MessageRejected, NotAuthorized, QueueNotFound, QueueUnavailable, SqsError
 
 #: What the body of a problem response is: RFC 9457's members.
 Problem = dict[str, Any]
@@ -105,6 +109,22 @@ class Unauthenticated(RequestRefused):
     outcome = None
 
 
+class NotAReader(RequestRefused):
+    """A read route asked with a key that may not read (one of API_KEYS), or on a writer with no
+    READ_KEYS, where reading is off."""
+
+    status = 403
+    title = "Forbidden"
+    outcome = None
+
+
+class NotAToken(RequestRefused):
+    """A read route's token that this writer's queue never gave: refused before any SQS call."""
+
+    title = "Not a token"
+    outcome = None
+
+
 class KeyInProgress(RequestRefused):
     status = 409
     title = "A request with this Idempotency-Key is in progress"
@@ -122,7 +142,7 @@ class TryLater(ServiceError):
 
     status = 503
     title = "Service unavailable"
-    outcome = "unavailable"
+    outcome: ClassVar[Optional[str]] = "unavailable"
 
 
 class WriterBusy(TryLater):
@@ -137,6 +157,14 @@ class QueueBacklogged(TryLater):
 
     title = "Queue backlogged"
     outcome = "backlogged"
+
+
+class PollsBusy(TryLater):
+    """READ_MAX_POLLS long polls already wait in this process: another would take a handler
+    thread that writes need."""
+
+    title = "Too many long polls"
+    outcome = None
 
 
 class StoreUnavailable(TryLater):
@@ -166,6 +194,7 @@ SQS_ANSWERS: dict[type[SqsError], Answer] = {
     QueueNotFound: Answer(503, "Queue not found", "unavailable"),
     QueueUnavailable: Answer(503, "Queue unavailable", "unavailable"),
     NotAuthorized: Answer(503, "Not authorized for the queue", "unavailable"),
+    LeaseLapsed: Answer(410, "Lease lapsed", None),
     MessageRejected: Answer(400, "Rejected by SQS", "invalid"),
     SqsError: Answer(503, "SQS error", "unavailable"),
 }

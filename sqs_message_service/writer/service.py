@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union
 
 from ..batcher import GroupCommit, Overloaded
 from ..leases import TableUnavailable
@@ -91,8 +91,11 @@ class Writer:
     def __init__(
         self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
         idempotency: Optional[KeyStore] = None, tracing: NoTracing = NO_TRACING,
+        entry_problem: Optional[Callable[[Any], Optional[str]]] = None,
     ) -> None:
         self.settings = settings
+        # What the served spec finds wrong with a batch's entry (spec.ServedSpec.entry_problem)
+        self.entry_problem = entry_problem
         self.tracing = tracing  # with tracing on, each message's creation in the request's trace
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
@@ -154,6 +157,14 @@ class Writer:
             )
         except InvalidMessage as exc:
             raise self.refused(exc) from None
+
+    def prepare_entry(self, fields: Any) -> OutgoingMessage:
+        """One entry of a batch request, judged on its own: what the served spec says of a
+        message's fields (for a lone message the request checks say it), then `prepare`."""
+        problem_text = self.entry_problem(fields) if self.entry_problem is not None else None
+        if problem_text is not None:
+            raise self.refused(InvalidMessage(problem_text))
+        return self.prepare(fields)
 
     def _watch_depth(self) -> None:
         """Poll the queue's depth every DEPTH_POLL_INTERVAL, in the background, so that

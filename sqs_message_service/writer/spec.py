@@ -9,7 +9,10 @@ is one its queue takes:
   `deduplication_id` required unless the queue has content-based deduplication;
 - no API keys configured: no `security` requirement;
 - tracing carrying its context in a `traceparent` attribute: at most 9 attributes, and none of
-  the user's named so.
+  the user's named so;
+- the read routes: READ_MAX_LEASE as the longest lease and delay, READ_MAX_WAIT as the longest
+  long poll, and no key asked of them
+  without READ_KEYS (they then refuse every request, saying how to turn reading on).
 
 `RequestValidator` checks a body against it, including `x-propertyNames`: JSON Schema's
 `propertyNames` (SQS's rule for attribute names), under the vendor prefix OpenAPI 3.0 requires.
@@ -27,6 +30,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 from jsonschema import ValidationError, validators
+from jsonschema.exceptions import best_match
 
 from ..rules import attribute_name_problem, character_problem, queue_fields
 from ..settings import DATA_DIR
@@ -39,6 +43,11 @@ MESSAGE_FIELDS = ("components", "schemas", "MessageFields")
 SQS_TEXT = ("components", "schemas", "SqsText")
 #: The keyword that states what an object's property names must be.
 PROPERTY_NAMES = "x-propertyNames"
+#: The security scheme of the read routes, and the fields that take a lease's seconds.
+READ_KEY = "readKey"
+#: What marks a read route in swagger.yml.
+READS = "x-reads"
+LEASE_FIELDS = (("ReceiveRequest", "lease_seconds"), ("GiveBack", "delay_seconds"), ("Extend", "lease_seconds"))
 
 
 def _property_names(validator: Any, names: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -72,6 +81,28 @@ class ServedSpec:
             for operations in self.document["paths"].values()
             for operation in operations.values()
             if "requestBody" in operation
+        )
+
+    @functools.cached_property
+    def _entry_validator(self) -> Any:
+        return RequestValidator(_at(self.document, MESSAGE_FIELDS), format_checker=RequestValidator.FORMAT_CHECKER)
+
+    def entry_problem(self, entry: Any) -> Optional[str]:
+        """What the served `MessageFields` finds wrong with one entry of a batch, worded as a
+        request's violation would be (None: nothing): each entry is judged on its own."""
+        errors = list(self._entry_validator.iter_errors(entry))
+        if not errors:
+            return None
+        return self.describe(best_match(errors))
+
+    @property
+    def message_operations(self) -> frozenset[str]:
+        """The operations whose body holds messages (not the read routes'): those counted."""
+        return frozenset(
+            operation["operationId"]
+            for operations in self.document["paths"].values()
+            for operation in operations.values()
+            if "requestBody" in operation and not operation.get(READS)
         )
 
     def describe(self, error: ValidationError) -> str:
@@ -117,12 +148,22 @@ def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
 
 def served_spec(
     source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool,
-    reserved_attribute: Optional[str] = None,
+    reserved_attribute: Optional[str] = None, read_keys: bool = False, max_lease_s: int = 300, max_wait_s: int = 20,
 ) -> ServedSpec:
     """`source` (swagger.yml, loaded) fitted to a queue of this kind, to the writer's keys, and
     to an attribute the writer sets itself (`reserved_attribute`: tracing's context, which then
-    takes one of the ten attributes SQS allows, and its name)."""
+    takes one of the ten attributes SQS allows, and its name); the read routes to READ_KEYS
+    (`read_keys`: whether any is set), READ_MAX_LEASE (`max_lease_s`) and READ_MAX_WAIT
+    (`max_wait_s`)."""
     document = copy.deepcopy(dict(source))
+    for schema, field_name in LEASE_FIELDS:
+        document["components"]["schemas"][schema]["properties"][field_name]["maximum"] = max_lease_s
+    document["components"]["schemas"]["ReceiveRequest"]["properties"]["wait_seconds"]["maximum"] = max_wait_s
+    if not read_keys:  # no key to ask for: the handlers refuse every read, saying how to turn it on
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                if operation.get(READS):
+                    operation["security"] = []
     fields = _at(document, MESSAGE_FIELDS)
     if reserved_attribute is not None:
         attributes = fields["properties"]["attributes"]

@@ -25,7 +25,7 @@ from ..keys import Keys
 from ..metrics import WriterMetrics
 from ..tracing import NO_TRACING, NoTracing
 from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
-from .errors import ServiceError, WriterBusy
+from .errors import NotAReader, ServiceError, WriterBusy
 
 access_log = logging.getLogger("access")
 
@@ -199,18 +199,27 @@ class AdmissionLimit:
             self.in_progress -= 1
 
 
-def api_key_handler(keys: frozenset[str]) -> type[ApiKeySecurityHandler]:
-    """connexion's API-key handler, checking this app's keys. Every key is compared in constant
-    time and none ends the loop early, so timing tells nothing of which key, or how much of one,
-    matched."""
-    known = Keys(keys)
+def api_key_handler(keys: frozenset[str], read_keys: frozenset[str] = frozenset()) -> type[ApiKeySecurityHandler]:
+    """connexion's API-key handler, checking this app's keys: API_KEYS for the scheme the writes
+    use, READ_KEYS for the one the read routes use (`x-keys: READ_KEYS` in swagger.yml). Every key
+    is compared in constant time and none ends the loop early, so timing tells nothing of which
+    key, or how much of one, matched. A writer's key on a read route is 403, not 401: it is a
+    key, only not one that reads."""
+    known, readers = Keys(keys), Keys(read_keys)
 
     def check(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
         return {"sub": "api-key"} if known.matches(presented) else None
 
+    def check_reader(presented: str, required_scopes: Any = None) -> Optional[dict[str, str]]:
+        if readers.matches(presented):
+            return {"sub": "read-key"}
+        if known.matches(presented):
+            raise NotAReader("this X-API-Key is a writer's (API_KEYS): reading needs one of READ_KEYS")
+        return None
+
     class ConfiguredApiKeys(ApiKeySecurityHandler):
         def _resolve_func(self, security_scheme: dict[str, Any]) -> Any:
-            return check
+            return check_reader if security_scheme.get("x-keys") == "READ_KEYS" else check
 
     return ConfiguredApiKeys
 

@@ -79,11 +79,29 @@ def test_a_violation_is_worded_for_the_client(fifo: bool, body: Any, detail: str
     assert detail in first_violation(fifo, body)
 
 
-def test_each_entry_of_a_batch_is_named_by_its_place() -> None:
-    detail = first_violation(False, {"messages": [{"body": "b"}, {"body": "b", "deduplication_id": "d"}]},
-                             ("MessageBatch",))
+def test_each_entry_of_a_batch_is_judged_on_its_own_by_the_served_fields() -> None:
+    spec = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=False)
 
-    assert detail == "deduplication_id is only for FIFO queues; this queue is standard - 'messages.1'"
+    assert spec.entry_problem({"body": "b"}) is None
+    assert spec.entry_problem({"body": "b", "deduplication_id": "d"}) == (
+        "deduplication_id is only for FIFO queues; this queue is standard")
+    assert spec.entry_problem({"body": ""}) == "'' should be non-empty - 'body'"
+
+
+def test_the_read_routes_take_read_max_lease_and_ask_no_key_without_read_keys() -> None:
+    off = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=True)
+    on = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=True, read_keys=True,
+                     max_lease_s=60)
+
+    receive = "/messages/receive"
+    assert off.document["paths"][receive]["post"]["security"] == []
+    assert on.document["paths"][receive]["post"]["security"] == [{"readKey": []}]
+    schemas = on.document["components"]["schemas"]
+    assert schemas["ReceiveRequest"]["properties"]["lease_seconds"]["maximum"] == 60
+    assert schemas["Extend"]["properties"]["lease_seconds"]["maximum"] == 60
+    assert schemas["GiveBack"]["properties"]["delay_seconds"]["maximum"] == 60
+    assert "message.receive_messages" not in on.message_operations
+    assert "message.post_messages" in on.message_operations
 
 
 def test_a_writer_on_a_fifo_queue_without_content_based_deduplication_serves_and_keeps_it(sqs: Any) -> None:

@@ -1,0 +1,262 @@
+"""The read routes' service, behind the handlers in message.py: receive with a bounded long poll
+and a lease, acknowledge, give back (to the dead-letter queue on the last allowed receive, with
+the reader's reason), extend a lease. Stateless between requests: a token says all there is
+to know of its message (tokens.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence, Union
+
+from ..dlq import failure_attributes, without_reasons
+from ..metrics import WriterMetrics
+from ..rules import MAX_ATTRIBUTES, payload_bytes
+from ..settings import Settings
+from ..sqs import EntryOutcome, LeaseLapsed, OutgoingMessage, QueueUnavailable, ReceivedMessage, SqsQueue
+from ..tracing import NO_TRACING, NoTracing
+from .errors import Answerable, NotAToken, PollsBusy, TryLater
+from .tokens import Token, TokenError, Tokens
+
+log = logging.getLogger(__name__)
+
+#: Where the app keeps its Reader: `app.extensions[READER_EXTENSION]`.
+READER_EXTENSION = "queue_reader"
+
+
+class GivenBack(Exception):
+    """A reader gave the message back: the reason it gave, as a dead letter's error."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One token's outcome: None when SQS did it, else the error it is answered with; whether
+    the message went to the dead-letter queue."""
+
+    error: Optional[Answerable] = None
+    dead_lettered: bool = False
+
+
+class Reader:
+    """Everything behind the read routes. One per app, kept in `app.extensions`.
+
+    `queue` is the queue on a client whose read timeout covers a 20 s long poll. A long poll
+    runs on a thread of its own (at most READ_MAX_POLLS at once), so that `stop()` can answer the
+    request at once: what the abandoned receive brings back afterwards is made visible again."""
+
+    def __init__(
+        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
+        tracing: NoTracing = NO_TRACING,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.dead_letter_queue = dead_letter_queue
+        self.metrics = metrics
+        self.tracing = tracing
+        self.tokens = Tokens(queue.name, settings.read_token_secret)
+        self.reader_id = f"reader@{socket.gethostname()}:{os.getpid()}"
+        self._outcomes = {
+            outcome: metrics.reads.labels(outcome)
+            for outcome in ("received", "acknowledged", "given_back", "dead_lettered", "extended", "lapsed")
+        }
+        self._polls = threading.BoundedSemaphore(settings.read_max_polls)
+        self._stopping = threading.Event()
+        self._waiting: set[threading.Event] = set()
+        self._lock = threading.Lock()
+
+    # Receive
+
+    def receive(self, *, max_messages: int, wait_s: int, lease_s: Optional[int]) -> list[dict[str, Any]]:
+        """Up to `max_messages`, each with its token; none when `wait_s` passed without one, or
+        the writer began to stop meanwhile."""
+        if self._stopping.is_set():
+            raise TryLater("the writer is stopping: read through another")
+        if wait_s == 0:
+            received = self.queue.receive(max_messages=max_messages, wait_s=0, visibility_timeout_s=lease_s)
+        else:
+            received = self._long_poll(max_messages, wait_s, lease_s)
+        self._outcomes["received"].inc(len(received))
+        return [self._answer(message) for message in received]
+
+    def _long_poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> list[ReceivedMessage]:
+        if not self._polls.acquire(blocking=False):
+            raise PollsBusy(f"{self.settings.read_max_polls} long polls already wait here (READ_MAX_POLLS); "
+                            "retry later, or with wait_seconds 0")
+        try:
+            future = self._poll(max_messages, wait_s, lease_s)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            with self._lock:
+                self._waiting.add(done)
+                if self._stopping.is_set():
+                    done.set()
+            try:
+                done.wait(wait_s + self.settings.sqs_read_timeout_s + self.settings.sqs_connect_timeout_s)
+            finally:
+                with self._lock:
+                    self._waiting.discard(done)
+            if not future.done():  # stopping (or SQS hangs): answer now, give back what comes later
+                future.add_done_callback(self._give_back_late)
+                if self._stopping.is_set():
+                    return []
+                raise QueueUnavailable(f"ReceiveMessage {self.queue.name!r}: SQS did not answer in time")
+            return future.result()
+        finally:
+            self._polls.release()
+
+    def _poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> concurrent.futures.Future[Any]:
+        """The receive on a daemon thread of its own: one abandoned at a stop keeps no process
+        from exiting (an executor's threads are joined at exit)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        context = contextvars.copy_context()  # the request's span: the receive is its child
+
+        def run() -> None:
+            try:
+                future.set_result(context.run(
+                    self.queue.receive, max_messages=max_messages, wait_s=wait_s, visibility_timeout_s=lease_s))
+            except BaseException as exc:  # handed to the request, as raised
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="long-poll", daemon=True).start()
+        return future
+
+    def _give_back_late(self, future: concurrent.futures.Future[list[ReceivedMessage]]) -> None:
+        """What a receive abandoned at a stop brought back: visible again at once, lost to no one."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        messages = future.result()
+        if messages:
+            outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
+            log.info("gave back %d messages a long poll brought after the writer began to stop",
+                     sum(outcome is None for outcome in outcomes))
+
+    def _answer(self, message: ReceivedMessage) -> dict[str, Any]:
+        attributes = dict(message.attributes)
+        if self.tracing.context_attribute is not None:  # the writer's, not the sender's
+            attributes.pop(self.tracing.context_attribute, None)
+        answer: dict[str, Any] = {
+            "message_id": message.id, "body": message.body, "attributes": attributes,
+            "receive_count": message.receive_count,
+            "token": self.tokens.make(message, with_copy=message.receive_count >= self.settings.max_receive_count),
+        }
+        if message.group_id is not None:
+            answer["group_id"] = message.group_id
+        traceparent = NO_TRACING.traceparent(message)  # the creation's context, as the message carries it
+        if traceparent is not None:
+            answer["traceparent"] = traceparent
+        return answer
+
+    def stop(self) -> None:
+        """The writer is stopping: long polls answer now (with nothing), receives are refused."""
+        with self._lock:
+            self._stopping.set()
+            for done in self._waiting:
+                done.set()
+
+    def close(self) -> None:
+        self.stop()
+
+    # Acknowledge, give back, extend
+
+    def _read(self, tokens: Sequence[str]) -> list[Union[Token, NotAToken]]:
+        read: list[Union[Token, NotAToken]] = []
+        for index, token in enumerate(tokens):
+            try:
+                read.append(self.tokens.read(token))
+            except TokenError as exc:
+                read.append(NotAToken(f"tokens.{index}: not a token of this queue: {exc}"))
+        return read
+
+    def acknowledge(self, tokens: Sequence[str]) -> list[Settled]:
+        """Delete each token's message (DeleteMessageBatch, ten at a time)."""
+        read = self._read(tokens)
+        outcomes = self._each(read, lambda valid: self.queue.delete_messages([t.receipt_handle for t in valid]))
+        self._count(outcomes, "acknowledged")
+        return outcomes
+
+    def extend(self, tokens: Sequence[str], *, lease_s: int) -> list[Settled]:
+        """Each token's message hidden for `lease_s` more seconds from now."""
+        read = self._read(tokens)
+        outcomes = self._each(
+            read, lambda valid: self.queue.change_visibility([(t.receipt_handle, lease_s) for t in valid]))
+        self._count(outcomes, "extended")
+        return outcomes
+
+    def give_back(self, tokens: Sequence[str], *, delay_s: int, reason: Optional[str]) -> list[Settled]:
+        """Each token's message visible again after `delay_s`; on its last allowed receive, sent
+        to the dead-letter queue with `reason` instead (then deleted here)."""
+        read = self._read(tokens)
+        last = self.settings.max_receive_count
+        outcomes: list[Optional[Settled]] = [
+            Settled(error=token) if isinstance(token, NotAToken) else None for token in read
+        ]
+        back: list[tuple[int, Token, int]] = []
+        for index, token in enumerate(read):
+            if not isinstance(token, Token):
+                continue
+            if token.receive_count >= last and self._dead_letter(token, reason):
+                outcomes[index] = self._delete_dead_lettered(token)
+            else:  # at the last receive without a copy to send: SQS's redrive policy moves it next time
+                back.append((index, token, 0 if token.receive_count >= last else delay_s))
+        if back:
+            changed = self.queue.change_visibility([(token.receipt_handle, seconds) for _, token, seconds in back])
+            for (index, _, _), outcome in zip(back, changed, strict=True):
+                outcomes[index] = Settled(error=outcome)
+        settled = [outcome if outcome is not None else Settled() for outcome in outcomes]
+        self._count([outcome for outcome in settled if not outcome.dead_lettered], "given_back")
+        self._outcomes["dead_lettered"].inc(sum(outcome.dead_lettered for outcome in settled))
+        return settled
+
+    def _dead_letter(self, token: Token, reason: Optional[str]) -> bool:
+        """Send the token's copy of its message to the dead-letter queue with the reader's reason
+        (dlq.failure_attributes, as a worker's failure); True once SQS has it."""
+        message = token.copy
+        if message is None:
+            if token.carries_copy:
+                log.warning("a token given back on its last receive was signed with another READ_TOKEN_SECRET: "
+                            "SQS's redrive policy moves the message, without the reader's reason")
+            return False
+        error = GivenBack(reason or "given back by a reader, with no reason")
+        reasons = failure_attributes(message, error, worker_id=self.reader_id, at=datetime.now(timezone.utc))
+        own = without_reasons(message.attributes)
+        if len(own) + len(reasons) > MAX_ATTRIBUTES or payload_bytes(
+            message.body, {**own, **reasons}
+        ) > self.settings.max_message_bytes:
+            log.info("message %r has no room for the reasons; SQS's redrive policy moves it", message.id)
+            return False
+        dead_letter = OutgoingMessage(
+            body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
+            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
+        )
+        (result,) = self.dead_letter_queue.send([dead_letter])
+        if result.error is not None:
+            log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive policy moves it",
+                        message.id, result.error)
+        return result.ok
+
+    def _delete_dead_lettered(self, token: Token) -> Settled:
+        """Only once the dead-letter queue has it: a failure here leaves a copy in each queue,
+        never none."""
+        (outcome,) = self.queue.delete_messages([token.receipt_handle])
+        return Settled(error=outcome, dead_lettered=outcome is None)
+
+    def _each(
+        self, read: list[Union[Token, NotAToken]], call: Any,
+    ) -> list[Settled]:
+        """`call` with the valid tokens, and every token's outcome in order."""
+        valid = [token for token in read if isinstance(token, Token)]
+        done: Sequence[EntryOutcome] = call(valid) if valid else []
+        results = iter(done)
+        return [Settled(error=token) if isinstance(token, NotAToken) else Settled(error=next(results))
+                for token in read]
+
+    def _count(self, outcomes: Sequence[Settled], done: str) -> None:
+        self._outcomes[done].inc(sum(outcome.error is None for outcome in outcomes))
+        self._outcomes["lapsed"].inc(sum(isinstance(outcome.error, LeaseLapsed) for outcome in outcomes))
