@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import sqs_setup
-from conftest import accepts_connections, free_port, wait_until
+from conftest import SlowProxy, accepts_connections, free_port, metric, metric_samples, wait_until
 from sqs_message_service.aws import create_client
 from sqs_message_service.settings import Settings
 
@@ -22,13 +22,12 @@ pytestmark = pytest.mark.integration
 UNFINISHED = b"POST /api/message HTTP/1.1\r\nHost: x\r\n"  # and then nothing
 
 
-def writer_with(moto_server: str, start_writer: Callable[..., Any], **limits: str) -> tuple[str, int]:
-    """A writer on moto with `limits` in its environment: (its URL, its port)."""
-    env = {"SQS_ENDPOINT_URL": moto_server, **limits}
-    settings = Settings.from_env(env)
+def writer_with(moto_server: str, start_writer: Callable[..., Any], **limits: str) -> tuple[Any, str, int]:
+    """A writer on moto with `limits` in its environment: (its process, its URL, its port)."""
+    settings = Settings.from_env({"SQS_ENDPOINT_URL": moto_server})
     sqs_setup.set_up(settings, create_client(settings))
-    _, url = start_writer(env)
-    return url, int(url.rsplit(":", 1)[1])
+    writer, url = start_writer({"SQS_ENDPOINT_URL": moto_server, **limits})
+    return writer, url, int(url.rsplit(":", 1)[1])
 
 
 def connect(port: int) -> socket.socket:
@@ -72,7 +71,7 @@ def test_connections_with_unfinished_headers_are_closed_within_the_header_limit_
     moto_server: str, start_writer: Callable[..., Any]
 ) -> None:
     # GIVEN a writer whose requests must complete their headers within 1 s
-    url, port = writer_with(moto_server, start_writer, HEADER_TIMEOUT="1")
+    _, url, port = writer_with(moto_server, start_writer, HEADER_TIMEOUT="1")
 
     # WHEN 200 connections each send the start of a request's headers, and then nothing
     slow = []
@@ -104,7 +103,7 @@ def test_headers_over_the_cap_get_431_and_are_not_processed(
     moto_server: str, start_writer: Callable[..., Any], pieces: int
 ) -> None:
     # GIVEN a writer that takes at most 4 KiB of request line and headers
-    url, port = writer_with(moto_server, start_writer, MAX_HEADER_BYTES="4096")
+    _, url, port = writer_with(moto_server, start_writer, MAX_HEADER_BYTES="4096")
     padding = b"X-Padding: " + b"a" * 8192 + b"\r\n"
 
     # WHEN a valid message comes with 8 KiB of headers, whole or a piece at a time
@@ -134,7 +133,7 @@ def test_a_body_that_stops_half_way_is_dropped_within_its_limit(
     moto_server: str, start_writer: Callable[..., Any]
 ) -> None:
     # GIVEN a writer that gives a request's body 1 s once its headers are in
-    url, port = writer_with(moto_server, start_writer, BODY_TIMEOUT="1")
+    _, url, port = writer_with(moto_server, start_writer, BODY_TIMEOUT="1")
     body = b'{"body": "' + b"b" * 200 + b'"}'
 
     # WHEN a request announces its whole body and sends half of it
@@ -153,7 +152,7 @@ def test_a_body_that_stops_half_way_is_dropped_within_its_limit(
 
 def test_the_connection_cap_holds(moto_server: str, start_writer: Callable[..., Any]) -> None:
     # GIVEN a writer that keeps at most 20 connections open
-    url, port = writer_with(moto_server, start_writer, MAX_CONNECTIONS="20", HEADER_TIMEOUT="60")
+    _, url, port = writer_with(moto_server, start_writer, MAX_CONNECTIONS="20", HEADER_TIMEOUT="60")
     health = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
 
     # WHEN 20 connections are open and served
@@ -204,3 +203,50 @@ def test_the_console_holds_the_same_limits(start: Callable[..., Any]) -> None:
     answer = read_until_closed(connection, timeout_s=5)
     assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - sent < 1 + 1.5
     connection.close()
+
+
+def test_a_saturated_writer_turns_requests_away_at_the_socket_with_retry_after_and_counts_them(
+    moto_server: str, start_writer: Callable[..., Any]
+) -> None:
+    # GIVEN a writer that serves one request at a time, whose SQS takes 3 s to answer, serving one
+    proxy = SlowProxy(int(moto_server.rsplit(":", 1)[1]), delay_s=0.0)
+    try:
+        writer, url, port = writer_with(moto_server, start_writer, SQS_ENDPOINT_URL=proxy.url, HANDLER_THREADS="2")
+        proxy.delay_s = 3.0
+        held = connect(port)
+        held.sendall(message_request())
+        wait_until(lambda: b" 503 " in answer_within(port, 0.5), timeout_s=10, what="the one place taken")
+
+        # WHEN more requests come while it is taken
+        answers = [answer_within(port, 2.0) for _ in range(5)]
+
+        # THEN each is answered 503 with Retry-After, as soon as its headers are in
+        assert all(a.startswith(b"http/1.1 503 ") and b"\r\nretry-after: 1\r\n" in a for a in answers), answers
+        held.settimeout(10)
+        read_response(held)
+        held.close()
+        proxy.delay_s = 0.0
+        # AND each refusal is counted (6 or more: the wait above made some), with no access line
+        samples = metric_samples(requests.get(f"{url}/metrics", timeout=5).text)
+        busy = metric(samples, "writer_messages_total", outcome="busy")
+        assert busy >= 6
+        assert metric(samples, "writer_requests_total", method="POST", route="/api/message", status="503") == busy
+        assert '"POST /api/message" 503' not in writer.output
+        # AND once the place is free, a request is served
+        assert requests.post(f"{url}/api/message", json={"body": "later"}, timeout=10).status_code == 201
+    finally:
+        proxy.stop()
+
+
+def answer_within(port: int, timeout_s: float) -> bytes:
+    """The answer (lowercased) to one message on a new connection; b"" if none within `timeout_s`
+    (then the request goes on in the writer, holding its place)."""
+    connection = connect(port)
+    connection.settimeout(timeout_s)
+    try:
+        connection.sendall(message_request())
+        return read_response(connection).lower()
+    except TimeoutError:
+        return b""
+    finally:
+        connection.close()
