@@ -147,6 +147,10 @@ def test_a_body_that_stops_half_way_is_dropped_within_its_limit(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     connection.close()
     assert accepted(url) == 0
+    # AND the writer counts it as the 408 it was, not as an invalid message
+    samples = metric_samples(requests.get(f"{url}/metrics", timeout=5).text)
+    assert metric(samples, "writer_requests_total", method="POST", route="/api/message", status="408") == 1
+    assert metric(samples, "writer_messages_total", outcome="invalid") == 0
     assert requests.post(f"{url}/api/message", json={"body": "whole"}, timeout=10).status_code == 201
 
 
