@@ -11,9 +11,14 @@ the missing limits; `serve()` is the one way both apps are served.
 An app may put an `EarlyRefusal` in uvicorn's lifespan state (`yield {EARLY_REFUSAL: ...}` from
 its lifespan): then a request that its admission limit would refuse is answered by the protocol,
 once its headers are in, with a response built at start, before a task, a scope or any
-middleware exists for it. Turning a request away there costs a few tens of microseconds of CPU,
-where the app's own refusal costs about as much as serving one; under overload that difference
-is the goodput.
+middleware exists for it, and that connection is read again only REFUSED_READ_PAUSE_S later.
+Turning a request away there costs about 30 microseconds of CPU, system calls included, where
+the app's own refusal cost about 0.2 ms, a quarter of serving one; under overload, with clients
+that retry at once, that difference is the goodput (docs/performance.md).
+
+An answer that ends a connection (408, 431, the connection cap's 503) is followed by a lingering
+close: the connection is half-closed and what the client still sends is dropped, so that it
+reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -116,7 +121,9 @@ class GuardedHttp(HttpToolsProtocol):
     - headers past `max_header_bytes` (request line included) are answered 431 and closed, before
       the app sees anything of the request;
     - past `max_connections` open connections in the process, a new one is answered 503 with
-      Retry-After and closed at once.
+      Retry-After and closed at once;
+    - with an app's EarlyRefusal, a request past its admission limit is answered 503 with
+      Retry-After once its headers are in, and its connection read again after a pause.
     """
 
     def __init__(self, *args: Any, limits: SocketLimits, **kwargs: Any) -> None:
@@ -215,9 +222,10 @@ class GuardedHttp(HttpToolsProtocol):
         if early.in_progress >= early.limit:
             self._refusing = True
             early.refused(self.parser.get_method().decode("ascii"), path)
-            self.transport.write(early.response)
-            if not self.parser.should_keep_alive():
-                self.transport.close()
+            if self.parser.should_keep_alive():
+                self.transport.write(early.response)
+            else:
+                self._close_with(early.response)
             return
         early.in_progress += 1
         self.scope[ADMITTED] = True  # type: ignore[literal-required]
@@ -230,6 +238,8 @@ class GuardedHttp(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._lingering:  # answered and closing: its deadline is the linger's
+            return
         self._disarm()
         self._head_open, self._head_bytes, self._begun = True, 0, False
         if self._refusing:
