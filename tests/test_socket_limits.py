@@ -154,6 +154,24 @@ def test_a_body_that_stops_half_way_is_dropped_within_its_limit(
     assert requests.post(f"{url}/api/message", json={"body": "whole"}, timeout=10).status_code == 201
 
 
+def test_an_idle_keep_alive_connection_is_closed_after_its_time(
+    moto_server: str, start_writer: Callable[..., Any]
+) -> None:
+    # GIVEN a writer that keeps an idle connection open for 1 s between requests
+    _, _, port = writer_with(moto_server, start_writer, KEEP_ALIVE_TIMEOUT="1")
+
+    # WHEN a connection is answered, then sends nothing more
+    connection = connect(port)
+    connection.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(connection).startswith(b"HTTP/1.1 200 ")
+    answered = time.monotonic()
+
+    # THEN the writer closes it after about that long, and not before
+    assert read_until_closed(connection, timeout_s=5) == b""
+    assert 0.9 < time.monotonic() - answered < 1 + 1.5
+    connection.close()
+
+
 def test_the_connection_cap_holds(moto_server: str, start_writer: Callable[..., Any]) -> None:
     # GIVEN a writer that keeps at most 20 connections open
     _, url, port = writer_with(moto_server, start_writer, MAX_CONNECTIONS="20", HEADER_TIMEOUT="60")
