@@ -105,6 +105,7 @@ soak: $(STAMP) local-sqs
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Under 5 minutes: write path real/stub, SQS calls per message, batch endpoint, worker scaling,
+# overload (clients that retry at once, at 8 times the best throughput's connections),
 # end to end. Prints a table with the targets; every figure goes to bench/results.json.
 bench: $(STAMP) local-sqs
 	$(PY) bench/bench.py $(BENCH_ARGS)

@@ -1,6 +1,7 @@
 """The queue-writer's app: `create_app()` assembles swagger.yml, the handlers in message.py, the
 SQS queue, the writer's middleware and the error mapping; `python server.py` serves it with
-uvicorn. The parts it puts together live in sqs_message_service/writer/.
+uvicorn and the socket's limits (sqs_message_service/serving.py). The parts it puts together
+live in sqs_message_service/writer/.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Optional, Union
 
 import connexion
-import uvicorn
 from connexion.exceptions import ProblemException
 from prometheus_client import CollectorRegistry
 
 from sqs_message_service.aws import create_client
 from sqs_message_service.metrics import WriterMetrics, all_processes
+from sqs_message_service.serving import EARLY_REFUSAL, SocketLimits
+from sqs_message_service.serving import serve as serve_with_limits
 from sqs_message_service.settings import (
     DATA_DIR,
     Settings,
@@ -37,7 +39,7 @@ from sqs_message_service.writer.answers import ProblemAnswers
 from sqs_message_service.writer.errors import ServiceError
 from sqs_message_service.writer.idempotency import LEASE_MARGIN_S, KeyStore, SharedStore
 from sqs_message_service.writer.reader import READER_EXTENSION, Reader
-from sqs_message_service.writer.service import WRITER_EXTENSION, Writer
+from sqs_message_service.writer.service import WRITER_EXTENSION, Writer, admission_limit
 from sqs_message_service.writer.spec import load_source, served_spec
 
 log = logging.getLogger(__name__)
@@ -91,31 +93,37 @@ def create_app(
                     tracing=tracing) if read_keys else None
     flask_bridge: list[bridge.FlaskBridge] = []
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        if reader is not None:
-            stopping.on_stop_signal(reader.stop)  # a long poll answers at once, not when its wait is over
-        yield
-        if reader is not None:
-            reader.close()
-        writer.close()  # the server stopped taking requests: let pending sends finish
-        flask_bridge[0].threads.close()
-        tracing.shutdown()  # the spans still to export leave
-
     routes = {
         operation["operationId"]: path
         for path, operations in spec.document["paths"].items()
         for operation in operations.values()
     }
     answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.message_operations)
+    base_path = spec.document["servers"][0]["url"].rstrip("/")
+    route_paths = frozenset(base_path + path for path in routes.values())
+    admission = stack.Admission(
+        limit=admission_limit(settings), render=answer.refusal, retry_after_s=settings.retry_after_s,
+        exempt_paths=frozenset({"/metrics", *(base_path + routes[op] for op in stack.AdmissionLimit.UNLIMITED)}),
+        counted=stack.early_refusals(metrics, route_paths, answer.turned_away),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[dict[str, Any]]:
+        if reader is not None:
+            stopping.on_stop_signal(reader.stop)  # a long poll answers at once, not when its wait is over
+        yield {EARLY_REFUSAL: admission}  # uvicorn's state: the socket turns away what this would
+        if reader is not None:
+            reader.close()
+        writer.close()  # the server stopped taking requests: let pending sends finish
+        flask_bridge[0].threads.close()
+        tracing.shutdown()  # the spans still to export leave
+
     middlewares = stack.middlewares(
         api_keys=bool(api_keys or read_keys),
         # outside connexion's error handling: it answers scrapes first, and sees every final status
         observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, tracing=tracing),
         # after routing and the key check, before the body is read
-        admission=functools.partial(
-            stack.AdmissionLimit, limit=max(1, settings.handler_threads - 1), render=answer.refusal
-        ),
+        admission=functools.partial(stack.AdmissionLimit, admission=admission),
         checks=functools.partial(checks.RequestChecks, spec=spec, max_request_bytes=settings.max_request_bytes),
     )
     app = connexion.FlaskApp(
@@ -179,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "" if settings.writer_processes == 1 else "es",
     )
     if settings.writer_processes == 1:
-        serve(create_app(settings), host=settings.host, port=settings.port)
+        serve(create_app(settings), settings)
         return 0
     if not settings.idempotency_table:
         log.warning("Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
@@ -188,8 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # prometheus_client reads this variable when each process imports it: their counters
         # then live in files there, which every process's /metrics and /api/stats sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        serve("server:create_app_in_worker_process", host=settings.host, port=settings.port,
-              processes=settings.writer_processes)
+        serve("server:create_app_in_worker_process", settings, processes=settings.writer_processes)
     return 0
 
 
@@ -201,14 +208,12 @@ def create_app_in_worker_process() -> connexion.FlaskApp:
     return create_app(settings)
 
 
-def serve(app: Union[connexion.FlaskApp, str], *, host: str, port: int, processes: int = 1) -> None:
-    """Serve until SIGINT or SIGTERM: the one serving configuration, for the writer and for the
-    benchmark's writer with a stubbed queue. `app` is the app, or for several processes the
-    "module:factory" each of them calls to build its own."""
-    uvicorn.run(
-        app, host=host, port=port, workers=processes, factory=isinstance(app, str),
-        access_log=False, log_config=None,
-    )
+def serve(app: Union[connexion.FlaskApp, str], settings: Settings, *, processes: int = 1) -> None:
+    """Serve until SIGINT or SIGTERM on HOST:PORT, with the socket's limits (serving.py): the one
+    serving configuration, for the writer and for the benchmark's writer with a stubbed queue.
+    `app` is the app, or for several processes the "module:factory" each of them calls to build
+    its own."""
+    serve_with_limits(app, SocketLimits.of(settings), host=settings.host, port=settings.port, processes=processes)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main() -> int:
     settings = Settings.from_env()
     app = connexion.FlaskApp(__name__)
     app.add_api(SPEC)
-    server.serve(app, host=settings.host, port=settings.port)
+    server.serve(app, settings)
     return 0
 
 

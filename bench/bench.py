@@ -35,7 +35,10 @@ stage on a fresh queue:
    refresh as the page does: its CPU and SQS calls a minute, and its GetQueueAttributes per
    queue per reading (at most 1, however many pages); then listing 100 dead letters of a
    dead-letter queue holding 100,000 (the median of five readings, each fresh);
-7. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
+7. overload (bench/overload.py): the writer's best throughput over a few connection counts, then
+   8 times the best one's connections of clients that retry at once: the 201s a second against
+   the best, their p99 latency, and the requests unanswered within 5 s;
+8. end to end: 1,000 messages (no simulated failures, so that the time is the pipeline's, not
    the retry backoff's) and 10,000 (the default 10 % failures) from client.py through writer,
    queue and worker, with the number lost.
 
@@ -66,6 +69,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import load  # noqa: E402
+import overload  # noqa: E402
 import read  # noqa: E402
 from e2e import LocalSystem, local_system, run_e2e  # noqa: E402
 from harness import Process, cpu_seconds, free_port, wait_for_port  # noqa: E402
@@ -96,6 +100,9 @@ TARGETS: list[tuple[str, str, float]] = [
     ("traced_fraction", "==", 1.0),
     ("console_get_queue_attributes_per_queue_per_refresh", "<=", 1.0),
     ("console_list_100_ms", "<", 1000),
+    ("overload_goodput_ratio", ">=", 0.8),
+    ("overload_created_p99_ms", "<", 1000),
+    ("overload_unanswered_5s", "==", 0),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
     ("read_vs_raw", ">=", 0.5),  # read and acknowledged through the routes, against raw boto3 (bench/read.py)
@@ -124,11 +131,12 @@ class Sizes:
     e2e_large: int = 10_000
     console_seconds: float = 60.0
     console_dead_letters: int = 100_000
+    overload_seconds: float = 5.0  # each best-throughput run; the overload runs twice as long
 
 
 QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
               worker_max_messages=400, worker_drains=2, cost_messages=200, e2e_small=100, e2e_large=300,
-              console_seconds=3.0, console_dead_letters=300)
+              console_seconds=3.0, console_dead_letters=300, overload_seconds=1.0)
 #: The console's pages in the console stage, and its refresh period there (its default).
 CONSOLE_VIEWERS = 10
 CONSOLE_REFRESH_S = 2.0
@@ -627,7 +635,17 @@ def end_to_end(workdir: Path, engine: str, count: int, *, failure_rate: float) -
     }
 
 
-STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost", "console", "e2e", "read")
+def overload_stage(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
+    """The writer as `make serve` starts it, past its capacity (bench/overload.py)."""
+    port = free_port()
+    writer = system.start_writer(env={**fresh_queue(system, "overload"), "PORT": str(port)}, name="writer-overload")
+    try:
+        return overload.measure(f"http://127.0.0.1:{port}", seconds=sizes.overload_seconds)
+    finally:
+        system.stop_process(writer)
+
+
+STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost", "console", "overload", "e2e", "read")
 
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
@@ -648,6 +666,8 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
             ("console", "the console with 10 pages open; listing 100 dead letters of a deep queue",
              lambda: console(system, sizes)),
+            ("overload", "overload: clients that retry at once, at 8 times the best throughput's connections",
+             lambda: overload_stage(system, sizes)),
             ("read", "read path: the read routes, and raw boto3 receive + delete", lambda: read.read_path(
                 system, sizes.raw_seconds)),
         ]:
@@ -743,6 +763,7 @@ def table(results: dict[str, Any]) -> str:
         ("worker: receives/deletes/visibility per msg",
          f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
          f"{r['worker_visibility_changes_per_msg']:.3f}"),
+        *overload.table_rows(r),
     ]
     e2e_runs = (key.removesuffix("_accepted") for key in r if key.startswith("e2e_") and key.endswith("_accepted"))
     for prefix in sorted(e2e_runs, key=lambda prefix: r[prefix + "_accepted"]):

@@ -41,7 +41,7 @@ def main() -> int:
     configure_logging(settings)
     queue_type = InMemorySends if args.stub else SqsQueue
     app = server.create_app(settings, queue_type(settings.queue_name, create_client(settings)))
-    server.serve(app, host=settings.host, port=settings.port)
+    server.serve(app, settings)
     return 0
 
 

@@ -35,6 +35,8 @@ WRITER: frozenset[str] = frozenset({"writer"})
 WORKER: frozenset[str] = frozenset({"worker"})
 CONSOLE: frozenset[str] = frozenset({"console"})
 SHARED: frozenset[str] = WRITER | WORKER | CONSOLE
+#: The parts that serve HTTP to clients, with the socket's limits (serving.py).
+SERVED: frozenset[str] = WRITER | CONSOLE
 
 #: SQS's own ceiling for one message (body plus attributes) since August 2025; queues default
 #: to 256 KiB, which is our default too.
@@ -312,6 +314,31 @@ class Settings:
         2.0, "CONSOLE_REFRESH",
         "seconds between the console's readings (one GetQueueAttributes per queue, one scrape per URL), "
         "however many pages are open", bounds=(0.2, 300), roles=CONSOLE,
+    )
+    header_timeout_s: float = setting(
+        10.0, "HEADER_TIMEOUT",
+        "seconds a connection, and each request from its first byte, has to send the whole of a request's "
+        "headers; then 408 (or a close) and the connection ends", bounds=(0.1, 300), roles=SERVED,
+    )
+    body_timeout_s: float = setting(
+        30.0, "BODY_TIMEOUT",
+        "seconds a request has to send its whole body once its headers are in; then 408 (or a close) and the "
+        "connection ends", bounds=(0.1, 3600), roles=SERVED,
+    )
+    max_header_bytes: int = setting(
+        16_384, "MAX_HEADER_BYTES",
+        "the largest request line and headers together; larger is 431 and a close, before anything of the "
+        "request is processed", bounds=(1024, 1_048_576), roles=SERVED,
+    )
+    max_connections: int = setting(
+        1000, "MAX_CONNECTIONS",
+        "open connections per process; past it a new one gets 503 with Retry-After and is closed (keep it "
+        "below the open-files limit, ulimit -n)", bounds=(1, 1_000_000), roles=SERVED,
+    )
+    keep_alive_s: float = setting(
+        5.0, "KEEP_ALIVE_TIMEOUT",
+        "seconds an idle keep-alive connection stays open between requests; behind a load balancer, more "
+        "than its idle timeout", bounds=(0.1, 3600), roles=SERVED,
     )
     otel_traces_exporter: str = setting(
         "", "OTEL_TRACES_EXPORTER",

@@ -22,7 +22,8 @@ NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
          "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "writer_tracing_cpu_ratio",
          "worker_tracing_c16_ratio", "traced_fraction", "console_get_queue_attributes_per_queue_per_refresh",
-         "console_list_100_ms", "e2e_1000_seconds", "e2e_10000_lost", "read_vs_raw"]
+         "console_list_100_ms", "overload_goodput_ratio", "overload_created_p99_ms", "overload_unanswered_5s",
+         "e2e_1000_seconds", "e2e_10000_lost", "read_vs_raw"]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
@@ -54,6 +55,9 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     # group commit: never more than one call a message, and the stub really replaced the calls
     assert 0 < results["sqs_calls_per_msg_write"] <= 1
     assert results["batch_endpoint_msgs_per_s"] > 0
+    # the overload stage drove the writer past its limit, and every 503 said when to come back
+    assert results["overload_created_per_s"] > 0 and results["overload_busy_per_s"] > 0
+    assert results["overload_busy_without_retry_after"] == 0
     # the console: its readings were counted, and listing consumed none of the dead letters
     assert results["console_readings"] >= 1 and results["console_sqs_calls_per_min"] > 0
     assert results["console_list_left_visible"] == results["console_dead_letters"]

@@ -1,7 +1,7 @@
 """The operator console's app: `create_app()` assembles console.yml, the handlers, the readings
 (feed.py), the dead letters (dead_letters.py) and the guard on actions (guard.py); `main()`
-serves it with uvicorn on HOST:CONSOLE_PORT (`queue-console`, `python -m
-sqs_message_service.console`).
+serves it on HOST:CONSOLE_PORT with the socket's limits of serving.py (`queue-console`,
+`python -m sqs_message_service.console`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any, AsyncIterator, Optional
 
 import connexion
 import flask
-import uvicorn
 from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from ..aws import create_client
+from ..serving import SocketLimits, serve
 from ..settings import Settings, settings_for_command, with_address
 from ..sqs import SqsMetrics, SqsQueue
 from .dead_letters import DeadLetters
@@ -168,8 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if answered_hosts(settings.host, settings.console_port, settings.console_origin) is None:
         log.warning("the console listens on every interface and answers any Host: set CONSOLE_ORIGIN to the "
                     "address browsers use, so that a page of another site cannot reach it by a rebound DNS name")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.console_port, access_log=False,
-                log_config=None)
+    serve(create_app(settings), SocketLimits.of(settings), host=settings.host, port=settings.console_port)
     return 0
 
 

@@ -52,6 +52,12 @@ class ProblemAnswers:
         status, body, headers = self._answer(self.writer.refused(error))
         return Response(body, status_code=status, headers=headers, media_type=PROBLEM)
 
+    def turned_away(self, error: ServiceError) -> None:
+        """A request refused before the app saw it (at the socket): counted and logged as
+        `refusal` would, with no response to build."""
+        if answer(self.writer.refused(error)).status >= 500:
+            self._throttled.warning(error)
+
     async def handle(self, request: ConnexionRequest, error: Answerable) -> ConnexionResponse:
         """connexion's error handler for every ServiceError and SqsError (async: no thread
         hand-off)."""

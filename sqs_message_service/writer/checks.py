@@ -22,7 +22,7 @@ from .connexion_hooks import (
     is_nullable,
     split_content_type,
 )
-from .errors import InvalidRequest, LengthRequired, RequestTooLarge, UnsupportedMediaType
+from .errors import InvalidRequest, LengthRequired, RequestIncomplete, RequestTooLarge, UnsupportedMediaType
 from .spec import PROPERTY_NAMES, RequestValidator, ServedSpec
 
 log = logging.getLogger(__name__)
@@ -212,10 +212,13 @@ async def read_body(
     receive: Receive, *, limit: Optional[int] = None, too_large: Optional[Callable[[], Exception]] = None
 ) -> bytes:
     """A request's body from its `receive`; with `limit`, refused with `too_large()` as soon as
-    it is over, without reading the rest."""
+    it is over, without reading the rest. RequestIncomplete when the connection ends first (the
+    socket's BODY_TIMEOUT, or a client gone): a part of a body is no body."""
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestIncomplete("the connection ended before the request's body did")
         chunk = message.get("body", b"")
         size += len(chunk)
         if limit is not None and size > limit and too_large is not None:

@@ -15,6 +15,7 @@ it for the error handlers and the admission limit, message.py for each entry of 
     │   │   └── UnsupportedMediaType  415  not JSON, or not UTF-8                  invalid
     │   ├── InvalidMessage            400  a message SQS would refuse              invalid
     │   │   └── MessageTooLarge       413  over MAX_MESSAGE_BYTES in UTF-8         invalid
+    │   ├── RequestIncomplete         408  the body did not arrive (BODY_TIMEOUT)
     │   ├── Unauthenticated           401  no X-API-Key, or not one of the keys
     │   ├── NotAReader                403  a key that may not read, or READ_KEYS unset
     │   ├── NotAToken                 400  a read route's token this writer never gave
@@ -99,6 +100,15 @@ class InvalidMessage(RequestRefused):
 class MessageTooLarge(InvalidMessage):
     status = 413
     title = "Message too large"
+
+
+class RequestIncomplete(RequestRefused):
+    """The connection ended before the request's body did: the socket's BODY_TIMEOUT dropped it
+    (and answered 408 itself), or the client went away. Counted as no message's outcome."""
+
+    status = 408
+    title = "Request timeout"
+    outcome = None
 
 
 class Unauthenticated(RequestRefused):

@@ -82,6 +82,14 @@ def to_outgoing(
     return message
 
 
+def admission_limit(settings: Settings) -> int:
+    """The requests one writer process serves at once (stack.Admission): one handler thread
+    each, with one kept for /api/health. Past it a request is answered 503 before its body is
+    read, at the socket when it can be. The group commit's own bound is one above, so that this
+    limit, the cheap one, is always the one a request meets."""
+    return max(1, settings.handler_threads - 1)
+
+
 class Writer:
     """Everything behind the handlers: the queue, the group commit, and the counters that
     /metrics and /api/stats report. One per app, kept in `app.extensions`."""
@@ -109,8 +117,8 @@ class Writer:
             max_concurrent=settings.send_concurrency,
             linger_s=settings.send_linger_s,
             eager_when_quiet=True,  # a lone request is sent at once
-            # Each waiting message holds a handler thread, so this bound is never the first hit.
-            max_pending=settings.handler_threads,
+            # Each waiting message holds a handler thread: this bound is never the first hit.
+            max_pending=admission_limit(settings) + 1,
             on_batch=metrics.observe_batch,
             name="send",
         )

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..keys import Keys
 from ..metrics import WriterMetrics
+from ..serving import ADMITTED, plain_response
 from ..tracing import NO_TRACING, NoTracing
 from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
 from .errors import NotAReader, ServiceError, WriterBusy
@@ -166,10 +167,58 @@ class RequestObserver:
 
 
 
+class Admission:
+    """The writer's admission limit: at most `limit` requests in progress in the process; past it
+    a request is answered 503 with Retry-After at once, before its body is read. This bounds the
+    queue of waiting requests, and with it memory and latency, when SQS slows down or more
+    clients come than the process can serve.
+
+    One count, two places that admit: the socket (serving.GuardedHttp) once a request's headers
+    are in, which while the limit is reached sends `response` itself (no task, scope or
+    middleware for a request that will be turned away, so that turning clients away costs next
+    to nothing), and otherwise counts the request until the app's call ends; and
+    `AdmissionLimit`, the middleware, for a request that did not come through that socket (a
+    test client, a pipelined request). Health checks and scrapes are never refused.
+    """
+
+    def __init__(self, *, limit: int, render: Callable[[ServiceError], Response], exempt_paths: frozenset[str],
+                 counted: Callable[[str, str], None], retry_after_s: int) -> None:
+        self.limit = limit
+        self.render = render  # counts the refusal, logs it (throttled), and answers it
+        self.exempt_paths = exempt_paths  # the socket's view of what is never refused
+        self.counted = counted  # counts an early refusal: (method, path)
+        self.in_progress = 0  # one event loop: no lock
+        detail = f"the writer is serving as many requests as it can ({limit}); retry later"
+        self.response = plain_response(503, "Writer busy", detail, retry_after_s=retry_after_s, close=False)
+
+    def refused(self, method: str, path: str) -> None:
+        self.counted(method, path)
+
+
+def early_refusals(
+    metrics: WriterMetrics, route_paths: frozenset[str], refused: Callable[[ServiceError], Any],
+) -> Callable[[str, str], None]:
+    """What counts a request the socket turned away (Admission.refused): its 503 under its route
+    (`other` for a path of no operation), and one message `busy` (`refused`, which also logs it,
+    throttled). No access line: that is the cost an early refusal exists to save."""
+    series: dict[tuple[str, str], Any] = {}  # labelled children, found once
+
+    def count(method: str, path: str) -> None:
+        child = series.get((method, path))
+        if child is None:
+            route = path if path in route_paths else "other"
+            child = series[(method, path)] = metrics.requests.labels(method, route, "503")
+            if route == "other" and len(series) > 64:  # random paths: do not keep each
+                del series[(method, path)]
+        child.inc()
+        refused(WriterBusy("the writer is serving as many requests as it can; turned away at the socket"))
+
+    return count
+
+
 class AdmissionLimit:
-    """Answer 503 at once, before reading the body, to a request that would wait for a handler
-    thread. This bounds the queue of waiting requests, and with it memory and latency, when SQS
-    slows down. Counts requests in progress, without locks (one event loop).
+    """Answer 503 at once, before reading the body, to a request past the Admission limit.
+    Counts requests in progress, without locks (one event loop).
 
     Health checks are never limited: one thread is kept for them, so a saturated writer still
     answers its liveness probe instead of being restarted.
@@ -177,26 +226,25 @@ class AdmissionLimit:
 
     UNLIMITED = frozenset({"message.health"})
 
-    def __init__(self, app: ASGIApp, *, limit: int, render: Callable[[ServiceError], Response]) -> None:
+    def __init__(self, app: ASGIApp, *, admission: Admission) -> None:
         self.app = app
-        self.limit = limit
-        self.render = render  # counts the refusal, logs it (throttled), and answers it
-        self.in_progress = 0
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
-        if scope["type"] != "http" or routing.get("operation_id") in self.UNLIMITED:
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or ADMITTED in scope or routing.get("operation_id") in self.UNLIMITED:
+            await self.app(scope, receive, send)  # admitted, and counted, at the socket; or unlimited
             return
-        if self.in_progress >= self.limit:
-            busy = WriterBusy(f"{self.in_progress} requests already in progress; retry later")
-            await self.render(busy)(scope, receive, send)
+        admission = self.admission
+        if admission.in_progress >= admission.limit:
+            busy = WriterBusy(f"{admission.in_progress} requests already in progress; retry later")
+            await admission.render(busy)(scope, receive, send)
             return
-        self.in_progress += 1
+        admission.in_progress += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_progress -= 1
+            admission.in_progress -= 1
 
 
 def api_key_handler(keys: frozenset[str], read_keys: frozenset[str] = frozenset()) -> type[ApiKeySecurityHandler]:
