@@ -369,7 +369,7 @@ def worker_steps(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     (examples/http_step.py) takes 20 ms a request, at concurrency 16. Each drained
     `sizes.worker_drains` times, the runs taking turns; the median is reported."""
     port = free_port()
-    server = Process([sys.executable, ROOT / "examples" / "http_step.py", "--port", str(port),
+    server = Process([sys.executable, "-m", "examples.http_step", "--port", str(port),
                       "--work-ms", str(WORK_S * 1000)], env=os.environ, log_path=system.workdir / "http-step.log")
     drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in STEP_RUNS}  # (rate, MiB)
     try:

@@ -13,10 +13,10 @@ after the seconds a rate-limited service asked for.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
-from sqsinterface import ReceivedMessage, Reject, RetryLater
+from examples.orders import parse_order
+from sqsinterface import ReceivedMessage, RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,11 @@ async def confirm(order_id: str, quantity: int) -> None:
 
 
 async def handle(message: ReceivedMessage) -> None:
-    """Confirm the order in `message`, once however many times it is delivered."""
-    try:
-        order = json.loads(message.body)
-    except json.JSONDecodeError as exc:
-        raise Reject(f"not JSON: {exc}") from None
-    if not isinstance(order, dict) or not isinstance(order.get("order_id"), str):
-        raise Reject("an order is a JSON object with a string order_id")
-    quantity = order.get("quantity", 1)
-    if not isinstance(quantity, int) or quantity < 1:
-        raise Reject(f"order {order['order_id']}: quantity must be a positive integer")
-    if order["order_id"] in CONFIRMED:
-        log.info("order %s was confirmed already: delivered again, nothing to do", order["order_id"])
+    """Confirm the order in `message`, once however many times it is delivered. A body that is
+    not an order raises NotAnOrder, a `Reject`: dead-lettered at once."""
+    order_id, quantity = parse_order(message.body)
+    if order_id in CONFIRMED:
+        log.info("order %s was confirmed already: delivered again, nothing to do", order_id)
         return
-    await confirm(order["order_id"], quantity)
-    CONFIRMED[order["order_id"]] = quantity
+    await confirm(order_id, quantity)
+    CONFIRMED[order_id] = quantity

@@ -1,6 +1,6 @@
 """An example processing step over HTTP: a small server the worker POSTs each message to.
 
-    python examples/http_step.py --port 8080 &
+    python -m examples.http_step --port 8080 &      (from the checkout's top)
     PROCESSOR=http://127.0.0.1:8080/orders python worker.py
 
 It ships orders as examples/orders.py does, and answers as the worker reads answers
@@ -17,7 +17,6 @@ any language answers the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -25,30 +24,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
+from examples.orders import NotAnOrder, parse_order
+
 #: The orders shipped: order id -> quantity (in a real step, a table keyed by order id).
 SHIPPED: dict[str, int] = {}
 _lock = threading.Lock()
 
 
-class NotAnOrder(ValueError):
-    """The body is not an order: no retry will make it one."""
-
-
 def ship(body: str) -> str:
-    """Ship the order in `body` once, however many times it is delivered; what was done."""
-    try:
-        order = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise NotAnOrder(f"not JSON: {exc}") from None
-    if not isinstance(order, dict) or not isinstance(order.get("order_id"), str):
-        raise NotAnOrder("an order is a JSON object with a string order_id")
-    quantity = order.get("quantity", 1)
-    if not isinstance(quantity, int) or quantity < 1:
-        raise NotAnOrder(f"order {order['order_id']}: quantity must be a positive integer")
+    """Ship the order in `body` once, however many times it is delivered; what was done. Raises
+    NotAnOrder (examples/orders.py) when it is not one."""
+    order_id, quantity = parse_order(body)
     with _lock:
-        if order["order_id"] in SHIPPED:
+        if order_id in SHIPPED:
             return "shipped already"
-        SHIPPED[order["order_id"]] = quantity
+        SHIPPED[order_id] = quantity
     return "shipped"
 
 

@@ -33,10 +33,10 @@ class NotAnOrder(Reject):
     """The body is not an order: no retry will make it one (dead-lettered at once)."""
 
 
-def handle(message: ReceivedMessage) -> None:
-    """Ship the order in `message`, once however many times it is delivered."""
+def parse_order(body: str) -> tuple[str, int]:
+    """(order id, quantity) of the order in `body`; NotAnOrder when it is not one."""
     try:
-        order = json.loads(message.body)
+        order = json.loads(body)
     except json.JSONDecodeError as exc:
         raise NotAnOrder(f"not JSON: {exc}") from None
     if not isinstance(order, dict) or not isinstance(order.get("order_id"), str):
@@ -44,9 +44,15 @@ def handle(message: ReceivedMessage) -> None:
     quantity = order.get("quantity", 1)
     if not isinstance(quantity, int) or quantity < 1:
         raise NotAnOrder(f"order {order['order_id']}: quantity must be a positive integer")
+    return order["order_id"], quantity
+
+
+def handle(message: ReceivedMessage) -> None:
+    """Ship the order in `message`, once however many times it is delivered."""
+    order_id, quantity = parse_order(message.body)
     with _lock:
-        if any(order_id == order["order_id"] for order_id, _ in SHIPMENTS):
-            log.info("order %s was shipped already: delivered again, nothing to do", order["order_id"])
+        if any(shipped == order_id for shipped, _ in SHIPMENTS):
+            log.info("order %s was shipped already: delivered again, nothing to do", order_id)
             return
-        SHIPMENTS.append((order["order_id"], quantity))
-    log.info("order %s: %d item(s) shipped (attempt %d)", order["order_id"], quantity, message.receive_count)
+        SHIPMENTS.append((order_id, quantity))
+    log.info("order %s: %d item(s) shipped (attempt %d)", order_id, quantity, message.receive_count)

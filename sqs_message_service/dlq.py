@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import sys
 import time
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from .aws import create_client
+from .rules import MAX_ATTRIBUTES, payload_bytes
 from .settings import settings_for_command
 from .sqs import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue
 
@@ -47,6 +49,8 @@ MOVE_TASK_POLL_S = 1.0
 
 Progress = Callable[[int, Optional[int]], None]
 
+log = logging.getLogger(__name__)
+
 
 def error_text(error: BaseException, chars: int = ERROR_TEXT_CHARS) -> str:
     """An error's text as it travels with a dead letter: printable characters only, cut short."""
@@ -66,6 +70,38 @@ def failure_attributes(
         DEAD_LETTER_PREFIX + "worker": worker_id,
         DEAD_LETTER_PREFIX + "at": at.isoformat(timespec="milliseconds"),
     }
+
+
+def send_dead_letter(
+    dead_letter_queue: SqsQueue, message: ReceivedMessage, reasons: dict[str, str], *, max_message_bytes: int,
+    earlier: Sequence[Sequence[Any]] = (),
+) -> bool:
+    """Send a copy of `message` to the dead-letter queue with `reasons` (failure_attributes) in
+    place of any earlier reasons it carries (a redriven message's), and the `earlier` attempts'
+    errors (EARLIER) where a seventh attribute fits, in number and in size. True once SQS has
+    it; False, leaving the message to SQS's redrive policy, when the reasons do not fit beside
+    its own attributes or SQS refuses the send. The copy keeps the message's body, group, trace
+    context and Idempotency-Key (AWSTraceHeader, or its own attributes); on a FIFO dead-letter
+    queue its source id deduplicates it."""
+    own = without_reasons(message.attributes)
+    if len(own) + len(reasons) > MAX_ATTRIBUTES or payload_bytes(message.body, {**own, **reasons}) > max_message_bytes:
+        log.info("message %r has %d attributes: no room for the reasons; SQS's redrive policy moves it",
+                 message.id, len(own))
+        return False
+    history = earlier_attribute(earlier)
+    if history and len(own) + len(reasons) + 1 <= MAX_ATTRIBUTES and payload_bytes(
+        message.body, {**own, **reasons, **history}
+    ) <= max_message_bytes:
+        reasons = {**reasons, **history}
+    copy = OutgoingMessage(
+        body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
+        deduplication_id=message.id if dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
+    )
+    (result,) = dead_letter_queue.send([copy])
+    if result.error is not None:
+        log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive policy moves it",
+                    message.id, result.error)
+    return result.ok
 
 
 class FailureHistory:

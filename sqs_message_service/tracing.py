@@ -143,9 +143,7 @@ class NoTracing:
     def traceparent(self, message: ReceivedMessage) -> Optional[str]:
         """The W3C `traceparent` an HTTP step is sent: here, the context the message carries
         from its creation (None when it carries none), passed on untouched."""
-        carried = from_xray_header(message.trace_header)
-        if carried is None and TRACEPARENT in message.attributes:
-            carried = from_traceparent(message.attributes[TRACEPARENT])
+        carried = carried_context(message)
         if carried is None:
             return None
         trace_id, span_id, sampled = carried
@@ -354,10 +352,8 @@ class Tracing(NoTracing):
         return dataclasses.replace(message, trace_header=xray_header(context, message.trace_header))
 
     def _context_of(self, message: Any) -> Any:
-        """The creation context a message carries (AWSTraceHeader first, then `traceparent`)."""
-        carried = from_xray_header(message.trace_header)
-        if carried is None and TRACEPARENT in message.attributes:
-            carried = from_traceparent(message.attributes[TRACEPARENT])
+        """The creation context a message carries, as OpenTelemetry's SpanContext."""
+        carried = carried_context(message)
         if carried is None:
             return None
         trace_id, span_id, sampled = carried
@@ -372,6 +368,15 @@ class Tracing(NoTracing):
 
 
 # The formats: W3C traceparent and X-Ray's AWSTraceHeader, for a (trace id, span id, sampled).
+
+
+def carried_context(message: Any) -> Optional[tuple[int, int, bool]]:
+    """The creation context a message carries (AWSTraceHeader first, then its `traceparent`
+    attribute), as (trace id, span id, sampled); None when it carries none."""
+    carried = from_xray_header(message.trace_header)
+    if carried is None and TRACEPARENT in message.attributes:
+        carried = from_traceparent(message.attributes[TRACEPARENT])
+    return carried
 
 
 def w3c_traceparent(context: Any) -> str:

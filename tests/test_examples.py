@@ -103,7 +103,7 @@ def test_the_async_example_confirms_each_order_once_and_rejects_what_is_not_one(
     assert sorted(processed) == sorted([*good, good[0]])
     assert sorted(async_orders.CONFIRMED) == sorted(str(n) for n in range(30))
     (letter,) = dead
-    assert letter["MessageAttributes"]["dead_letter.error_type"]["StringValue"] == "Reject"
+    assert letter["MessageAttributes"]["dead_letter.error_type"]["StringValue"] == "NotAnOrder"  # a Reject
 
 
 def test_the_http_example_ships_orders_behind_its_real_server(sqs: Any, step_server: str) -> None:

@@ -12,13 +12,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
-from ..dlq import FailureHistory, earlier_attribute, failure_attributes, without_reasons
+from ..dlq import FailureHistory, failure_attributes, send_dead_letter
 from ..logs import ThrottledLog
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter, ProcessedRecord
-from ..rules import MAX_ATTRIBUTES, payload_bytes
 from ..settings import Settings
-from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, OutgoingMessage, ReceivedMessage, SqsQueue
+from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, ReceivedMessage, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
 from ..verdicts import Reject, RetryLater, TimedOut
 from .backoff import compute_backoff
@@ -382,25 +381,8 @@ class Settler(Part):
         message's own attributes, or SQS refuses the send. The `earlier` attempts' errors this
         worker saw go too where a seventh attribute fits, in number and in size."""
         reasons = failure_attributes(message, error, worker_id=self.worker_id, at=datetime.now(timezone.utc))
-        own = without_reasons(message.attributes)  # a redriven message's earlier reasons go
-        if len(own) + len(reasons) > MAX_ATTRIBUTES:
-            log.info("message %r has %d attributes: no room for the reasons; SQS's redrive moves it",
-                     message.id, len(own))
-            return False
-        history = earlier_attribute(earlier)
-        if history and len(own) + len(reasons) + 1 <= MAX_ATTRIBUTES and payload_bytes(
-            message.body, {**own, **reasons, **history}
-        ) <= self.settings.max_message_bytes:
-            reasons.update(history)
-        dead_letter = OutgoingMessage(  # its trace context and Idempotency-Key kept (AWSTraceHeader, or own attributes)
-            body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
-            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
-        )
-        (result,) = self.dead_letter_queue.send([dead_letter])
-        if result.error is not None:
-            log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive moves it",
-                        message.id, result.error)
-        return result.ok
+        return send_dead_letter(self.dead_letter_queue, message, reasons,
+                                max_message_bytes=self.settings.max_message_bytes, earlier=earlier)
 
     def _hand_over(
         self, batcher: GroupCommit[Any, EntryOutcome], item: Any, message: ReceivedMessage, done: str

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence, Union
 
-from ..dlq import failure_attributes, without_reasons
+from ..dlq import failure_attributes, send_dead_letter
 from ..metrics import WriterMetrics
-from ..rules import MAX_ATTRIBUTES, payload_bytes
 from ..settings import Settings
-from ..sqs import EntryOutcome, LeaseLapsed, OutgoingMessage, QueueUnavailable, ReceivedMessage, SqsQueue
+from ..sqs import EntryOutcome, LeaseLapsed, QueueUnavailable, ReceivedMessage, SqsQueue
 from ..tracing import NO_TRACING, NoTracing
 from .errors import Answerable, NotAToken, PollsBusy, TryLater
 from .tokens import Token, TokenError, Tokens
@@ -225,21 +224,8 @@ class Reader:
             return False
         error = GivenBack(reason or "given back by a reader, with no reason")
         reasons = failure_attributes(message, error, worker_id=self.reader_id, at=datetime.now(timezone.utc))
-        own = without_reasons(message.attributes)
-        if len(own) + len(reasons) > MAX_ATTRIBUTES or payload_bytes(
-            message.body, {**own, **reasons}
-        ) > self.settings.max_message_bytes:
-            log.info("message %r has no room for the reasons; SQS's redrive policy moves it", message.id)
-            return False
-        dead_letter = OutgoingMessage(
-            body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
-            deduplication_id=message.id if self.dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
-        )
-        (result,) = self.dead_letter_queue.send([dead_letter])
-        if result.error is not None:
-            log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive policy moves it",
-                        message.id, result.error)
-        return result.ok
+        return send_dead_letter(self.dead_letter_queue, message, reasons,
+                                max_message_bytes=self.settings.max_message_bytes)
 
     def _delete_dead_lettered(self, token: Token) -> Settled:
         """Only once the dead-letter queue has it: a failure here leaves a copy in each queue,
