@@ -232,7 +232,16 @@ def test_a_slow_sqs_gets_503s_instead_of_a_pile_of_waiting_requests(tmp_path: Pa
             for _ in range(2):
                 answers += post_at_once(system.writer_url, 600, concurrency=64, body="x" * 16384)
                 rss_mib_after.append(rss_mib(writer.pid))
-            stats = requests.get(f"{system.writer_url}/api/stats", timeout=30).json()["messages"]
+            # the last requests' threads may still be winding down: /api/stats is turned away
+            # (503, Retry-After) while the admission limit is reached, so ask until it answers
+            stats_answers: list[requests.Response] = []
+
+            def stats_answered() -> bool:
+                stats_answers.append(requests.get(f"{system.writer_url}/api/stats", timeout=30))
+                return stats_answers[-1].status_code == 200
+
+            wait_until(stats_answered, timeout_s=30, what="/api/stats answered")
+            stats = stats_answers[-1].json()["messages"]
         finally:
             proxy.stop()
         in_queue = ids_in(system.queue(system.settings.queue_name))
