@@ -80,8 +80,9 @@ class DeadlineWatch(Part):
             if self._attempts.pop(thread, None) is not None:
                 return Late.NO
             replaced = self._stuck.pop(thread)
-        log.warning("%s: the step returned %s after its deadline; its outcome is dropped (the message was "
-                    "already settled as timed out)", thread.name, "long" if replaced else "well")
+        log.warning("%s: the step returned after its deadline; its outcome is dropped (the message was already "
+                    "settled as timed out), and the thread %s", thread.name,
+                    "ends: another took its place" if replaced else "takes the next message")
         return Late.END if replaced else Late.CARRY_ON
 
     def stuck(self) -> int:

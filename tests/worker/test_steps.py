@@ -29,6 +29,9 @@ def hung() -> Iterator[threading.Event]:
     release = threading.Event()
     yield release
     release.set()
+    for thread in threading.enumerate():  # let the released steps' threads say so while the test's log is open
+        if thread.name.startswith("processor-"):
+            thread.join(5)
 
 
 # Async steps
