@@ -15,10 +15,10 @@ from examples import async_orders, http_step, orders
 from sqs_message_service.dlq import SOURCE_ID
 from sqs_message_service.output import OutputWriter, parse_lines
 from sqs_message_service.settings import Settings
+from sqs_message_service.tracing import NO_TRACING
 from sqs_message_service.worker.engine import Worker
-from sqs_message_service.worker.http_step import HttpStep
-from sqs_message_service.worker.processing import load_processor
 from sqsinterface import OutgoingMessage, SqsQueue
+from worker import processing_step
 
 
 @pytest.fixture(autouse=True)
@@ -51,9 +51,7 @@ def run_worker(
     queue, dead_letter_queue = SqsQueue(settings.queue_name, sqs), SqsQueue(settings.dlq_name, sqs)
     assert all(result.ok for result in queue.send([OutgoingMessage(body=body) for body in bodies]))
     output = io.StringIO()
-    step = (HttpStep(processor, timeout_s=5, concurrency=settings.worker_concurrency)
-            if processor.startswith("http") else load_processor(processor))
-    worker = Worker(queue=queue, dead_letter_queue=dead_letter_queue, processor=step,
+    worker = Worker(queue=queue, dead_letter_queue=dead_letter_queue, processor=processing_step(settings, NO_TRACING),
                     settings=settings, output=OutputWriter(output))
 
     assert worker.run(burst=True) == 0

@@ -26,6 +26,7 @@ controls (stats pane, summary file, signals, metrics server, options) is worker.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -105,7 +106,7 @@ class Worker:
         )
         self.consumers: list[Consumer] = []
         self.processors: list[ProcessorThread] = []
-        self._processor_numbers = iter(range(1_000_000))
+        self._processor_numbers = itertools.count()  # processor-0, -1, …: replacements go on counting
         self.coroutines: Optional[CoroutineProcessing] = None  # an async def step's runner
         self.watch: Optional[DeadlineWatch] = None  # a plain step's deadlines
         if runs_as_coroutine(processor):

@@ -15,7 +15,7 @@ from .deadlines import DeadlineWatch, Late
 from .ledger import InFlight, WorkQueue
 from .part import Part
 from .settler import Settler
-from .steps import Processor, load_step
+from .steps import Processor
 
 
 class SimulatedFailure(Exception):
@@ -40,11 +40,6 @@ class SimulatedWork:
         time.sleep(self.process_time_s)
         if draw < self.failure_rate:
             raise SimulatedFailure(f"simulated failure (FAILURE_RATE={self.failure_rate:g})")
-
-
-def load_processor(spec: str) -> Processor:
-    """The step PROCESSOR names, 'module:function' (steps.load_step)."""
-    return load_step(spec)
 
 
 class ProcessorThread(Part):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from sqs_message_service.sqs import ReceivedMessage
-from sqs_message_service.worker.processing import SimulatedFailure, SimulatedWork, load_processor
+from sqs_message_service.worker.processing import SimulatedFailure, SimulatedWork
+from sqs_message_service.worker.steps import load_step
 
 
 def message(body: str, receive_count: int = 1) -> ReceivedMessage:
@@ -32,5 +33,5 @@ def test_seeded_simulated_work_fails_the_same_attempts_every_run() -> None:
     assert 250 < sum(first) < 350  # about 30 %
 
 
-def test_load_processor_imports_module_function() -> None:
-    assert load_processor("json:loads") is json.loads
+def test_load_step_imports_module_function() -> None:
+    assert load_step("json:loads") is json.loads
