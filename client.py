@@ -164,13 +164,14 @@ class Client:
         self._jobs_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._sent = 0
+        self._interrupted = threading.Event()
         self.requested_at: dict[str, float] = {}  # accepted message id -> when it was first sent
 
     def _next_job(self) -> Optional[Job]:
         """The next job, or None when the bound is reached. With a rate, also when to send it."""
         with self._jobs_lock:
             elapsed = time.monotonic() - self.stats.started
-            if self.duration_s is not None and elapsed >= self.duration_s:
+            if self._interrupted.is_set() or (self.duration_s is not None and elapsed >= self.duration_s):
                 return None
             job = next(self.jobs, None)
             if job is None:
@@ -225,10 +226,15 @@ class Client:
         for thread in threads:
             thread.start()
         previous = (time.monotonic(), 0)
-        while any(thread.is_alive() for thread in threads):
-            time.sleep(min(0.05, stats_interval_s))
-            if stats_out is not None and time.monotonic() - previous[0] >= stats_interval_s:
-                previous = self._report(stats_out, previous, "client")
+        try:
+            while any(thread.is_alive() for thread in threads):
+                time.sleep(min(0.05, stats_interval_s))
+                if stats_out is not None and time.monotonic() - previous[0] >= stats_interval_s:
+                    previous = self._report(stats_out, previous, "client")
+        except KeyboardInterrupt:
+            # Ctrl-C (./runall.sh stop sends it) ends the run as its duration would: no new
+            # request, the summary of what was sent. Requests in the air are not waited for.
+            self._interrupted.set()
         if stats_out is not None:
             elapsed = time.monotonic() - self.stats.started
             stats_out.write(self.stats.render("summary", per_second=self.stats.counts["sent"] / elapsed) + "\n")

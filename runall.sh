@@ -32,16 +32,20 @@ stop() {
     echo "runall.sh: nothing running (no tmux session '$SESSION')"
     return 0
   fi
-  local pids
+  local pids stderr_dir
   pids=$(tmux list-panes -s -t "$SESSION" -F '#{pane_pid}')
-  # Ctrl-C in every pane: the worker finishes what is in flight, the writer drains.
-  for pane in $(tmux list-panes -s -t "$SESSION" -F '#{pane_id}'); do
+  pids="$pids $(for pid in $pids; do pgrep -P "$pid" || true; done)"  # the parts under local/pane.sh
+  stderr_dir=$(tmux show-environment -t "$SESSION" RUNALL_STDERR_DIR 2>/dev/null | sed -n 's/^RUNALL_STDERR_DIR=//p')
+  # Ctrl-C in every part's pane: the worker finishes what is in flight, the writer drains; the
+  # local SQS endpoint last, so that what they finish reaches it.
+  for pane in $(tmux list-panes -s -t "$SESSION" -F '#{window_name} #{pane_id}' | grep -v '^sqs ' | cut -d' ' -f2); do
     tmux send-keys -t "$pane" C-c
   done
   for _ in $(seq 1 150); do
-    tmux list-panes -s -t "$SESSION" -F '#{pane_dead}' | grep -q 0 || break
+    tmux list-panes -s -t "$SESSION" -F '#{window_name} #{pane_dead}' | grep -v '^sqs ' | grep -q ' 0$' || break
     sleep 0.1
   done
+  tmux send-keys -t "$SESSION:sqs" C-c 2>/dev/null || true
   # What each part said last (the worker's and the client's summaries), before the session goes.
   for pane in $(tmux list-panes -t "$SESSION:run" -F '#{pane_id}' 2>/dev/null); do
     echo "── $(tmux display-message -p -t "$pane" '#{pane_title}') ──"
@@ -57,6 +61,7 @@ stop() {
     [ "$running" = 0 ] && break
     sleep 0.1
   done
+  [ -n "$stderr_dir" ] && rm -rf "$stderr_dir"
   echo "runall.sh: stopped"
 }
 
@@ -140,14 +145,17 @@ if ! "$PY" sqs_setup.py; then
   exit 1
 fi
 
-tmux new-window -t "$SESSION" -n run "${env_args[@]}" "$PY server.py"
+# What each part writes on stderr is also kept (its first 64 KiB) for the start-up checks below.
+stderr_dir=$(mktemp -d "${TMPDIR:-/tmp}/runall.XXXXXX")
+tmux set-environment -t "$SESSION" RUNALL_STDERR_DIR "$stderr_dir"
+tmux new-window -t "$SESSION" -n run "${env_args[@]}" "local/pane.sh $stderr_dir/writer $PY server.py"
 tmux set-option -w -t "$SESSION:run" remain-on-exit on >/dev/null  # keep each summary on screen
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" -e "METRICS_PORT=$metrics_port" \
-  "$PY worker.py --stats-interval 1"
+  "local/pane.sh $stderr_dir/worker $PY worker.py --stats-interval 1"
 client_key=""
 [ -n "${API_KEYS:-}" ] && client_key="--api-key ${API_KEYS%%,*}"  # the writer's first key
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" \
-  "$PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600} $client_key"
+  "local/pane.sh $stderr_dir/client $PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600} $client_key"
 tmux select-layout -t "$SESSION:run" even-horizontal >/dev/null
 tmux select-pane -t "$SESSION:run.0" -T writer
 tmux select-pane -t "$SESSION:run.1" -T worker
@@ -157,7 +165,7 @@ tmux set-option -w -t "$SESSION:run" pane-border-status top >/dev/null
 tmux new-window -d -t "$SESSION" -n console "${env_args[@]}" -e "CONSOLE_PORT=$console_port" \
   -e "CONSOLE_KEYS=${CONSOLE_KEYS:-}" \
   -e "CONSOLE_SCRAPE=http://127.0.0.1:${PORT:-5000}/metrics,http://127.0.0.1:$metrics_port/metrics" \
-  "$PY -m sqs_message_service.console"
+  "local/pane.sh $stderr_dir/console $PY -m sqs_message_service.console"
 tmux set-option -w -t "$SESSION:console" remain-on-exit on >/dev/null
 
 # Running is said only once each part answers; one that does not (its pane dead, or silent for
@@ -165,21 +173,26 @@ tmux set-option -w -t "$SESSION:console" remain-on-exit on >/dev/null
 answers() {
   "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
 }
-wait_for() {  # name, pane, URL
+wait_for() {  # name, pane, URL, stderr copy
   local deadline=$((SECONDS + ${RUN_START_TIMEOUT:-60}))
   until answers "$3"; do
     if [ "$(tmux display-message -p -t "$2" '#{pane_dead}' 2>/dev/null || echo 1)" = 1 ] || [ "$SECONDS" -ge "$deadline" ]; then
       echo "runall.sh: $1 did not start ($3 does not answer); its pane says:" >&2
       tmux capture-pane -p -S -100 -t "$2" 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 15 >&2
+      if [ -s "$4" ]; then
+        echo "runall.sh: and its stderr ended with:" >&2
+        tail -n 15 "$4" >&2
+      fi
       tmux kill-session -t "$SESSION"
+      rm -rf "$stderr_dir"
       exit 1
     fi
     sleep 0.2
   done
 }
-wait_for "the writer" "$SESSION:run.0" "http://127.0.0.1:${PORT:-5000}/api/health"
-wait_for "the worker" "$SESSION:run.1" "http://127.0.0.1:$metrics_port/metrics"
-wait_for "the console" "$SESSION:console" "http://127.0.0.1:$console_port/api/health"
+wait_for "the writer" "$SESSION:run.0" "http://127.0.0.1:${PORT:-5000}/api/health" "$stderr_dir/writer"
+wait_for "the worker" "$SESSION:run.1" "http://127.0.0.1:$metrics_port/metrics" "$stderr_dir/worker"
+wait_for "the console" "$SESSION:console" "http://127.0.0.1:$console_port/api/health" "$stderr_dir/console"
 
 echo "runall.sh: running in tmux session '$SESSION' (writer | worker | client); stop with ./runall.sh stop"
 actions="read-only: set CONSOLE_KEYS for redrive and delete"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import http.server
 import io
 import itertools
+import re
 import socket
 import threading
 import time
@@ -74,6 +76,23 @@ def test_a_duration_bounds_the_run(live_server: str) -> None:
     stats = load.run()
 
     assert 5 <= stats.counts["sent"] <= 12
+
+
+def test_ctrl_c_ends_the_run_as_its_duration_would_with_the_summary(live_server: str) -> None:
+    load = Client(
+        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
+        concurrency=2, count=None, duration_s=60, rate=20,
+    )
+    threading.Timer(0.5, _thread.interrupt_main).start()  # what Ctrl-C does
+    out = io.StringIO()
+
+    started = time.monotonic()
+    stats = load.run(stats_out=out, stats_interval_s=30)
+
+    assert time.monotonic() - started < 5
+    summary = re.search(r"^summary .*^sent +(\d+)$", out.getvalue(), re.MULTILINE | re.DOTALL)
+    assert summary is not None, out.getvalue()
+    assert 5 <= int(summary[1]) <= 20 and stats.counts["sent"] <= 20
 
 
 def test_file_mode_sends_every_line_in_order(live_server: str, queue: SqsQueue, drain: Any, tmp_path: Path) -> None:
