@@ -8,16 +8,18 @@ The client it is handed is made by `aws.create_client`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import botocore.exceptions
 
 from .aws import NOT_AUTHORIZED_CODES, THROTTLED_CODES
+from .hooks import NO_HOOKS, Hooks
 from .metrics import SqsMetrics, by_label, total
 from .rules import STRING, payload_bytes
 from .trace_header import idempotency_key
@@ -204,34 +206,35 @@ def translated_errors(operation: str) -> Iterator[None]:
         raise QueueUnavailable(f"{operation}: SQS unreachable: {exc}") from exc
 
 
-class CallTracing(Protocol):
-    """What tracing.py's Tracing does for the SQS calls: a span around each send and receive."""
-
-    def sending(self, queue: str, messages: Sequence[OutgoingMessage]) -> ContextManager[Any]: ...
-
-    def receiving(self, queue: str) -> ContextManager[Any]: ...
-
-    def received(self, span: Any, messages: Sequence[ReceivedMessage]) -> None: ...
-
-    def failed(self, span: Any, error: BaseException, error_type: Optional[str] = None) -> None: ...
-
-
 class SqsQueue:
     """One SQS queue, found by name, on a client made by `create_client` (one per process, shared
     by its queues; tests pass one under moto). The URL and FIFO settings are looked up on first
-    use, so a process can start before its queue exists and report that through readiness."""
+    use, so a process can start before its queue exists and report that through readiness.
+    `hooks` watch each send and receive (tracing's spans, say)."""
 
-    def __init__(self, name: str, client: Any, metrics: Optional[SqsMetrics] = None) -> None:
+    def __init__(
+        self, name: str, client: Any, metrics: Optional[SqsMetrics] = None, *, hooks: Hooks = NO_HOOKS
+    ) -> None:
         self.name = name
         self.client = client
         self.is_fifo = name.endswith(".fifo")
         # Shared by a process's queues, so that its /metrics shows all of them; a queue made
         # alone (tools, tests) counts into a registry of its own.
         self.metrics = metrics if metrics is not None else SqsMetrics()
-        self.tracing: Optional[CallTracing] = None  # with tracing on, a span for each send and receive
+        self.hooks = hooks
         self._url: Optional[str] = None
         self._arn: Optional[str] = None
         self._content_based_dedup: Optional[bool] = None
+
+    def watched_by(self, hooks: Hooks) -> SqsQueue:
+        """This queue watched by `hooks`: itself when those are its hooks already, else a copy
+        that shares its client, its metrics and what it has looked up, for a part handed a queue
+        built without them (the worker's, say)."""
+        if hooks is self.hooks:
+            return self
+        watched = copy.copy(self)
+        watched.hooks = hooks
+        return watched
 
     def _call(self, operation: str, *, payload_bytes: int = 0, **kwargs: Any) -> dict:
         """Call SQS; `payload_bytes` is what the call sends, for the bill."""
@@ -341,13 +344,11 @@ class SqsQueue:
         return results
 
     def _send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        if self.tracing is None:
-            return self._send_batch_call(messages)
-        with self.tracing.sending(self.name, messages) as span:
+        with self.hooks.sending(self.name, messages) as watch:
             results = self._send_batch_call(messages)
             failure = next((result.error for result in results if result.error is not None), None)
             if failure is not None:
-                self.tracing.failed(span, failure)
+                self.hooks.failed(watch, failure)
             return results
 
     def _send_batch_call(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
@@ -377,15 +378,13 @@ class SqsQueue:
         """Long-poll for up to `max_messages` (1 to 10) messages, with their receive count,
         sent time and string attributes; hidden for the queue's visibility timeout, or
         `visibility_timeout_s`."""
-        if self.tracing is None:
-            return self._receive_call(max_messages, wait_s, visibility_timeout_s)
-        with self.tracing.receiving(self.name) as span:
+        with self.hooks.receiving(self.name) as watch:
             try:
                 received = self._receive_call(max_messages, wait_s, visibility_timeout_s)
             except SqsError as exc:
-                self.tracing.failed(span, exc)
+                self.hooks.failed(watch, exc)
                 raise
-            self.tracing.received(span, received)
+            self.hooks.received(watch, received)
             return received
 
     def _receive_call(

@@ -17,7 +17,9 @@ The context travels in the `AWSTraceHeader` system attribute (X-Ray's format), w
 neither SQS's size nor its ten attributes; or, where the SQS endpoint drops that attribute (moto
 and fauxqs do), in a `traceparent` message attribute (TRACE_CONTEXT_IN).
 
-Off, nothing of OpenTelemetry is imported, and each hook is a call that does nothing.
+Both are hooks (hooks.py): the writer's and the worker's parts call them at fixed points, and
+never ask whether tracing is on. Off, nothing of OpenTelemetry is imported, and each hook is
+Hooks' own, which does nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import logging
 import time
 from typing import Any, ContextManager, Iterator, Optional, Sequence
 
+from .hooks import Hooks
 from .logs import set_trace_ids
 from .rules import payload_bytes
 from .settings import Settings
 from .sqs import OutgoingMessage, ReceivedMessage
-from .trace_header import fields
+from .trace_header import TRACEPARENT, Context, carried_context, traceparent, xray_header
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ MESSAGING_SYSTEM = "aws_sqs"
 #: ApproximateReceiveCount of this delivery, and the time from SentTimestamp to this attempt.
 RECEIVE_COUNT = "sqs_message_service.receive_count"
 TIME_IN_QUEUE = "sqs_message_service.time_in_queue_ms"
-#: The message attribute that carries the context where AWSTraceHeader does not travel.
-TRACEPARENT = "traceparent"
 #: TRACE_CONTEXT_IN's values.
 IN_TRACE_HEADER, IN_ATTRIBUTE = "AWSTraceHeader", "attribute"
 
@@ -68,23 +69,8 @@ def context_carrier(settings: Settings) -> str:
     return IN_ATTRIBUTE if settings.sqs_endpoint_url else IN_TRACE_HEADER
 
 
-class _Quiet:
-    """What a hook yields when there is no span: it notes nothing."""
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        pass
-
-    def record_exception(self, exception: BaseException) -> None:
-        pass
-
-
-QUIET = _Quiet()
-#: What a hook gives when tracing is off: a context with no span, used again and again.
-QUIETLY = contextlib.nullcontext(QUIET)
-
-
 #: What a `traceparent` attribute adds to a message's size, as SQS counts it.
-TRACEPARENT_BYTES = payload_bytes("", {TRACEPARENT: "00-" + "0" * 32 + "-" + "0" * 16 + "-01"})
+TRACEPARENT_BYTES = payload_bytes("", {TRACEPARENT: traceparent((0, 0, True))})
 
 
 class _AsgiHeaders:
@@ -103,60 +89,18 @@ class _AsgiHeaders:
 ASGI_HEADERS = _AsgiHeaders()
 
 
-class NoTracing:
-    """Tracing off: every hook does nothing, and nothing of OpenTelemetry is imported."""
+class NoTracing(Hooks):
+    """Tracing off: every hook is Hooks' own, which does nothing, and nothing of OpenTelemetry is
+    imported."""
 
     enabled = False
     carrier = IN_TRACE_HEADER
-    #: The message attribute the context takes from the user's ten, and its bytes: with
-    #: TRACE_CONTEXT_IN=attribute only.
-    context_attribute: Optional[str] = None
-    context_bytes = 0
-
-    def server(self, method: str, headers: Sequence[tuple[bytes, bytes]]) -> ContextManager[Any]:
-        return QUIETLY
-
-    def created(self, message: OutgoingMessage, queue: str) -> OutgoingMessage:
-        return message
-
-    def carrying_current(self, message: OutgoingMessage) -> OutgoingMessage:
-        return message
-
-    def sending(self, queue: str, messages: Sequence[OutgoingMessage]) -> ContextManager[Any]:
-        return QUIETLY
-
-    def receiving(self, queue: str) -> ContextManager[Any]:
-        return QUIETLY
-
-    def received(self, span: Any, messages: Sequence[ReceivedMessage]) -> None:
-        pass
-
-    def processing(self, message: ReceivedMessage, queue: str) -> ContextManager[Any]:
-        return QUIETLY
-
-    def settling(self, operation: str, queue: str, messages: Sequence[ReceivedMessage]) -> ContextManager[Any]:
-        return QUIETLY
-
-    def in_trace_of(self, message: ReceivedMessage) -> ContextManager[None]:
-        return contextlib.nullcontext()
 
     def traceparent(self, message: ReceivedMessage) -> Optional[str]:
         """The W3C `traceparent` an HTTP step is sent: here, the context the message carries
         from its creation (None when it carries none), passed on untouched."""
         carried = carried_context(message)
-        if carried is None:
-            return None
-        trace_id, span_id, sampled = carried
-        return f"00-{trace_id:032x}-{span_id:016x}-{int(sampled):02x}"
-
-    def failed(self, span: Any, error: BaseException, error_type: Optional[str] = None) -> None:
-        pass
-
-    def failed_status(self, span: Any, description: str) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
+        return None if carried is None else traceparent(carried)
 
 
 NO_TRACING = NoTracing()
@@ -213,7 +157,7 @@ class Tracing(NoTracing):
     # The writer
 
     @contextlib.contextmanager
-    def server(self, method: str, headers: Sequence[tuple[bytes, bytes]]) -> Iterator[Any]:
+    def request(self, method: str, headers: Sequence[tuple[bytes, bytes]]) -> Iterator[Any]:
         """A SERVER span for one request (its ASGI `headers`), continuing the client's context
         (traceparent, tracestate, baggage, as OTEL_PROPAGATORS says); current while the request
         is served."""
@@ -223,18 +167,27 @@ class Tracing(NoTracing):
                                                record_exception=False, set_status_on_exception=False) as span:
             yield span
 
-    def carrying_current(self, message: OutgoingMessage) -> OutgoingMessage:
-        """The message carrying the current span's context as its creation context: for a
-        request that creates one message, the request's own SERVER span (the conventions'
-        custom creation context), so that a message costs no span of its own. Outside any
-        span, it carries nothing."""
-        context = self._trace.get_current_span().get_span_context()
-        return self._carrying(message, context) if context.is_valid else message
+    def answered(self, watch: Any, method: str, route: str, status: int) -> None:
+        """The SERVER span named for the spec's route, with the status; a 5xx is an error."""
+        answered: dict[str, Any] = {"http.response.status_code": status}
+        if route != "other":
+            watch.update_name(f"{method} {route}")
+            answered["http.route"] = route
+        if status >= 400:  # HTTP's conventions: a server's 5xx is an error; its 4xx, the client's
+            answered["error.type"] = str(status)
+        watch.set_attributes(answered)
+        if status >= 500:
+            watch.set_status(self._Status(self._ERROR, str(status)))
 
-    def created(self, message: OutgoingMessage, queue: str) -> OutgoingMessage:
-        """A PRODUCER span for the message's creation, in the current trace (the request's),
-        and the message carrying its context: for each message of a request that creates
-        several."""
+    def created(self, message: OutgoingMessage, queue: str, *, by_request: bool = False) -> OutgoingMessage:
+        """The message carrying its creation context. Created `by_request` (the one message a
+        request sends): the current span's, the request's own SERVER span (the conventions'
+        custom creation context), so that a message costs no span of its own; outside any span
+        it carries nothing. Otherwise a PRODUCER span for the message's creation, in the current
+        trace (the request's), for each message of a request that creates several."""
+        if by_request:
+            current = self._trace.get_current_span().get_span_context()
+            return self._carrying(message, current) if current.is_valid else message
         span = self.tracer.start_span(f"create {queue}", kind=self._SpanKind.PRODUCER, attributes={
             "messaging.system": MESSAGING_SYSTEM, "messaging.operation.name": "create",
             "messaging.operation.type": "create", "messaging.destination.name": queue,
@@ -307,8 +260,9 @@ class Tracing(NoTracing):
         )
 
     @contextlib.contextmanager
-    def in_trace_of(self, message: ReceivedMessage) -> Iterator[None]:
-        """The message's creation context made current: what runs here joins its trace."""
+    def dead_lettering(self, message: ReceivedMessage) -> Iterator[None]:
+        """The message's creation context made current: what runs here (the log line, the
+        dead-letter copy's send) joins its trace."""
         context = self._context_of(message)
         if context is None:
             yield
@@ -325,7 +279,7 @@ class Tracing(NoTracing):
         """The current span's context (the attempt's `process` span) as a W3C `traceparent`, so
         that an HTTP step's own spans join the attempt; outside a span, the message's own."""
         context = self._trace.get_current_span().get_span_context()
-        return w3c_traceparent(context) if context.is_valid else super().traceparent(message)
+        return traceparent(_ids(context)) if context.is_valid else super().traceparent(message)
 
     # Both
 
@@ -335,10 +289,6 @@ class Tracing(NoTracing):
         span.set_attribute("error.type", error_type or type(error).__qualname__)
         span.set_status(self._Status(self._ERROR, str(error)[:256]))
 
-    def failed_status(self, span: Any, description: str) -> None:
-        """The span's operation failed, as `description` says (no exception to record)."""
-        span.set_status(self._Status(self._ERROR, description))
-
     def shutdown(self) -> None:
         """Export what is left (at the process's end)."""
         self.provider.shutdown()
@@ -347,9 +297,9 @@ class Tracing(NoTracing):
 
     def _carrying(self, message: OutgoingMessage, context: Any) -> OutgoingMessage:
         if self.carrier == IN_ATTRIBUTE:
-            carried = {**message.attributes, TRACEPARENT: w3c_traceparent(context)}
+            carried = {**message.attributes, TRACEPARENT: traceparent(_ids(context))}
             return dataclasses.replace(message, attributes=carried)
-        return dataclasses.replace(message, trace_header=xray_header(context, message.trace_header))
+        return dataclasses.replace(message, trace_header=xray_header(_ids(context), message.trace_header))
 
     def _context_of(self, message: Any) -> Any:
         """The creation context a message carries, as OpenTelemetry's SpanContext."""
@@ -367,54 +317,6 @@ class Tracing(NoTracing):
         return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
-# The formats: W3C traceparent and X-Ray's AWSTraceHeader, for a (trace id, span id, sampled).
-
-
-def carried_context(message: Any) -> Optional[tuple[int, int, bool]]:
-    """The creation context a message carries (AWSTraceHeader first, then its `traceparent`
-    attribute), as (trace id, span id, sampled); None when it carries none."""
-    carried = from_xray_header(message.trace_header)
-    if carried is None and TRACEPARENT in message.attributes:
-        carried = from_traceparent(message.attributes[TRACEPARENT])
-    return carried
-
-
-def w3c_traceparent(context: Any) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags) & 1:02x}"
-
-
-def from_traceparent(value: str) -> Optional[tuple[int, int, bool]]:
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or parts[0] == "ff":
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
-    except ValueError:
-        return None
-    return (trace_id, span_id, bool(flags & 1)) if trace_id and span_id else None
-
-
-def xray_header(context: Any, existing: Optional[str] = None) -> str:
-    """An AWSTraceHeader for `context`: X-Ray's Root is the W3C trace id as 1-<8 hex>-<24 hex>,
-    Parent the span id. The fields of `existing` other than those three (the writer's
-    IdempotencyKey, say) are kept."""
-    trace_id = f"{context.trace_id:032x}"
-    kept = {name: value for name, value in fields(existing).items() if name not in ("Root", "Parent", "Sampled")}
-    header = {"Root": f"1-{trace_id[:8]}-{trace_id[8:]}", "Parent": f"{context.span_id:016x}",
-              "Sampled": str(int(context.trace_flags) & 1), **kept}
-    return ";".join(f"{name}={value}" for name, value in header.items())
-
-
-def from_xray_header(header: Optional[str]) -> Optional[tuple[int, int, bool]]:
-    """The context an AWSTraceHeader carries; None without a Root and a Parent (the writer's
-    header with only an IdempotencyKey beside a root of its own carries no span)."""
-    found = fields(header)
-    root, parent = found.get("Root", ""), found.get("Parent", "")
-    parts = root.split("-")
-    if len(parts) != 3 or parts[0] != "1" or len(parts[1]) != 8 or len(parts[2]) != 24 or len(parent) != 16:
-        return None
-    try:
-        trace_id, span_id = int(parts[1] + parts[2], 16), int(parent, 16)
-    except ValueError:
-        return None
-    return (trace_id, span_id, found.get("Sampled") == "1") if trace_id and span_id else None
+def _ids(context: Any) -> Context:
+    """An OpenTelemetry SpanContext as trace_header's (trace id, span id, sampled)."""
+    return context.trace_id, context.span_id, bool(int(context.trace_flags) & 1)

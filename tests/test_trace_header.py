@@ -1,5 +1,6 @@
 """trace_header.py: the writer's Idempotency-Key in AWSTraceHeader, beside whatever else the header
-carries, and never taken from a header that someone else wrote."""
+carries, and never taken from a header that someone else wrote; and the trace context in X-Ray's
+and W3C's formats."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import re
 
 import pytest
 
-from sqs_message_service.trace_header import IDEMPOTENCY_FIELD, fields, idempotency_key, with_idempotency_key
+from sqs_message_service.trace_header import (
+    IDEMPOTENCY_FIELD,
+    fields,
+    from_traceparent,
+    from_xray_header,
+    idempotency_key,
+    traceparent,
+    with_idempotency_key,
+    xray_header,
+)
 
 KEY = "0123456789abcdef0123456789abcdef"
+CLIENT_TRACE, CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
 
 def test_a_new_header_is_an_x_ray_root_with_the_key() -> None:
@@ -37,3 +48,15 @@ def test_no_key_is_read_from_a_header_the_writer_did_not_write(header: str | Non
 def test_only_a_hashed_key_travels() -> None:
     with pytest.raises(ValueError, match="32 lower-case hex"):
         with_idempotency_key("order-1001")
+
+
+def test_the_x_ray_header_and_traceparent_carry_the_same_context() -> None:
+    context = (int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True)
+    header = xray_header(context, "Root=1-00000000-000000000000000000000000;IdempotencyKey=" + "a" * 32)
+
+    key = "a" * 32
+    assert header == f"Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent={CLIENT_SPAN};Sampled=1;IdempotencyKey={key}"
+    assert from_xray_header(header) == from_traceparent(traceparent(context)) == (
+        int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True)
+    assert from_xray_header("Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1") is None  # no Parent: no span
+    assert from_xray_header("IdempotencyKey=" + "a" * 32) is None and from_traceparent("00-zz-yy-01") is None

@@ -26,18 +26,8 @@ from server import create_app
 from sqs_message_service.logs import TraceFormatter, set_trace_ids
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import Settings
-from sqs_message_service.tracing import (
-    IN_ATTRIBUTE,
-    IN_TRACE_HEADER,
-    TRACEPARENT,
-    Tracing,
-    context_carrier,
-    from_traceparent,
-    from_xray_header,
-    tracing_requested,
-    w3c_traceparent,
-    xray_header,
-)
+from sqs_message_service.trace_header import TRACEPARENT, from_traceparent
+from sqs_message_service.tracing import IN_ATTRIBUTE, IN_TRACE_HEADER, Tracing, context_carrier, tracing_requested
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import OutgoingMessage, ReceivedMessage, SqsQueue
@@ -326,19 +316,6 @@ def test_a_log_line_written_inside_a_span_carries_its_trace_and_span_ids(
     set_trace_ids(None)
     with tracing.tracer.start_as_current_span("work"):
         assert line() == "hello"  # tracing off: nothing looked up
-
-
-def test_the_x_ray_header_and_traceparent_carry_the_same_context() -> None:
-    context = trace.SpanContext(int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), is_remote=False,
-                                trace_flags=trace.TraceFlags(1))
-    header = xray_header(context, "Root=1-00000000-000000000000000000000000;IdempotencyKey=" + "a" * 32)
-
-    key = "a" * 32
-    assert header == f"Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent={CLIENT_SPAN};Sampled=1;IdempotencyKey={key}"
-    assert from_xray_header(header) == from_traceparent(w3c_traceparent(context)) == (
-        int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True)
-    assert from_xray_header("Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1") is None  # no Parent: no span
-    assert from_xray_header("IdempotencyKey=" + "a" * 32) is None and from_traceparent("00-zz-yy-01") is None
 
 
 @pytest.mark.parametrize(("environment", "on"), [

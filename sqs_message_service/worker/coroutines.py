@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any, Optional
 
+from ..hooks import NO_HOOKS, Hooks
 from ..metrics import WorkerMetrics
 from ..sqs import ReceivedMessage
-from ..tracing import NO_TRACING, NoTracing
 from ..verdicts import TimedOut
 from .ledger import InFlight, Unit, WorkQueue
 from .part import Part
@@ -43,12 +43,12 @@ class CoroutineProcessing(Part):
 
     def __init__(
         self, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler, metrics: WorkerMetrics,
-        concurrency: int, timeout_s: float, tracing: NoTracing = NO_TRACING, queue_name: str = "",
+        concurrency: int, timeout_s: float, hooks: Hooks = NO_HOOKS, queue_name: str = "",
     ) -> None:
         super().__init__(name="coroutines")
         self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
         self.metrics, self.concurrency, self.timeout_s = metrics, concurrency, timeout_s
-        self.tracing, self.queue_name = tracing, queue_name
+        self.hooks, self.queue_name = hooks, queue_name
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._attempts: set[asyncio.Task[Any]] = set()
         self._handing_back = False  # the grace is over: cancelled attempts are handed back
@@ -117,16 +117,16 @@ class CoroutineProcessing(Part):
         return error is None
 
     async def _call(self, message: ReceivedMessage) -> None:
-        """The step, inside its `process` span when tracing is on: its own spans join it."""
-        with self.tracing.processing(message, self.queue_name) as span:
+        """The step, inside what the hooks watch it with (tracing's `process` span: its own spans join it)."""
+        with self.hooks.processing(message, self.queue_name) as watching:
             try:
                 await self.processor(message)
             except (SystemExit, KeyboardInterrupt) as exc:  # would end the event loop: a failure of this message
-                self.tracing.failed(span, exc)
+                self.hooks.failed(watching, exc)
                 raise StepExited(f"the step raised {type(exc).__name__}({exc})") from exc
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
-                    self.tracing.failed(span, exc)
+                    self.hooks.failed(watching, exc)
                 raise
 
     async def _cancel(self, attempt: asyncio.Task[Any]) -> None:

@@ -36,11 +36,11 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry
 
+from ..hooks import NO_HOOKS, Hooks, combine
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter
 from ..settings import Settings
 from ..sqs import SqsError, SqsQueue
-from ..tracing import NO_TRACING, NoTracing
 from .admission import Admission
 from .consumer import PREFETCH, Backlog, Consumer, receivers_for
 from .coroutines import CoroutineProcessing
@@ -68,22 +68,22 @@ class Worker:
     """Consumes `queue` with `processor` on `settings.worker_concurrency` threads until stopped,
     or, with `settings.exit_when_idle_s`, until the queue has been empty that long, with
     `receivers_for(concurrency)` receives in flight at most. Counts into `metrics` (served from
-    `registry`)."""
+    `registry`). `tracing` (tracing.configure's) and then `hooks` watch each receive, attempt,
+    settlement and dead-lettering; the queues are watched through `SqsQueue.watched_by`."""
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
         output: Optional[OutputWriter] = None, processed: Optional[ProcessedLedger] = None,
-        tracing: NoTracing = NO_TRACING,
+        tracing: Hooks = NO_HOOKS, hooks: Hooks = NO_HOOKS,
     ) -> None:
+        self.hooks = combine(tracing, hooks)
+        queue, dead_letter_queue = queue.watched_by(self.hooks), dead_letter_queue.watched_by(self.hooks)
         self.queue, self.dead_letter_queue, self.processor = queue, dead_letter_queue, processor
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         self.metrics = WorkerMetrics(self.registry)
         self.processed = processed
-        self.tracing = tracing  # on: spans for each receive, attempt and settlement (tracing.py)
-        if tracing.enabled:
-            queue.tracing = dead_letter_queue.tracing = tracing
         if processed is not None and processed.metrics is None:  # its calls and errors count here
             processed.metrics = self.metrics
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
@@ -98,7 +98,7 @@ class Worker:
             queue=queue, dead_letter_queue=dead_letter_queue, ledger=self.ledger, settings=settings,
             metrics=self.metrics, output=output, worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
-            processed=processed, tracing=tracing,
+            processed=processed, hooks=self.hooks,
         )
         self.admission = None if processed is None else Admission(
             processed=processed, fifo=queue.is_fifo, ledger=self.ledger, work=self.work, settler=self.settler,
@@ -112,7 +112,7 @@ class Worker:
         if runs_as_coroutine(processor):
             self.coroutines = CoroutineProcessing(
                 work=self.work, processor=processor, ledger=self.ledger, settler=self.settler, metrics=self.metrics,
-                concurrency=settings.worker_concurrency, timeout_s=settings.processing_timeout_s, tracing=tracing,
+                concurrency=settings.worker_concurrency, timeout_s=settings.processing_timeout_s, hooks=self.hooks,
                 queue_name=queue.name,
             )
         else:
@@ -173,7 +173,7 @@ class Worker:
     def _processor_thread(self) -> ProcessorThread:
         return ProcessorThread(
             next(self._processor_numbers), work=self.work, processor=self.processor, ledger=self.ledger,
-            settler=self.settler, watch=self.watch, tracing=self.tracing, queue_name=self.queue.name,
+            settler=self.settler, watch=self.watch, hooks=self.hooks, queue_name=self.queue.name,
         )
 
     def _replace_stuck(self, stuck: object) -> None:

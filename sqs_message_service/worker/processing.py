@@ -9,8 +9,8 @@ import random
 import time
 from typing import Any, Awaitable, Optional
 
+from ..hooks import NO_HOOKS, Hooks
 from ..sqs import ReceivedMessage
-from ..tracing import NO_TRACING, NoTracing
 from .deadlines import DeadlineWatch, Late
 from .ledger import InFlight, WorkQueue
 from .part import Part
@@ -55,12 +55,12 @@ class ProcessorThread(Part):
 
     def __init__(
         self, number: int, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler,
-        watch: Optional[DeadlineWatch] = None, tracing: NoTracing = NO_TRACING, queue_name: str = "",
+        watch: Optional[DeadlineWatch] = None, hooks: Hooks = NO_HOOKS, queue_name: str = "",
     ) -> None:
         super().__init__(name=f"processor-{number}")
         self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
         self.watch = watch
-        self.tracing, self.queue_name = tracing, queue_name  # with tracing on, a process span per attempt
+        self.hooks, self.queue_name = hooks, queue_name  # they watch each attempt (tracing: a process span)
         self._loop: Optional[asyncio.Runner] = None  # for awaitables a plain step returns
         self._late = Late.NO  # what the watch said of the last attempt
 
@@ -90,14 +90,10 @@ class ProcessorThread(Part):
         """Run the step on one message and hand it to the settler; True when it succeeded, None
         when it outlived its deadline (the watch settled it)."""
         started = self.watch.begin(self, message, rest) if self.watch is not None else time.monotonic()
-        error: Optional[BaseException] = None
-        if not self.tracing.enabled:
+        with self.hooks.processing(message, self.queue_name) as watching:  # the step's own spans join it
             error = self._call(message)
-        else:
-            with self.tracing.processing(message, self.queue_name) as span:  # the step's own spans join it
-                error = self._call(message)
-                if error is not None:
-                    self.tracing.failed(span, error)
+            if error is not None:
+                self.hooks.failed(watching, error)
         if self.watch is not None:
             self._late = self.watch.end(self)
             if self._late is not Late.NO:

@@ -13,12 +13,12 @@ from typing import Any, Callable, Optional
 
 from ..batcher import Closed, GroupCommit, Overloaded
 from ..dlq import FailureHistory, failure_attributes, send_dead_letter
+from ..hooks import NO_HOOKS, Hooks
 from ..logs import ThrottledLog
 from ..metrics import WorkerMetrics
 from ..output import OutputWriter, ProcessedRecord
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, ReceivedMessage, SqsQueue
-from ..tracing import NO_TRACING, NoTracing
 from ..verdicts import Reject, RetryLater, TimedOut
 from .backoff import compute_backoff
 from .ledger import InFlight
@@ -101,7 +101,7 @@ class Settler(Part):
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
         metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
-        processed: Optional[ProcessedLedger] = None, tracing: NoTracing = NO_TRACING,
+        processed: Optional[ProcessedLedger] = None, hooks: Hooks = NO_HOOKS,
     ) -> None:
         super().__init__(name="settler")
         self.queue = queue
@@ -111,7 +111,7 @@ class Settler(Part):
         self.metrics = metrics
         self.output = output
         self.worker_id = worker_id
-        self.tracing = tracing  # with tracing on, a settle span for each batched delete and visibility change
+        self.hooks = hooks  # they watch each batched delete and visibility change, and each dead-lettering
         self.history = FailureHistory()  # each attempt's error, for the dead letter's reasons
         self._failure_log = FailureLog(log, FAILURE_LOG_INTERVAL_S)
         self._cond = threading.Condition()
@@ -273,7 +273,7 @@ class Settler(Part):
         self.metrics.add("dead_lettered")
         if rejected:
             self.metrics.add("rejected")
-        with self.tracing.in_trace_of(message):  # the line and the dead-letter copy's send join its trace
+        with self.hooks.dead_lettering(message):  # tracing: the line and the dead-letter copy's send join its trace
             log.warning(
                 "message %r %s (%s: %s): to the dead-letter queue", message.id,
                 "rejected by the step" if rejected else f"failed {message.receive_count} times",
@@ -358,22 +358,22 @@ class Settler(Part):
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""
         if self.output is not None:
             self.output.flush()
-        with self.tracing.settling("delete", self.queue.name, messages) as span:
+        with self.hooks.settling("delete", self.queue.name, messages) as watching:
             outcomes = self.queue.delete_messages([message.receipt_handle for message in messages])
-            self._note_failure(span, outcomes)
+            self._note_failure(watching, outcomes)
         return outcomes
 
     def _change_visibility_batch(self, changes: list[tuple[ReceivedMessage, int]]) -> list[EntryOutcome]:
         """A ChangeMessageVisibilityBatch: each message visible again after its seconds."""
-        with self.tracing.settling("change_visibility", self.queue.name, [message for message, _ in changes]) as span:
+        with self.hooks.settling("change_visibility", self.queue.name, [message for message, _ in changes]) as watching:
             outcomes = self.queue.change_visibility([(message.receipt_handle, seconds) for message, seconds in changes])
-            self._note_failure(span, outcomes)
+            self._note_failure(watching, outcomes)
         return outcomes
 
-    def _note_failure(self, span: Any, outcomes: list[EntryOutcome]) -> None:
+    def _note_failure(self, watching: Any, outcomes: list[EntryOutcome]) -> None:
         failure = next((outcome for outcome in outcomes if outcome is not None), None)
         if failure is not None:
-            self.tracing.failed(span, failure)
+            self.hooks.failed(watching, failure)
 
     def _dead_letter(self, message: ReceivedMessage, error: BaseException, earlier: list[list[Any]]) -> bool:
         """Send the message to the dead-letter queue with why it failed; True once SQS has it.

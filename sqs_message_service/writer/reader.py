@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence, Union
 
 from ..dlq import failure_attributes, send_dead_letter
+from ..hooks import NO_HOOKS, Hooks
 from ..metrics import WriterMetrics
 from ..settings import Settings
 from ..sqs import EntryOutcome, LeaseLapsed, QueueUnavailable, ReceivedMessage, SqsQueue
-from ..tracing import NO_TRACING, NoTracing
+from ..trace_header import carried_context, traceparent
 from .errors import Answerable, NotAToken, PollsBusy, TryLater
 from .tokens import Token, TokenError, Tokens
 
@@ -52,13 +53,13 @@ class Reader:
 
     def __init__(
         self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
-        tracing: NoTracing = NO_TRACING,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
         self.metrics = metrics
-        self.tracing = tracing
+        self.hooks = hooks  # for the attribute they add to each message, which is not the sender's
         self.tokens = Tokens(queue.name, settings.read_token_secret)
         self.reader_id = f"reader@{socket.gethostname()}:{os.getpid()}"
         self._outcomes = {
@@ -138,8 +139,8 @@ class Reader:
 
     def _answer(self, message: ReceivedMessage) -> dict[str, Any]:
         attributes = dict(message.attributes)
-        if self.tracing.context_attribute is not None:  # the writer's, not the sender's
-            attributes.pop(self.tracing.context_attribute, None)
+        if self.hooks.context_attribute is not None:  # the writer's, not the sender's
+            attributes.pop(self.hooks.context_attribute, None)
         answer: dict[str, Any] = {
             "message_id": message.id, "body": message.body, "attributes": attributes,
             "receive_count": message.receive_count,
@@ -147,9 +148,9 @@ class Reader:
         }
         if message.group_id is not None:
             answer["group_id"] = message.group_id
-        traceparent = NO_TRACING.traceparent(message)  # the creation's context, as the message carries it
-        if traceparent is not None:
-            answer["traceparent"] = traceparent
+        carried = carried_context(message)  # the creation's context, as the message carries it
+        if carried is not None:
+            answer["traceparent"] = traceparent(carried)
         return answer
 
     def stop(self) -> None:

@@ -14,13 +14,13 @@ import time
 from typing import Any, Callable, Mapping, Optional, TypeVar, Union
 
 from ..batcher import GroupCommit, Overloaded
+from ..hooks import NO_HOOKS, Hooks
 from ..leases import TableUnavailable
 from ..metrics import WriterMetrics, by_label, total
 from ..rules import attribute_name_problem, character_problem, queue_fields, size_problem
 from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, OutgoingMessage, QueueUnavailable, SendResult, SqsError, SqsQueue
 from ..trace_header import with_idempotency_key
-from ..tracing import NO_TRACING, NoTracing
 from .errors import (
     Answerable,
     InvalidMessage,
@@ -98,13 +98,13 @@ class Writer:
 
     def __init__(
         self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
-        idempotency: Optional[KeyStore] = None, tracing: NoTracing = NO_TRACING,
+        idempotency: Optional[KeyStore] = None, hooks: Hooks = NO_HOOKS,
         entry_problem: Optional[Callable[[Any], Optional[str]]] = None,
     ) -> None:
         self.settings = settings
         # What the served spec finds wrong with a batch's entry (spec.ServedSpec.entry_problem)
         self.entry_problem = entry_problem
-        self.tracing = tracing  # with tracing on, each message's creation in the request's trace
+        self.hooks = hooks  # they see each message created (tracing: its creation in the request's trace)
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
         self.metrics = metrics
@@ -150,7 +150,7 @@ class Writer:
         becomes the deduplication id of a message that has none, so that SQS too drops a
         repeat, across writers. (Without content-based deduplication the served spec requires
         a deduplication_id, so there every message that gets here has one.)"""
-        reserved = self.tracing.context_attribute
+        reserved = self.hooks.context_attribute
         if reserved is not None and reserved in (fields.get("attributes") or {}):
             raise self.refused(InvalidMessage(
                 f"attribute {reserved!r} carries the trace context while tracing is on; name yours otherwise"))
@@ -161,7 +161,7 @@ class Writer:
                 fields,
                 fifo=self.queue.is_fifo,
                 content_based_dedup=self.queue.is_fifo and self.queue.content_based_deduplication,
-                max_bytes=self.settings.max_message_bytes - self.tracing.context_bytes,  # room for the context
+                max_bytes=self.settings.max_message_bytes - self.hooks.context_bytes,  # room for the context
             )
         except InvalidMessage as exc:
             raise self.refused(exc) from None
@@ -208,7 +208,7 @@ class Writer:
         """Send through the group commit and wait, at most SEND_TIMEOUT, for this entry's result.
         Raises the entry's own error; a SendResult comes back only once SQS accepted it."""
         self._refuse_when_backlogged(1)
-        message = self.tracing.carrying_current(message)  # the request is the message's creation
+        message = self.hooks.created(message, self.queue.name, by_request=True)  # the request is its creation
         try:
             future = self._group.submit(message)
         except Overloaded as exc:
@@ -255,7 +255,7 @@ class Writer:
     def send_many(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         """Send a client's batch directly: it is already a batch, group commit adds nothing."""
         self._refuse_when_backlogged(len(messages))
-        results = self.queue.send([self.tracing.created(message, self.queue.name) for message in messages])
+        results = self.queue.send([self.hooks.created(message, self.queue.name) for message in messages])
         self._count_results(results)
         return results
 

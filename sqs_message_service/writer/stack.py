@@ -21,10 +21,10 @@ from prometheus_client import make_asgi_app
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..hooks import NO_HOOKS, Hooks
 from ..keys import Keys
 from ..metrics import WriterMetrics
 from ..serving import ADMITTED, plain_response
-from ..tracing import NO_TRACING, NoTracing
 from .connexion_hooks import ROUTING_CONTEXT, ApiKeySecurityHandler
 from .errors import NotAReader, ServiceError, WriterBusy
 
@@ -87,14 +87,14 @@ class RequestObserver:
     """
 
     def __init__(
-        self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str], tracing: NoTracing = NO_TRACING,
+        self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str], hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.tracing = tracing  # with tracing on, a SERVER span around each request
+        self.hooks = hooks  # they watch each request (tracing: a SERVER span around it)
         self.routes = routes  # operationId -> path in the spec
         self.metrics_app = make_asgi_app(metrics.view)
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, str]] = {}  # labelled children, route: found once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,31 +115,16 @@ class RequestObserver:
         # connexion's routing notes the operation in scope["extensions"] of a shallow copy of
         # the scope: an extensions dict that exists already is shared, and shows it here too.
         scope.setdefault("extensions", {})
-        if not self.tracing.enabled:
+        with self.hooks.request(scope["method"], scope.get("headers", ())) as watch:
             try:
                 await self.app(scope, receive, send_and_note_status)
             finally:
-                self._observe(scope, status, started)
-            return
-        with self.tracing.server(scope["method"], scope.get("headers", ())) as span:
-            try:
-                await self.app(scope, receive, send_and_note_status)
-            finally:
-                route = self._route(scope)
-                answered: dict[str, Any] = {"http.response.status_code": status}
-                if route != "other":
-                    span.update_name(f"{scope['method']} {route}")
-                    answered["http.route"] = route
-                if status >= 400:  # HTTP's conventions: a server's 5xx is an error; its 4xx, the client's
-                    answered["error.type"] = str(status)
-                span.set_attributes(answered)
-                if status >= 500:
-                    self.tracing.failed_status(span, str(status))
-                self._observe(scope, status, started)  # the access line, inside the span: it carries its ids
+                self._observe(scope, status, started, watch)  # inside the watch: the access line carries its ids
 
-    def _observe(self, scope: Scope, status: int, started: float) -> None:
+    def _observe(self, scope: Scope, status: int, started: float, watch: Any) -> None:
         duration_s = time.perf_counter() - started
-        requests, duration = self._children(scope, status)
+        requests, duration, route = self._children(scope, status)
+        self.hooks.answered(watch, scope["method"], route, status)
         requests.inc()
         duration.observe(duration_s)
         client = scope.get("client") or ("-", 0)
@@ -151,8 +136,8 @@ class RequestObserver:
         path = self.routes.get(routing.get("operation_id") or "")
         return "other" if path is None else routing.get("api_base_path", "") + path
 
-    def _children(self, scope: Scope, status: int) -> tuple[Any, Any]:
-        """The request counter's and duration histogram's series for this request."""
+    def _children(self, scope: Scope, status: int) -> tuple[Any, Any, str]:
+        """The request counter's and duration histogram's series for this request, and its route."""
         routing = scope["extensions"].get(ROUTING_CONTEXT, {})
         key = (scope["method"], routing.get("operation_id") or "", status)
         series = self._series.get(key)
@@ -161,6 +146,7 @@ class RequestObserver:
             series = (
                 self.metrics.requests.labels(scope["method"], route, str(status)),
                 self.metrics.request_duration.labels(scope["method"], route),
+                route,
             )
             self._series[key] = series
         return series
