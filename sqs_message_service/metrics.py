@@ -102,8 +102,29 @@ def all_processes() -> CollectorRegistry:
     return registry
 
 
+class LedgerMetrics:
+    """The processed ledger's DynamoDB calls and failed calls; `ProcessedLedger` counts into
+    these from when it is built. Registered in no registry until `expose_in`: the worker that
+    uses the ledger adds them to its own (`WorkerMetrics`)."""
+
+    def __init__(self) -> None:
+        self.dynamodb_requests = Counter(
+            "dynamodb_requests", "DynamoDB calls made for the processed ledger, by table and operation",
+            ("table", "operation"), registry=None,
+        )
+        self.ledger_errors = Counter(
+            "worker_ledger_errors", "Processed-ledger calls that failed: the table unreachable or refusing",
+            registry=None,
+        )
+
+    def expose_in(self, registry: CollectorRegistry) -> None:
+        registry.register(self.dynamodb_requests)
+        registry.register(self.ledger_errors)
+
+
 class WorkerMetrics:
-    """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane."""
+    """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane; with the
+    processed ledger's `ledger` metrics among them (at 0 without one)."""
 
     COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released", "duplicates",
                 "held", "timed_out", "rejected")
@@ -122,7 +143,7 @@ class WorkerMetrics:
         "rejected": "Messages the step rejected (Reject, or an HTTP step's 422): dead-lettered on that attempt",
     }
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, ledger: Optional[LedgerMetrics] = None) -> None:
         self.counters = {
             name: Counter(f"worker_messages_{name}", self._HELP[name], registry=registry)
             for name in self.COUNTERS
@@ -144,14 +165,9 @@ class WorkerMetrics:
             "worker_stuck_threads", "Threads of a plain step still running past PROCESSING_TIMEOUT (replaced up to "
             "MAX_STUCK_THREADS; at that bound /health answers 503)", registry=registry,
         )
-        self.dynamodb_requests = Counter(
-            "dynamodb_requests", "DynamoDB calls made for the processed ledger, by table and operation",
-            ("table", "operation"), registry=registry,
-        )
-        self.ledger_errors = Counter(
-            "worker_ledger_errors", "Processed-ledger calls that failed: the table unreachable or refusing",
-            registry=registry,
-        )
+        self.ledger = ledger if ledger is not None else LedgerMetrics()
+        self.ledger.expose_in(registry)
+        self.dynamodb_requests, self.ledger_errors = self.ledger.dynamodb_requests, self.ledger.ledger_errors
         self.queue_messages = Gauge(
             "sqs_queue_messages", "Messages in a queue at the last poll, by state (visible, in_flight, delayed)",
             ("queue", "state"), registry=registry,

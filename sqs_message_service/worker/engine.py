@@ -82,10 +82,9 @@ class Worker:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
-        self.metrics = WorkerMetrics(self.registry)
+        # the processed ledger's calls and errors count here too
+        self.metrics = WorkerMetrics(self.registry, ledger=None if processed is None else processed.metrics)
         self.processed = processed
-        if processed is not None and processed.metrics is None:  # its calls and errors count here
-            processed.metrics = self.metrics
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
         self.receivers = receivers_for(settings.worker_concurrency)
         # With the processed ledger a receive waits for its claim before the processors see it:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from ..leases import LeaseTable, TableUnavailable, seconds
-from ..metrics import WorkerMetrics
+from ..metrics import LedgerMetrics
 from ..sqs import ReceivedMessage
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ProcessedLedger:
 
     def __init__(
         self, table: str, client: Any, *, queue_name: str, window_s: float, worker_id: Optional[str] = None,
-        metrics: Optional[WorkerMetrics] = None, clock: Callable[[], float] = time.time,
+        metrics: Optional[LedgerMetrics] = None, clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
         self.client = client
@@ -89,7 +89,8 @@ class ProcessedLedger:
         self.window_s = window_s
         # whose claim a record is: this process, and this ledger in it
         self.owner = f"{worker_id or f'{socket.gethostname()}:{os.getpid()}'}/{uuid.uuid4().hex[:8]}"
-        self.metrics = metrics  # its calls and failures count there (the worker's, when it has none)
+        # its calls and failures count there, from the start; the worker that uses it exposes them
+        self.metrics = metrics if metrics is not None else LedgerMetrics()
         self.leases = LeaseTable(table, client, claimed=PROCESSING, counted=self._counted, failed=self._failed)
         self._clock = clock
 
@@ -102,12 +103,10 @@ class ProcessedLedger:
         self.leases.check()
 
     def _counted(self, operation: str) -> None:
-        if self.metrics is not None:
-            self.metrics.dynamodb_requests.labels(self.table, operation).inc()
+        self.metrics.dynamodb_requests.labels(self.table, operation).inc()
 
     def _failed(self) -> None:
-        if self.metrics is not None:
-            self.metrics.ledger_errors.inc()
+        self.metrics.ledger_errors.inc()
 
     # Claims, before the step.
 

@@ -8,10 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from conftest import Clock
-from sqs_message_service.metrics import WorkerMetrics, by_label, total
+from sqs_message_service.metrics import LedgerMetrics, by_label, total
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table
 from sqs_message_service.trace_header import with_idempotency_key
@@ -33,7 +32,7 @@ def a_worker(client: Any, clock: Clock, name: str = "worker-a") -> ProcessedLedg
     """One worker's ledger: each one is another worker process, with an owner of its own."""
     return ProcessedLedger(
         TABLE, client, queue_name="messages", window_s=WINDOW_S, worker_id=name,
-        metrics=WorkerMetrics(CollectorRegistry()), clock=clock,
+        metrics=LedgerMetrics(), clock=clock,
     )
 
 
