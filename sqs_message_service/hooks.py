@@ -1,22 +1,25 @@
 """What watches a request and a message: `Hooks`, the points of their life, each a method that does
-nothing, as dramatiq's middleware declares them. Tracing (tracing.py) is one implementation; a
-part is handed its hooks when it is built and calls them at fixed places, whatever they do.
+nothing, as dramatiq's middleware declares them. Tracing (tracing.py) and the worker's Prometheus
+metrics (metrics.WorkerMetrics) are implementations; a part is handed its hooks when it is built
+and calls them at fixed places, whatever they do, never asking which are there.
 
 The points, in the order one message meets them:
 
 - the writer: `request` around each HTTP request and `answered` with its status; the message
-  `created` (by the request itself, or one of several it creates); `sending` around each
+  `created` (by the request itself, or as one of several); `sending` around each
   SendMessageBatch;
 - the worker: `receiving` around each ReceiveMessage and `received` with what it brought;
-  `processing` around each attempt of the step; `settling` around each batched delete or
-  visibility change (the message deleted, or given back); `dead_lettering` around a message's
-  way to the dead-letter queue;
-- both: `failed`, what a `request`, `sending`, `receiving`, `processing` or `settling` watch
-  learns of a failure; `shutdown` at the process's end.
+  `processing` around each attempt of the step, and `attempted` as the settler takes its
+  outcome; then `retried`, or `dead_lettered` and `dead_lettering` around the dead-letter
+  copy's way; `settling` around each batched delete or visibility change, and `settled` once
+  SQS took it (the message deleted, or given back);
+- both: `failed`, what a watch learns of a failure; `shutdown` at the process's end.
 
-A context-manager point yields a watch, which the caller gives back to `answered`, `received` and
-`failed`; `Hooks` yields one shared, empty context, so that watching nothing costs no object per
-message. `combine` makes one `Hooks` of several, called in order.
+A point named in the present (`request`, `sending`, `receiving`, `processing`, `settling`,
+`dead_lettering`) is a context manager whose value, a watch, the caller gives back to
+`answered`, `received` and `failed`. Hooks' own yield one shared, empty context, so that
+watching nothing costs no object per message. `combine` makes one `Hooks` of several, called in
+order; when only one of them watches, its watches are used as they are.
 """
 
 from __future__ import annotations
@@ -73,13 +76,27 @@ class Hooks:
         """Around one attempt of the step on `message`."""
         return UNWATCHED
 
+    def attempted(self, message: ReceivedMessage, error: Optional[BaseException], step_s: float) -> None:
+        """An attempt ended, as the settler takes it: it took `step_s`; `error` is None when it
+        succeeded."""
+
+    def retried(self, message: ReceivedMessage, error: BaseException, delay_s: float) -> None:
+        """The failed attempt is to come back in `delay_s`."""
+
     def settling(self, operation: str, queue: str, messages: Sequence[ReceivedMessage]) -> ContextManager[Any]:
         """Around one batched `operation` ("delete", or "change_visibility": given back) on `messages`."""
         return UNWATCHED
 
+    def settled(self, message: ReceivedMessage, how: str) -> None:
+        """SQS took what became of `message`: `how` says what ("deleted", "rescheduled",
+        "given back", "deleted after dead-lettering", "deleted as a duplicate", ...)."""
+
     def dead_lettering(self, message: ReceivedMessage) -> ContextManager[Any]:
         """Around the decision to dead-letter `message` and its copy's send."""
         return UNWATCHED
+
+    def dead_lettered(self, message: ReceivedMessage, error: BaseException) -> None:
+        """`message` goes to the dead-letter queue for `error` (a `Reject`, or its last attempt's)."""
 
     # Both
 
@@ -94,25 +111,52 @@ class Hooks:
 NO_HOOKS = Hooks()
 
 
+#: The points that yield a watch; `answered`, `received` and `failed` are given it back.
+WATCHING_POINTS = ("request", "sending", "receiving", "processing", "settling", "dead_lettering")
+
+
+def overrides(hook: Hooks, point: str) -> bool:
+    """Whether `hook` does something at `point` (its class overrides Hooks' do-nothing method)."""
+    return getattr(type(hook), point) is not getattr(Hooks, point)
+
+
 class HookList(Hooks):
-    """Several hooks, each point calling them in order; a watch is the tuple of theirs."""
+    """Several hooks, each point calling them in order. Where only one of them watches (overrides
+    a point that yields a watch), its watch is the list's, so that such a point costs what it
+    costs that hook alone; where several do, a watch is the tuple of theirs."""
 
     def __init__(self, hooks: Sequence[Hooks]) -> None:
         self.hooks = tuple(hooks)
         self.context_attribute = next((hook.context_attribute for hook in self.hooks if hook.context_attribute), None)
         self.context_bytes = sum(hook.context_bytes for hook in self.hooks)
+        self.watchers = tuple(hook for hook in self.hooks if any(overrides(hook, p) for p in WATCHING_POINTS))
+        self._watcher = self.watchers[0] if len(self.watchers) == 1 else None
+        # once a message: only the hooks that do something there
+        self._attempted = tuple(hook for hook in self.hooks if overrides(hook, "attempted"))
+        self._settled = tuple(hook for hook in self.hooks if overrides(hook, "settled"))
 
-    @contextlib.contextmanager
-    def _each(self, watches: list[ContextManager[Any]]) -> Iterator[tuple[Any, ...]]:
-        with contextlib.ExitStack() as stack:
-            yield tuple(stack.enter_context(watch) for watch in watches)
+    def _watch(self, points: list[ContextManager[Any]]) -> ContextManager[Any]:
+        @contextlib.contextmanager
+        def each() -> Iterator[tuple[Any, ...]]:
+            with contextlib.ExitStack() as stack:
+                yield tuple(stack.enter_context(point) for point in points)
+
+        return each()
+
+    def _watch_of(self, hook: Hooks, watch: Any) -> Any:
+        """What `hook` itself yielded, of a watch this list yielded (None for one that does not watch)."""
+        if self._watcher is not None:
+            return watch if hook is self._watcher else None
+        return watch[self.watchers.index(hook)] if hook in self.watchers else None
 
     def request(self, method: str, headers: Sequence[tuple[bytes, bytes]]) -> ContextManager[Any]:
-        return self._each([hook.request(method, headers) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.request(method, headers)
+        return self._watch([hook.request(method, headers) for hook in self.watchers])
 
     def answered(self, watch: Any, method: str, route: str, status: int) -> None:
-        for hook, its in zip(self.hooks, watch, strict=True):
-            hook.answered(its, method, route, status)
+        for hook in self.hooks:
+            hook.answered(self._watch_of(hook, watch), method, route, status)
 
     def created(self, message: OutgoingMessage, queue: str, *, by_request: bool = False) -> OutgoingMessage:
         for hook in self.hooks:
@@ -120,27 +164,53 @@ class HookList(Hooks):
         return message
 
     def sending(self, queue: str, messages: Sequence[OutgoingMessage]) -> ContextManager[Any]:
-        return self._each([hook.sending(queue, messages) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.sending(queue, messages)
+        return self._watch([hook.sending(queue, messages) for hook in self.watchers])
 
     def receiving(self, queue: str) -> ContextManager[Any]:
-        return self._each([hook.receiving(queue) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.receiving(queue)
+        return self._watch([hook.receiving(queue) for hook in self.watchers])
 
     def received(self, watch: Any, messages: Sequence[ReceivedMessage]) -> None:
-        for hook, its in zip(self.hooks, watch, strict=True):
-            hook.received(its, messages)
+        for hook in self.hooks:
+            hook.received(self._watch_of(hook, watch), messages)
 
     def processing(self, message: ReceivedMessage, queue: str) -> ContextManager[Any]:
-        return self._each([hook.processing(message, queue) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.processing(message, queue)
+        return self._watch([hook.processing(message, queue) for hook in self.watchers])
+
+    def attempted(self, message: ReceivedMessage, error: Optional[BaseException], step_s: float) -> None:
+        for hook in self._attempted:
+            hook.attempted(message, error, step_s)
+
+    def retried(self, message: ReceivedMessage, error: BaseException, delay_s: float) -> None:
+        for hook in self.hooks:
+            hook.retried(message, error, delay_s)
 
     def settling(self, operation: str, queue: str, messages: Sequence[ReceivedMessage]) -> ContextManager[Any]:
-        return self._each([hook.settling(operation, queue, messages) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.settling(operation, queue, messages)
+        return self._watch([hook.settling(operation, queue, messages) for hook in self.watchers])
+
+    def settled(self, message: ReceivedMessage, how: str) -> None:
+        for hook in self._settled:
+            hook.settled(message, how)
 
     def dead_lettering(self, message: ReceivedMessage) -> ContextManager[Any]:
-        return self._each([hook.dead_lettering(message) for hook in self.hooks])
+        if self._watcher is not None:
+            return self._watcher.dead_lettering(message)
+        return self._watch([hook.dead_lettering(message) for hook in self.watchers])
+
+    def dead_lettered(self, message: ReceivedMessage, error: BaseException) -> None:
+        for hook in self.hooks:
+            hook.dead_lettered(message, error)
 
     def failed(self, watch: Any, error: BaseException, error_type: Optional[str] = None) -> None:
-        for hook, its in zip(self.hooks, watch, strict=True):
-            hook.failed(its, error, error_type)
+        for hook in self.hooks:
+            hook.failed(self._watch_of(hook, watch), error, error_type)
 
     def shutdown(self) -> None:
         for hook in self.hooks:

@@ -24,6 +24,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from .hooks import Hooks
+from .verdicts import Reject
+
 #: Request and processing latencies: from a millisecond (an in-memory SQS) to a minute.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Messages per SendMessageBatch call: SQS takes 1 to 10.
@@ -122,9 +125,11 @@ class LedgerMetrics:
         registry.register(self.ledger_errors)
 
 
-class WorkerMetrics:
+class WorkerMetrics(Hooks):
     """The queue-reader's metrics, served on METRICS_PORT and read by its stats pane; with the
-    processed ledger's `ledger` metrics among them (at 0 without one)."""
+    processed ledger's `ledger` metrics among them (at 0 without one). What they count of each
+    message's life (its attempts, retries, dead-lettering, deletion or giving back) they count
+    as hooks (hooks.py), which the worker's parts call as they call tracing's."""
 
     COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released", "duplicates",
                 "held", "timed_out", "rejected")
@@ -175,6 +180,31 @@ class WorkerMetrics:
 
     def add(self, counter: str, amount: int = 1) -> None:
         self.counters[counter].inc(amount)
+
+    # The hooks
+
+    def attempted(self, message: Any, error: Optional[BaseException], step_s: float) -> None:
+        self.processing_duration.observe(step_s)
+        if error is not None:
+            self.counters["failed"].inc()
+            return
+        self.counters["processed"].inc()
+        if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
+            self.end_to_end.observe(max(0.0, time.time() - message.sent_at_s))
+
+    def retried(self, message: Any, error: BaseException, delay_s: float) -> None:
+        self.counters["retried"].inc()
+
+    def dead_lettered(self, message: Any, error: BaseException) -> None:
+        self.counters["dead_lettered"].inc()
+        if isinstance(error, Reject):
+            self.counters["rejected"].inc()
+
+    def settled(self, message: Any, how: str) -> None:
+        if how == "deleted":
+            self.counters["deleted"].inc()
+        elif how == "given back":
+            self.counters["released"].inc()
 
     def count(self, counter: str) -> int:
         return int(total(self.counters[counter], f"worker_messages_{counter}_total"))

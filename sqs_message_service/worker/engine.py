@@ -68,22 +68,24 @@ class Worker:
     """Consumes `queue` with `processor` on `settings.worker_concurrency` threads until stopped,
     or, with `settings.exit_when_idle_s`, until the queue has been empty that long, with
     `receivers_for(concurrency)` receives in flight at most. Counts into `metrics` (served from
-    `registry`). `tracing` (tracing.configure's) and then `hooks` watch each receive, attempt,
-    settlement and dead-lettering; the queues are watched through `SqsQueue.watched_by`."""
+    `registry`), which are hooks (hooks.py) of each message's life beside `tracing`
+    (tracing.configure's) and any other `hooks`. Those two also watch the queues' sends and
+    receives, through `SqsQueue.watched_by`: a queue's own metrics count its calls."""
 
     def __init__(
         self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
         output: Optional[OutputWriter] = None, processed: Optional[ProcessedLedger] = None,
         tracing: Hooks = NO_HOOKS, hooks: Hooks = NO_HOOKS,
     ) -> None:
-        self.hooks = combine(tracing, hooks)
-        queue, dead_letter_queue = queue.watched_by(self.hooks), dead_letter_queue.watched_by(self.hooks)
+        watching = combine(tracing, hooks)
+        queue, dead_letter_queue = queue.watched_by(watching), dead_letter_queue.watched_by(watching)
         self.queue, self.dead_letter_queue, self.processor = queue, dead_letter_queue, processor
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry()  # what METRICS_PORT serves
         # the processed ledger's calls and errors count here too
         self.metrics = WorkerMetrics(self.registry, ledger=None if processed is None else processed.metrics)
+        self.hooks = combine(tracing, self.metrics, hooks)
         self.processed = processed
         queue.metrics.expose_in(self.registry)  # and the dead-letter queue's, when they share it
         self.receivers = receivers_for(settings.worker_concurrency)

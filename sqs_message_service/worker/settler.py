@@ -111,7 +111,9 @@ class Settler(Part):
         self.metrics = metrics
         self.output = output
         self.worker_id = worker_id
-        self.hooks = hooks  # they watch each batched delete and visibility change, and each dead-lettering
+        # They see each attempt, retry, dead-lettering and settlement (the worker's metrics count
+        # them), and watch each batched delete and visibility change (tracing's settle spans).
+        self.hooks = hooks
         self.history = FailureHistory()  # each attempt's error, for the dead letter's reasons
         self._failure_log = FailureLog(log, FAILURE_LOG_INTERVAL_S)
         self._cond = threading.Condition()
@@ -199,23 +201,19 @@ class Settler(Part):
         """Decide what becomes of `message`; False while it stays in flight here (its record as
         done is being written), True once it is handed over."""
         try:
-            self.metrics.processing_duration.observe(step_s)
             if error is None:
-                return self._succeeded(message)
-            self._failed(message, error)
+                return self._succeeded(message, step_s)
+            self._failed(message, error, step_s)
         except Exception:  # a bug of ours: SQS still has the message, which comes back; the rest go on
             log.error("unexpected error settling message %r", message.id, exc_info=True)
         return True
 
-    def _succeeded(self, message: ReceivedMessage) -> bool:
-        now = time.time()
+    def _succeeded(self, message: ReceivedMessage, step_s: float) -> bool:
         if self.output is not None:  # out before the delete (_delete_batch): nothing acknowledged is missing
-            self.output.write(ProcessedRecord.of(message, processed_at_s=now))
-        self.metrics.add("processed")
+            self.output.write(ProcessedRecord.of(message, processed_at_s=time.time()))
+        self.hooks.attempted(message, None, step_s)  # after its output line: what counts as processed is in it
         if self.history:
             self.history.forget(message.id)
-        if message.sent_at_s is not None:  # SQS's clock against ours: skew shows here too
-            self.metrics.end_to_end.observe(max(0.0, now - message.sent_at_s))
         if self.processed is not None:
             self._record_then_delete(message)
             return False
@@ -251,13 +249,12 @@ class Settler(Part):
             failed.set_result(exc)
             recorded(failed)
 
-    def _failed(self, message: ReceivedMessage, error: BaseException) -> None:
+    def _failed(self, message: ReceivedMessage, error: BaseException, step_s: float) -> None:
         """A failed attempt: back after its backoff (or the delay a `RetryLater` asked for), or
         dead-lettered with its reasons on its MAX_RECEIVE_COUNT-th receive or a `Reject`."""
-        self.metrics.add("failed")
+        self.hooks.attempted(message, error, step_s)
         rejected = isinstance(error, Reject)
         if not rejected and message.receive_count < self.settings.max_receive_count:
-            self.metrics.add("retried")
             if isinstance(error, RetryLater):
                 delay_s = error.seconds
             else:
@@ -265,14 +262,13 @@ class Settler(Part):
                     message.receive_count, base_s=self.settings.retry_backoff_base_s,
                     max_s=self.settings.retry_backoff_max_s,
                 )
+            self.hooks.retried(message, error, delay_s)
             self._log_failure(message, error, f"back in {delay_s} s")
             self.history.failed(message, error, datetime.now(timezone.utc))
             self._give_back_then(message, lambda: self._hand_over(
                 self._visibility, (message, delay_s), message, "rescheduled"))
             return
-        self.metrics.add("dead_lettered")
-        if rejected:
-            self.metrics.add("rejected")
+        self.hooks.dead_lettered(message, error)
         with self.hooks.dead_lettering(message):  # tracing: the line and the dead-letter copy's send join its trace
             log.warning(
                 "message %r %s (%s: %s): to the dead-letter queue", message.id,
@@ -348,7 +344,9 @@ class Settler(Part):
             self.processed.release(messages)  # best effort: a claim not given back lapses with its lease
         try:
             outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
-            self.metrics.add("released", sum(outcome is None for outcome in outcomes))
+            for message, outcome in zip(messages, outcomes, strict=True):
+                if outcome is None:
+                    self.hooks.settled(message, "given back")
         except Exception:
             log.error("could not give back %d messages", len(messages), exc_info=True)
         finally:
@@ -393,8 +391,8 @@ class Settler(Part):
             error = future.exception() or future.result()
             if error is not None:
                 log.warning("message %r not %s (%s): it will be delivered again", message.id, done, error)
-            elif done == "deleted":
-                self.metrics.add("deleted")
+            else:
+                self.hooks.settled(message, done)
 
         try:
             batcher.submit(item, wait_s=ACK_BACKPRESSURE_S).add_done_callback(outcome_known)
