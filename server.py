@@ -61,39 +61,37 @@ def create_app(
     injected = queue is not None
     if queue is None:
         queue = SqsQueue(settings.queue_name, create_client(settings), hooks=watching)
-    queue = queue.watched_by(watching)  # a span for each SendMessageBatch, with tracing
+    else:
+        queue = queue.watched_by(watching)  # with tracing, a span for each SendMessageBatch
     registry = CollectorRegistry()  # the writer's metrics and its SQS calls
     # One process serves its own registry; one of several serves the sum of all of theirs.
     metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
     queue.metrics.expose_in(registry)
+    writer_hooks = combine(watching, metrics)  # the writer's metrics count each request, as hooks
     api_keys, read_keys = settings.load_api_keys(), frozenset(comma_list(settings.read_keys))
-    spec = _served_spec(settings, queue, source, watching, keys_required=bool(api_keys), read_keys=bool(read_keys))
+    spec = _served_spec(settings, queue, source, writer_hooks, keys_required=bool(api_keys), read_keys=bool(read_keys))
     dead_letter_queue = SqsQueue(settings.dlq_name, queue.client, queue.metrics)
     writer = Writer(
-        settings, queue, dead_letter_queue, metrics, idempotency=_key_store(settings, keys), hooks=watching,
+        settings, queue, dead_letter_queue, metrics, idempotency=_key_store(settings, keys), hooks=writer_hooks,
         entry_problem=spec.entry_problem,
     )
     reader = Reader(settings, _read_queue(settings, queue, injected), dead_letter_queue, metrics,
-                    hooks=watching) if read_keys else None
-    routes = {
-        operation["operationId"]: path
-        for path, operations in spec.document["paths"].items()
-        for operation in operations.values()
-    }
+                    hooks=writer_hooks) if read_keys else None
+    routes = _routes(spec)
     answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.message_operations)
     admission = _admission(settings, spec, routes, metrics, answer)
     flask_bridge: list[bridge.FlaskBridge] = []  # made once the app is: the lifespan closes its threads
     middlewares = stack.middlewares(
         api_keys=bool(api_keys or read_keys),
         # outside connexion's error handling: it answers scrapes first, and sees every final status
-        observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, hooks=watching),
+        observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, hooks=writer_hooks),
         # after routing and the key check, before the body is read
         admission=functools.partial(stack.AdmissionLimit, admission=admission),
         checks=functools.partial(checks.RequestChecks, spec=spec, max_request_bytes=settings.max_request_bytes),
     )
     app = connexion.FlaskApp(
         __name__, specification_dir=DATA_DIR, middlewares=middlewares, jsonifier=stack.COMPACT_JSON,
-        lifespan=_lifespan(writer, reader, admission, lambda: flask_bridge[0].threads, watching),
+        lifespan=_lifespan(writer, reader, admission, lambda: flask_bridge[0].threads, writer_hooks),
     )
     app.add_api(spec.document, security_map={"apiKey": stack.api_key_handler(api_keys, read_keys=read_keys)})
     flask_bridge.append(bridge.use_bridge(app, threads=settings.handler_threads, body_operations=spec.body_operations))
@@ -104,6 +102,15 @@ def create_app(
     app.add_error_handler(SqsError, answer.handle)
     app.add_error_handler(ProblemException, answer.handle_connexion)
     return app
+
+
+def _routes(spec: ServedSpec) -> dict[str, str]:
+    """Each operation's path in the spec, by its operationId."""
+    return {
+        operation["operationId"]: path
+        for path, operations in spec.document["paths"].items()
+        for operation in operations.values()
+    }
 
 
 def _key_store(settings: Settings, keys: Optional[KeyStore]) -> Optional[KeyStore]:

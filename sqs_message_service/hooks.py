@@ -51,8 +51,8 @@ class Hooks:
         """Around one HTTP request, with its ASGI `headers`."""
         return UNWATCHED
 
-    def answered(self, watch: Any, method: str, route: str, status: int) -> None:
-        """The request was answered `status`; `route` is the spec's path, or `other`."""
+    def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
+        """The request was answered `status` after `duration_s`; `route` is the spec's path, or `other`."""
 
     def created(self, message: OutgoingMessage, queue: str, *, by_request: bool = False) -> OutgoingMessage:
         """A message is created for `queue`: by the request itself (`by_request`, the one message
@@ -154,9 +154,9 @@ class HookList(Hooks):
             return self._watcher.request(method, headers)
         return self._watch([hook.request(method, headers) for hook in self.watchers])
 
-    def answered(self, watch: Any, method: str, route: str, status: int) -> None:
+    def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
         for hook in self.hooks:
-            hook.answered(self._watch_of(hook, watch), method, route, status)
+            hook.answered(self._watch_of(hook, watch), method, route, status, duration_s)
 
     def created(self, message: OutgoingMessage, queue: str, *, by_request: bool = False) -> OutgoingMessage:
         for hook in self.hooks:

@@ -54,12 +54,14 @@ class SqsMetrics:
         registry.register(self.billable_requests)
 
 
-class WriterMetrics:
+class WriterMetrics(Hooks):
     """The queue-writer's metrics. `view` is what /metrics and /api/stats read: `registry`
-    itself, or with several writer processes all of theirs (`all_processes`)."""
+    itself, or with several writer processes all of theirs (`all_processes`). Each request they
+    count and time as a hook (hooks.py), beside tracing's."""
 
     def __init__(self, registry: CollectorRegistry, view: Optional[Collector] = None) -> None:
         self.view = view if view is not None else registry
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
         self.requests = Counter(
             "writer_requests", "HTTP requests answered, by method, route (the spec's path) and status",
             ("method", "route", "status"), registry=registry,
@@ -89,6 +91,17 @@ class WriterMetrics:
             "Time a message waited in the group commit before its SendMessageBatch call started",
             buckets=LATENCY_BUCKETS_S, registry=registry,
         )
+
+    def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
+        """Count and time the request, by its method, route and status."""
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(method, route, str(status)), self.request_duration.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(duration_s)
 
     def observe_batch(self, waits_s: Sequence[float]) -> None:
         self.batch_size.observe(len(waits_s))

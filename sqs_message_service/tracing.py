@@ -167,7 +167,7 @@ class Tracing(NoTracing):
                                                record_exception=False, set_status_on_exception=False) as span:
             yield span
 
-    def answered(self, watch: Any, method: str, route: str, status: int) -> None:
+    def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
         """The SERVER span named for the spec's route, with the status; a 5xx is an error."""
         answered: dict[str, Any] = {"http.response.status_code": status}
         if route != "other":

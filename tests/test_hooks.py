@@ -41,7 +41,7 @@ class Seen(Hooks):
         self.note("request")
         yield f"{self.name}'s request"
 
-    def answered(self, watch: Any, method: str, route: str, status: int) -> None:
+    def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
         self.note(f"answered {method} {route} {status} in {watch}")
 
     def created(self, message: OutgoingMessage, queue: str, *, by_request: bool = False) -> OutgoingMessage:

@@ -77,9 +77,10 @@ class SwaggerUIOnItsPaths(SwaggerUIMiddleware):
 
 
 class RequestObserver:
-    """Counts and times every request, error responses included, into the writer's metrics, and
-    logs one access line for it: client, method, path, status, duration. Answers `GET /metrics`
-    itself, first of all and uncounted, so that a saturated writer still answers its scrapes.
+    """Hands every request, error responses included, to the writer's hooks (its metrics count
+    and time it, tracing spans it), and logs one access line for it: client, method, path,
+    status, duration. Answers `GET /metrics` itself, first of all and uncounted, so that a
+    saturated writer still answers its scrapes.
 
     Requests are labelled by the spec's route (`/api/message`), never by the raw path, so that
     probing random URLs cannot grow the metrics without bound: whatever is not an operation of
@@ -91,10 +92,10 @@ class RequestObserver:
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.hooks = hooks  # they watch each request (tracing: a SERVER span around it)
+        self.hooks = hooks  # they watch each request
         self.routes = routes  # operationId -> path in the spec
         self.metrics_app = make_asgi_app(metrics.view)
-        self._series: dict[tuple[str, str, int], tuple[Any, Any, str]] = {}  # labelled children, route: found once
+        self._found: dict[tuple[str, str], str] = {}  # (operationId, base path) -> route, found once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,34 +124,19 @@ class RequestObserver:
 
     def _observe(self, scope: Scope, status: int, started: float, watch: Any) -> None:
         duration_s = time.perf_counter() - started
-        requests, duration, route = self._children(scope, status)
-        self.hooks.answered(watch, scope["method"], route, status)
-        requests.inc()
-        duration.observe(duration_s)
+        self.hooks.answered(watch, scope["method"], self._route(scope), status, duration_s)
         client = scope.get("client") or ("-", 0)
         access_log.info('%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status, duration_s * 1000)
 
     def _route(self, scope: Scope) -> str:
         """The spec's path of the request's operation (`/api/message`), or `other`."""
         routing = scope["extensions"].get(ROUTING_CONTEXT, {})
-        path = self.routes.get(routing.get("operation_id") or "")
-        return "other" if path is None else routing.get("api_base_path", "") + path
-
-    def _children(self, scope: Scope, status: int) -> tuple[Any, Any, str]:
-        """The request counter's and duration histogram's series for this request, and its route."""
-        routing = scope["extensions"].get(ROUTING_CONTEXT, {})
-        key = (scope["method"], routing.get("operation_id") or "", status)
-        series = self._series.get(key)
-        if series is None:
-            route = self._route(scope)
-            series = (
-                self.metrics.requests.labels(scope["method"], route, str(status)),
-                self.metrics.request_duration.labels(scope["method"], route),
-                route,
-            )
-            self._series[key] = series
-        return series
-
+        key = (routing.get("operation_id") or "", routing.get("api_base_path", ""))
+        route = self._found.get(key)
+        if route is None:
+            path = self.routes.get(key[0])
+            route = self._found[key] = "other" if path is None else key[1] + path
+        return route
 
 
 class Admission:
