@@ -93,7 +93,6 @@ class NoTracing(Hooks):
     """Tracing off: every hook is Hooks' own, which does nothing, and nothing of OpenTelemetry is
     imported."""
 
-    enabled = False
     carrier = IN_TRACE_HEADER
 
     def traceparent(self, message: ReceivedMessage) -> Optional[str]:
@@ -138,8 +137,6 @@ def configure(settings: Settings, part: str) -> NoTracing:
 class Tracing(NoTracing):
     """Tracing on, with `provider` (an SDK TracerProvider; tests give one with an in-memory
     exporter), the context of each message carried in `carrier`."""
-
-    enabled = True
 
     def __init__(self, provider: Any, *, carrier: str = IN_TRACE_HEADER) -> None:
         from opentelemetry import propagate, trace
