@@ -1,7 +1,8 @@
 """What watches a request and a message: `Hooks`, the points of their life, each a method that does
-nothing, as dramatiq's middleware declares them. Tracing (tracing.py) and the worker's Prometheus
-metrics (metrics.WorkerMetrics) are implementations; a part is handed its hooks when it is built
-and calls them at fixed places, whatever they do, never asking which are there.
+nothing, as dramatiq's middleware declares them. Tracing (tracing.py) and the writer's and the
+worker's Prometheus metrics (metrics.WriterMetrics, metrics.WorkerMetrics) are implementations;
+a part is handed its hooks when it is built and calls them at fixed places, whatever they do,
+never asking which are there.
 
 The points, in the order one message meets them:
 
@@ -84,7 +85,8 @@ class Hooks:
         """The failed attempt is to come back in `delay_s`."""
 
     def settling(self, operation: str, queue: str, messages: Sequence[ReceivedMessage]) -> ContextManager[Any]:
-        """Around one batched `operation` ("delete", or "change_visibility": given back) on `messages`."""
+        """Around one batched `operation` on `messages`: "delete", or "change_visibility" (back
+        after a backoff, or at once)."""
         return UNWATCHED
 
     def settled(self, message: ReceivedMessage, how: str) -> None:
