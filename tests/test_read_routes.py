@@ -3,6 +3,7 @@ dead-letter queue on the last receive, with the reason), extend, lapsed and fore
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any, Iterator
@@ -14,6 +15,8 @@ from conftest import metric, metric_samples, wait_until
 from server import create_app
 from sqs_message_service import dlq
 from sqs_message_service.settings import Settings
+from sqs_message_service.sqs import QueueUnavailable
+from sqs_message_service.writer.reader import PollThreads
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue
 from test_server import assert_problem
@@ -295,3 +298,26 @@ def test_long_polls_past_read_max_polls_are_503_with_retry_after(one_poll: Any, 
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_long_polls_one_after_another_run_on_one_kept_thread() -> None:
+    polls = PollThreads()
+    threads = []
+
+    for number in range(5):
+        future = polls.submit(contextvars.copy_context(), lambda n: (n, threading.current_thread()), n=number)
+        answer, thread = future.result(timeout=5)
+        assert answer == number
+        threads.append(thread)
+
+    assert len(set(threads)) == 1 and threads[0].daemon
+
+
+def test_a_poll_that_raises_hands_its_error_to_the_request() -> None:
+    def fails() -> None:
+        raise QueueUnavailable("ReceiveMessage: SQS did not answer")
+
+    future = PollThreads().submit(contextvars.copy_context(), fails)
+
+    with pytest.raises(QueueUnavailable, match="did not answer"):
+        future.result(timeout=5)
