@@ -113,6 +113,40 @@ def test_a_message_is_read_with_what_it_was_sent_with_and_acknowledged(client: A
     assert queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
+def test_a_receive_acknowledges_the_tokens_it_is_given_before_it_receives(client: Any, queue: SqsQueue) -> None:
+    # GIVEN two messages read, and a third sent afterwards
+    send(client, "one", "two")
+    read = receive(client, max_messages=10, lease_seconds=30)
+    send(client, "three")
+
+    # WHEN the next receive carries the first two's tokens, and one that is not a token
+    response = client.post("/api/messages/receive", headers=READER, json={
+        "max_messages": 10, "lease_seconds": 30, "acknowledge": [m["token"] for m in read] + ["not-a-token"]})
+
+    # THEN those two are gone, the third came, and each token's outcome is in the answer
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [m["body"] for m in answer["messages"]] == ["three"]
+    assert answer["acknowledged"]["done"] == 2 and answer["acknowledged"]["failed"] == 1
+    assert [r["status"] for r in answer["acknowledged"]["results"]] == [200, 200, 400]
+    assert queue.depth() == {"visible": 0, "in_flight": 1, "delayed": 0}
+
+
+def test_a_receive_without_acknowledge_answers_only_the_messages(client: Any) -> None:
+    response = client.post("/api/messages/receive", json={}, headers=READER)
+
+    assert response.status_code == 200 and response.json() == {"messages": []}
+
+
+def test_a_receive_with_more_than_100_tokens_to_acknowledge_is_400(client: Any, queue: SqsQueue) -> None:
+    send(client, "kept")
+
+    response = client.post("/api/messages/receive", json={"acknowledge": ["t"] * 101}, headers=READER)
+
+    assert_problem(response, 400, "acknowledge")
+    assert queue.depth()["visible"] == 1  # nothing received
+
+
 def test_an_empty_queue_answers_an_empty_list(client: Any) -> None:
     assert receive(client) == []
 
