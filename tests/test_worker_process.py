@@ -111,7 +111,7 @@ def test_sigterm_to_an_idle_worker_in_a_20_s_long_poll_exits_at_once_and_loses_n
     assert exit_code == 0, worker.output[-3000:]
     assert exit_s < 2.0, f"{exit_s:.1f} s to exit: {worker.output[-2000:]}"
     # AND the message was not processed, and is not lost (visible again at once, after its delay,
-    # or after its 2 s visibility timeout if the worker ended before it could hand it back)
+    # or after its 2 s visibility timeout if the worker ended before it could give it back)
     assert output_bodies(output) == []
     found: list[Any] = []
 
