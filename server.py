@@ -19,8 +19,8 @@ import connexion
 from connexion.exceptions import ProblemException
 from prometheus_client import CollectorRegistry
 
+from sqs_message_service import cli
 from sqs_message_service.aws import create_client
-from sqs_message_service.cli import EXIT_OK, EXIT_USAGE
 from sqs_message_service.metrics import WriterMetrics, all_processes
 from sqs_message_service.serving import EARLY_REFUSAL, SocketLimits
 from sqs_message_service.serving import serve as serve_with_limits
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     docs/operations.md, "Scaling out", for what is per process)."""
     settings = settings_for_command("server", role="writer")
     if settings is None:
-        return EXIT_USAGE
+        return cli.EXIT_USAGE
     settings = with_address(
         settings, argv, description="Queue-writer: POST /api/message enqueues JSON messages on SQS.", port="port"
     )
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if settings.writer_processes == 1:
         serve(create_app(settings), settings)
-        return EXIT_OK
+        return cli.EXIT_OK
     if not settings.idempotency_table:
         log.warning("Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
                     "set IDEMPOTENCY_TABLE to share them", settings.writer_processes)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         # then live in files there, which every process's /metrics and /api/stats sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         serve("server:create_app_in_worker_process", settings, processes=settings.writer_processes)
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def create_app_in_worker_process() -> connexion.FlaskApp:
