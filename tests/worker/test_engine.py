@@ -611,7 +611,7 @@ def test_a_stop_gives_back_the_claims_of_the_messages_it_gives_back(
     # WHEN it stops
     running.worker.stop()
 
-    # THEN what it finished is recorded done, and what it given back unstarted has no claim left
+    # THEN what it finished is recorded done, and what it gave back unstarted has no claim left
     # in the way of the next worker
     states = [item["state"]["S"] for item in dynamodb.scan(TableName="processed")["Items"]]
     assert states.count("done") == running.worker.metrics.count("processed") > 0
