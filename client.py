@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
+from sqs_message_service.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sqs_message_service.file_copy import CopyError, FileCopy
 from sqs_message_service.metrics import LatencyWindow, milliseconds, percentile
 from sqs_message_service.output import read_appended
-from sqs_message_service.settings import ConfigError, Settings
+from sqs_message_service.settings import ConfigError, Settings, configure_logging
 
 DEFAULT_COUNT = 1000
 
@@ -359,14 +360,15 @@ def base_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
-def writer_port() -> int:
-    """The writer's PORT as its settings read it here, so that a client run beside a writer
-    started on another port finds it; 5000 when those settings are not valid (the writer would
-    not start either, and says why)."""
+def writer_settings() -> Settings:
+    """The writer's settings as the client reads them: its PORT, so that a client run beside a
+    writer started on another port finds it, and LOG_CONFIG. The defaults (PORT 5000) when they
+    are not valid: the client needs none of them, and the writer would not start either, and
+    says why."""
     try:
-        return Settings.from_env(role="writer").port
+        return Settings.from_env(role="writer")
     except ConfigError:
-        return Settings().port
+        return Settings()
 
 
 def build_parser(port: int = 5000) -> argparse.ArgumentParser:
@@ -407,7 +409,7 @@ def build_parser(port: int = 5000) -> argparse.ArgumentParser:
     return parser
 
 
-def build_copy_parser() -> argparse.ArgumentParser:
+def build_copy_parser(port: int = 5000) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="client.py copy",
         description="Copy INPUT to OUTPUT through the writer: every line is sent as a message (POST "
@@ -419,7 +421,7 @@ def build_copy_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("input", type=Path, metavar="INPUT", help="the file to send, one message per line (UTF-8)")
     add("output", type=Path, metavar="OUTPUT", help="where the lines read back are written")
-    add("--url", default=f"http://127.0.0.1:{writer_port()}", help="the writer (default %(default)s, on PORT)")
+    add("--url", default=f"http://127.0.0.1:{port}", help="the writer (default %(default)s, on PORT)")
     add("--api-key", help="sent as X-API-Key with the writes, for a writer with API_KEYS")
     add("--read-key", help="sent as X-API-Key with the reads: one of READ_KEYS (default: --api-key)")
     add("--lease", type=int, default=60, help="seconds each message is leased while read (default %(default)s)")
@@ -429,28 +431,39 @@ def build_copy_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def copy_main(argv: list[str]) -> int:
-    args = build_copy_parser().parse_args(argv)
+def copy_main(argv: list[str], settings: Settings) -> int:
+    """`client.py copy`: 0 when every line came back, 1 when one could not be sent or did not
+    come back, 2 when started wrongly (a --url that is not the writer's)."""
+    args = build_copy_parser(settings.port).parse_args(argv)
     try:
         if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
             print(f"copy: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         copier = FileCopy(args.url, api_key=args.api_key, read_key=args.read_key, lease_s=args.lease,
                           idle_timeout_s=args.idle_timeout, say=print)
         result = copier.copy(args.input, args.output)
-    except (WrongUrl, CopyError, OSError) as exc:
+    except WrongUrl as exc:
         print(f"copy: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
+    except (CopyError, OSError) as exc:
+        print(f"copy: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"copy: {result.lines} lines back in {args.output} in {result.seconds:.1f} s "
           f"({result.received} deliveries, {'FIFO' if result.fifo else 'standard'} queue)")
-    return 0
+    return EXIT_OK
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Send the load (or with `copy`, a file both ways). Exits 0 when done, 1 on a 5xx or a
+    connection error (unless --allow-errors) or a writer that never answered, 2 when started
+    wrongly, as every entry point does (sqs_message_service/cli.py). The settings are the
+    writer's, read leniently (`writer_settings`): the client only takes its defaults from them."""
+    settings = writer_settings()
+    configure_logging(settings)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["copy"]:
-        return copy_main(argv[1:])
-    parser = build_parser(writer_port())
+        return copy_main(argv[1:], settings)
+    parser = build_parser(settings.port)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or not 0 <= args.malformed_per_batch <= args.batch_size:
         parser.error("--malformed-per-batch must be from 0 to --batch-size, which must be at least 1")
@@ -459,10 +472,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
             print(f"client: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
     except WrongUrl as exc:
         print(f"client: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     run_id = uuid.uuid4().hex[:8]
     if args.file:
         jobs = file_jobs(args.file, group_id=args.group_id, run_id=run_id)
@@ -489,7 +502,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"e2e p50      {milliseconds(percentile(latencies, 0.50)):>10}\n"
             f"e2e p99      {milliseconds(percentile(latencies, 0.99)):>10}"
         )
-    return 1 if stats.failed and not args.allow_errors else 0
+    return EXIT_FAILED if stats.failed and not args.allow_errors else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -110,11 +110,18 @@ def current_reader() -> Reader:
 
 
 def receive_messages(body: dict[str, Any]) -> JsonResponse:
-    messages = current_reader().receive(
+    """The tokens in `acknowledge` first (as POST /messages/acknowledge; their outcomes come in
+    the answer, whatever they are), then the receive: a reader's loop makes one request a batch."""
+    reader = current_reader()
+    acknowledged = reader.acknowledge(body["acknowledge"]) if "acknowledge" in body else None
+    messages = reader.receive(
         max_messages=body.get("max_messages", 10), wait_s=body.get("wait_seconds", 0),
         lease_s=body.get("lease_seconds"),
     )
-    return {"messages": messages}, 200, _JSON
+    answer: dict[str, Any] = {"messages": messages}
+    if acknowledged is not None:
+        answer["acknowledged"] = _outcomes(acknowledged)
+    return answer, 200, _JSON
 
 
 def acknowledge(body: dict[str, Any]) -> JsonResponse:
@@ -135,6 +142,11 @@ def _settled(outcomes: list[Settled]) -> JsonResponse:
     problem (400 not a token, 410 lapsed, 503 SQS), as a lone token's answer would be."""
     if all(outcome.error is not None for outcome in outcomes):
         raise outcomes[0].error  # type: ignore[misc]  # all are errors
+    return _outcomes(outcomes), 200, _JSON
+
+
+def _outcomes(outcomes: list[Settled]) -> dict[str, Any]:
+    """Each token's outcome, in order, with how many were done and how many failed."""
     results: list[dict[str, Any]] = []
     for index, outcome in enumerate(outcomes):
         entry: dict[str, Any] = {"index": index, "status": 200}
@@ -145,7 +157,7 @@ def _settled(outcomes: list[Settled]) -> JsonResponse:
             entry["dead_lettered"] = True
         results.append(entry)
     done = sum(result["status"] == 200 for result in results)
-    return {"done": done, "failed": len(results) - done, "results": results}, 200, _JSON
+    return {"done": done, "failed": len(results) - done, "results": results}
 
 
 def health() -> JsonResponse:

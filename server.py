@@ -19,6 +19,7 @@ import connexion
 from connexion.exceptions import ProblemException
 from prometheus_client import CollectorRegistry
 
+from sqs_message_service import cli
 from sqs_message_service.aws import create_client
 from sqs_message_service.hooks import NO_HOOKS, Hooks, combine
 from sqs_message_service.metrics import WriterMetrics, all_processes
@@ -203,16 +204,18 @@ def _content_based_deduplication(queue: SqsQueue) -> bool:
         return True
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Serve the writer with uvicorn until SIGINT or SIGTERM: requests in flight complete, then
-    uvicorn re-raises the signal, so the process ends as killed by it (its convention).
+    uvicorn re-raises the signal, so the process ends as killed by it (its convention). Exits 2
+    when started wrongly, 1 when it cannot serve (a port taken: uvicorn's own exit), as every
+    entry point does (sqs_message_service/cli.py).
 
     The one entry point of `make run`, `queue-writer` and the container. With WRITER_PROCESSES
     above 1, uvicorn runs that many processes on the one socket, each with its own app (see
     docs/operations.md, "Scaling out", for what is per process)."""
     settings = settings_for_command("server", role="writer")
     if settings is None:
-        return 2
+        return cli.EXIT_USAGE
     settings = with_address(
         settings, argv, description="Queue-writer: POST /api/message enqueues JSON messages on SQS.", port="port"
     )
@@ -227,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     if settings.writer_processes == 1:
         serve(create_app(settings), settings)
-        return 0
+        return cli.EXIT_OK
     if not settings.idempotency_table:
         log.warning("Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
                     "set IDEMPOTENCY_TABLE to share them", settings.writer_processes)
@@ -236,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # then live in files there, which every process's /metrics and /api/stats sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         serve("server:create_app_in_worker_process", settings, processes=settings.writer_processes)
-    return 0
+    return cli.EXIT_OK
 
 
 def create_app_in_worker_process() -> connexion.FlaskApp:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import botocore.exceptions
 
 from sqs_message_service.aws import NOT_AUTHORIZED_CODES, create_client
+from sqs_message_service.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sqs_message_service.settings import DISTRIBUTION, Settings, settings_for_command
 from sqs_message_service.sqs import NotAuthorized, QueueNotFound, QueueUnavailable, SqsError, SqsQueue
 from sqs_message_service.tables import delete_table, ensure_table
@@ -143,7 +144,7 @@ def _table_call(step: Callable[[Any, str], str], tables: Any, table: str) -> str
         raise SetupError(f"DynamoDB table {table!r}: {exc}") from exc
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Create the SQS queue and its dead-letter queue (redrive after "
         "MAX_RECEIVE_COUNT receives), or delete them. Names and attributes come from the "
@@ -151,15 +152,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         "MAX_MESSAGE_BYTES, MAX_RECEIVE_COUNT); a QUEUE_NAME ending in .fifo makes FIFO queues. "
         "With IDEMPOTENCY_TABLE set, also the DynamoDB table of Idempotency-Keys, and with "
         "PROCESSED_TABLE the worker's processed ledger (both on-demand, TTL on). Running it again "
-        "changes only what differs."
+        "changes only what differs. Exits 0 when done, 1 when AWS failed it, 2 on a wrong option "
+        "or setting."
     )
     parser.add_argument("--delete", action="store_true",
                         help="delete both queues (and the IDEMPOTENCY_TABLE and PROCESSED_TABLE tables, when "
                         "set) instead")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Create (or with --delete, delete) what the settings describe. Exits 0 when done, 1 when
+    AWS failed it (unreachable, not authorized, a queue that cannot be changed so), 2 when
+    started wrongly, as every entry point does (sqs_message_service/cli.py)."""
     settings = settings_for_command("sqs_setup")
     if settings is None:
-        return 2
+        return EXIT_USAGE
+    args = build_parser().parse_args(argv)
     where = settings.sqs_endpoint_url or f"AWS region {settings.aws_region}"
     try:
         client = create_client(settings)
@@ -175,18 +184,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             "SQS_ENDPOINT_URL (and DYNAMODB_ENDPOINT_URL) to a local endpoint.",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_FAILED
     except QueueUnavailable as exc:
         print(f"sqs_setup: cannot reach SQS at {where}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     except (SetupError, SqsError) as exc:
         print(f"sqs_setup: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     for line in lines:
         print(line)
     if not args.delete and all(line.endswith("unchanged") for line in lines):
         print("nothing to change")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

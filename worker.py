@@ -27,10 +27,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from sqs_message_service.aws import create_client
+from sqs_message_service.cli import EXIT_FAILED, EXIT_USAGE
 from sqs_message_service.leases import TableUnavailable
 from sqs_message_service.metrics import SqsMetrics, WorkerStats
 from sqs_message_service.output import OutputWriter
-from sqs_message_service.settings import ConfigError, Settings, add_option, configure_logging, with_options
+from sqs_message_service.settings import Settings, add_option, parse_options, settings_for_command
 from sqs_message_service.sqs import SqsError, SqsQueue
 from sqs_message_service.tracing import NoTracing
 from sqs_message_service.tracing import configure as configure_tracing
@@ -82,27 +83,27 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        settings = Settings.from_env(role="worker")
-        args = build_parser(settings).parse_args(argv)
-        settings = with_options(settings, args)
-    except ConfigError as exc:
-        print(f"worker: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings)
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGINT, SIGTERM or, with --exit-when-idle, an empty queue. Exits 0
+    when everything in flight was settled within SHUTDOWN_GRACE, 1 when it failed (the processed
+    table or the metrics port at start, or a stop past its grace), 2 when started wrongly
+    (sqs_message_service/cli.py)."""
+    settings = settings_for_command("worker", role="worker")
+    if settings is None:
+        return EXIT_USAGE
+    settings, args = parse_options(build_parser(settings), settings, argv)
     if settings.worker_cpu is not None:  # before any thread starts: they all inherit it
         try:
             pin_to_cpu(settings.worker_cpu)
         except OSError as exc:
             print(f"worker: WORKER_CPU={settings.worker_cpu}: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     tracing = configure_tracing(settings, "worker")  # off unless the OTEL_* variables ask for it
     try:
         processor = processing_step(settings, tracing)
     except StepNotLoadable as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     # A long poll holds the connection for up to RECEIVE_WAIT_SECONDS: the read timeout covers it.
     client = create_client(settings, read_timeout_s=settings.receive_wait_s + settings.sqs_read_timeout_s)
     sqs_metrics = SqsMetrics()
@@ -115,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             processed = processed_ledger(settings, queue)
         except (TableUnavailable, SqsError) as exc:
             print(f"worker: PROCESSED_TABLE={settings.processed_table}: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_FAILED
         cleanup.callback(tracing.shutdown)  # the spans still to export leave before the process ends
         worker = Worker(
             queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
@@ -126,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except OSError as exc:
             print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
                   file=sys.stderr)
-            return 2
+            return EXIT_FAILED
         if metrics_server is not None:
             cleanup.callback(metrics_server.shutdown)
         _install_signal_handlers(worker)

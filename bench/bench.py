@@ -105,7 +105,9 @@ TARGETS: list[tuple[str, str, float]] = [
     ("overload_unanswered_5s", "==", 0),
     ("e2e_1000_seconds", "<", 3.0),
     ("e2e_10000_lost", "==", 0),
-    ("read_vs_raw", ">=", 0.5),  # read and acknowledged through the routes, against raw boto3 (bench/read.py)
+    # read and acknowledged through the routes by a reader loop (each receive acknowledging the
+    # batch before), against raw boto3; read_two_requests_vs_raw is receive, then acknowledge
+    ("read_vs_raw", ">=", 0.5),
 ]
 
 WORK_S = 0.020  # the simulated work of the scaling stage

@@ -1,7 +1,9 @@
-"""make bench's read stage: messages read and acknowledged through the read routes (POST
-/api/messages/receive, 10 at a time, then /api/messages/acknowledge) by one writer process, beside
-raw boto3 ReceiveMessage + DeleteMessageBatch of 10 on the same engine, in the same run, from the
-same number of threads. Each drains a queue filled beforehand with the same messages."""
+"""make bench's read stage: messages read and acknowledged through the read routes by one writer
+process, as a reader's loop makes them (POST /api/messages/receive, 10 at a time, each receive
+acknowledging the batch before) and with two requests a batch (receive, then
+/api/messages/acknowledge), beside raw boto3 ReceiveMessage + DeleteMessageBatch of 10 on the same
+engine, in the same run, from the same number of threads. Each drains a queue filled beforehand
+with the same messages."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def raw(queue: SqsQueue, count: int) -> float:
     return drain(count, take_ten)
 
 
-def through_the_writer(url: str, count: int) -> float:
+def through_the_writer(url: str, count: int, *, one_request: bool) -> float:
     local = threading.local()
     headers = {"Content-Type": "application/json", "X-API-Key": READ_KEY}
 
@@ -81,14 +83,23 @@ def through_the_writer(url: str, count: int) -> float:
             raise RuntimeError(f"{path} answered {response.status}: {answer}")
         return answer
 
+    receive = {"max_messages": 10, "wait_seconds": 1, "lease_seconds": 30}
+
     def take_ten() -> int:
-        messages = post("/api/messages/receive", {"max_messages": 10, "wait_seconds": 1, "lease_seconds": 30})
+        """Receive, then acknowledge: two requests a batch."""
+        messages = post("/api/messages/receive", receive)
         tokens = [message["token"] for message in messages["messages"]]
         if tokens:
             post("/api/messages/acknowledge", {"tokens": tokens})
         return len(tokens)
 
-    return drain(count, take_ten)
+    def acknowledge_with_the_next_receive() -> int:
+        """One request a batch: each receive acknowledges the batch before (what it returns)."""
+        answer = post("/api/messages/receive", {**receive, "acknowledge": getattr(local, "tokens", [])})
+        local.tokens = [message["token"] for message in answer["messages"]]
+        return int(answer["acknowledged"]["done"])
+
+    return drain(count, acknowledge_with_the_next_receive if one_request else take_ten)
 
 
 def read_path(system: LocalSystem, raw_seconds: float) -> dict[str, Any]:
@@ -97,19 +108,26 @@ def read_path(system: LocalSystem, raw_seconds: float) -> dict[str, Any]:
     queue, _ = filled_queue(system, "read-raw", count)
     raw_s = raw(queue, count)
     _, env = filled_queue(system, "read-http", count)
-    port = free_port()
+    _, env_two = filled_queue(system, "read-http-two", count)
+    port, port_two = free_port(), free_port()
     writer = system.start_writer(env={**env, "PORT": str(port), "READ_KEYS": READ_KEY}, name="writer-read")
+    writer_two = system.start_writer(env={**env_two, "PORT": str(port_two), "READ_KEYS": READ_KEY},
+                                     name="writer-read-two")
     try:
         cpu_before = cpu_seconds(writer.pid)
-        http_s = through_the_writer(f"http://127.0.0.1:{port}", count)
+        http_s = through_the_writer(f"http://127.0.0.1:{port}", count, one_request=True)
         cpu_s = cpu_seconds(writer.pid) - cpu_before
+        two_s = through_the_writer(f"http://127.0.0.1:{port_two}", count, one_request=False)
     finally:
         system.stop_process(writer)
+        system.stop_process(writer_two)
     return {
         "read_messages": count,
         "read_raw_msgs_per_s": count / raw_s,
         "read_http_msgs_per_s": count / http_s,
         "read_vs_raw": raw_s / http_s,
+        "read_two_requests_msgs_per_s": count / two_s,
+        "read_two_requests_vs_raw": raw_s / two_s,
         "read_writer_cpu_ms_per_msg": 1000 * cpu_s / count,
         "read_writer_cores": cpu_s / http_s,
     }

@@ -15,4 +15,6 @@ them. Its modules, by role:
 - `writer/`: the writer's parts that server.py assembles;
 - `worker/`: the worker's engine that worker.py runs;
 - `console/`: the operator console (`queue-console`).
+
+Every entry point's `main` returns one of the exit codes in `cli`.
 """

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from .aws import create_client
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .rules import MAX_ATTRIBUTES, payload_bytes
 from .settings import settings_for_command
 from .sqs import BATCH_MAX_ENTRIES, OutgoingMessage, ReceivedMessage, SqsError, SqsQueue
@@ -359,26 +360,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """`queue-dlq list` or `redrive`. Exits 0 when done, 1 when SQS failed it, 2 when started
+    wrongly, as every entry point does (cli.py)."""
     settings = settings_for_command("dlq")
     if settings is None:
-        return 2
+        return EXIT_USAGE
+    args = build_parser().parse_args(argv)
     client = create_client(settings)
     dead_letter_queue, source = SqsQueue(settings.dlq_name, client), SqsQueue(settings.queue_name, client)
     try:
         if args.command == "list":
             list_dead_letters(dead_letter_queue, max_messages=args.max, bodies=args.bodies, out=sys.stdout)
-            return 0
+            return EXIT_OK
         moved = redrive(
             dead_letter_queue, source, method=args.method, max_messages=args.max, rate=args.rate,
             progress=progress_bar(sys.stderr),
         )
     except SqsError as exc:
         print(f"\ndlq: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"\nredrive: {moved} messages moved from {settings.dlq_name!r} back to {settings.queue_name!r}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A file copied through the writer's HTTP API, both ways (`python client.py copy INPUT OUTPUT`):
 each line sent as a message (POST /api/messages, in batches), read back through the read routes,
-written to OUTPUT and only then acknowledged. On a FIFO queue the lines come back in order and
-OUTPUT is written as they come; on a standard queue they are put back in order by the line number
-each message carries. Either way OUTPUT ends byte-identical to INPUT.
+written to OUTPUT and only then acknowledged (by the next receive: one request a batch). On a
+FIFO queue the lines come back in order and OUTPUT is written as they come; on a standard queue
+they are put back in order by the line number each message carries. Either way OUTPUT ends
+byte-identical to INPUT.
 """
 
 from __future__ import annotations
@@ -175,9 +176,11 @@ class FileCopy:
         """Read until every line is written; each acknowledged once it is written (and
         flushed). Returns the deliveries read."""
         next_line, pending, received = 0, {}, 0  # pending (standard queues): number -> (line, token)
+        written: list[str] = []  # tokens of lines written and flushed, acknowledged by the next receive
         idle_since = time.monotonic()
         while next_line < total:
-            messages = self._receive()
+            messages = self._receive(acknowledge=written)
+            written = []
             if not messages:
                 if time.monotonic() - idle_since > self.idle_timeout_s:
                     raise CopyError(f"{total - next_line} of {total} lines did not come back within "
@@ -204,15 +207,23 @@ class FileCopy:
                 done.append(token)
                 next_line += 1
             out.flush()  # written before acknowledged: a copy stopped here loses no line
-            self._settle("/api/messages/acknowledge", done)
+            written = done
             self._settle("/api/messages/give-back", others, delay_seconds=1)
+        self._settle("/api/messages/acknowledge", written)
         return received
 
-    def _receive(self) -> list[dict[str, Any]]:
-        request = {"max_messages": 10, "wait_seconds": self.wait_s, "lease_seconds": self.lease_s}
+    def _receive(self, *, acknowledge: list[str]) -> list[dict[str, Any]]:
+        """The next messages, acknowledging `acknowledge` first (one request a batch). Sent again
+        after a 503 as it was: an acknowledgement made twice deletes its message once."""
+        request: dict[str, Any] = {"max_messages": 10, "wait_seconds": self.wait_s, "lease_seconds": self.lease_s}
+        if acknowledge:
+            request["acknowledge"] = acknowledge
         while True:
             status, answer, headers = self.api.call("POST", "/api/messages/receive", request, key=self.read_key)
             if status == 200:
+                refused = [r for r in answer.get("acknowledged", {}).get("results", []) if r["status"] == 400]
+                if refused:  # 410 and 503 are fine: the line comes back and is acknowledged as written
+                    raise CopyError(f"POST /api/messages/receive refused a token: {refused[0].get('detail', '')}")
                 return answer["messages"]
             if status != 503:
                 raise CopyError(f"POST /api/messages/receive answered {status}: {(answer or {}).get('detail', '')}")

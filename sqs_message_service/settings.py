@@ -509,8 +509,18 @@ def with_address(settings: Settings, argv: Optional[list[str]], *, description: 
     )
     add_option(parser, "--host", "host", settings)
     add_option(parser, "--port", port, settings)
+    return parse_options(parser, settings, argv)[0]
+
+
+def parse_options(
+    parser: argparse.ArgumentParser, settings: Settings, argv: Optional[list[str]]
+) -> tuple[Settings, argparse.Namespace]:
+    """`argv` parsed by `parser`, and `settings` with the values of the options `add_option`
+    made: every entry point's one way of taking its options. A bad value ends the program as
+    argparse does (exit 2), naming the flag and its variable."""
+    args = parser.parse_args(argv)
     try:
-        return with_options(settings, parser.parse_args(argv))
+        return with_options(settings, args), args
     except ConfigError as exc:
         parser.error(str(exc))
 
@@ -543,7 +553,7 @@ def configuration_table() -> str:
 def settings_for_command(program: str, role: Optional[Role] = None) -> Optional[Settings]:
     """The settings for a command-line program (of `role`, or a tool that reads them all),
     logging configured; None, after saying which variable is wrong on stderr, when one is
-    invalid (the program then exits 2)."""
+    invalid (the program then exits 2: `cli.EXIT_USAGE`)."""
     try:
         settings = Settings.from_env(role=role)
     except ConfigError as exc:

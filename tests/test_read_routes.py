@@ -3,6 +3,7 @@ dead-letter queue on the last receive, with the reason), extend, lapsed and fore
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any, Iterator
@@ -14,6 +15,8 @@ from conftest import metric, metric_samples, wait_until
 from server import create_app
 from sqs_message_service import dlq
 from sqs_message_service.settings import Settings
+from sqs_message_service.sqs import QueueUnavailable
+from sqs_message_service.writer.reader import PollThreads
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue
 from test_server import assert_problem
@@ -108,6 +111,40 @@ def test_a_message_is_read_with_what_it_was_sent_with_and_acknowledged(client: A
     assert response.json() == {"done": 2, "failed": 0, "results": [{"index": 0, "status": 200},
                                                                    {"index": 1, "status": 200}]}
     assert queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_a_receive_acknowledges_the_tokens_it_is_given_before_it_receives(client: Any, queue: SqsQueue) -> None:
+    # GIVEN two messages read, and a third sent afterwards
+    send(client, "one", "two")
+    read = receive(client, max_messages=10, lease_seconds=30)
+    send(client, "three")
+
+    # WHEN the next receive carries the first two's tokens, and one that is not a token
+    response = client.post("/api/messages/receive", headers=READER, json={
+        "max_messages": 10, "lease_seconds": 30, "acknowledge": [m["token"] for m in read] + ["not-a-token"]})
+
+    # THEN those two are gone, the third came, and each token's outcome is in the answer
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [m["body"] for m in answer["messages"]] == ["three"]
+    assert answer["acknowledged"]["done"] == 2 and answer["acknowledged"]["failed"] == 1
+    assert [r["status"] for r in answer["acknowledged"]["results"]] == [200, 200, 400]
+    assert queue.depth() == {"visible": 0, "in_flight": 1, "delayed": 0}
+
+
+def test_a_receive_without_acknowledge_answers_only_the_messages(client: Any) -> None:
+    response = client.post("/api/messages/receive", json={}, headers=READER)
+
+    assert response.status_code == 200 and response.json() == {"messages": []}
+
+
+def test_a_receive_with_more_than_100_tokens_to_acknowledge_is_400(client: Any, queue: SqsQueue) -> None:
+    send(client, "kept")
+
+    response = client.post("/api/messages/receive", json={"acknowledge": ["t"] * 101}, headers=READER)
+
+    assert_problem(response, 400, "acknowledge")
+    assert queue.depth()["visible"] == 1  # nothing received
 
 
 def test_an_empty_queue_answers_an_empty_list(client: Any) -> None:
@@ -295,3 +332,26 @@ def test_long_polls_past_read_max_polls_are_503_with_retry_after(one_poll: Any, 
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_long_polls_one_after_another_run_on_one_kept_thread() -> None:
+    polls = PollThreads()
+    threads = []
+
+    for number in range(5):
+        future = polls.submit(contextvars.copy_context(), lambda n: (n, threading.current_thread()), n=number)
+        answer, thread = future.result(timeout=5)
+        assert answer == number
+        threads.append(thread)
+
+    assert len(set(threads)) == 1 and threads[0].daemon
+
+
+def test_a_poll_that_raises_hands_its_error_to_the_request() -> None:
+    def fails() -> None:
+        raise QueueUnavailable("ReceiveMessage: SQS did not answer")
+
+    future = PollThreads().submit(contextvars.copy_context(), fails)
+
+    with pytest.raises(QueueUnavailable, match="did not answer"):
+        future.result(timeout=5)

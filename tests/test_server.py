@@ -754,7 +754,7 @@ def test_api_keys_never_reach_the_logs(keyed_client: Any, caplog: pytest.LogCapt
     assert "key-1" not in caplog.text and "guess-123" not in caplog.text
 
 
-# connexion through its front door
+# connexion used as its docs say: a spec with more in it, WSGI middleware added after create_app
 
 
 def with_dry_run_parameter(source: dict[str, Any]) -> dict[str, Any]:

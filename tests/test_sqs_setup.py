@@ -9,6 +9,7 @@ import botocore.exceptions
 import pytest
 
 import sqs_setup
+from sqs_message_service.cli import EXIT_FAILED, EXIT_USAGE
 from sqs_message_service.settings import Settings
 from sqsinterface import NotAuthorized, SqsQueue
 
@@ -123,7 +124,7 @@ def test_missing_credentials_give_a_clear_message_not_a_traceback(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("SQS_ENDPOINT_URL", closed_endpoint)
 
-    assert sqs_setup.main([]) == 2
+    assert sqs_setup.main([]) == EXIT_FAILED  # AWS failed it: the same command may work later
 
     err = capsys.readouterr().err
     assert "not authorized" in err and "no AWS credentials" in err and "sqs:CreateQueue" in err
@@ -136,7 +137,7 @@ def test_an_unreachable_endpoint_gives_a_clear_message(
     monkeypatch.setenv("SQS_ENDPOINT_URL", closed_endpoint)
     monkeypatch.setenv("SQS_MAX_ATTEMPTS", "1")
 
-    assert sqs_setup.main([]) == 2
+    assert sqs_setup.main([]) == EXIT_FAILED  # AWS failed it: the same command may work later
     assert f"cannot reach SQS at {closed_endpoint}" in capsys.readouterr().err
 
 
@@ -147,7 +148,7 @@ def test_an_unreachable_dynamodb_gives_a_clear_message(
     monkeypatch.setenv("DYNAMODB_ENDPOINT_URL", closed_endpoint)
     monkeypatch.setenv("SQS_MAX_ATTEMPTS", "1")
 
-    assert sqs_setup.main([]) == 2
+    assert sqs_setup.main([]) == EXIT_FAILED  # AWS failed it: the same command may work later
     err = capsys.readouterr().err
     assert "DynamoDB table 'keys'" in err and closed_endpoint in err and "Traceback" not in err
 
@@ -157,7 +158,7 @@ def test_an_invalid_setting_names_the_variable(
 ) -> None:
     monkeypatch.setenv("MAX_RECEIVE_COUNT", "lots")
 
-    assert sqs_setup.main([]) == 2
+    assert sqs_setup.main([]) == EXIT_USAGE
     assert "MAX_RECEIVE_COUNT='lots'" in capsys.readouterr().err
 
 

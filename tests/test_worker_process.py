@@ -16,6 +16,7 @@ import pytest
 
 import sqs_setup
 from conftest import Samples, accepts_connections, free_port, metric, metric_samples, start_moto_server, wait_until
+from sqs_message_service.cli import EXIT_FAILED, EXIT_USAGE
 from sqs_message_service.output import read_records
 from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
@@ -111,7 +112,7 @@ def test_sigterm_to_an_idle_worker_in_a_20_s_long_poll_exits_at_once_and_loses_n
     assert exit_code == 0, worker.output[-3000:]
     assert exit_s < 2.0, f"{exit_s:.1f} s to exit: {worker.output[-2000:]}"
     # AND the message was not processed, and is not lost (visible again at once, after its delay,
-    # or after its 2 s visibility timeout if the worker ended before it could hand it back)
+    # or after its 2 s visibility timeout if the worker ended before it could give it back)
     assert output_bodies(output) == []
     found: list[Any] = []
 
@@ -209,7 +210,7 @@ def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
         port = taken.getsockname()[1]
         worker = start("worker.py", env={"SQS_ENDPOINT_URL": moto_server, "METRICS_PORT": str(port)})
 
-        assert worker.wait(timeout=30) == 2
+        assert worker.wait(timeout=30) == EXIT_FAILED  # as the writer's taken PORT: it may be free later
     assert f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT)" in worker.output
 
 
@@ -253,7 +254,7 @@ def test_a_worker_cpu_not_among_the_process_cpus_stops_the_worker_with_a_clear_e
     cpu = max(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else 0
     worker = start("worker.py", env={"SQS_ENDPOINT_URL": moto_server, "WORKER_CPU": str(cpu)})
 
-    assert worker.wait(timeout=30) == 2
+    assert worker.wait(timeout=30) == EXIT_USAGE
     assert f"worker: WORKER_CPU={cpu}: " in worker.output
 
 

@@ -20,6 +20,7 @@ from connexion.middleware.security import SecurityMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from ..aws import create_client
+from ..cli import EXIT_OK, EXIT_USAGE
 from ..serving import SocketLimits, serve
 from ..settings import Settings, settings_for_command, with_address
 from ..sqs import SqsMetrics, SqsQueue
@@ -149,11 +150,12 @@ def _guard_actions() -> Optional[flask.Response]:
     return guard.refusal(flask.request)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Serve the console until SIGINT or SIGTERM."""
+def main(argv: list[str] | None = None) -> int:
+    """Serve the console until SIGINT or SIGTERM. Exits 2 when started wrongly, 1 when it cannot
+    serve (a port taken: uvicorn's own exit), as every entry point does (cli.py)."""
     settings = settings_for_command("console", role="console")
     if settings is None:
-        return 2
+        return EXIT_USAGE
     settings = with_address(
         settings, argv, description="The operator console: the system live, and the dead letters with their reasons.",
         port="console_port",
@@ -169,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.warning("the console listens on every interface and answers any Host: set CONSOLE_ORIGIN to the "
                     "address browsers use, so that a page of another site cannot reach it by a rebound DNS name")
     serve(create_app(settings), SocketLimits.of(settings), host=settings.host, port=settings.console_port)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

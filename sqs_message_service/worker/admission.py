@@ -18,7 +18,7 @@ from ..batcher import Closed, GroupCommit, Overloaded
 from ..leases import TableUnavailable
 from ..logs import ThrottledLog
 from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage
-from .ledger import InFlight, WorkQueue, work_units
+from .in_flight import InFlight, WorkQueue, work_units
 from .processed import TRANSACT_MAX_ITEMS, Claim, ProcessedLedger, Verdict, wall_clock
 from .settler import Settler
 
@@ -37,17 +37,17 @@ class Admission:
     it."""
 
     def __init__(
-        self, *, processed: ProcessedLedger, fifo: bool, ledger: InFlight, work: WorkQueue, settler: Settler,
+        self, *, processed: ProcessedLedger, fifo: bool, in_flight: InFlight, work: WorkQueue, settler: Settler,
         calls_at_once: int,
     ) -> None:
-        self.processed, self.fifo, self.ledger, self.work, self.settler = processed, fifo, ledger, work, settler
+        self.processed, self.fifo, self.in_flight, self.work, self.settler = processed, fifo, in_flight, work, settler
         self.failures = 0  # claims and checks in a row that failed; 0: claims go through
         self._trial = False  # the table answered its check: one receive may try a claim again
         self._lock = threading.Lock()
         self._down = ThrottledLog(log)
         self._claims: GroupCommit[Received, list[Claim]] = GroupCommit(
             self._claim, max_batch=TRANSACT_MAX_ITEMS // BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
-            max_pending=ledger.capacity, name="claim",
+            max_pending=in_flight.capacity, name="claim",
         )
 
     @property

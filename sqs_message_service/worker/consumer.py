@@ -1,5 +1,5 @@
 """The consumers: the only threads that receive. Each receives a receive's worth whenever the
-ledger has room and hands it to the processors as units of work."""
+`InFlight` has room and hands it to the processors as units of work."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..metrics import WorkerMetrics
 from ..sqs import BATCH_MAX_ENTRIES, ReceivedMessage, SqsError, SqsQueue
 from .admission import Admission
 from .backoff import backoff_s
-from .ledger import InFlight, WorkQueue, work_units
+from .in_flight import InFlight, WorkQueue, work_units
 from .part import Part
 from .settler import Settler
 
@@ -74,7 +74,7 @@ class Backlog:
 
 
 class Consumer(Part):
-    """Receives a receive's worth whenever the ledger has room, and hands it to the processors
+    """Receives a receive's worth whenever `InFlight` has room, and hands it to the processors
     as units of work. Backs off while SQS fails; with `idle_s`, stops the worker once the queue
     has been empty that long (0: as soon as it is drained).
 
@@ -87,12 +87,12 @@ class Consumer(Part):
     if the process ends first, SQS makes it visible after its visibility timeout."""
 
     def __init__(
-        self, *, queue: SqsQueue, ledger: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
+        self, *, queue: SqsQueue, in_flight: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
         visibility_timeout_s: int, wait_s: int, stop_worker: Callable[[], None], backlog: Backlog,
         idle_s: Optional[float] = None, helper: int = 0, admission: Optional[Admission] = None,
     ) -> None:
         super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer")
-        self.queue, self.ledger, self.work, self.settler, self.metrics = queue, ledger, work, settler, metrics
+        self.queue, self.in_flight, self.work, self.settler, self.metrics = queue, in_flight, work, settler, metrics
         self.admission = admission  # with the processed ledger: claims before the processors start
         self.visibility_timeout_s = visibility_timeout_s
         self.stop_worker, self.backlog = stop_worker, backlog
@@ -112,13 +112,13 @@ class Consumer(Part):
                 self.pause(backoff_s(self.admission.failures, base_s=OUTAGE_BACKOFF_BASE_S, max_s=MAX_OUTAGE_BACKOFF_S))
                 if self.stopping or not self.admission.answers():
                     continue
-            claimed = self.ledger.claim(gather_s=RECEIVE_GATHER_S, stop=self._stop_asked)
-            if not claimed:
+            reserved = self.in_flight.reserve(gather_s=RECEIVE_GATHER_S, stop=self._stop_asked)
+            if not reserved:
                 break  # stopping
             try:
-                messages = self.queue.receive(max_messages=claimed, wait_s=self.wait_s)
+                messages = self.queue.receive(max_messages=reserved, wait_s=self.wait_s)
             except Exception as exc:  # SQS's errors, and a bug of ours: log, pause, carry on
-                self.ledger.receive(claimed, [], deadline=0.0)
+                self.in_flight.receive(reserved, [], deadline=0.0)
                 if isinstance(exc, SqsError):
                     outage.warning(exc, "receiving")
                 else:
@@ -132,11 +132,11 @@ class Consumer(Part):
             outage.recovered()
             failures = 0
             if self.stopping:  # arrived after the stop: back to the queue at once
-                self._give_back(claimed, messages)
+                self._give_back(reserved, messages)
                 break
             deadline = time.monotonic() + self.visibility_timeout_s
-            self.ledger.receive(claimed, messages, deadline=deadline)
-            if len(messages) == claimed:
+            self.in_flight.receive(reserved, messages, deadline=deadline)
+            if len(messages) == reserved:
                 self.backlog.set()
             elif self.helper:
                 self.backlog.clear()
@@ -161,12 +161,12 @@ class Consumer(Part):
                 self.pause(BURST_POLL_S)
 
     def _wake(self) -> None:
-        self.ledger.wake()
+        self.in_flight.wake()
         self.backlog.wake()
 
-    def _give_back(self, claimed: int, messages: list[ReceivedMessage]) -> None:
+    def _give_back(self, reserved: int, messages: list[ReceivedMessage]) -> None:
         """A receive that came back after the stop: its messages visible again at once."""
-        self.ledger.receive(claimed, [], deadline=0.0)
+        self.in_flight.receive(reserved, [], deadline=0.0)
         if messages:
             log.info("a receive under way at the stop brought %d messages: made visible again", len(messages))
             self.settler.give_back(messages, claimed=False)
@@ -175,7 +175,7 @@ class Consumer(Part):
         """Idle means nothing in flight here and nothing left in the queue for anyone, messages
         waiting out a backoff included."""
         try:
-            empty = not len(self.ledger) and self._queue_reads_empty()
+            empty = not len(self.in_flight) and self._queue_reads_empty()
         except SqsError:
             empty = False
         if not empty:

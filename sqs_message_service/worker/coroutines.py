@@ -5,7 +5,7 @@ It takes the processor threads' place and keeps their word: units of work from t
 order, a FIFO group's messages one after another, each attempt handed to the settler. Its
 deadline is a cancellation: an attempt past PROCESSING_TIMEOUT is cancelled and settled as timed
 out. Asked to stop, it starts nothing new and lets what runs finish; what has not finished when
-the engine's grace runs out is cancelled and handed back, visible again at once.
+the engine's grace runs out is cancelled and given back, visible again at once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..hooks import NO_HOOKS, Hooks
 from ..metrics import WorkerMetrics
 from ..sqs import ReceivedMessage
 from ..verdicts import TimedOut
-from .ledger import InFlight, Unit, WorkQueue
+from .in_flight import InFlight, Unit, WorkQueue
 from .part import Part
 from .settler import Settler
 from .steps import Processor
@@ -42,16 +42,16 @@ class CoroutineProcessing(Part):
     each unit to the loop."""
 
     def __init__(
-        self, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler, metrics: WorkerMetrics,
+        self, *, work: WorkQueue, processor: Processor, in_flight: InFlight, settler: Settler, metrics: WorkerMetrics,
         concurrency: int, timeout_s: float, hooks: Hooks = NO_HOOKS, queue_name: str = "",
     ) -> None:
         super().__init__(name="coroutines")
-        self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
+        self.work, self.processor, self.in_flight, self.settler = work, processor, in_flight, settler
         self.metrics, self.concurrency, self.timeout_s = metrics, concurrency, timeout_s
         self.hooks, self.queue_name = hooks, queue_name
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._attempts: set[asyncio.Task[Any]] = set()
-        self._handing_back = False  # the grace is over: cancelled attempts are handed back
+        self._giving_back = False  # the grace is over: cancelled attempts are given back
         self._left_behind = 0  # cancelled attempts that did not end: the step ignores cancellation
 
     def run(self) -> None:
@@ -102,7 +102,7 @@ class CoroutineProcessing(Part):
         error: Optional[BaseException]
         if attempt in done:
             if attempt.cancelled():
-                if self._handing_back:
+                if self._giving_back:
                     return None
                 error = asyncio.CancelledError("the step was cancelled")
             else:
@@ -146,12 +146,12 @@ class CoroutineProcessing(Part):
 
     def give_back_in_flight(self) -> None:
         """The grace is over: cancel every attempt still running; each one's message (and its
-        unit's rest) is handed back, visible at once, instead of waiting out its visibility."""
+        unit's rest) is given back, visible at once, instead of waiting out its visibility."""
         if self._loop is None or self._loop.is_closed():
             return
 
         def cancel_all() -> None:
-            self._handing_back = True
+            self._giving_back = True
             for attempt in list(self._attempts):
                 attempt.cancel()
 

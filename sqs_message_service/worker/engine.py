@@ -1,9 +1,9 @@
 """The worker's engine: `Worker` wires its parts and orders their stop, as dramatiq's does.
 
-- `InFlight`, the ledger (ledger.py): every message received and not yet finished, behind one
+- `InFlight` (in_flight.py): every message received and not yet finished, behind one
   condition. It bounds receiving, tells the heartbeat what to extend, and is what a stop waits
   on. Nothing else is shared between the roles but it, the work queue and the settler.
-- `Consumer`s receive (consumer.py): a receive's worth whenever the ledger has room. One always
+- `Consumer`s receive (consumer.py): a receive's worth whenever `InFlight` has room. One always
   polls; above a few receives' worth of processors, helpers join it while receives come back
   full, so that a backlog is fetched by several receives at once and an empty queue costs one
   long poll.
@@ -46,7 +46,7 @@ from .consumer import PREFETCH, Backlog, Consumer, receivers_for
 from .coroutines import CoroutineProcessing
 from .deadlines import DeadlineWatch
 from .heartbeat import Heartbeat
-from .ledger import InFlight, WorkQueue
+from .in_flight import InFlight, WorkQueue
 from .processed import ProcessedLedger
 from .processing import ProcessorThread
 from .settler import Settler
@@ -55,10 +55,10 @@ from .steps import Processor, runs_as_coroutine
 log = logging.getLogger(__name__)
 
 #: How long a stop waits for a receive under way before it abandons it. A receive that finds
-#: messages comes back within a round trip, and then hands them back itself; only an empty long
+#: messages comes back within a round trip, and then gives them back itself; only an empty long
 #: poll lasts longer (up to RECEIVE_WAIT_SECONDS), and it brings nothing worth waiting for.
 RECEIVE_ABANDON_S = 0.5
-#: The end of SHUTDOWN_GRACE kept for handing back what an async step has not finished: its
+#: The end of SHUTDOWN_GRACE kept for giving back what an async step has not finished: its
 #: attempts are cancelled and their messages made visible at once (at most a second, at most a
 #: tenth of the grace).
 GIVE_BACK_S = 1.0
@@ -92,17 +92,17 @@ class Worker:
         # With the processed ledger a receive waits for its claim before the processors see it:
         # a second receive's worth ahead for each receiver keeps them busy meanwhile.
         ahead = PREFETCH * self.receivers * (1 if processed is None else 2)
-        self.ledger = InFlight(capacity=settings.worker_concurrency + ahead)
-        self.metrics.in_flight.set_function(lambda: len(self.ledger))
+        self.in_flight = InFlight(capacity=settings.worker_concurrency + ahead)
+        self.metrics.in_flight.set_function(lambda: len(self.in_flight))
         self.work = WorkQueue()
         self.settler = Settler(
-            queue=queue, dead_letter_queue=dead_letter_queue, ledger=self.ledger, settings=settings,
+            queue=queue, dead_letter_queue=dead_letter_queue, in_flight=self.in_flight, settings=settings,
             metrics=self.metrics, output=output, worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
             processed=processed, hooks=self.hooks,
         )
         self.admission = None if processed is None else Admission(
-            processed=processed, fifo=queue.is_fifo, ledger=self.ledger, work=self.work, settler=self.settler,
+            processed=processed, fifo=queue.is_fifo, in_flight=self.in_flight, work=self.work, settler=self.settler,
             calls_at_once=1 + self.receivers,
         )
         self.consumers: list[Consumer] = []
@@ -112,7 +112,8 @@ class Worker:
         self.watch: Optional[DeadlineWatch] = None  # a plain step's deadlines
         if runs_as_coroutine(processor):
             self.coroutines = CoroutineProcessing(
-                work=self.work, processor=processor, ledger=self.ledger, settler=self.settler, metrics=self.metrics,
+                work=self.work, processor=processor, in_flight=self.in_flight, settler=self.settler,
+                metrics=self.metrics,
                 concurrency=settings.worker_concurrency, timeout_s=settings.processing_timeout_s, hooks=self.hooks,
                 queue_name=queue.name,
             )
@@ -138,12 +139,12 @@ class Worker:
 
     def run(self, *, burst: bool = False) -> int:
         """Work until stopped, or with `burst` until the queue is drained; 0 when everything
-        in flight was finished or handed back within SHUTDOWN_GRACE."""
+        in flight was finished or given back within SHUTDOWN_GRACE."""
         visibility_timeout_s = self._queue_visibility_timeout()
         backlog = Backlog()  # receives come back full: helpers receive too
         self.consumers = [
             Consumer(
-                queue=self.queue, ledger=self.ledger, work=self.work, settler=self.settler, metrics=self.metrics,
+                queue=self.queue, in_flight=self.in_flight, work=self.work, settler=self.settler, metrics=self.metrics,
                 visibility_timeout_s=visibility_timeout_s, wait_s=0 if burst else self.settings.receive_wait_s,
                 stop_worker=self.request_stop, backlog=backlog,
                 idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number, admission=self.admission,
@@ -153,7 +154,8 @@ class Worker:
         if self.coroutines is None:
             self.processors = [self._processor_thread() for _ in range(self.settings.worker_concurrency)]
         self.heartbeat = Heartbeat(
-            queue=self.queue, ledger=self.ledger, visibility_timeout_s=visibility_timeout_s, processed=self.processed,
+            queue=self.queue, in_flight=self.in_flight, visibility_timeout_s=visibility_timeout_s,
+            processed=self.processed,
         )
         parts = (self.settler, *self.consumers, *self.processors, self.coroutines, self.watch, self.heartbeat)
         for part in parts:
@@ -173,7 +175,7 @@ class Worker:
 
     def _processor_thread(self) -> ProcessorThread:
         return ProcessorThread(
-            next(self._processor_numbers), work=self.work, processor=self.processor, ledger=self.ledger,
+            next(self._processor_numbers), work=self.work, processor=self.processor, in_flight=self.in_flight,
             settler=self.settler, watch=self.watch, hooks=self.hooks, queue_name=self.queue.name,
         )
 
@@ -187,7 +189,7 @@ class Worker:
 
     def stop(self) -> bool:
         """Stop every part, in the order that keeps the guarantees, within SHUTDOWN_GRACE; True
-        when everything in flight was finished or handed back. Blocks until then; a second
+        when everything in flight was finished or given back. Blocks until then; a second
         caller waits for the first one's stop and gets its result.
 
         1. The consumers receive no more. A receive under way is abandoned after
@@ -222,16 +224,16 @@ class Worker:
         if abandoned:
             log.info("not waiting for %d receive(s) under way: what they bring is made visible again", abandoned)
         if self.coroutines is None:
-            drained = self.ledger.wait_empty(left_s())
-        else:  # what has not finished by the end of the grace is cancelled and handed back
+            drained = self.in_flight.wait_empty(left_s())
+        else:  # what has not finished by the end of the grace is cancelled and given back
             give_back_s = min(GIVE_BACK_S, self.settings.shutdown_grace_s / 10)
-            drained = self.ledger.wait_empty(left_s() - give_back_s)
+            drained = self.in_flight.wait_empty(left_s() - give_back_s)
             if not drained:
                 log.info("grace period ending: cancelling %d attempt(s) still running, handing their messages back",
-                         len(self.ledger))
+                         len(self.in_flight))
                 self.coroutines.give_back_in_flight()
-                drained = self.ledger.wait_empty(left_s())
-        if self.admission is not None:  # what it still claims finds the work queue closed: handed back
+                drained = self.in_flight.wait_empty(left_s())
+        if self.admission is not None:  # what it still claims finds the work queue closed: given back
             self.admission.close(max(1.0, left_s()))
         for processor in list(self.processors):
             if self.watch is None or not self.watch.is_stuck(processor):  # a stuck one never ends
@@ -248,7 +250,7 @@ class Worker:
             self.settler.join(max(1.0, left_s()))
         if not drained:
             log.warning("grace period (%g s) over with %d messages in flight: they return after their "
-                        "visibility timeout", self.settings.shutdown_grace_s, len(self.ledger))
+                        "visibility timeout", self.settings.shutdown_grace_s, len(self.in_flight))
         return drained
 
     def _queue_visibility_timeout(self) -> int:

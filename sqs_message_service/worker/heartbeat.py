@@ -8,7 +8,7 @@ import time
 from typing import Optional
 
 from ..sqs import ReceivedMessage, SqsQueue
-from .ledger import InFlight
+from .in_flight import InFlight
 from .part import Part
 from .processed import ProcessedLedger, wall_clock
 
@@ -21,11 +21,11 @@ class Heartbeat(Part):
     ledger, their claims' leases with them, so that a lease ends when the invisibility does."""
 
     def __init__(
-        self, *, queue: SqsQueue, ledger: InFlight, visibility_timeout_s: int,
+        self, *, queue: SqsQueue, in_flight: InFlight, visibility_timeout_s: int,
         processed: Optional[ProcessedLedger] = None,
     ) -> None:
         super().__init__(name="heartbeat")
-        self.queue, self.ledger, self.visibility_timeout_s = queue, ledger, visibility_timeout_s
+        self.queue, self.in_flight, self.visibility_timeout_s = queue, in_flight, visibility_timeout_s
         self.processed = processed
         # The leases are extended on a thread of their own: a DynamoDB that stalls (attempts
         # of seconds each) must never hold back the next beat's visibility extensions.
@@ -36,7 +36,7 @@ class Heartbeat(Part):
         interval_s = max(0.2, self.visibility_timeout_s / 3)
         while not self.pause(interval_s):
             now = time.monotonic()
-            due = self.ledger.due(before=now + 2 * interval_s)
+            due = self.in_flight.due(before=now + 2 * interval_s)
             if not due:
                 continue
             outcomes = self.queue.change_visibility([(m.receipt_handle, self.visibility_timeout_s) for m in due])
@@ -46,7 +46,7 @@ class Heartbeat(Part):
                     extended.append(message)
                 else:
                     log.warning("heartbeat for %r failed (%s)", message.id, outcome)
-            self.ledger.extended(extended, deadline=now + self.visibility_timeout_s)
+            self.in_flight.extended(extended, deadline=now + self.visibility_timeout_s)
             if self.processed is not None:  # all of them: a lease outlives a visibility SQS would not extend
                 self._extend_leases(due, lease_until=wall_clock(now + self.visibility_timeout_s))
         self._leases.shutdown(wait=False)

@@ -96,7 +96,7 @@ class StatsPane(Part):
         depths = poll_depths(self.worker)
         if self.out is not None:
             text = render_stats(
-                title, snapshot, in_flight=len(self.worker.ledger), per_second=snapshot["processed_per_s"],
+                title, snapshot, in_flight=len(self.worker.in_flight), per_second=snapshot["processed_per_s"],
                 depths=depths, sqs_requests=self.stats.billable_requests,
                 ledger_errors=self.stats.ledger_errors if self.worker.processed is not None else None,
             )

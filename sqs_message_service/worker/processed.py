@@ -236,7 +236,7 @@ class ProcessedLedger:
 
     # Gives-back and extensions, on this worker's own claims.
 
-    def release(self, messages: Sequence[ReceivedMessage]) -> list[None]:
+    def give_back(self, messages: Sequence[ReceivedMessage]) -> list[None]:
         """Give back the claims this worker holds on these messages' keys (a failed step): the
         retry runs when it comes. Best effort, and never raises: a claim not given back lapses
         with its lease."""

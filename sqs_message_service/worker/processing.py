@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Optional
 from ..hooks import NO_HOOKS, Hooks
 from ..sqs import ReceivedMessage
 from .deadlines import DeadlineWatch, Late
-from .ledger import InFlight, WorkQueue
+from .in_flight import InFlight, WorkQueue
 from .part import Part
 from .settler import Settler
 from .steps import Processor
@@ -44,21 +44,21 @@ class SimulatedWork:
 
 class ProcessorThread(Part):
     """Runs a plain processing step on units of work, and hands each message to the settler;
-    never receives. Asked to stop, it finishes the message it is on and hands back, visible at
+    never receives. Asked to stop, it finishes the message it is on and gives back, visible at
     once, every unit it gets after that, until the work queue gives it None.
 
     Each attempt is bracketed by the deadline `watch`: one that outlives PROCESSING_TIMEOUT is
     settled without this thread, which on its return drops the outcome (and ends, when it was
-    replaced meanwhile). A step that returns an awaitable (a plain function handing back a
+    replaced meanwhile). A step that returns an awaitable (a plain function returning a
     coroutine) has it run to its end here, on this thread's own event loop: an attempt counts as
     done only once the step's code has run."""
 
     def __init__(
-        self, number: int, *, work: WorkQueue, processor: Processor, ledger: InFlight, settler: Settler,
+        self, number: int, *, work: WorkQueue, processor: Processor, in_flight: InFlight, settler: Settler,
         watch: Optional[DeadlineWatch] = None, hooks: Hooks = NO_HOOKS, queue_name: str = "",
     ) -> None:
         super().__init__(name=f"processor-{number}")
-        self.work, self.processor, self.ledger, self.settler = work, processor, ledger, settler
+        self.work, self.processor, self.in_flight, self.settler = work, processor, in_flight, settler
         self.watch = watch
         self.hooks, self.queue_name = hooks, queue_name  # they watch each attempt (tracing: a process span)
         self._loop: Optional[asyncio.Runner] = None  # for awaitables a plain step returns

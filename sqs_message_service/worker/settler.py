@@ -21,7 +21,7 @@ from ..settings import Settings
 from ..sqs import BATCH_MAX_ENTRIES, EntryOutcome, ReceivedMessage, SqsQueue
 from ..verdicts import Reject, RetryLater, TimedOut
 from .backoff import compute_backoff
-from .ledger import InFlight
+from .in_flight import InFlight
 from .part import Part
 from .processed import BATCH_WRITE_MAX_ITEMS, TRANSACT_MAX_ITEMS, ProcessedLedger
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ACK_LINGER_S = 0.02
 #: How long the settler waits for room among the pending deletes and visibility changes before
 #: it gives up on one (the message is then delivered again): while it waits, the messages stay
-#: in the ledger, so the worker receives nothing new and processes no faster than it can
+#: in `InFlight`, so the worker receives nothing new and processes no faster than it can
 #: acknowledge.
 ACK_BACKPRESSURE_S = 30.0
 #: How long a message whose step returned waits before its record as done is written again,
@@ -79,10 +79,10 @@ class Settler(Part):
     this thread settles whatever gathered meanwhile, in one pass. Success: recorded in the output
     file, then deleted. Failure: made visible again after a backoff, or at MAX_RECEIVE_COUNT sent
     to the dead-letter queue with its reasons and then deleted. Only once a message is handed
-    over does the ledger let it go, so the worker receives no faster than it settles, and the
+    over does `InFlight` let it go, so the worker receives no faster than it settles, and the
     heartbeat no longer extends what is now a delete or a retry's backoff.
     Unstarted messages (shutdown, or behind a failed one of its FIFO group) are given back
-    (`give_back`) by whoever holds them: visible at once. Every way a message leaves the ledger
+    (`give_back`) by whoever holds them: visible at once. Every way a message leaves `InFlight`
     is a verb of this class: the other parts say what happened, the settler lets it go. Asked to
     stop, it settles what it was handed, then lets the pending deletes and visibility changes
     leave (for up to SHUTDOWN_GRACE), and ends.
@@ -99,14 +99,14 @@ class Settler(Part):
     """
 
     def __init__(
-        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, ledger: InFlight, settings: Settings,
+        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, in_flight: InFlight, settings: Settings,
         metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
         processed: Optional[ProcessedLedger] = None, hooks: Hooks = NO_HOOKS,
     ) -> None:
         super().__init__(name="settler")
         self.queue = queue
         self.dead_letter_queue = dead_letter_queue
-        self.ledger = ledger
+        self.in_flight = in_flight
         self.settings = settings
         self.metrics = metrics
         self.output = output
@@ -135,7 +135,7 @@ class Settler(Part):
                 max_pending=pending, linger_s=ACK_LINGER_S, name="record",
             )
             self._gives_back: GroupCommit[ReceivedMessage, None] = GroupCommit(
-                processed.release, max_batch=TRANSACT_MAX_ITEMS, max_concurrent=calls_at_once,
+                processed.give_back, max_batch=TRANSACT_MAX_ITEMS, max_concurrent=calls_at_once,
                 max_pending=pending, linger_s=ACK_LINGER_S, name="give-back",
             )
 
@@ -161,9 +161,9 @@ class Settler(Part):
                     handed_over = self._settle(message, error, step_s)
                 finally:  # handed over: the heartbeat leaves it be, and there is room for another
                     if handed_over:
-                        self.ledger.finish([message])
+                        self.in_flight.finish([message])
                     else:  # its record is being written: room for another, still kept invisible
-                        self.ledger.settling([message])
+                        self.in_flight.settling([message])
             for message in due:
                 self._record_then_delete(message)
         self._drain()
@@ -230,11 +230,11 @@ class Settler(Part):
             error = future.exception() or future.result()
             if error is None:
                 self._hand_over(self._deletes, message, message, "deleted")
-                self.ledger.finish([message])
+                self.in_flight.finish([message])
             elif self.stopping:
                 log.warning("message %r processed but not recorded as done (%s): stopping, it comes back "
                             "and is processed again", message.id, error)
-                self.ledger.finish([message])
+                self.in_flight.finish([message])
             else:
                 log.warning("message %r processed but not recorded as done (%s): kept, and recorded again "
                             "in %g s", message.id, error, RECORD_RETRY_S)
@@ -306,7 +306,7 @@ class Settler(Part):
             then()
 
     # What the other parts say of the messages they will not finish: each verb lets the message
-    # go from the ledger here, so that the settler is the one place a message leaves it.
+    # go from `InFlight` here, so that the settler is the one place a message leaves it.
 
     def skip_duplicates(self, messages: list[ReceivedMessage]) -> None:
         """Messages the processed ledger knows as done: deleted without the step."""
@@ -315,7 +315,7 @@ class Settler(Part):
                       message.processing_key)
             self.metrics.add("duplicates")
             self._hand_over(self._deletes, message, message, "deleted as a duplicate")
-        self.ledger.finish(messages)
+        self.in_flight.finish(messages)
 
     def come_back_later(self, messages: list[tuple[ReceivedMessage, float]]) -> None:
         """Messages not to be processed now, visible again after the seconds given with each
@@ -324,12 +324,12 @@ class Settler(Part):
             self.metrics.add("held")
             seconds = min(MAX_VISIBILITY_S, max(0, math.ceil(after_s)))
             self._hand_over(self._visibility, (message, seconds), message, "left to come back")
-        self.ledger.finish([message for message, _ in messages])
+        self.in_flight.finish([message for message, _ in messages])
 
     def leave(self, messages: list[ReceivedMessage]) -> None:
         """Messages left as they are, to come back after their visibility timeout (the
         processed ledger could not claim them)."""
-        self.ledger.finish(messages)
+        self.in_flight.finish(messages)
 
     def give_back(self, messages: list[ReceivedMessage], *, claimed: bool = True) -> None:
         """Messages received but not to be processed here after all (the worker stopping, a FIFO
@@ -341,7 +341,7 @@ class Settler(Part):
         if not messages:
             return
         if claimed and self.processed is not None:
-            self.processed.release(messages)  # best effort: a claim not given back lapses with its lease
+            self.processed.give_back(messages)  # best effort: a claim not given back lapses with its lease
         try:
             outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
             for message, outcome in zip(messages, outcomes, strict=True):
@@ -350,7 +350,7 @@ class Settler(Part):
         except Exception:
             log.error("could not give back %d messages", len(messages), exc_info=True)
         finally:
-            self.ledger.finish(messages)
+            self.in_flight.finish(messages)
 
     def _delete_batch(self, messages: list[ReceivedMessage]) -> list[EntryOutcome]:
         """A DeleteMessageBatch, once the records of the messages it deletes are written."""

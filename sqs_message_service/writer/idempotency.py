@@ -186,7 +186,7 @@ class SharedStore:
     def finish(self, key: bytes, answer: dict[str, str]) -> None:
         """SQS has the message: the key's answer replaces this writer's claim on it. A failure
         here is logged, not raised: the message was sent, and its 201 is true."""
-        owned = self.leases.owned(self._release_owner(key))
+        owned = self.leases.owned(self._forget_owner(key))
         # or already so, when botocore retried an UpdateItem whose answer was lost
         owned["ConditionExpression"] += " OR (#state = :answered AND answer = :answer)"
         owned["ExpressionAttributeNames"]["#state"] = "state"
@@ -204,7 +204,7 @@ class SharedStore:
     def abandon(self, key: bytes) -> None:
         """The send failed: give the key back (if the claim is still this writer's), so that a
         retry sends anew. A failure here leaves the claim to lapse with its lease."""
-        owned = self.leases.owned(self._release_owner(key))
+        owned = self.leases.owned(self._forget_owner(key))
         try:
             with self.leases.call("DeleteItem"):
                 self.client.delete_item(TableName=self.table, Key={"key": {"S": key.hex()}}, **owned)
@@ -217,7 +217,7 @@ class SharedStore:
         return _replay(record.get("fingerprint", {}).get("S") == request.hex(),
                        record["answer"]["S"] if answered else None)
 
-    def _release_owner(self, key: bytes) -> str:
+    def _forget_owner(self, key: bytes) -> str:
         with self._lock:
             return self._owners.pop(key, "")
 

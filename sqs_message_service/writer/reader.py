@@ -10,11 +10,12 @@ import concurrent.futures
 import contextvars
 import logging
 import os
+import queue
 import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from ..dlq import failure_attributes, send_dead_letter
 from ..hooks import NO_HOOKS, Hooks
@@ -67,6 +68,7 @@ class Reader:
             for outcome in ("received", "acknowledged", "given_back", "dead_lettered", "extended", "lapsed")
         }
         self._polls = threading.BoundedSemaphore(settings.read_max_polls)
+        self._poll_threads = PollThreads()
         self._stopping = threading.Event()
         self._waiting: set[threading.Event] = set()
         self._lock = threading.Lock()
@@ -112,20 +114,11 @@ class Reader:
             self._polls.release()
 
     def _poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> concurrent.futures.Future[Any]:
-        """The receive on a daemon thread of its own: one abandoned at a stop keeps no process
-        from exiting (an executor's threads are joined at exit)."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        context = contextvars.copy_context()  # the request's span: the receive is its child
-
-        def run() -> None:
-            try:
-                future.set_result(context.run(
-                    self.queue.receive, max_messages=max_messages, wait_s=wait_s, visibility_timeout_s=lease_s))
-            except BaseException as exc:  # handed to the request, as raised
-                future.set_exception(exc)
-
-        threading.Thread(target=run, name="long-poll", daemon=True).start()
-        return future
+        """The receive on a poll thread, in the request's context (its span: the receive is
+        its child)."""
+        return self._poll_threads.submit(
+            contextvars.copy_context(), self.queue.receive,
+            max_messages=max_messages, wait_s=wait_s, visibility_timeout_s=lease_s)
 
     def _give_back_late(self, future: concurrent.futures.Future[list[ReceivedMessage]]) -> None:
         """What a receive abandoned at a stop brought back: visible again at once, lost to no one."""
@@ -247,3 +240,41 @@ class Reader:
     def _count(self, outcomes: Sequence[Settled], done: str) -> None:
         self._outcomes[done].inc(sum(outcome.error is None for outcome in outcomes))
         self._outcomes["lapsed"].inc(sum(isinstance(outcome.error, LeaseLapsed) for outcome in outcomes))
+
+
+class PollThreads:
+    """Daemon threads for long polls, started when none is idle, and kept: a thread a receive
+    saves its start. Daemon threads, not an executor's (which are joined at exit), so that a poll
+    abandoned at a stop keeps no process from exiting. How many: the most polls at once, which
+    Reader._long_poll bounds by READ_MAX_POLLS, plus any abandoned one still waiting on SQS; a
+    poll never waits for a thread."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def submit(self, context: contextvars.Context, function: Callable[..., Any], **kwargs: Any,
+               ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, context, function, kwargs))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                self._started += 1
+                threading.Thread(target=self._work, name=f"long-poll-{self._started}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, context, function, kwargs = self._jobs.get()
+            result, error = None, None
+            try:
+                result = context.run(function, **kwargs)
+            except BaseException as exc:  # handed to the request, as raised
+                error = exc
+            self._idle.release()  # idle before the answer goes back: the request's next poll finds it
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)

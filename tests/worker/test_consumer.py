@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sqs_message_service.worker.consumer import Backlog, Consumer, receivers_for
-from sqs_message_service.worker.ledger import InFlight, WorkQueue
+from sqs_message_service.worker.in_flight import InFlight, WorkQueue
 
 
 @pytest.mark.parametrize(("concurrency", "receivers"), [(1, 1), (10, 1), (39, 1), (40, 2), (64, 3), (500, 4)])
@@ -31,7 +31,7 @@ class DepthReadings:
 
 def burst_consumer(queue: DepthReadings) -> Consumer:
     return Consumer(
-        queue=queue, ledger=InFlight(10), work=WorkQueue(), settler=None, metrics=None,  # type: ignore[arg-type]
+        queue=queue, in_flight=InFlight(10), work=WorkQueue(), settler=None, metrics=None,  # type: ignore[arg-type]
         visibility_timeout_s=30, wait_s=1, stop_worker=lambda: None, backlog=Backlog(), idle_s=0,
     )
 

@@ -377,7 +377,7 @@ def test_an_idle_timer_under_a_second_still_long_polls(start_worker: Callable[..
     assert waits and min(waits) >= 1, waits  # never a receive every BURST_POLL_S on an empty queue
 
 
-def test_a_stop_with_several_receivers_hands_back_everything_not_started(
+def test_a_stop_with_several_receivers_gives_back_everything_not_started(
     start_worker: Callable[..., RunningWorker], sqs: Any, queue: SqsQueue
 ) -> None:
     receives = ReceivesAtOnce(sqs)
@@ -397,7 +397,7 @@ def test_a_stop_with_several_receivers_hands_back_everything_not_started(
     done = len(running.output_lines)
     assert 1 <= done <= 40 + 2 * BATCH_MAX_ENTRIES  # at most what it could hold: none fetched past that
     depth = queue.depth()
-    assert depth["in_flight"] == 0  # nothing left invisible: all not started was handed back
+    assert depth["in_flight"] == 0  # nothing left invisible: all not started was given back
     assert depth["visible"] == 100 - done
 
 
@@ -437,7 +437,7 @@ def test_a_worker_holds_no_more_than_it_can_settle_while_deletes_are_slow(
 
     assert running.wait() == 0
     assert metrics.count("deleted") == 120
-    # The ledger (2 processing + a receive's worth ahead), the deletes allowed to wait (10 a
+    # What may be in flight (2 processing + a receive's worth ahead), the deletes allowed to wait (10 a
     # processor) and the 2 calls of 10 under way: the processors outrun the deletes 30 times
     # over, and still nothing more is received until the settler has handed messages over.
     assert max(held) <= 12 + 20 + 2 * BATCH_MAX_ENTRIES
@@ -595,10 +595,10 @@ def test_a_message_whose_key_another_worker_holds_comes_back_when_that_lease_end
     assert running.worker.metrics.count("held") >= 1
 
 
-def test_a_stop_gives_back_the_claims_of_what_it_hands_back(
+def test_a_stop_gives_back_the_claims_of_the_messages_it_gives_back(
     start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, dynamodb: Any
 ) -> None:
-    # GIVEN a worker with the ledger, busy with slow steps and more claimed in hand
+    # GIVEN a worker with the processed ledger, busy with slow steps and more claimed in hand
     started = threading.Event()
 
     def slow(message: ReceivedMessage) -> None:
@@ -611,7 +611,7 @@ def test_a_stop_gives_back_the_claims_of_what_it_hands_back(
     # WHEN it stops
     running.worker.stop()
 
-    # THEN what it finished is recorded done, and what it handed back unstarted has no claim left
+    # THEN what it finished is recorded done, and what it gave back unstarted has no claim left
     # in the way of the next worker
     states = [item["state"]["S"] for item in dynamodb.scan(TableName="processed")["Items"]]
     assert states.count("done") == running.worker.metrics.count("processed") > 0

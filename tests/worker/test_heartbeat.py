@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from sqs_message_service.worker.heartbeat import Heartbeat
-from sqs_message_service.worker.ledger import InFlight
+from sqs_message_service.worker.in_flight import InFlight
 from sqsinterface import ReceivedMessage
 
 
@@ -37,10 +37,10 @@ class StalledTable:
 
 
 def test_a_stalled_table_never_holds_back_the_visibility_extensions() -> None:
-    queue, table, ledger = Extensions(), StalledTable(), InFlight(capacity=1)
-    assert ledger.claim(gather_s=0, stop=threading.Event()) == 1
-    ledger.receive(1, [ReceivedMessage(id="m", body="b", receipt_handle="h")], deadline=time.monotonic() + 1)
-    heartbeat = Heartbeat(queue=queue, ledger=ledger, visibility_timeout_s=1, processed=table)  # type: ignore[arg-type]
+    queue, table, in_flight = Extensions(), StalledTable(), InFlight(capacity=1)
+    assert in_flight.reserve(gather_s=0, stop=threading.Event()) == 1
+    in_flight.receive(1, [ReceivedMessage(id="m", body="b", receipt_handle="h")], deadline=time.monotonic() + 1)
+    heartbeat = Heartbeat(queue=queue, in_flight=in_flight, visibility_timeout_s=1, processed=table)  # type: ignore[arg-type]
     heartbeat.start()
     try:
         time.sleep(1.6)  # about five beats of 0.33 s

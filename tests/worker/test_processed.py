@@ -124,9 +124,9 @@ def test_a_claim_given_back_frees_the_key_and_only_its_owner_can(table: str, dyn
     owner, other = a_worker(dynamodb, clock), a_worker(dynamodb, clock, "worker-b")
     owner.claim([message(1), message(2)], lease_until=NOW + 30)
 
-    other.release([message(1)])  # not its claim: left as it is
+    other.give_back([message(1)])  # not its claim: left as it is
     assert verdicts(other.claim([message(1)], lease_until=NOW + 30)) == [Verdict.HELD]
-    owner.release([message(1)])
+    owner.give_back([message(1)])
 
     assert verdicts(other.claim([message(1), message(2)], lease_until=NOW + 30)) == [Verdict.CLAIMED, Verdict.HELD]
 
@@ -181,7 +181,7 @@ def test_a_table_that_does_not_answer_makes_every_claim_unavailable(
 
     assert verdicts(ledger.claim([message(1), message(2)], lease_until=NOW + 30)) == [Verdict.UNAVAILABLE] * 2
     assert all(error is not None for error in ledger.complete([message(1)]))
-    ledger.release([message(1)])  # best effort: no raise
+    ledger.give_back([message(1)])  # best effort: no raise
     assert ledger.metrics is not None
     assert total(ledger.metrics.ledger_errors, "worker_ledger_errors_total") == 3
 

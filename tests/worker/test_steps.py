@@ -76,7 +76,7 @@ def test_a_plain_function_returning_an_awaitable_counts_only_once_it_was_awaited
         await asyncio.sleep(0.001)
         finished.append(message.body)
 
-    def step(message: ReceivedMessage) -> Any:  # a plain def handing back a coroutine
+    def step(message: ReceivedMessage) -> Any:  # a plain def returning a coroutine
         return really(message)
 
     running = start_worker(step, bodies)
@@ -193,7 +193,7 @@ def test_an_async_step_past_its_deadline_is_cancelled_and_comes_back_after_its_b
     assert running.worker.healthy
 
 
-def test_a_stop_lets_async_attempts_finish_within_the_grace_and_hands_back_the_rest(
+def test_a_stop_lets_async_attempts_finish_within_the_grace_and_gives_back_the_rest(
     start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue]
 ) -> None:
     started = threading.Event()
@@ -210,7 +210,7 @@ def test_a_stop_lets_async_attempts_finish_within_the_grace_and_hands_back_the_r
 
     running.worker.request_stop()
 
-    assert running.wait(10) == 0  # nothing left in flight: the endless one was handed back
+    assert running.wait(10) == 0  # nothing left in flight: the endless one was given back
     assert time.monotonic() - begun < 2.5
     assert sorted(line.body for line in running.output_lines) == ["short 1", "short 2"]
     visible = queues[0].depth()["visible"]

@@ -1,4 +1,4 @@
-"""What the worker holds: the ledger of messages received and not yet finished (`InFlight`),
+"""What the worker holds: the messages received and not yet finished (`InFlight`),
 and the queue of work between the consumers and the processors (`WorkQueue`)."""
 
 from __future__ import annotations
@@ -27,29 +27,29 @@ def work_units(messages: list[ReceivedMessage], *, fifo: bool) -> list[Unit]:
 
 
 class InFlight:
-    """The ledger of messages received and not yet finished, with when each one's invisibility
+    """The messages received and not yet finished, with when each one's invisibility
     ends. At most `capacity` at once: the processors' number plus a receive's worth ahead for
-    each receiver. Receivers claim their slots here before they receive, so that several
+    each receiver. Receivers reserve their slots here before they receive, so that several
     receiving at once never fetch more than there is room for."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.receive_size = min(BATCH_MAX_ENTRIES, capacity)  # what a claim gathers for: a whole receive
+        self.receive_size = min(BATCH_MAX_ENTRIES, capacity)  # what a reservation gathers for: a whole receive
         self._cond = threading.Condition()
         self._messages: dict[str, tuple[ReceivedMessage, float]] = {}  # receipt handle -> (it, deadline)
         # Done with, and still to be kept invisible, but no longer holding a slot: the records
         # the processed ledger is writing before their deletes (`settling`).
         self._settling: dict[str, tuple[ReceivedMessage, float]] = {}
-        self._claimed = 0  # slots promised to a receive under way
+        self._reserved = 0  # slots promised to a receive under way
 
     def __len__(self) -> int:
         """Messages received and not finished, those settling included."""
         with self._cond:
             return len(self._messages) + len(self._settling)
 
-    def claim(self, *, gather_s: float, stop: threading.Event) -> int:
+    def reserve(self, *, gather_s: float, stop: threading.Event) -> int:
         """Wait for a free slot; then, if others are busy, up to `gather_s` for more to free, so
-        that one receive fills several. Claims and returns up to `receive_size`: at least 1, or 0
+        that one receive fills several. Reserves and returns up to `receive_size`: at least 1, or 0
         once `stop` is set (and `wake` called). (Another receiver may take the slots meanwhile:
         then it waits again.)"""
         wanted = self.receive_size
@@ -60,23 +60,23 @@ class InFlight:
                 until = time.monotonic() + gather_s
                 while self._free() < wanted and not stop.is_set() and (left_s := until - time.monotonic()) > 0:
                     self._cond.wait(left_s)
-                claimed = min(wanted, self._free())
-                if claimed > 0 and not stop.is_set():
-                    self._claimed += claimed
-                    return claimed
+                reserved = min(wanted, self._free())
+                if reserved > 0 and not stop.is_set():
+                    self._reserved += reserved
+                    return reserved
             return 0
 
-    def receive(self, claimed: int, messages: list[ReceivedMessage], *, deadline: float) -> None:
-        """What a receive for `claimed` slots brought: in flight until `deadline` (monotonic)
+    def receive(self, reserved: int, messages: list[ReceivedMessage], *, deadline: float) -> None:
+        """What a receive for `reserved` slots brought: in flight until `deadline` (monotonic)
         unless extended; the slots it did not fill are free again."""
         with self._cond:
-            self._claimed -= claimed
+            self._reserved -= reserved
             for message in messages:
                 self._messages[message.receipt_handle] = (message, deadline)
             self._cond.notify_all()
 
     def finish(self, messages: list[ReceivedMessage]) -> None:
-        """These are no longer in flight here (done, or handed back)."""
+        """These are no longer in flight here (done, or given back)."""
         with self._cond:
             was_full = self._free() <= 0
             for message in messages:
@@ -118,7 +118,7 @@ class InFlight:
                         held[message.receipt_handle] = (message, deadline)
 
     def wake(self) -> None:
-        """Let every waiting `claim` look at its stop event again."""
+        """Let every waiting `reserve` look at its stop event again."""
         with self._cond:
             self._cond.notify_all()
 
@@ -128,12 +128,12 @@ class InFlight:
             return self._cond.wait_for(lambda: not (self._messages or self._settling), timeout=max(0.0, timeout_s))
 
     def _free(self) -> int:
-        return self.capacity - len(self._messages) - self._claimed
+        return self.capacity - len(self._messages) - self._reserved
 
 
 class WorkQueue:
     """Units of work from the consumers to the processors, in order. Once `close`d it takes no
-    more: a consumer then hands back what it holds. `wake` ends one waiting `get` with None;
+    more: a consumer then gives back what it holds. `wake` ends one waiting `get` with None;
     sent after `close`, each None comes behind every unit queued, so the processors get and hand
     back all of those first."""
 
