@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 
 LOCAL_SQS := local/sqs/node_modules/.installed
 
-.PHONY: setup venv local-sqs browser prometheus queues run stop test fast lint e2e containers soak bench profile audit serve worker console clean requirements
+.PHONY: setup venv local-sqs browser prometheus queues run stop test fast lint format e2e containers soak bench profile audit serve worker console clean requirements
 
 setup: queues
 
@@ -74,9 +74,10 @@ $(PROMETHEUS):
 	dpkg-deb -x .cache/prometheus_*.deb .cache/prometheus && rm -f .cache/prometheus_*.deb
 	touch $@
 
-# Lint and types first (seconds), then every test. `make fast` is the quick tier alone.
+# Lint, format and types first (seconds), then every test, on every core (pytest-xdist): each
+# test uses its own ports, files and processes. `make fast` is the quick tier alone.
 test: $(STAMP) local-sqs browser prometheus lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 # The quick tier, on every core (pytest-xdist): its tests share no process, file or fixed port.
 fast: $(STAMP) lint
@@ -84,7 +85,12 @@ fast: $(STAMP) lint
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# ruff's formatter over everything (make lint checks that nothing is left to format).
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
 
 e2e: $(STAMP) local-sqs
 	$(PY) scripts/e2e.py $(E2E_ARGS)

@@ -6,11 +6,8 @@ either moto in process or a process of ours on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import importlib.metadata
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -21,34 +18,17 @@ from typing import Any, Callable, Iterator
 import pytest
 import uvicorn
 from moto import mock_aws
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.parser import text_string_to_metric_families
 
 import sqs_setup
-from harness import ROOT, Process, accepts_connections, free_port
+from doubles import Clock, MetricsPage, OneCallAtATime
+from harness import Process, accepts_connections, free_port
+from helpers import start_moto_server, wait_until
 from server import create_app
 from sqs_message_service.console.app import create_app as create_console
 from sqs_message_service.console.readings import Scrape
 from sqs_message_service.settings import ENV_NAMES, Settings
 from sqs_message_service.writer.service import WRITER_EXTENSION
 from sqsinterface import SqsQueue, create_client
-
-#: The console scripts pyproject.toml declares, as the editable install `make` made reports them
-#: (importlib.metadata, not tomllib, which Python 3.10 lacks).
-CONSOLE_SCRIPTS = {
-    entry_point.name: entry_point.value
-    for entry_point in importlib.metadata.entry_points(group="console_scripts")
-    if entry_point.dist is not None and entry_point.dist.name == "sqs-message-service"
-}
-BIN = Path(sys.executable).parent
-#: The local SQS engine for whole-system tests: SQS_LOCAL when set, else fauxqs when make
-#: installed it, moto without Node.
-LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
-    "fauxqs"
-    if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
-    else "moto"
-)
-
 
 #: Fixtures that start a process or a server: a test using one is an integration test.
 STARTS_PROCESSES_OR_SERVERS = frozenset({"live_server", "moto_server", "start"})
@@ -57,12 +37,21 @@ STARTS_PROCESSES_OR_SERVERS = frozenset({"live_server", "moto_server", "start"})
 #: The worker in a thread, for the engine's and the steps' tests: the `start_worker` fixture.
 pytest_plugins = ["worker_doubles"]
 
+#: Where the tests that start processes live, each file of them: all of them are integration tests.
+PROCESS_TESTS = Path(__file__).parent / "process"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `integration` every test that starts a process or a server through a fixture, so
-    that `pytest -m "not integration"` is the fast tier without anyone having to remember."""
+    """Mark `integration` every test under tests/process/, and every other test that starts a
+    process or a server through a fixture, so that `pytest -m "not integration"` is the fast
+    tier without anyone having to remember."""
     for item in items:
-        if STARTS_PROCESSES_OR_SERVERS & set(getattr(item, "fixturenames", ())):
+        if item.path.is_relative_to(PROCESS_TESTS) or STARTS_PROCESSES_OR_SERVERS & set(
+                getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # The process tests first: on several cores (make test) the long ones start at once and the
+    # many short ones fill in around them, instead of one core running the longest alone at the end.
+    items.sort(key=lambda item: not item.path.is_relative_to(PROCESS_TESTS))
 
 
 @pytest.fixture(autouse=True)
@@ -97,27 +86,6 @@ def sqs(settings: Settings) -> Iterator[Any]:
     """A boto3 SQS client on moto, in process."""
     with mock_aws():
         yield create_client(settings)
-
-
-class OneCallAtATime:
-    """A client whose calls run one at a time, as scripts/local_moto.py serves DynamoDB: moto in
-    process copies a table for a transaction while another thread may write to it ("dictionary
-    changed size during iteration"), which DynamoDB itself never shows a caller."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute) or name.startswith("_") or name in ("get_waiter", "get_paginator"):
-            return attribute
-
-        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attribute(*args, **kwargs)
-
-        return one_at_a_time
 
 
 @pytest.fixture
@@ -157,21 +125,6 @@ def console_app(settings: Settings, sqs: Any, queues: tuple[SqsQueue, SqsQueue])
         return create_console(changed, client=sqs, source=Scrape(()), start_feed=False)
 
     return create
-
-
-class MetricsPage:
-    """A registry served on a loopback port by prometheus_client, as a writer or worker serves
-    its /metrics."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.port = free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -246,46 +199,6 @@ def live_server(app: Any) -> Iterator[str]:
     thread.join(10)
 
 
-def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    """Poll `condition` every 50 ms; fail the test naming `what` if it is not true in time."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)
-
-
-#: A /metrics page as Prometheus parses it: (sample name, its labels) -> value.
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def metric_samples(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when it is not there (a labelled series not yet started)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def start_moto_server(log_path: Path, port: int = 0) -> tuple[Process, str]:
-    """moto's server (SQS, DynamoDB, any service) as a process on loopback, on `port` or a free
-    one, once it listens: the process and its endpoint URL. It is scripts/local_moto.py, where
-    DynamoDB's conditional writes are atomic as on AWS."""
-    port = port or free_port()
-    process = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
-                      env=os.environ, log_path=log_path)
-    try:
-        wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
-    except BaseException:
-        process.stop()
-        raise
-    return process, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def moto_server(tmp_path: Path) -> Iterator[str]:
     """moto's server as a process on a free loopback port; yields its endpoint URL."""
@@ -332,129 +245,6 @@ def start_writer(start: Callable[..., Process]) -> Callable[..., tuple[Process, 
         return writer, f"http://127.0.0.1:{port}"
 
     return start_one
-
-
-class PartlyFailingClient:
-    """Passes SendMessageBatch to moto except entries whose body is 'reject' or 'throttle',
-    which it reports as SQS does in `Failed`."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
-        kept = [e for e in Entries if e["MessageBody"] not in ("reject", "throttle")]
-        response = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=kept) if kept else {}
-        failed = [
-            {
-                "Id": e["Id"],
-                "SenderFault": e["MessageBody"] == "reject",
-                "Code": "InvalidParameterValue" if e["MessageBody"] == "reject" else "InternalError",
-                "Message": "refused by the test",
-            }
-            for e in Entries
-            if e not in kept
-        ]
-        return {"Successful": response.get("Successful", []), "Failed": failed}
-
-
-class SlowProxy:
-    """A TCP proxy on loopback that holds each answer coming back from `upstream_port` for
-    `delay_s` (which a test may change at any time): an SQS that answers, slowly. The delay is
-    taken once per exchange (before the first chunk that follows a request), not per chunk, so
-    an answer's time does not depend on how the engine splits it. Runs its own event loop in a
-    thread."""
-
-    def __init__(self, upstream_port: int, delay_s: float) -> None:
-        self.upstream_port = upstream_port
-        self.delay_s = delay_s
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._connections: set[asyncio.Task] = set()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._started.wait(10), "proxy did not start"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
-        self._started.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # a connection is served in a task of its own
-        self._connections.add(task)
-        writers = [client_writer]
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            writers.append(upstream_writer)
-            request_sent = asyncio.Event()
-            await asyncio.gather(
-                self._forward(client_reader, upstream_writer, request_sent),
-                self._answer(upstream_reader, client_writer, request_sent),
-            )
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            for writer in writers:
-                writer.close()
-            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-            self._connections.discard(task)
-
-    @staticmethod
-    async def _forward(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event
-    ) -> None:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-            request_sent.set()
-        writer.close()
-
-    async def _answer(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event
-    ) -> None:
-        while chunk := await reader.read(65536):
-            if request_sent.is_set():
-                request_sent.clear()
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-            writer.write(chunk)
-            await writer.drain()
-        writer.close()
-
-    async def _shut_down(self) -> None:
-        self._server.close()
-        for connection in list(self._connections):
-            connection.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-class Clock:
-    """A clock a test moves by hand (`clock.now += 30`), for what keeps time in epoch seconds."""
-
-    START = 1_700_000_000.0
-
-    def __init__(self) -> None:
-        self.now = self.START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

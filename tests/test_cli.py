@@ -14,7 +14,8 @@ import pytest
 import client
 import sqs_setup
 import worker
-from conftest import CONSOLE_SCRIPTS, ROOT
+from harness import ROOT
+from helpers import CONSOLE_SCRIPTS
 from sqs_message_service import dlq
 from sqs_message_service.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 

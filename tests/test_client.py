@@ -18,7 +18,7 @@ import pytest
 
 import client
 from client import Client, file_jobs, load_jobs
-from conftest import metric, metric_samples
+from helpers import metric, metric_samples
 from sqs_message_service.output import ProcessedRecord
 from sqs_message_service.settings import Settings
 from sqsinterface import ReceivedMessage, SqsQueue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from harness import ROOT
 from sqs_message_service.settings import (
     CONSOLE,
     DECLARED,

@@ -24,7 +24,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import sqs_message_service.writer as writer_package
-from conftest import ROOT
+from harness import ROOT
 from sqs_message_service.writer import checks, connexion_hooks, stack
 from sqs_message_service.writer.connexion_hooks import (
     ROUTING_CONTEXT,

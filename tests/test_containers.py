@@ -16,7 +16,8 @@ import yaml
 import client
 import containers
 import worker
-from conftest import CONSOLE_SCRIPTS, ROOT
+from harness import ROOT
+from helpers import CONSOLE_SCRIPTS
 from sqs_message_service.settings import ENV_NAMES, Settings
 
 #: What boto3 reads from the environment beside config.py's settings.

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.config import SchemathesisConfig
 
 import sqs_setup
-from conftest import BIN, ROOT
+from harness import ROOT
+from helpers import BIN
 from schemathesis_hooks import keep_property_names
 from server import create_app
 from sqs_message_service.settings import Settings

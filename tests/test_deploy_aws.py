@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 import sqs_setup
-from conftest import BIN, ROOT, wait_until
 from e2e import LocalSystem, ids_in
-from harness import free_port
+from harness import ROOT, free_port
+from helpers import BIN, wait_until
 from sqs_message_service.output import read_records
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import KEY_SCHEMA, TTL_ATTRIBUTE

@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # no type informatio
 import pytest
 import yaml
 
-from conftest import ROOT
+from harness import ROOT
 from sqs_message_service.settings import ENV_NAMES, Settings
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"

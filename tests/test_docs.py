@@ -1,7 +1,7 @@
 """The README and docs/ stay true to the tree: every relative link leads to a file (and a heading,
 when it names one), every `make` command they show is a target of the Makefile, and the copies of
 files they show are the files' own; and every ```sh block carries a doc-test marker, whose
-convention (and the test that runs the blocks) is in tests/test_doc_commands.py."""
+convention (and the test that runs the blocks) is in tests/process/test_doc_commands.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from harness import ROOT
 from test_doc_commands import blocks
 
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]

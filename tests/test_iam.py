@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import sqs_setup
-from conftest import ROOT, PartlyFailingClient
+from doubles import PartlyFailingClient
+from harness import ROOT
 from server import create_app
 from sqs_message_service import dlq
 from sqs_message_service.dlq import failure_attributes

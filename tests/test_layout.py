@@ -7,9 +7,10 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import ROOT
+from harness import ROOT
 
 PACKAGE = ROOT / "sqs_message_service"
 #: The names the user gave the project's top-level modules, each holding its role.
@@ -85,3 +86,23 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back() -> None:
                     seen.add(dep)
                     stack.append((dep, [*trail, dep]))
     assert cycles == []
+
+
+def test_the_tests_that_start_processes_are_apart_and_out_of_the_fast_tier() -> None:
+    # every file under tests/process/ is integration by its folder: the fast tier collects none
+    fast = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not integration",
+         "tests/process"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    everything = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/process"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+    assert fast.returncode == 5 and "no tests collected" in fast.stdout, fast.stdout[-2000:]
+    assert everything.returncode == 0 and " tests collected" in everything.stdout
+    # and no whole file of process tests is left elsewhere
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        if "process" not in path.relative_to(ROOT / "tests").parts:
+            assert "pytestmark = pytest.mark.integration" not in path.read_text(encoding="utf-8"), path

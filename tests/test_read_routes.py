@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from conftest import metric, metric_samples, wait_until
+from helpers import metric, metric_samples, wait_until
 from server import create_app
 from sqs_message_service import dlq
 from sqs_message_service.settings import Settings

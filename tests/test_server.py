@@ -18,7 +18,8 @@ import yaml
 
 import server
 import sqs_setup
-from conftest import PartlyFailingClient, Samples, metric, metric_samples, wait_until
+from doubles import PartlyFailingClient
+from helpers import Samples, metric, metric_samples, wait_until
 from server import create_app
 from sqs_message_service.metrics import total
 from sqs_message_service.settings import Settings

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from conftest import PartlyFailingClient
+from doubles import PartlyFailingClient
 from sqs_message_service.settings import Settings
 from sqs_message_service.sqs import billable_requests
 from sqsinterface import (

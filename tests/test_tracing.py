@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import sqs_setup
-from conftest import ROOT
+from harness import ROOT
 from server import create_app
 from sqs_message_service.logs import TraceFormatter, set_trace_ids
 from sqs_message_service.output import OutputWriter

@@ -1,5 +1,5 @@
 """worker.py, the entry point: its options, each with its environment variable. (The engine is
-tested in tests/worker/; the process, its signals and its stop in tests/test_worker_process.py.)"""
+tested in tests/worker/; the process, its signals and its stop in tests/process/test_worker_process.py.)"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from conftest import metric, metric_samples
+from helpers import metric, metric_samples
 from sqs_message_service.aws import create_client
 from sqs_message_service.console.feed import Feed
 from sqs_message_service.console.readings import Scrape

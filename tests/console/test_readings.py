@@ -6,7 +6,7 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry
 
-from conftest import MetricsPage
+from doubles import MetricsPage
 from harness import free_port
 from sqs_message_service.console.readings import Scrape, parse_metrics
 from sqs_message_service.metrics import WorkerMetrics, WriterMetrics

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import wait_until
+from helpers import wait_until
 from sqs_message_service.dlq import SOURCE_ID, failure_attributes
 from sqs_message_service.metrics import WorkerMetrics, WorkerStats, total
 from sqs_message_service.settings import Settings

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import wait_until
+from helpers import wait_until
 from sqs_message_service.sqs import ReceivedMessage
 from sqs_message_service.worker.in_flight import InFlight, WorkQueue
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Clock
+from doubles import Clock
 from sqs_message_service.metrics import LedgerMetrics, by_label, total
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table

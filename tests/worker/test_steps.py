@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import wait_until
+from helpers import wait_until
 from sqsinterface import ReceivedMessage, Reject, RetryLater, SqsQueue
 from worker_doubles import RunningWorker
 

@@ -11,7 +11,7 @@ import botocore.config
 import pytest
 from botocore.stub import Stubber
 
-from conftest import metric, metric_samples
+from helpers import metric, metric_samples
 from server import create_app
 from sqs_message_service.settings import Settings
 from sqs_message_service.sqs import SqsError

@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 import pytest
 
-from conftest import Clock
+from doubles import Clock
 from sqs_message_service.leases import TableUnavailable
 from sqs_message_service.settings import Settings
 from sqs_message_service.tables import ensure_table

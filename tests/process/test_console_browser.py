@@ -24,12 +24,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import LOCAL_ENGINE, ROOT
 from e2e import LocalSystem, local_system
-from harness import free_port, wait_for_port
+from harness import ROOT, free_port, wait_for_port
+from helpers import LOCAL_ENGINE
 from steps import attempts
-
-pytestmark = pytest.mark.integration
 
 KEY = "console-test-key"
 #: What the page shows for a figure it has no reading of (an en dash).

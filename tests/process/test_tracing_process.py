@@ -15,12 +15,11 @@ import pytest
 import requests
 
 import sqs_setup
-from conftest import ROOT, wait_until
+from harness import ROOT
+from helpers import wait_until
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from sqs_message_service.settings import Settings
 from sqsinterface import create_client
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

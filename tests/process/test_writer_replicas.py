@@ -16,8 +16,9 @@ import pytest
 import requests
 
 import sqs_setup
-from conftest import SlowProxy, start_moto_server, wait_until
+from doubles import SlowProxy
 from harness import Process
+from helpers import start_moto_server, wait_until
 from sqs_message_service.settings import Settings
 from sqsinterface import create_client
 

@@ -15,12 +15,11 @@ import pytest
 import requests
 
 import sqs_setup
-from conftest import LOCAL_ENGINE, ROOT, wait_until
 from e2e import local_system
+from harness import ROOT
+from helpers import LOCAL_ENGINE, wait_until
 from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, create_client
-
-pytestmark = pytest.mark.integration
 
 WRITE_KEY, READ_KEY = "copy-writer", "copy-reader"
 KEYS = {"API_KEYS": WRITE_KEY, "READ_KEYS": READ_KEY}

@@ -8,12 +8,10 @@ import sys
 from typing import Any, Callable
 
 import boto3
-import pytest
 import requests
 
-from conftest import ROOT, metric, metric_samples, wait_until
-
-pytestmark = pytest.mark.integration
+from harness import ROOT
+from helpers import metric, metric_samples, wait_until
 
 
 def run_setup(env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -15,10 +15,9 @@ from typing import Iterator
 
 import pytest
 
-from conftest import CONSOLE_SCRIPTS, ROOT, Process, accepts_connections, free_port, wait_until
+from harness import ROOT, Process, accepts_connections, free_port
+from helpers import CONSOLE_SCRIPTS, wait_until
 from test_layout import USERS_NAMES
-
-pytestmark = pytest.mark.integration
 
 SCRIPTS = ("queue-writer", "queue-worker", "queue-client", "queue-setup", "queue-dlq", "queue-console")
 #: The console's page, script, style and spec: data of its package that the wheel must carry.

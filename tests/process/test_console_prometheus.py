@@ -10,13 +10,13 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import ROOT, MetricsPage, Process, accepts_connections, free_port, wait_until
+from doubles import MetricsPage
+from harness import ROOT, Process, accepts_connections, free_port
+from helpers import wait_until
 from sqs_message_service.console.app import source_for
 from sqs_message_service.console.readings import Prometheus
 from sqs_message_service.metrics import WorkerMetrics, WriterMetrics
 from sqs_message_service.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 BINARY = ROOT / ".cache" / "prometheus" / "usr" / "bin" / "prometheus"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN
+from helpers import BIN
 from sqs_message_service.settings import Settings
 from sqsinterface import SqsQueue
 

@@ -15,13 +15,12 @@ from typing import Any, Callable
 import pytest
 
 import sqs_setup
-from conftest import Samples, accepts_connections, free_port, metric, metric_samples, start_moto_server, wait_until
+from harness import ROOT, accepts_connections, free_port
+from helpers import Samples, metric, metric_samples, start_moto_server, wait_until
 from sqs_message_service.cli import EXIT_FAILED, EXIT_USAGE
 from sqs_message_service.output import read_records
 from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
-
-pytestmark = pytest.mark.integration
 
 
 def loaded_queues(endpoint: str, bodies: list[str]) -> tuple[SqsQueue, SqsQueue]:
@@ -271,7 +270,7 @@ def test_a_step_that_never_returns_is_timed_out_dead_lettered_and_a_sigterm_stil
     worker = start(
         "worker.py", "--concurrency", "2", "--grace", "4",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "PROCESSOR": step,
-             "PYTHONPATH": str(Path(__file__).parent), "STEP_LOG": str(tmp_path / "steps.jsonl"),
+             "PYTHONPATH": str(ROOT / "tests"), "STEP_LOG": str(tmp_path / "steps.jsonl"),
              "PROCESSING_TIMEOUT": "1", "MAX_RECEIVE_COUNT": "2", "RETRY_BACKOFF_BASE": "0",
              "MAX_STUCK_THREADS": "2", "METRICS_PORT": str(port)},
     )

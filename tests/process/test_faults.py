@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LOCAL_ENGINE, SlowProxy, wait_until
+from doubles import SlowProxy
 from e2e import LocalSystem, ids_in, local_system
 from harness import rss_mib
+from helpers import LOCAL_ENGINE, wait_until
 from sqs_message_service.output import read_records
 
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(
         LOCAL_ENGINE != "fauxqs",
         reason="these loads need fauxqs (Node.js 20+, installed by make): moto re-scans the whole "

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import ROOT, free_port, wait_until
+from harness import ROOT, free_port
+from helpers import wait_until
 
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(shutil.which("tmux") is None, reason="runall.sh needs tmux"),
 ]
 

@@ -15,13 +15,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import sqs_setup
-from conftest import ROOT, wait_until
-from harness import ApiProxy
+from harness import ROOT, ApiProxy
+from helpers import wait_until
 from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, SqsQueue, create_client
 from steps import attempts
-
-pytestmark = pytest.mark.integration
 
 TABLE = "processed"
 VISIBILITY_TIMEOUT_S = 2

@@ -12,11 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from conftest import LOCAL_ENGINE, ROOT
-
-pytestmark = pytest.mark.integration  # it starts the local endpoint, writers and workers
+from harness import ROOT
+from helpers import LOCAL_ENGINE
 
 NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
          "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from conftest import LOCAL_ENGINE, wait_until
 from e2e import LocalSystem, local_system, run_e2e, run_ledger_e2e
+from helpers import LOCAL_ENGINE, wait_until
 from sqs_message_service.aws import create_client
 from sqs_message_service.output import read_records
 from sqs_message_service.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 
 def test_every_accepted_message_is_processed_or_dead_lettered(tmp_path: Path) -> None:

@@ -33,9 +33,8 @@ from typing import Iterator
 
 import pytest
 
-from conftest import LOCAL_ENGINE, ROOT, Process, accepts_connections, free_port, wait_until
-
-pytestmark = pytest.mark.integration
+from harness import ROOT, Process, accepts_connections, free_port
+from helpers import LOCAL_ENGINE, wait_until
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: A marker line, then the block's fence (indented as in a list, or not), its text, its end.

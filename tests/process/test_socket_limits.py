@@ -13,11 +13,11 @@ import pytest
 import requests
 
 import sqs_setup
-from conftest import SlowProxy, accepts_connections, free_port, metric, metric_samples, wait_until
+from doubles import SlowProxy
+from harness import accepts_connections, free_port
+from helpers import metric, metric_samples, wait_until
 from sqs_message_service.aws import create_client
 from sqs_message_service.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 UNFINISHED = b"POST /api/message HTTP/1.1\r\nHost: x\r\n"  # and then nothing
 
