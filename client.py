@@ -338,8 +338,7 @@ def wait_until_ready(url: str, timeout_s: float) -> bool:
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and base_url(url) != url.rstrip("/"):
                 raise WrongUrl(
-                    f"{health} answered 404: --url is the writer's base URL, without /api "
-                    f"(here, --url {base_url(url)})"
+                    f"{health} answered 404: --url is the writer's base URL, without /api (here, --url {base_url(url)})"
                 ) from None
             if exc.code == 404:  # the URL is right, so what answers there is not the writer
                 netloc = urllib.parse.urlsplit(url).netloc
@@ -383,10 +382,18 @@ def build_parser(port: int = 5000) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--url", default=f"http://127.0.0.1:{port}", help="the writer (default %(default)s, on the writer's PORT)")
     add("--batch-size", type=int, default=10, help="requests per batch (default %(default)s)")
-    add("--malformed-per-batch", type=int, default=1,
-        help="malformed requests in each batch, 0 to switch off (default %(default)s)")
-    add("--concurrency", type=int, default=8,
-        help="sending threads, each with a keep-alive session (default %(default)s)")
+    add(
+        "--malformed-per-batch",
+        type=int,
+        default=1,
+        help="malformed requests in each batch, 0 to switch off (default %(default)s)",
+    )
+    add(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="sending threads, each with a keep-alive session (default %(default)s)",
+    )
     add("--rate", type=float, help="at most this many requests per second in all (default: as fast as answered)")
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument("--count", type=int, help=f"send this many requests (default {DEFAULT_COUNT})")
@@ -397,14 +404,25 @@ def build_parser(port: int = 5000) -> argparse.ArgumentParser:
     add("--stats-interval", type=float, default=1.0, help="seconds between live stats (default %(default)s)")
     add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
     add("--api-key", help="sent as X-API-Key, for a writer with API_KEYS")
-    add("--processed", type=Path, metavar="FILE",
+    add(
+        "--processed",
+        type=Path,
+        metavar="FILE",
         help="the worker's --output file: with --ids-out, wait for the accepted messages to "
-        "appear in it and add the latency from sending to processed to the summary")
-    add("--wait-processed", type=float, default=5.0,
-        help="with --processed, stop waiting once the file has not grown for this many seconds "
-        "(default %(default)s)")
-    add("--max-retries", type=int, default=10,
-        help="times one message is sent again after a 503 with Retry-After (default %(default)s)")
+        "appear in it and add the latency from sending to processed to the summary",
+    )
+    add(
+        "--wait-processed",
+        type=float,
+        default=5.0,
+        help="with --processed, stop waiting once the file has not grown for this many seconds (default %(default)s)",
+    )
+    add(
+        "--max-retries",
+        type=int,
+        default=10,
+        help="times one message is sent again after a 503 with Retry-After (default %(default)s)",
+    )
     add("--allow-errors", action="store_true", help="exit 0 even after 5xx or connection errors")
     return parser
 
@@ -425,8 +443,12 @@ def build_copy_parser(port: int = 5000) -> argparse.ArgumentParser:
     add("--api-key", help="sent as X-API-Key with the writes, for a writer with API_KEYS")
     add("--read-key", help="sent as X-API-Key with the reads: one of READ_KEYS (default: --api-key)")
     add("--lease", type=int, default=60, help="seconds each message is leased while read (default %(default)s)")
-    add("--idle-timeout", type=float, default=60.0,
-        help="give up when no line has come back for this many seconds (default %(default)s)")
+    add(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="give up when no line has come back for this many seconds (default %(default)s)",
+    )
     add("--wait-ready", type=float, default=30.0, help="seconds to wait for the writer to answer (default %(default)s)")
     return parser
 
@@ -439,8 +461,14 @@ def copy_main(argv: list[str], settings: Settings) -> int:
         if args.wait_ready and not wait_until_ready(args.url, args.wait_ready):
             print(f"copy: {args.url} did not answer within {args.wait_ready:g} s", file=sys.stderr)
             return EXIT_FAILED
-        copier = FileCopy(args.url, api_key=args.api_key, read_key=args.read_key, lease_s=args.lease,
-                          idle_timeout_s=args.idle_timeout, say=print)
+        copier = FileCopy(
+            args.url,
+            api_key=args.api_key,
+            read_key=args.read_key,
+            lease_s=args.lease,
+            idle_timeout_s=args.idle_timeout,
+            say=print,
+        )
         result = copier.copy(args.input, args.output)
     except WrongUrl as exc:
         print(f"copy: {exc}", file=sys.stderr)
@@ -448,8 +476,10 @@ def copy_main(argv: list[str], settings: Settings) -> int:
     except (CopyError, OSError) as exc:
         print(f"copy: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"copy: {result.lines} lines back in {args.output} in {result.seconds:.1f} s "
-          f"({result.received} deliveries, {'FIFO' if result.fifo else 'standard'} queue)")
+    print(
+        f"copy: {result.lines} lines back in {args.output} in {result.seconds:.1f} s "
+        f"({result.received} deliveries, {'FIFO' if result.fifo else 'standard'} queue)"
+    )
     return EXIT_OK
 
 
@@ -487,8 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     ids_out = open(args.ids_out, "w", encoding="utf-8") if args.ids_out else None
     try:
         client = Client(
-            url=args.url, jobs=jobs, concurrency=concurrency, count=count,
-            duration_s=args.duration, rate=args.rate, ids_out=ids_out, api_key=args.api_key,
+            url=args.url,
+            jobs=jobs,
+            concurrency=concurrency,
+            count=count,
+            duration_s=args.duration,
+            rate=args.rate,
+            ids_out=ids_out,
+            api_key=args.api_key,
             max_retries=args.max_retries,
         )
         stats = client.run(stats_out=sys.stdout, stats_interval_s=args.stats_interval)

@@ -66,8 +66,10 @@ def post_messages(body: dict[str, Any]) -> JsonResponse:
     """
     writer = current_writer()
     if "Idempotency-Key" in flask.request.headers:
-        raise InvalidRequest("POST /api/messages takes no Idempotency-Key (its entries are not replayed): "
-                             "send keyed messages one by one to POST /api/message")
+        raise InvalidRequest(
+            "POST /api/messages takes no Idempotency-Key (its entries are not replayed): "
+            "send keyed messages one by one to POST /api/message"
+        )
     prepared: list[Union[OutgoingMessage, InvalidMessage]] = []
     for fields in body["messages"]:
         try:
@@ -104,8 +106,10 @@ def current_reader() -> Reader:
     """The Reader of the app serving this request; refuses when reading is off (no READ_KEYS)."""
     reader: Optional[Reader] = flask.current_app.extensions.get(READER_EXTENSION)
     if reader is None:
-        raise NotAReader("reading is off on this writer: set READ_KEYS (comma-separated keys, sent in X-API-Key) "
-                         "to turn the read routes on")
+        raise NotAReader(
+            "reading is off on this writer: set READ_KEYS (comma-separated keys, sent in X-API-Key) "
+            "to turn the read routes on"
+        )
     return reader
 
 
@@ -115,7 +119,8 @@ def receive_messages(body: dict[str, Any]) -> JsonResponse:
     reader = current_reader()
     acknowledged = reader.acknowledge(body["acknowledge"]) if "acknowledge" in body else None
     messages = reader.receive(
-        max_messages=body.get("max_messages", 10), wait_s=body.get("wait_seconds", 0),
+        max_messages=body.get("max_messages", 10),
+        wait_s=body.get("wait_seconds", 0),
         lease_s=body.get("lease_seconds"),
     )
     answer: dict[str, Any] = {"messages": messages}
@@ -129,8 +134,9 @@ def acknowledge(body: dict[str, Any]) -> JsonResponse:
 
 
 def give_back(body: dict[str, Any]) -> JsonResponse:
-    return _settled(current_reader().give_back(
-        body["tokens"], delay_s=body.get("delay_seconds", 0), reason=body.get("reason")))
+    return _settled(
+        current_reader().give_back(body["tokens"], delay_s=body.get("delay_seconds", 0), reason=body.get("reason"))
+    )
 
 
 def extend_leases(body: dict[str, Any]) -> JsonResponse:

@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Optional[Settings] = None, queue: Optional[SqsQueue] = None, keys: Optional[KeyStore] = None,
-    source: Optional[Union[Path, Mapping[str, Any]]] = None, tracing: Optional[Hooks] = None,
+    settings: Optional[Settings] = None,
+    queue: Optional[SqsQueue] = None,
+    keys: Optional[KeyStore] = None,
+    source: Optional[Union[Path, Mapping[str, Any]]] = None,
+    tracing: Optional[Hooks] = None,
     hooks: Hooks = NO_HOOKS,
 ) -> connexion.FlaskApp:
     """Build the writer. `settings` default to the environment's; `queue` to the configured SQS
@@ -64,45 +67,59 @@ def create_app(
         queue = SqsQueue(settings.queue_name, create_client(settings), hooks=watching)
     else:
         queue = queue.watched_by(watching)  # with tracing, a span for each SendMessageBatch
-    registry = CollectorRegistry()  # the writer's metrics and its SQS calls
-    # One process serves its own registry; one of several serves the sum of all of theirs.
-    metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
-    queue.metrics.expose_in(registry)
+    metrics = _metrics(settings, queue)
     writer_hooks = combine(watching, metrics)  # the writer's metrics count each request, as hooks
     api_keys, read_keys = settings.load_api_keys(), frozenset(comma_list(settings.read_keys))
     spec = _served_spec(settings, queue, source, writer_hooks, keys_required=bool(api_keys), read_keys=bool(read_keys))
     dead_letter_queue = SqsQueue(settings.dlq_name, queue.client, queue.metrics)
-    writer = Writer(
-        settings, queue, dead_letter_queue, metrics, idempotency=_key_store(settings, keys), hooks=writer_hooks,
-        entry_problem=spec.entry_problem,
-    )
-    reader = Reader(settings, _read_queue(settings, queue, injected), dead_letter_queue, metrics,
-                    hooks=writer_hooks) if read_keys else None
+    keys = _key_store(settings, keys)
+    writer = Writer(settings, queue, dead_letter_queue, metrics, keys, writer_hooks, spec.entry_problem)
+    reader = None
+    if read_keys:
+        reader = Reader(
+            settings, _read_queue(settings, queue, injected), dead_letter_queue, metrics, hooks=writer_hooks
+        )
     routes = _routes(spec)
     answer = ProblemAnswers(writer, retry_after_s=settings.retry_after_s, body_operations=spec.message_operations)
     admission = _admission(settings, spec, routes, metrics, answer)
     flask_bridge: list[bridge.FlaskBridge] = []  # made once the app is: the lifespan closes its threads
-    middlewares = stack.middlewares(
-        api_keys=bool(api_keys or read_keys),
-        # outside connexion's error handling: it answers scrapes first, and sees every final status
-        observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, hooks=writer_hooks),
-        # after routing and the key check, before the body is read
-        admission=functools.partial(stack.AdmissionLimit, admission=admission),
-        checks=functools.partial(checks.RequestChecks, spec=spec, max_request_bytes=settings.max_request_bytes),
-    )
     app = connexion.FlaskApp(
-        __name__, specification_dir=DATA_DIR, middlewares=middlewares, jsonifier=stack.COMPACT_JSON,
+        __name__,
+        specification_dir=DATA_DIR,
+        middlewares=stack.middlewares(
+            api_keys=bool(api_keys or read_keys),
+            # outside connexion's error handling: it answers scrapes first, and sees every final status
+            observer=functools.partial(stack.RequestObserver, metrics=metrics, routes=routes, hooks=writer_hooks),
+            # after routing and the key check, before the body is read
+            admission=functools.partial(stack.AdmissionLimit, admission=admission),
+            checks=functools.partial(checks.RequestChecks, spec=spec, max_request_bytes=settings.max_request_bytes),
+        ),
+        jsonifier=stack.COMPACT_JSON,
         lifespan=_lifespan(writer, reader, admission, lambda: flask_bridge[0].threads, writer_hooks),
     )
     app.add_api(spec.document, security_map={"apiKey": stack.api_key_handler(api_keys, read_keys=read_keys)})
     flask_bridge.append(bridge.use_bridge(app, threads=settings.handler_threads, body_operations=spec.body_operations))
+    _attach(app, writer, reader, answer)
+    return app
+
+
+def _metrics(settings: Settings, queue: SqsQueue) -> WriterMetrics:
+    """The writer's metrics and its SQS calls', in a registry of their own. One process serves
+    its own registry; one of several serves the sum of all of theirs."""
+    registry = CollectorRegistry()
+    metrics = WriterMetrics(registry, view=all_processes() if settings.writer_processes > 1 else None)
+    queue.metrics.expose_in(registry)
+    return metrics
+
+
+def _attach(app: connexion.FlaskApp, writer: Writer, reader: Optional[Reader], answer: ProblemAnswers) -> None:
+    """The services where the handlers find them, and the problem answers for their errors."""
     app.app.extensions[WRITER_EXTENSION] = writer
     if reader is not None:
         app.app.extensions[READER_EXTENSION] = reader
     app.add_error_handler(ServiceError, answer.handle)
     app.add_error_handler(SqsError, answer.handle)
     app.add_error_handler(ProblemException, answer.handle_connexion)
-    return app
 
 
 def _routes(spec: ServedSpec) -> dict[str, str]:
@@ -119,15 +136,22 @@ def _key_store(settings: Settings, keys: Optional[KeyStore]) -> Optional[KeyStor
     else None (the writer keeps them in its own memory)."""
     if keys is None and settings.idempotency_table:
         keys = SharedStore(
-            settings.idempotency_table, create_client(settings, service="dynamodb"),
-            window_s=settings.idempotency_window_s, lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
+            settings.idempotency_table,
+            create_client(settings, service="dynamodb"),
+            window_s=settings.idempotency_window_s,
+            lease_s=settings.send_timeout_s + LEASE_MARGIN_S,
         )
     return keys
 
 
 def _served_spec(
-    settings: Settings, queue: SqsQueue, source: Optional[Union[Path, Mapping[str, Any]]], hooks: Hooks, *,
-    keys_required: bool, read_keys: bool,
+    settings: Settings,
+    queue: SqsQueue,
+    source: Optional[Union[Path, Mapping[str, Any]]],
+    hooks: Hooks,
+    *,
+    keys_required: bool,
+    read_keys: bool,
 ) -> ServedSpec:
     """The spec the writer serves: `source` (swagger.yml by default) fitted to the queue, the
     keys, the read routes' bounds and the attribute the hooks add to each message."""
@@ -146,21 +170,30 @@ def _served_spec(
 
 
 def _admission(
-    settings: Settings, spec: ServedSpec, routes: dict[str, str], metrics: WriterMetrics, answer: ProblemAnswers,
+    settings: Settings,
+    spec: ServedSpec,
+    routes: dict[str, str],
+    metrics: WriterMetrics,
+    answer: ProblemAnswers,
 ) -> stack.Admission:
     """The writer's admission limit, with the paths it never turns away and the counter of what
     the socket turns away before the app sees it."""
     base_path = spec.document["servers"][0]["url"].rstrip("/")
     route_paths = frozenset(base_path + path for path in routes.values())
     return stack.Admission(
-        limit=admission_limit(settings), render=answer.refusal, retry_after_s=settings.retry_after_s,
+        limit=admission_limit(settings),
+        render=answer.refusal,
+        retry_after_s=settings.retry_after_s,
         exempt_paths=frozenset({"/metrics", *(base_path + routes[op] for op in stack.AdmissionLimit.UNLIMITED)}),
         counted=stack.early_refusals(metrics, route_paths, answer.turned_away),
     )
 
 
 def _lifespan(
-    writer: Writer, reader: Optional[Reader], admission: stack.Admission, handler_threads: Callable[[], Any],
+    writer: Writer,
+    reader: Optional[Reader],
+    admission: stack.Admission,
+    handler_threads: Callable[[], Any],
     hooks: Hooks,
 ) -> Callable[[Any], AsyncContextManager[dict[str, Any]]]:
     """What the app does as the server starts and stops: on a stop signal, the read routes' long
@@ -188,8 +221,7 @@ def _read_queue(settings: Settings, queue: SqsQueue, injected: bool) -> SqsQueue
     with tracing, a receive span linked to each message's creation."""
     if injected:
         return queue
-    client = create_client(settings, read_timeout_s=20 + settings.sqs_read_timeout_s,
-                           pool=settings.read_max_polls + 10)
+    client = create_client(settings, read_timeout_s=20 + settings.sqs_read_timeout_s, pool=settings.read_max_polls + 10)
     return SqsQueue(settings.queue_name, client, queue.metrics, hooks=queue.hooks)
 
 
@@ -199,8 +231,11 @@ def _content_based_deduplication(queue: SqsQueue) -> bool:
     try:
         return queue.content_based_deduplication
     except SqsError as exc:
-        log.warning("cannot read the queue's ContentBasedDeduplication (%s): the served spec "
-                    "leaves deduplication_id optional; the writer still refuses a message without one", exc)
+        log.warning(
+            "cannot read the queue's ContentBasedDeduplication (%s): the served spec "
+            "leaves deduplication_id optional; the writer still refuses a message without one",
+            exc,
+        )
         return True
 
 
@@ -232,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         serve(create_app(settings), settings)
         return cli.EXIT_OK
     if not settings.idempotency_table:
-        log.warning("Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
-                    "set IDEMPOTENCY_TABLE to share them", settings.writer_processes)
+        log.warning(
+            "Idempotency-Keys hold per process: each of the %d writer processes keeps its own; "
+            "set IDEMPOTENCY_TABLE to share them",
+            settings.writer_processes,
+        )
     with tempfile.TemporaryDirectory(prefix="writer-metrics-") as metrics_dir:
         # prometheus_client reads this variable when each process imports it: their counters
         # then live in files there, which every process's /metrics and /api/stats sum up.

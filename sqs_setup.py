@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "changes only what differs. Exits 0 when done, 1 when AWS failed it, 2 on a wrong option "
         "or setting."
     )
-    parser.add_argument("--delete", action="store_true",
-                        help="delete both queues (and the IDEMPOTENCY_TABLE and PROCESSED_TABLE tables, when "
-                        "set) instead")
+    parser.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete both queues (and the IDEMPOTENCY_TABLE and PROCESSED_TABLE tables, when set) instead",
+    )
     return parser
 
 

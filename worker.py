@@ -60,7 +60,6 @@ def pin_to_cpu(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
 
 
-
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Queue-reader: long-polls QUEUE_NAME, processes messages concurrently, deletes "
@@ -78,8 +77,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     add_option(parser, "--stats-interval", "stats_interval_s", settings)
     add_option(parser, "--exit-when-idle", "exit_when_idle_s", settings, metavar="SECONDS")
     add_option(parser, "--grace", "shutdown_grace_s", settings)
-    parser.add_argument("--summary-json", type=Path, metavar="FILE",
-                        help="on exit, write the counters and the SQS calls by operation to FILE as JSON")
+    parser.add_argument(
+        "--summary-json",
+        type=Path,
+        metavar="FILE",
+        help="on exit, write the counters and the SQS calls by operation to FILE as JSON",
+    )
     return parser
 
 
@@ -119,17 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         cleanup.callback(tracing.shutdown)  # the spans still to export leave before the process ends
         worker = Worker(
-            queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
-            processor=processor, settings=settings, output=output, processed=processed, tracing=tracing,
+            queue=queue,
+            dead_letter_queue=SqsQueue(settings.dlq_name, client, sqs_metrics),
+            processor=processor,
+            settings=settings,
+            output=output,
+            processed=processed,
+            tracing=tracing,
         )
-        try:
-            metrics_server = serve_metrics(settings, worker.registry, healthy=lambda: worker.healthy)
-        except OSError as exc:
-            print(f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
-                  file=sys.stderr)
+        if not _metrics_served(settings, worker, cleanup):
             return EXIT_FAILED
-        if metrics_server is not None:
-            cleanup.callback(metrics_server.shutdown)
         _install_signal_handlers(worker)
         log_start(worker, settings)
         stats = WorkerStats(worker.metrics, (worker.queue, worker.dead_letter_queue))
@@ -140,12 +142,32 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code
 
 
+def _metrics_served(settings: Settings, worker: Worker, cleanup: contextlib.ExitStack) -> bool:
+    """/metrics and /health on METRICS_PORT (none when it is 0) until the worker ends; False,
+    once said why, when the port cannot be had."""
+    try:
+        metrics_server = serve_metrics(settings, worker.registry, healthy=lambda: worker.healthy)
+    except OSError as exc:
+        print(
+            f"worker: cannot serve metrics on {settings.host}:{settings.metrics_port} (METRICS_PORT): {exc}",
+            file=sys.stderr,
+        )
+        return False
+    if metrics_server is not None:
+        cleanup.callback(metrics_server.shutdown)
+    return True
+
+
 def log_start(worker: Worker, settings: Settings) -> None:
     log.info(
-        "worker %s on queue %r (%s), concurrency %d%s; step %s (%s), PROCESSING_TIMEOUT %g s", worker.worker_id,
-        settings.queue_name, settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
-        settings.worker_concurrency, "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
-        settings.processor or "simulated work", "coroutines" if worker.coroutines is not None else "threads",
+        "worker %s on queue %r (%s), concurrency %d%s; step %s (%s), PROCESSING_TIMEOUT %g s",
+        worker.worker_id,
+        settings.queue_name,
+        settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
+        settings.worker_concurrency,
+        "" if settings.worker_cpu is None else f", on CPU {settings.worker_cpu}",
+        settings.processor or "simulated work",
+        "coroutines" if worker.coroutines is not None else "threads",
         settings.processing_timeout_s,
     )
 
@@ -159,8 +181,12 @@ def processing_step(settings: Settings, tracing: NoTracing) -> Processor:
             process_time_s=settings.process_time_s, failure_rate=settings.failure_rate, seed=settings.failure_seed
         )
     if settings.processor.startswith(("http://", "https://")):
-        return HttpStep(settings.processor, timeout_s=settings.processing_timeout_s,
-                        concurrency=settings.worker_concurrency, tracing=tracing)
+        return HttpStep(
+            settings.processor,
+            timeout_s=settings.processing_timeout_s,
+            concurrency=settings.worker_concurrency,
+            tracing=tracing,
+        )
     return load_step(settings.processor)
 
 
@@ -175,7 +201,9 @@ def processed_ledger(settings: Settings, queue: SqsQueue) -> Optional[ProcessedL
     if window_s is None:
         window_s = int(queue.attributes(["MessageRetentionPeriod"])["MessageRetentionPeriod"])
     ledger = ProcessedLedger(
-        settings.processed_table, create_client(settings, service="dynamodb"), queue_name=queue.name,
+        settings.processed_table,
+        create_client(settings, service="dynamodb"),
+        queue_name=queue.name,
         window_s=window_s,
     )
     ledger.check()
@@ -191,8 +219,13 @@ def serve_metrics(
     is taken: better than running unwatched."""
     if not settings.metrics_port:
         return None
-    server = make_server(settings.host, settings.metrics_port, health_and_metrics(registry, healthy),
-                         server_class=_server_class(settings.host), handler_class=_QuietHandler)
+    server = make_server(
+        settings.host,
+        settings.metrics_port,
+        health_and_metrics(registry, healthy),
+        server_class=_server_class(settings.host),
+        handler_class=_QuietHandler,
+    )
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics, health on /health", settings.host, settings.metrics_port)
     return server
@@ -207,11 +240,18 @@ def health_and_metrics(registry: CollectorRegistry, healthy: Callable[[], bool])
         if environ.get("PATH_INFO") != "/health":
             return metrics(environ, start_response)
         ok = healthy()
-        body = json.dumps({"status": "ok"} if ok else {
-            "status": "unhealthy", "reason": "processing threads stuck past PROCESSING_TIMEOUT (MAX_STUCK_THREADS)",
-        }).encode()
-        start_response("200 OK" if ok else "503 Service Unavailable",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        body = json.dumps(
+            {"status": "ok"}
+            if ok
+            else {
+                "status": "unhealthy",
+                "reason": "processing threads stuck past PROCESSING_TIMEOUT (MAX_STUCK_THREADS)",
+            }
+        ).encode()
+        start_response(
+            "200 OK" if ok else "503 Service Unavailable",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
     return app

@@ -30,9 +30,15 @@ SPEC = {
                 "operationId": "bare.accept",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["body"], "properties": {"body": {"type": "string"}},
-                    }}},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["body"],
+                                "properties": {"body": {"type": "string"}},
+                            }
+                        }
+                    },
                 },
                 "responses": {"201": {"description": "accepted"}},
             }

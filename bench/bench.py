@@ -136,9 +136,20 @@ class Sizes:
     overload_seconds: float = 5.0  # each best-throughput run; the overload runs twice as long
 
 
-QUICK = Sizes(write_seconds=1.5, connections=8, raw_seconds=1.0, worker_seconds=0.5,
-              worker_max_messages=400, worker_drains=2, cost_messages=200, e2e_small=100, e2e_large=300,
-              console_seconds=3.0, console_dead_letters=300, overload_seconds=1.0)
+QUICK = Sizes(
+    write_seconds=1.5,
+    connections=8,
+    raw_seconds=1.0,
+    worker_seconds=0.5,
+    worker_max_messages=400,
+    worker_drains=2,
+    cost_messages=200,
+    e2e_small=100,
+    e2e_large=300,
+    console_seconds=3.0,
+    console_dead_letters=300,
+    overload_seconds=1.0,
+)
 #: The console's pages in the console stage, and its refresh period there (its default).
 CONSOLE_VIEWERS = 10
 CONSOLE_REFRESH_S = 2.0
@@ -151,8 +162,9 @@ def fresh_queue(system: LocalSystem, name: str) -> dict[str, str]:
     return {"QUEUE_NAME": settings.queue_name, "DLQ_NAME": settings.dlq_name}
 
 
-def send_raw(queue: SqsQueue, *, count: Optional[int] = None, seconds: Optional[float] = None,
-             threads: int = 4) -> tuple[int, float]:
+def send_raw(
+    queue: SqsQueue, *, count: Optional[int] = None, seconds: Optional[float] = None, threads: int = 4
+) -> tuple[int, float]:
     """Plain SendMessageBatch calls of 10 from `threads` threads: (messages sent, seconds)."""
     batch = [OutgoingMessage(body=f"benchmark message {i}") for i in range(BATCH_MAX_ENTRIES)]
     calls = None if count is None else -(-count // BATCH_MAX_ENTRIES)
@@ -217,8 +229,12 @@ def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
         for _ in range(WRITE_ROUNDS):
             for served in servers:
                 cpu_before = cpu_seconds(served.process.pid)
-                result = load.drive(served.url, "/api/message", connections=sizes.connections,
-                                    duration_s=sizes.write_seconds / WRITE_ROUNDS)
+                result = load.drive(
+                    served.url,
+                    "/api/message",
+                    connections=sizes.connections,
+                    duration_s=sizes.write_seconds / WRITE_ROUNDS,
+                )
                 served.cpu_s += cpu_seconds(served.process.pid) - cpu_before
                 served.load.add(result)
         after = {s.name: system.writer_stats(s.url) for s in servers if s.name != "bare"}
@@ -230,19 +246,22 @@ def write_path(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     for served in servers:
         name, answered = served.name, served.load
         p50_s, p99_s = answered.latencies(0.50, 0.99)
-        figures.update({
-            f"write_{name}_msgs_per_s": answered.ok_per_second(201),
-            f"write_{name}_refused": answered.requests - answered.statuses[201],
-            f"write_{name}_p50_ms": 1000 * (p50_s or 0),
-            f"write_{name}_p99_ms": 1000 * (p99_s or 0),
-            f"write_{name}_writer_cores": served.cpu_s / answered.seconds,
-            f"write_{name}_cpu_ms_per_request": 1000 * served.cpu_s / max(1, answered.requests),
-            f"write_{name}_generator_core_share": answered.cpu_share,
-        })
+        figures.update(
+            {
+                f"write_{name}_msgs_per_s": answered.ok_per_second(201),
+                f"write_{name}_refused": answered.requests - answered.statuses[201],
+                f"write_{name}_p50_ms": 1000 * (p50_s or 0),
+                f"write_{name}_p99_ms": 1000 * (p99_s or 0),
+                f"write_{name}_writer_cores": served.cpu_s / answered.seconds,
+                f"write_{name}_cpu_ms_per_request": 1000 * served.cpu_s / max(1, answered.requests),
+                f"write_{name}_generator_core_share": answered.cpu_share,
+            }
+        )
         if name in before:
             stats_before, stats_after = before[name], after[name]
-            calls = (stats_after["sqs_calls"].get("SendMessageBatch", 0)
-                     - stats_before["sqs_calls"].get("SendMessageBatch", 0))
+            calls = stats_after["sqs_calls"].get("SendMessageBatch", 0) - stats_before["sqs_calls"].get(
+                "SendMessageBatch", 0
+            )
             accepted = stats_after["messages"]["accepted"] - stats_before["messages"]["accepted"]
             figures[f"write_{name}_mean_batch"] = accepted / max(1, calls)
             figures[f"sqs_calls_per_msg_write{'_stub' if name == 'stub' else ''}"] = calls / max(1, accepted)
@@ -255,18 +274,27 @@ def batch_endpoint(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     writer = system.start_writer(env=env, program=WRITER, name="writer-batch")
     try:
         before = system.writer_stats()
-        result = load.drive(system.writer_url, "/api/messages", load.batch_body(100), connections=4,
-                            duration_s=sizes.write_seconds)
+        result = load.drive(
+            system.writer_url, "/api/messages", load.batch_body(100), connections=4, duration_s=sizes.write_seconds
+        )
         after = system.writer_stats()
     finally:
         system.stop_process(writer)
     accepted = after["messages"]["accepted"] - before["messages"]["accepted"]
-    return {"batch_endpoint_msgs_per_s": accepted / result.seconds,
-            "batch_endpoint_p50_ms": 1000 * (result.latencies(0.50)[0] or 0)}
+    return {
+        "batch_endpoint_msgs_per_s": accepted / result.seconds,
+        "batch_endpoint_p50_ms": 1000 * (result.latencies(0.50)[0] or 0),
+    }
 
 
 def drain(
-    system: LocalSystem, name: str, *, count: int, args: list[str], processes: int = 1, pinned: bool = False,
+    system: LocalSystem,
+    name: str,
+    *,
+    count: int,
+    args: list[str],
+    processes: int = 1,
+    pinned: bool = False,
     extra_env: Optional[dict[str, str]] = None,
 ) -> tuple[list[ProcessedRecord], dict[str, Any], float]:
     """Fill a fresh queue with `count` messages, then run `processes` workers with `args` on it
@@ -283,10 +311,20 @@ def drain(
     started = time.perf_counter()
     cpus = sorted(os.sched_getaffinity(0), reverse=True) if pinned else []
     workers = [
-        system.python(f"worker-{each}", "worker.py", "--output", str(output), "--exit-when-idle", "1",
-                      "--stats-interval", "60", *(["--summary-json", str(summary)] if number == 0 else []),
-                      *(["--cpu", str(cpus[number % len(cpus)])] if pinned else []),
-                      *args, env={**env, **(extra_env or {}), "METRICS_PORT": "0"})  # several would want one port
+        system.python(
+            f"worker-{each}",
+            "worker.py",
+            "--output",
+            str(output),
+            "--exit-when-idle",
+            "1",
+            "--stats-interval",
+            "60",
+            *(["--summary-json", str(summary)] if number == 0 else []),
+            *(["--cpu", str(cpus[number % len(cpus)])] if pinned else []),
+            *args,
+            env={**env, **(extra_env or {}), "METRICS_PORT": "0"},
+        )  # several would want one port
         for number, (each, output) in enumerate(zip(names, outputs, strict=True))
     ]
     cpu = dict.fromkeys(range(processes), 0.0)
@@ -311,9 +349,15 @@ def processing_rate(records: list[ProcessedRecord]) -> float:
 
 #: The scaling stage's runs: (figure prefix, worker processes, concurrency of each, whether each
 #: runs on a CPU of its own).
-SCALING_RUNS = [("worker_c1", 1, 1, False), ("worker_c4", 1, 4, False), ("worker_c16", 1, 16, False),
-                ("worker_c64", 1, 64, False), ("worker_2proc_c32", 2, 32, False),
-                ("worker_c64_pinned", 1, 64, True), ("worker_2proc_c32_pinned", 2, 32, True)]
+SCALING_RUNS = [
+    ("worker_c1", 1, 1, False),
+    ("worker_c4", 1, 4, False),
+    ("worker_c16", 1, 16, False),
+    ("worker_c64", 1, 64, False),
+    ("worker_2proc_c32", 2, 32, False),
+    ("worker_c64_pinned", 1, 64, True),
+    ("worker_2proc_c32_pinned", 2, 32, True),
+]
 
 
 def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
@@ -326,22 +370,28 @@ def worker_scaling(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
         for prefix, processes, concurrency, pinned in SCALING_RUNS:
             # per process: a second one starts a little later, which a short drain would weigh
             count = min(processes * sizes.worker_max_messages, max(20, int(ideals[prefix] * sizes.worker_seconds)))
-            records, _, cores = drain(system, f"{prefix.replace('_', '-')}-{round_number}", count=count,
-                                      processes=processes, pinned=pinned,
-                                      args=["--concurrency", str(concurrency), "--process-time", str(WORK_S),
-                                            "--failure-rate", "0"])
+            records, _, cores = drain(
+                system,
+                f"{prefix.replace('_', '-')}-{round_number}",
+                count=count,
+                processes=processes,
+                pinned=pinned,
+                args=["--concurrency", str(concurrency), "--process-time", str(WORK_S), "--failure-rate", "0"],
+            )
             drained[prefix].append((processing_rate(records), cores))
     figures: dict[str, Any] = {"worker_work_ms": WORK_S * 1000, "worker_drains": sizes.worker_drains}
     for prefix, ideal in ideals.items():
         rates = [rate for rate, _ in drained[prefix]]
-        figures.update({
-            f"{prefix}_msgs_per_s": statistics.median(rates),
-            f"{prefix}_ideal_msgs_per_s": ideal,
-            f"{prefix}_ratio": statistics.median(rates) / ideal,
-            f"{prefix}_ratio_min": min(rates) / ideal,
-            f"{prefix}_ratio_max": max(rates) / ideal,
-            f"{prefix}_cores": statistics.median([cores for _, cores in drained[prefix]]),
-        })
+        figures.update(
+            {
+                f"{prefix}_msgs_per_s": statistics.median(rates),
+                f"{prefix}_ideal_msgs_per_s": ideal,
+                f"{prefix}_ratio": statistics.median(rates) / ideal,
+                f"{prefix}_ratio_min": min(rates) / ideal,
+                f"{prefix}_ratio_max": max(rates) / ideal,
+                f"{prefix}_cores": statistics.median([cores for _, cores in drained[prefix]]),
+            }
+        )
     return figures
 
 
@@ -371,8 +421,11 @@ def worker_steps(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     (examples/http_step.py) takes 20 ms a request, at concurrency 16. Each drained
     `sizes.worker_drains` times, the runs taking turns; the median is reported."""
     port = free_port()
-    server = Process([sys.executable, "-m", "examples.http_step", "--port", str(port),
-                      "--work-ms", str(WORK_S * 1000)], env=os.environ, log_path=system.workdir / "http-step.log")
+    server = Process(
+        [sys.executable, "-m", "examples.http_step", "--port", str(port), "--work-ms", str(WORK_S * 1000)],
+        env=os.environ,
+        log_path=system.workdir / "http-step.log",
+    )
     drained: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix, *_ in STEP_RUNS}  # (rate, MiB)
     try:
         wait_for_port(port, 30)
@@ -380,19 +433,28 @@ def worker_steps(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
             for prefix, step, concurrency, ideal in STEP_RUNS:
                 processor = f"http://127.0.0.1:{port}/step" if step == "http" else step
                 count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
-                drained[prefix].append(drain_watching_memory(
-                    system, f"{prefix.replace('_', '-')}-{round_number}", count=count,
-                    args=["--concurrency", str(concurrency), "--processor", processor], step_s=concurrency / ideal))
+                drained[prefix].append(
+                    drain_watching_memory(
+                        system,
+                        f"{prefix.replace('_', '-')}-{round_number}",
+                        count=count,
+                        args=["--concurrency", str(concurrency), "--processor", processor],
+                        step_s=concurrency / ideal,
+                    )
+                )
     finally:
         server.stop()
     figures: dict[str, Any] = {}
     for prefix, _, _, ideal in STEP_RUNS:
         rates = [rate for rate, _ in drained[prefix]]
-        figures.update({
-            f"{prefix}_msgs_per_s": statistics.median(rates), f"{prefix}_ideal_msgs_per_s": ideal,
-            f"{prefix}_ratio": statistics.median(rates) / ideal,
-            f"{prefix}_peak_mib": statistics.median(mib for _, mib in drained[prefix]),
-        })
+        figures.update(
+            {
+                f"{prefix}_msgs_per_s": statistics.median(rates),
+                f"{prefix}_ideal_msgs_per_s": ideal,
+                f"{prefix}_ratio": statistics.median(rates) / ideal,
+                f"{prefix}_peak_mib": statistics.median(mib for _, mib in drained[prefix]),
+            }
+        )
     return figures
 
 
@@ -405,8 +467,18 @@ def drain_watching_memory(
     send_raw(system.queue(env["QUEUE_NAME"]), count=count)
     output = system.workdir / f"{name}.jsonl"
     output.unlink(missing_ok=True)
-    worker = system.python(f"worker-{name}", "worker.py", "--output", str(output), "--exit-when-idle", "1",
-                           "--stats-interval", "60", *args, env={**env, "METRICS_PORT": "0"})
+    worker = system.python(
+        f"worker-{name}",
+        "worker.py",
+        "--output",
+        str(output),
+        "--exit-when-idle",
+        "1",
+        "--stats-interval",
+        "60",
+        *args,
+        env={**env, "METRICS_PORT": "0"},
+    )
     peak = 0.0
     while worker.poll() is None:
         peak = peak_rss_mib(worker.pid, peak)
@@ -447,13 +519,20 @@ def worker_once(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     turns: its rate as a ratio to the ideal, its DynamoDB and SQS calls per message, and the
     share of the worker's CPU time a message that the ledger takes."""
     port = free_port()
-    dynamodb = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
-                       env=os.environ, log_path=system.workdir / "dynamodb.log")
+    dynamodb = Process(
+        [sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
+        env=os.environ,
+        log_path=system.workdir / "dynamodb.log",
+    )
     try:
         wait_for_port(port, 30)
         endpoint = f"http://127.0.0.1:{port}"
-        ensure_table(create_client(Settings(dynamodb_endpoint_url=endpoint), service="dynamodb"), "bench-processed",
-                     role="processed-messages", setting="PROCESSED_TABLE")
+        ensure_table(
+            create_client(Settings(dynamodb_endpoint_url=endpoint), service="dynamodb"),
+            "bench-processed",
+            role="processed-messages",
+            setting="PROCESSED_TABLE",
+        )
         ledger = {"PROCESSED_TABLE": "bench-processed", "DYNAMODB_ENDPOINT_URL": endpoint}
         ideal = 16 / WORK_S
         count = min(sizes.worker_max_messages, max(20, int(ideal * sizes.worker_seconds)))
@@ -461,8 +540,13 @@ def worker_once(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
         runs: dict[str, list[tuple[float, float, dict[str, Any], int]]] = {"on": [], "off": []}
         for round_number in range(sizes.worker_drains):
             for mode in ("on", "off"):
-                records, summary, cores = drain(system, f"worker-once-{mode}-{round_number}", count=count, args=args,
-                                                extra_env=ledger if mode == "on" else {})
+                records, summary, cores = drain(
+                    system,
+                    f"worker-once-{mode}-{round_number}",
+                    count=count,
+                    args=args,
+                    extra_env=ledger if mode == "on" else {},
+                )
                 runs[mode].append((processing_rate(records), cores, summary, len({r.id for r in records})))
     finally:
         dynamodb.stop()
@@ -474,8 +558,9 @@ def worker_once(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     cpu_on = median("on", lambda run: run[1] / max(1e-9, run[0]))  # core-seconds a message
     cpu_off = median("off", lambda run: run[1] / max(1e-9, run[0]))
     dynamodb_calls = median("on", lambda run: sum(run[2]["dynamodb_calls"].values()) / max(1, run[3]))
-    sqs_calls = median("on", lambda run: sum(run[2]["sqs_calls"].get(operation, 0)
-                                             for operation in WORKER_OPERATIONS) / max(1, run[3]))
+    sqs_calls = median(
+        "on", lambda run: sum(run[2]["sqs_calls"].get(operation, 0) for operation in WORKER_OPERATIONS) / max(1, run[3])
+    )
     duplicates = sum(run[2]["duplicates"] for run in runs["on"])
     return {
         "worker_once_c16_msgs_per_s": rate_on,
@@ -507,14 +592,20 @@ def tracing(system: LocalSystem, sizes: Sizes, workdir: Path, engine: str) -> di
         rates: dict[str, list[float]] = {"on": [], "off": []}
         for round_number in range(sizes.worker_drains):
             for mode in ("on", "off"):
-                records, _, _ = drain(system, f"worker-tracing-{mode}-{round_number}", count=count, args=args,
-                                      extra_env=traced if mode == "on" else {})
+                records, _, _ = drain(
+                    system,
+                    f"worker-tracing-{mode}-{round_number}",
+                    count=count,
+                    args=args,
+                    extra_env=traced if mode == "on" else {},
+                )
                 rates[mode].append(processing_rate(records))
         worker_traces = len(receiver.services_by_trace)
         receiver.services_by_trace.clear()
         (workdir / "e2e-traced").mkdir(exist_ok=True)
-        result = run_e2e(count=sizes.e2e_small, workdir=workdir / "e2e-traced", engine=engine, failure_rate=0.0,
-                         log=None, env=traced)
+        result = run_e2e(
+            count=sizes.e2e_small, workdir=workdir / "e2e-traced", engine=engine, failure_rate=0.0, log=None, env=traced
+        )
         both = sum({"queue-writer", "queue-worker"} <= services for services in receiver.services_by_trace.values())
     finally:
         receiver.stop()
@@ -539,9 +630,12 @@ def console_calls(url: str) -> dict[tuple[str, str], float]:
     """The console's SQS calls so far, by (queue, operation), from its /metrics."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {(sample.labels["queue"], sample.labels["operation"]): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name == "sqs_requests_total"}
+    return {
+        (sample.labels["queue"], sample.labels["operation"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sqs_requests_total"
+    }
 
 
 def console(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
@@ -552,10 +646,17 @@ def console(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     writer_port = free_port()
     system.start_writer(env={**env, "PORT": str(writer_port)}, name="writer-console")
     port = free_port()
-    process = system.python("console", "-m", "sqs_message_service.console", env={
-        **env, "CONSOLE_PORT": str(port), "CONSOLE_REFRESH": str(CONSOLE_REFRESH_S),
-        "CONSOLE_SCRAPE": f"http://127.0.0.1:{writer_port}/metrics",
-    })
+    process = system.python(
+        "console",
+        "-m",
+        "sqs_message_service.console",
+        env={
+            **env,
+            "CONSOLE_PORT": str(port),
+            "CONSOLE_REFRESH": str(CONSOLE_REFRESH_S),
+            "CONSOLE_SCRAPE": f"http://127.0.0.1:{writer_port}/metrics",
+        },
+    )
     wait_for_port(port, 30)
     url = f"http://127.0.0.1:{port}"
     stop = threading.Event()
@@ -584,13 +685,18 @@ def console(system: LocalSystem, sizes: Sizes) -> dict[str, Any]:
     attribute_reads = [calls.get((queue, "GetQueueAttributes"), 0) for queue in (env["QUEUE_NAME"], env["DLQ_NAME"])]
 
     # 100,000 dead letters, each with the worker's reasons, then five fresh listings of 100.
-    reasons = failure_attributes(ReceivedMessage(id="source", body="b", receipt_handle="r", receive_count=3),
-                                 ValueError("simulated"), worker_id="bench:1", at=datetime.now(timezone.utc))
+    reasons = failure_attributes(
+        ReceivedMessage(id="source", body="b", receipt_handle="r", receive_count=3),
+        ValueError("simulated"),
+        worker_id="bench:1",
+        at=datetime.now(timezone.utc),
+    )
     batch = [OutgoingMessage(body=f"dead letter {n}", attributes=reasons) for n in range(BATCH_MAX_ENTRIES)]
     filled = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for future in [pool.submit(dead_letter_queue.send, batch)
-                       for _ in range(sizes.console_dead_letters // BATCH_MAX_ENTRIES)]:
+        for future in [
+            pool.submit(dead_letter_queue.send, batch) for _ in range(sizes.console_dead_letters // BATCH_MAX_ENTRIES)
+        ]:
             assert all(result.ok for result in future.result())
     fill_s = time.perf_counter() - filled
     listings = []
@@ -652,8 +758,11 @@ STAGES = ("raw", "write", "batch", "worker", "steps", "once", "tracing", "cost",
 
 def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAGES, say: Any = print) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "engine": engine, "cores": os.cpu_count(), "python": platform.python_version(),
-        "load_generator": "bench/load.py (asyncio, keep-alive)", "connections": sizes.connections,
+        "engine": engine,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_generator": "bench/load.py (asyncio, keep-alive)",
+        "connections": sizes.connections,
     }
     started = time.perf_counter()
     with local_system(workdir, engine=engine, writer=False) as system:
@@ -666,12 +775,21 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
             ("once", "worker with the processed ledger (PROCESSED_TABLE)", lambda: worker_once(system, sizes)),
             ("tracing", "tracing on, exported over OTLP/HTTP", lambda: tracing(system, sizes, workdir, engine)),
             ("cost", "worker cost", lambda: worker_cost(system, sizes)),
-            ("console", "the console with 10 pages open; listing 100 dead letters of a deep queue",
-             lambda: console(system, sizes)),
-            ("overload", "overload: clients that retry at once, at 8 times the best throughput's connections",
-             lambda: overload_stage(system, sizes)),
-            ("read", "read path: the read routes, and raw boto3 receive + delete", lambda: read.read_path(
-                system, sizes.raw_seconds)),
+            (
+                "console",
+                "the console with 10 pages open; listing 100 dead letters of a deep queue",
+                lambda: console(system, sizes),
+            ),
+            (
+                "overload",
+                "overload: clients that retry at once, at 8 times the best throughput's connections",
+                lambda: overload_stage(system, sizes),
+            ),
+            (
+                "read",
+                "read path: the read routes, and raw boto3 receive + delete",
+                lambda: read.read_path(system, sizes.raw_seconds),
+            ),
         ]:
             if stage in stages:
                 say(f"bench: {title}")
@@ -681,19 +799,23 @@ def run(workdir: Path, engine: str, sizes: Sizes, stages: tuple[str, ...] = STAG
         results.update(end_to_end(workdir, engine, count, failure_rate=failure_rate))
     if "write" in stages:
         results["write_ratio"] = results["write_real_msgs_per_s"] / max(1e-9, results["write_stub_msgs_per_s"])
-        results["writer_vs_bare_connexion"] = (
-            results["write_real_msgs_per_s"] / max(1e-9, results["write_bare_msgs_per_s"]))
+        results["writer_vs_bare_connexion"] = results["write_real_msgs_per_s"] / max(
+            1e-9, results["write_bare_msgs_per_s"]
+        )
         results["writer_cpu_ms_per_request"] = results["write_real_cpu_ms_per_request"]
         results["stub_cpu_ms_per_request"] = results["write_stub_cpu_ms_per_request"]
         results["bare_cpu_ms_per_request"] = results["write_bare_cpu_ms_per_request"]
-        results["writer_tracing_cpu_ratio"] = (
-            results["write_traced_cpu_ms_per_request"] / max(1e-9, results["write_real_cpu_ms_per_request"]))
+        results["writer_tracing_cpu_ratio"] = results["write_traced_cpu_ms_per_request"] / max(
+            1e-9, results["write_real_cpu_ms_per_request"]
+        )
     if "write" in stages and "cost" in stages:  # on real SQS, the bill is per request
         results["sqs_requests_per_million_msgs"] = round(
-            1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"]))
+            1e6 * (results["sqs_calls_per_msg_write"] + results["sqs_calls_per_msg_worker"])
+        )
     if "write" in stages and "batch" in stages:
-        results["batch_endpoint_ratio"] = (
-            results["batch_endpoint_msgs_per_s"] / max(1e-9, results["write_real_msgs_per_s"]))
+        results["batch_endpoint_ratio"] = results["batch_endpoint_msgs_per_s"] / max(
+            1e-9, results["write_real_msgs_per_s"]
+        )
     if "e2e" in stages:  # the figures the targets name, whatever the sizes (--quick sends fewer)
         results["e2e_1000_seconds"] = results[f"e2e_{sizes.e2e_small}_seconds"] * 1000 / sizes.e2e_small
         results["e2e_10000_lost"] = results[f"e2e_{sizes.e2e_large}_lost"]
@@ -709,91 +831,153 @@ def table(results: dict[str, Any]) -> str:
     r = results
 
     def rate(prefix: str) -> str:
-        return (f"{r[prefix + '_msgs_per_s']:.0f} msg/s, "
-                f"p50 {r[prefix + '_p50_ms']:.0f} ms, p99 {r[prefix + '_p99_ms']:.0f} ms")
+        return (
+            f"{r[prefix + '_msgs_per_s']:.0f} msg/s, "
+            f"p50 {r[prefix + '_p50_ms']:.0f} ms, p99 {r[prefix + '_p99_ms']:.0f} ms"
+        )
 
     rows = [
         ("raw SendMessageBatch (boto3, 4 threads)", f"{r['raw_send_batch_msgs_per_s']:.0f} msg/s"),
         ("POST /api/message, real SQS call", rate("write_real")),
         ("POST /api/message, stubbed SQS call", rate("write_stub")),
         ("POST /api/message, connexion's bare FlaskApp", rate("write_bare")),
-        ("server CPU a request: writer / stub / bare",
-         f"{r['writer_cpu_ms_per_request']:.2f} / {r['stub_cpu_ms_per_request']:.2f} / "
-         f"{r['bare_cpu_ms_per_request']:.2f} ms"),
-        ("POST /api/message, tracing on (OTLP/HTTP)",
-         f"{rate('write_traced')}, {r['write_traced_cpu_ms_per_request']:.2f} ms CPU a request "
-         f"({r['writer_tracing_cpu_ratio']:.2f}x off)"),
-        ("load generator's share of the cores",
-         f"{r['write_real_generator_core_share']:.1%} (real), {r['write_stub_generator_core_share']:.1%} (stub)"),
+        (
+            "server CPU a request: writer / stub / bare",
+            f"{r['writer_cpu_ms_per_request']:.2f} / {r['stub_cpu_ms_per_request']:.2f} / "
+            f"{r['bare_cpu_ms_per_request']:.2f} ms",
+        ),
+        (
+            "POST /api/message, tracing on (OTLP/HTTP)",
+            f"{rate('write_traced')}, {r['write_traced_cpu_ms_per_request']:.2f} ms CPU a request "
+            f"({r['writer_tracing_cpu_ratio']:.2f}x off)",
+        ),
+        (
+            "load generator's share of the cores",
+            f"{r['write_real_generator_core_share']:.1%} (real), {r['write_stub_generator_core_share']:.1%} (stub)",
+        ),
         ("write: mean SendMessageBatch size", f"{r['write_real_mean_batch']:.1f}"),
-        ("POST /api/messages, 100 a request",
-         f"{r['batch_endpoint_msgs_per_s']:.0f} msg/s ({r['batch_endpoint_ratio']:.1f}x single)"),
-        *[(f"worker{'s' if n > 1 else ''}, {f'{n} processes at ' if n > 1 else ''}concurrency {c}, "
-           f"{r['worker_work_ms']:.0f} ms work{', on own CPU' if pinned else ''}",
-           f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
-           f"({r[f'{prefix}_ratio']:.2f}, {r[f'{prefix}_cores']:.2f} cores"
-           + (f"; {r[f'{prefix}_ratio_min']:.2f} to {r[f'{prefix}_ratio_max']:.2f} in {r['worker_drains']} drains)"
-              if r["worker_drains"] > 1 else ")"))
-          for prefix, n, c, pinned in SCALING_RUNS],
-        *[(label, f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
-                  f"({r[f'{prefix}_ratio']:.2f}), peak {r[f'{prefix}_peak_mib']:.0f} MiB")
-          for prefix, label in (("worker_async_c256", "async step awaiting 200 ms, concurrency 256"),
-                                ("worker_threads_c256", "the same wait on 256 threads"),
-                                ("worker_http_c16", "HTTP step, 20 ms a request, concurrency 16"))],
-        ("worker with the processed ledger, concurrency 16",
-         f"{r['worker_once_c16_msgs_per_s']:.0f} of {r['worker_once_c16_ideal_msgs_per_s']:.0f} msg/s "
-         f"({r['worker_once_c16_ratio']:.2f}; {r['worker_once_c16_ratio_min']:.2f} to "
-         f"{r['worker_once_c16_ratio_max']:.2f}; without it {r['worker_once_off_c16_ratio']:.2f})"),
-        ("  calls per message: DynamoDB / SQS",
-         f"{r['dynamodb_calls_per_msg']:.3f} / {r['worker_once_sqs_calls_per_msg']:.3f}"),
-        ("  worker CPU a message: with / without the ledger",
-         f"{r['worker_once_cpu_ms_per_msg']:.2f} / {r['worker_once_off_cpu_ms_per_msg']:.2f} ms "
-         f"(the ledger's share {r['worker_once_ledger_cpu_share']:.0%})"),
-        ("worker with tracing on, concurrency 16",
-         f"{r['worker_tracing_c16_ratio']:.2f} of ideal ({r['worker_tracing_c16_ratio_min']:.2f} to "
-         f"{r['worker_tracing_c16_ratio_max']:.2f}; off {r['worker_tracing_off_c16_ratio']:.2f})"),
-        ("end to end traced: writer and worker spans in one trace",
-         f"{r['traced_fraction']:.3f} of {r['traced_e2e_accepted']} messages, lost {r['traced_e2e_lost']}"),
+        (
+            "POST /api/messages, 100 a request",
+            f"{r['batch_endpoint_msgs_per_s']:.0f} msg/s ({r['batch_endpoint_ratio']:.1f}x single)",
+        ),
+        *[
+            (
+                f"worker{'s' if n > 1 else ''}, {f'{n} processes at ' if n > 1 else ''}concurrency {c}, "
+                f"{r['worker_work_ms']:.0f} ms work{', on own CPU' if pinned else ''}",
+                f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
+                f"({r[f'{prefix}_ratio']:.2f}, {r[f'{prefix}_cores']:.2f} cores"
+                + (
+                    f"; {r[f'{prefix}_ratio_min']:.2f} to {r[f'{prefix}_ratio_max']:.2f}"
+                    f" in {r['worker_drains']} drains)"
+                    if r["worker_drains"] > 1
+                    else ")"
+                ),
+            )
+            for prefix, n, c, pinned in SCALING_RUNS
+        ],
+        *[
+            (
+                label,
+                f"{r[f'{prefix}_msgs_per_s']:.0f} of {r[f'{prefix}_ideal_msgs_per_s']:.0f} msg/s "
+                f"({r[f'{prefix}_ratio']:.2f}), peak {r[f'{prefix}_peak_mib']:.0f} MiB",
+            )
+            for prefix, label in (
+                ("worker_async_c256", "async step awaiting 200 ms, concurrency 256"),
+                ("worker_threads_c256", "the same wait on 256 threads"),
+                ("worker_http_c16", "HTTP step, 20 ms a request, concurrency 16"),
+            )
+        ],
+        (
+            "worker with the processed ledger, concurrency 16",
+            f"{r['worker_once_c16_msgs_per_s']:.0f} of {r['worker_once_c16_ideal_msgs_per_s']:.0f} msg/s "
+            f"({r['worker_once_c16_ratio']:.2f}; {r['worker_once_c16_ratio_min']:.2f} to "
+            f"{r['worker_once_c16_ratio_max']:.2f}; without it {r['worker_once_off_c16_ratio']:.2f})",
+        ),
+        (
+            "  calls per message: DynamoDB / SQS",
+            f"{r['dynamodb_calls_per_msg']:.3f} / {r['worker_once_sqs_calls_per_msg']:.3f}",
+        ),
+        (
+            "  worker CPU a message: with / without the ledger",
+            f"{r['worker_once_cpu_ms_per_msg']:.2f} / {r['worker_once_off_cpu_ms_per_msg']:.2f} ms "
+            f"(the ledger's share {r['worker_once_ledger_cpu_share']:.0%})",
+        ),
+        (
+            "worker with tracing on, concurrency 16",
+            f"{r['worker_tracing_c16_ratio']:.2f} of ideal ({r['worker_tracing_c16_ratio_min']:.2f} to "
+            f"{r['worker_tracing_c16_ratio_max']:.2f}; off {r['worker_tracing_off_c16_ratio']:.2f})",
+        ),
+        (
+            "end to end traced: writer and worker spans in one trace",
+            f"{r['traced_fraction']:.3f} of {r['traced_e2e_accepted']} messages, lost {r['traced_e2e_lost']}",
+        ),
         ("SQS requests per million messages (write + worker)", f"{r['sqs_requests_per_million_msgs']:,}"),
-        (f"console, {r['console_viewers']} pages open, refresh {r['console_refresh_s']:g} s",
-         f"{r['console_cpu_s_per_min']:.2f} CPU s a minute ({r['console_cpu_share_of_a_core']:.1%} of a core), "
-         f"{r['console_sqs_calls_per_min']:.0f} SQS calls a minute, "
-         f"{r['console_get_queue_attributes_per_queue_per_refresh']:.2f} GetQueueAttributes per queue a reading"),
-        (f"console, 100 dead letters of {r['console_dead_letters']:,}",
-         f"{r['console_list_100_ms']:.0f} ms (max {r['console_list_100_max_ms']:.0f} of 5), "
-         f"{r['console_list_left_visible']:,} still visible after"),
-        ("worker: receives/deletes/visibility per msg",
-         f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
-         f"{r['worker_visibility_changes_per_msg']:.3f}"),
+        (
+            f"console, {r['console_viewers']} pages open, refresh {r['console_refresh_s']:g} s",
+            f"{r['console_cpu_s_per_min']:.2f} CPU s a minute ({r['console_cpu_share_of_a_core']:.1%} of a core), "
+            f"{r['console_sqs_calls_per_min']:.0f} SQS calls a minute, "
+            f"{r['console_get_queue_attributes_per_queue_per_refresh']:.2f} GetQueueAttributes per queue a reading",
+        ),
+        (
+            f"console, 100 dead letters of {r['console_dead_letters']:,}",
+            f"{r['console_list_100_ms']:.0f} ms (max {r['console_list_100_max_ms']:.0f} of 5), "
+            f"{r['console_list_left_visible']:,} still visible after",
+        ),
+        (
+            "worker: receives/deletes/visibility per msg",
+            f"{r['worker_receives_per_msg']:.3f} / {r['worker_deletes_per_msg']:.3f} / "
+            f"{r['worker_visibility_changes_per_msg']:.3f}",
+        ),
         *overload.table_rows(r),
     ]
     e2e_runs = (key.removesuffix("_accepted") for key in r if key.startswith("e2e_") and key.endswith("_accepted"))
     for prefix in sorted(e2e_runs, key=lambda prefix: r[prefix + "_accepted"]):
-        rows.append((f"end to end, {r[prefix + '_accepted']} msgs, {r[prefix + '_failure_rate']:.0%} failing",
-                     f"{r[prefix + '_seconds']:.2f} s ({rate(prefix)}), lost {r[prefix + '_lost']}"))
+        rows.append(
+            (
+                f"end to end, {r[prefix + '_accepted']} msgs, {r[prefix + '_failure_rate']:.0%} failing",
+                f"{r[prefix + '_seconds']:.2f} s ({rate(prefix)}), lost {r[prefix + '_lost']}",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value}" for label, value in rows]
     lines.append("")
     for key, comparison, bound in TARGETS:
         value = results[key]
-        lines.append(f"{key:<{width}}  {value:.3f}  target {comparison} {bound}  "
-                     f"{'met' if met(value, comparison, bound) else 'MISSED'}")
-    lines.append(f"\n{results['engine']} on {results['cores']} cores, Python {results['python']}, "
-                 f"{results['bench_seconds']:.0f} s")
+        lines.append(
+            f"{key:<{width}}  {value:.3f}  target {comparison} {bound}  "
+            f"{'met' if met(value, comparison, bound) else 'MISSED'}"
+        )
+    lines.append(
+        f"\n{results['engine']} on {results['cores']} cores, Python {results['python']}, "
+        f"{results['bench_seconds']:.0f} s"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=("fauxqs", "moto"), default=os.environ.get("SQS_LOCAL", "fauxqs"),
-                        help="local SQS engine (SQS_LOCAL, default fauxqs)")
+    parser.add_argument(
+        "--engine",
+        choices=("fauxqs", "moto"),
+        default=os.environ.get("SQS_LOCAL", "fauxqs"),
+        help="local SQS engine (SQS_LOCAL, default fauxqs)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".bench", help="logs (default %(default)s)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json",
-                        help="where the figures go (default %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few seconds a stage: checks the benchmark, measures little")
-    parser.add_argument("--stage", action="append", choices=STAGES,
-                        help="run only this stage (repeatable; default all): for profiling one part")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "bench" / "results.json",
+        help="where the figures go (default %(default)s)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few seconds a stage: checks the benchmark, measures little"
+    )
+    parser.add_argument(
+        "--stage",
+        action="append",
+        choices=STAGES,
+        help="run only this stage (repeatable; default all): for profiling one part",
+    )
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = run(args.workdir, args.engine, QUICK if args.quick else Sizes(), tuple(args.stage or STAGES))

@@ -74,8 +74,6 @@ def batch_body(size: int) -> BodyFactory:
     return build
 
 
-
-
 async def _read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -91,8 +89,14 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _drive(
-    url_host: str, port: int, path: str, body: BodyFactory, *, connections: int,
-    count: Optional[int], duration_s: Optional[float],
+    url_host: str,
+    port: int,
+    path: str,
+    body: BodyFactory,
+    *,
+    connections: int,
+    count: Optional[int],
+    duration_s: Optional[float],
 ) -> LoadResult:
     numbers = iter(range(count)) if count is not None else itertools.count()  # shared: the bound
     bodies = itertools.count()
@@ -128,14 +132,17 @@ async def _drive(
 
 
 def drive(
-    url: str, path: str, body: BodyFactory = message_body, *, connections: int,
-    count: Optional[int] = None, duration_s: Optional[float] = None,
+    url: str,
+    path: str,
+    body: BodyFactory = message_body,
+    *,
+    connections: int,
+    count: Optional[int] = None,
+    duration_s: Optional[float] = None,
 ) -> LoadResult:
     """POST `body(n)` to `url` + `path` on `connections` keep-alive connections, each sending its
     next request once the last was answered, until `count` requests or `duration_s` seconds."""
     if (count is None) == (duration_s is None):
         raise ValueError("give count or duration_s")
     host, _, port = url.removeprefix("http://").partition(":")
-    return asyncio.run(
-        _drive(host, int(port), path, body, connections=connections, count=count, duration_s=duration_s)
-    )
+    return asyncio.run(_drive(host, int(port), path, body, connections=connections, count=count, duration_s=duration_s))

@@ -78,8 +78,7 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool, bool]:
     return status, retry_after, closing
 
 
-async def _overload(host: str, port: int, *, connections: int, duration_s: float,
-                    patience_s: float) -> Overload:
+async def _overload(host: str, port: int, *, connections: int, duration_s: float, patience_s: float) -> Overload:
     seen = Overload(connections)
     numbers = itertools.count()
     head = f"POST /api/message HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
@@ -136,12 +135,12 @@ def overload(url: str, *, connections: int, duration_s: float, patience_s: float
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         pass
-    return runner(_overload(host, int(port), connections=connections, duration_s=duration_s,
-                            patience_s=patience_s))
+    return runner(_overload(host, int(port), connections=connections, duration_s=duration_s, patience_s=patience_s))
 
 
-def measure(url: str, *, seconds: float, levels: tuple[int, ...] = BEST_OF_CONNECTIONS,
-            factor: int = OVERLOAD_FACTOR) -> dict[str, Any]:
+def measure(
+    url: str, *, seconds: float, levels: tuple[int, ...] = BEST_OF_CONNECTIONS, factor: int = OVERLOAD_FACTOR
+) -> dict[str, Any]:
     """The best throughput among `levels` connections, then the goodput at `factor` times the
     best one's connections, as the overload stage's figures."""
     overload(url, connections=levels[-1], duration_s=1.0)  # warm-up: threads, connections, caches
@@ -172,11 +171,15 @@ def measure(url: str, *, seconds: float, levels: tuple[int, ...] = BEST_OF_CONNE
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The stage's lines in make bench's table."""
     return [
-        (f"overload: best throughput ({r['overload_best_connections']} connections)",
-         f"{r['overload_best_created_per_s']:.0f} x 201/s, p99 {r['overload_best_p99_ms']:.0f} ms"),
-        (f"overload: {r['overload_connections']} connections retrying at once",
-         f"{r['overload_created_per_s']:.0f} x 201/s ({r['overload_goodput_ratio']:.2f} of best), "
-         f"p99 {r['overload_created_p99_ms']:.0f} ms, {r['overload_busy_per_s']:.0f} x 503/s "
-         f"({r['overload_busy_without_retry_after']} without Retry-After), "
-         f"{r['overload_unanswered_5s']} unanswered within 5 s, slowest {r['overload_slowest_answer_ms']:.0f} ms"),
+        (
+            f"overload: best throughput ({r['overload_best_connections']} connections)",
+            f"{r['overload_best_created_per_s']:.0f} x 201/s, p99 {r['overload_best_p99_ms']:.0f} ms",
+        ),
+        (
+            f"overload: {r['overload_connections']} connections retrying at once",
+            f"{r['overload_created_per_s']:.0f} x 201/s ({r['overload_goodput_ratio']:.2f} of best), "
+            f"p99 {r['overload_created_p99_ms']:.0f} ms, {r['overload_busy_per_s']:.0f} x 503/s "
+            f"({r['overload_busy_without_retry_after']} without Retry-After), "
+            f"{r['overload_unanswered_5s']} unanswered within 5 s, slowest {r['overload_slowest_answer_ms']:.0f} ms",
+        ),
     ]

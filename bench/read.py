@@ -111,8 +111,9 @@ def read_path(system: LocalSystem, raw_seconds: float) -> dict[str, Any]:
     _, env_two = filled_queue(system, "read-http-two", count)
     port, port_two = free_port(), free_port()
     writer = system.start_writer(env={**env, "PORT": str(port), "READ_KEYS": READ_KEY}, name="writer-read")
-    writer_two = system.start_writer(env={**env_two, "PORT": str(port_two), "READ_KEYS": READ_KEY},
-                                     name="writer-read-two")
+    writer_two = system.start_writer(
+        env={**env_two, "PORT": str(port_two), "READ_KEYS": READ_KEY}, name="writer-read-two"
+    )
     try:
         cpu_before = cpu_seconds(writer.pid)
         http_s = through_the_writer(f"http://127.0.0.1:{port}", count, one_request=True)

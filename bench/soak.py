@@ -63,8 +63,20 @@ def soak(*, duration_s: float, sample_s: float, workdir: Path, engine: str) -> i
         print(f"soak: {engine}; capacity {capacity:.0f} messages/s, soaking at {rate}/s for {duration_s:g} s")
         queue = system.queue(system.settings.queue_name)
         load = system.python(
-            "client", "client.py", "--url", system.writer_url, "--rate", str(rate), "--duration", str(duration_s),
-            "--malformed-per-batch", "0", "--concurrency", "8", "--stats-interval", "10",
+            "client",
+            "client.py",
+            "--url",
+            system.writer_url,
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration_s),
+            "--malformed-per-batch",
+            "0",
+            "--concurrency",
+            "8",
+            "--stats-interval",
+            "10",
         )
         samples: list[tuple[float, float, float, int]] = []  # seconds, writer MiB, worker MiB, depth
         started = time.monotonic()

@@ -27,21 +27,48 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=int, default=80)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work, local_system(
-        Path(work), engine="fauxqs", FAILURE_RATE="0.2", RETRY_BACKOFF_BASE="0", PROCESS_TIME="0.02",
-    ) as system:
+    with (
+        tempfile.TemporaryDirectory() as work,
+        local_system(
+            Path(work),
+            engine="fauxqs",
+            FAILURE_RATE="0.2",
+            RETRY_BACKOFF_BASE="0",
+            PROCESS_TIME="0.02",
+        ) as system,
+    ):
         system.python("worker", "worker.py", "--concurrency", "8")
         port = free_port()
-        system.python("console", "-m", "sqs_message_service.console", env={
-            "CONSOLE_PORT": str(port), "CONSOLE_KEYS": "docs", "CONSOLE_REFRESH": "1",
-            "CONSOLE_SCRAPE": f"{system.writer_url}/metrics,http://127.0.0.1:{system.env['METRICS_PORT']}/metrics",
-        })
+        system.python(
+            "console",
+            "-m",
+            "sqs_message_service.console",
+            env={
+                "CONSOLE_PORT": str(port),
+                "CONSOLE_KEYS": "docs",
+                "CONSOLE_REFRESH": "1",
+                "CONSOLE_SCRAPE": f"{system.writer_url}/metrics,http://127.0.0.1:{system.env['METRICS_PORT']}/metrics",
+            },
+        )
         wait_for_port(port, 30)
-        client = system.python("client", "client.py", "--url", system.writer_url, "--rate", str(args.rate),
-                               "--duration", str(args.seconds + 30))
+        client = system.python(
+            "client",
+            "client.py",
+            "--url",
+            system.writer_url,
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.seconds + 30),
+        )
         options = webdriver.ChromeOptions()
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1360,1500",
-                         "--hide-scrollbars"):
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--window-size=1360,1500",
+            "--hide-scrollbars",
+        ):
             options.add_argument(argument)
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
         try:

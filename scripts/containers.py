@@ -151,11 +151,16 @@ class Podman:
     def __init__(self) -> None:
         self.base = [
             "podman",
-            "--root", str(CACHE / "storage"),
-            "--runroot", str(CACHE / "run"),
-            "--network-config-dir", str(CACHE / "networks"),
-            "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file",
+            "--root",
+            str(CACHE / "storage"),
+            "--runroot",
+            str(CACHE / "run"),
+            "--network-config-dir",
+            str(CACHE / "networks"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
         ]
         if shutil.which("runc"):
             self.base += ["--runtime", "runc"]
@@ -164,16 +169,29 @@ class Podman:
     def __call__(self, *argv: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         result = run([*self.base, *argv], check=False, timeout=timeout)
         if check and result.returncode:  # what podman said, not only that it failed
-            raise SystemExit(f"containers: `podman {' '.join(argv[:2])} ...` exited {result.returncode}: "
-                             f"{(result.stderr or result.stdout).strip()[-2000:]}")
+            raise SystemExit(
+                f"containers: `podman {' '.join(argv[:2])} ...` exited {result.returncode}: "
+                f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            )
         return result
 
     def has_image(self, name: str) -> bool:
         return self("image", "exists", name, check=False).returncode == 0
 
     def build(self, context: Path, tag: str, containerfile: Optional[Path] = None) -> float:
-        argv = ["build", "--format", "docker", "--network", "host", "--pull=never", *ULIMITS,
-                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag]
+        argv = [
+            "build",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            "--pull=never",
+            *ULIMITS,
+            "--build-arg",
+            f"BASE_IMAGE={BASE_IMAGE}",
+            "-t",
+            tag,
+        ]
         ca = extra_ca()
         if ca:
             argv += ["--secret", f"id=extra_ca,src={ca}"]
@@ -202,8 +220,14 @@ class Podman:
         elif check.get("test"):
             kind, *test = check["test"]
             command = test[0] if kind == "CMD-SHELL" else json.dumps(test)
-            argv += ["--health-cmd", command, "--health-retries", str(check.get("retries", 3)),
-                     "--health-timeout", f"{seconds(check.get('timeout'), 30):g}s"]
+            argv += [
+                "--health-cmd",
+                command,
+                "--health-retries",
+                str(check.get("retries", 3)),
+                "--health-timeout",
+                f"{seconds(check.get('timeout'), 30):g}s",
+            ]
         argv += ["--stop-timeout", f"{int(seconds(spec.get('stop_grace_period'), 10))}", image]
         command = spec.get("command")
         if command:
@@ -281,8 +305,18 @@ def bootstrap_base(podman: Podman) -> None:
     rootfs = CACHE / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     started = time.monotonic()
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(rootfs),
-         debian_mirror()], capture=True, timeout=1800)
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            "bookworm",
+            str(rootfs),
+            debian_mirror(),
+        ],
+        capture=True,
+        timeout=1800,
+    )
     # The image's pip installs into its own Python, as the official image's does.
     for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
@@ -419,8 +453,9 @@ def ready_moment(state: dict[str, Any], condition: str) -> float:
     return moment(state["StartedAt"])
 
 
-def check_order(states: dict[str, dict[str, Any]], services: dict[str, Service], order: list[str],
-                report: Report) -> None:
+def check_order(
+    states: dict[str, dict[str, Any]], services: dict[str, Service], order: list[str], report: Report
+) -> None:
     """From the engine's records (`inspect`'s State, alike on Docker and podman): each service
     started after what it depends on met its condition."""
     for name in order:
@@ -455,8 +490,13 @@ def check_queues(services: dict[str, Service], report: Report) -> None:
     """The queue and its dead-letter queue, asked of the SQS endpoint through its published port."""
     import boto3
 
-    sqs = boto3.client("sqs", endpoint_url="http://127.0.0.1:9324", region_name="us-east-1",
-                       aws_access_key_id="local", aws_secret_access_key="local")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url="http://127.0.0.1:9324",
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
     queues = {url.rsplit("/", 1)[-1] for url in sqs.list_queues().get("QueueUrls", [])}
     environment = services["writer"].spec["environment"]
     report.check({environment["QUEUE_NAME"], environment["DLQ_NAME"]} <= queues, f"queues created: {sorted(queues)}")
@@ -477,8 +517,13 @@ def check_counts(report: Report, args: argparse.Namespace) -> None:
     processed = int(metric("http://127.0.0.1:9102/metrics", "worker_messages_processed_total"))
     dead_lettered = int(stats["dead_letter_queue"].get("visible", 0))
     lost = accepted - processed - dead_lettered
-    report.figures.update(accepted=accepted, processed=processed, dead_lettered=dead_lettered, lost=lost,
-                          refused=int(stats["messages"].get("invalid", 0)))
+    report.figures.update(
+        accepted=accepted,
+        processed=processed,
+        dead_lettered=dead_lettered,
+        lost=lost,
+        refused=int(stats["messages"].get("invalid", 0)),
+    )
     report.check(accepted >= args.count * 0.85, f"{accepted} accepted of the client's requests")
     report.check(lost == 0, f"{accepted} accepted = {processed} processed + {dead_lettered} dead-lettered")
 
@@ -490,8 +535,9 @@ def check_stop(podman: Podman, services: dict[str, Service], order: list[str], r
         if name in ONE_SHOT:
             continue
         if name == "worker":
-            check_drain(report, stop_worker=lambda: podman.stop(services["worker"]),
-                        worker_log=lambda: podman.logs("worker"))
+            check_drain(
+                report, stop_worker=lambda: podman.stop(services["worker"]), worker_log=lambda: podman.logs("worker")
+            )
             code = podman.state(name).get("ExitCode")
         else:
             took = podman.stop(services[name])
@@ -513,15 +559,16 @@ def check_drain(report: Report, *, stop_worker: Callable[[], float], worker_log:
     sent = 0
     for number in range(DRAIN_BURST):
         body = json.dumps({"body": f"drain {number}"}).encode()
-        request = urllib.request.Request("http://127.0.0.1:5000/api/message", body,
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            "http://127.0.0.1:5000/api/message", body, {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as answer:
             sent += answer.status == 201
     took = stop_worker()
     report.figures["worker_stop_s"] = round(took, 1)
     log = worker_log()
     report.check("stopping: finishing in-flight work" in log, f"the worker drained in {took:.1f} s")
-    summary = log[log.rfind("summary"):]
+    summary = log[log.rfind("summary") :]
     processed = re.search(r"^processed\s+(\d+)$", summary, re.M)
     report.check(processed is not None, "the worker wrote its summary")
     stats = get_json("http://127.0.0.1:5000/api/stats")
@@ -530,8 +577,10 @@ def check_drain(report: Report, *, stop_worker: Callable[[], float], worker_log:
     dead = int(stats["dead_letter_queue"].get("visible", 0))
     done = int(processed.group(1)) if processed else 0
     report.figures.update(burst_accepted=sent, burst_left_in_queue=left, processed_in_all=done)
-    report.check(accepted == done + dead + left, f"after the stop: {accepted} accepted = {done} processed + "
-                 f"{dead} dead-lettered + {left} left in the queue")
+    report.check(
+        accepted == done + dead + left,
+        f"after the stop: {accepted} accepted = {done} processed + {dead} dead-lettered + {left} left in the queue",
+    )
 
 
 def run_docker(args: argparse.Namespace, report: Report) -> None:
@@ -545,16 +594,19 @@ def run_docker(args: argparse.Namespace, report: Report) -> None:
         run([*compose, "wait", "client"], check=False, timeout=600)
         services = load_compose(tuple(args.profile))
         order = start_order(services)
-        states = {name: json.loads(run(["docker", "inspect", "--format", "{{json .State}}",
-                                        f"{PROJECT}-{name}-1"]).stdout) for name in order}
+        states = {
+            name: json.loads(run(["docker", "inspect", "--format", "{{json .State}}", f"{PROJECT}-{name}-1"]).stdout)
+            for name in order
+        }
         check_order(states, services, order, report)
         check_queues(services, report)
         report.check(states["client"]["ExitCode"] == 0, f"the client exited {states['client']['ExitCode']}")
         for name in ("writer", "worker"):
             ids = run([*compose, "exec", "-T", name, "sh", "-c", "echo $(id -u):$(id -g)"]).stdout.strip()
             report.check(ids == f"{APP_ID}:{APP_ID}", f"{name} runs as uid:gid {ids}")
-            health = run(["docker", "inspect", "--format", "{{.State.Health.Status}}",
-                          f"{PROJECT}-{name}-1"]).stdout.strip()
+            health = run(
+                ["docker", "inspect", "--format", "{{.State.Health.Status}}", f"{PROJECT}-{name}-1"]
+            ).stdout.strip()
             report.check(health == "healthy", f"{name}'s health check passes ({health})")
         check_counts(report, args)
         run([*compose, "stop", "client"], check=False, capture=False)
@@ -578,10 +630,12 @@ def run_docker(args: argparse.Namespace, report: Report) -> None:
 
 
 def docker_usable() -> bool:
-    return (shutil.which("docker") is not None
-            and run(["docker", "info"], check=False, timeout=30).returncode == 0
-            and run(["docker", "compose", "version"], check=False, timeout=30).returncode == 0
-            and registry_reachable("softwaremill/elasticmq-native:1.6.16"))
+    return (
+        shutil.which("docker") is not None
+        and run(["docker", "info"], check=False, timeout=30).returncode == 0
+        and run(["docker", "compose", "version"], check=False, timeout=30).returncode == 0
+        and registry_reachable("softwaremill/elasticmq-native:1.6.16")
+    )
 
 
 def clean() -> int:
@@ -606,8 +660,13 @@ def clean() -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", nargs="?", choices=("run", "prepare", "clean"), default="run",
-                        help="prepare: find an engine or install podman's route, and run nothing")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "prepare", "clean"),
+        default="run",
+        help="prepare: find an engine or install podman's route, and run nothing",
+    )
     parser.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto")
     parser.add_argument("--profile", action="append", default=[], help="a compose profile to enable")
     parser.add_argument("--count", type=int, default=1000, help="the client's requests (docker-compose.yml's)")

@@ -160,7 +160,11 @@ class LocalSystem:
     def client(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "client.py", "--url", self.writer_url, "--stats-interval", "5", *args],
-            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
 
     def queue(self, name: str) -> SqsQueue:
@@ -187,15 +191,29 @@ def local_system(
     if endpoint is None:
         sqs_port = free_port()
         where = {
-            "SQS_LOCAL": engine, "LOCAL_SQS_PORT": str(sqs_port), "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
+            "SQS_LOCAL": engine,
+            "LOCAL_SQS_PORT": str(sqs_port),
+            "SQS_ENDPOINT_URL": f"http://127.0.0.1:{sqs_port}",
         }
     else:
-        where = {"SQS_ENDPOINT_URL": "" if real_sqs else endpoint, "LOCAL_SQS_PORT": "",
-                 "QUEUE_NAME": f"e2e-{uuid.uuid4().hex[:8]}", "DLQ_NAME": ""}
+        where = {
+            "SQS_ENDPOINT_URL": "" if real_sqs else endpoint,
+            "LOCAL_SQS_PORT": "",
+            "QUEUE_NAME": f"e2e-{uuid.uuid4().hex[:8]}",
+            "DLQ_NAME": "",
+        }
     # Any local endpoint takes any credentials, and never gets real ones; real SQS gets the
     # environment's as they are (keys, profile, instance or task role) and its region.
-    aws = {} if real_sqs else {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-                               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    aws = (
+        {}
+        if real_sqs
+        else {
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     local = {
         **where,
         **aws,
@@ -240,20 +258,43 @@ def run_e2e(
     for stale in (ids_path, output_path, summary_path):  # the worker appends to its output
         stale.unlink(missing_ok=True)
     with local_system(
-        workdir, engine=engine, endpoint=endpoint, FAILURE_RATE=str(failure_rate),
-        RETRY_BACKOFF_BASE=str(retry_backoff_base_s), **(env or {}),  # type: ignore[arg-type]  # all strings
+        workdir,
+        engine=engine,
+        endpoint=endpoint,
+        FAILURE_RATE=str(failure_rate),
+        RETRY_BACKOFF_BASE=str(retry_backoff_base_s),
+        **(env or {}),  # type: ignore[arg-type]  # all strings
     ) as system:
         worker = system.python(
-            "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3", "--stats-interval", "5",
-            "--summary-json", str(summary_path),
+            "worker",
+            "worker.py",
+            "--output",
+            str(output_path),
+            "--exit-when-idle",
+            "3",
+            "--stats-interval",
+            "5",
+            "--summary-json",
+            str(summary_path),
         )
         where = system.settings.sqs_endpoint_url or f"real SQS in {system.settings.aws_region}"
-        say(f"e2e: {engine if endpoint is None else 'queue ' + repr(system.settings.queue_name)} at {where}, "
-            f"writer at {system.writer_url}; sending {count} messages")
+        say(
+            f"e2e: {engine if endpoint is None else 'queue ' + repr(system.settings.queue_name)} at {where}, "
+            f"writer at {system.writer_url}; sending {count} messages"
+        )
         started = time.time()
         load = system.client(
-            "--count", str(count), "--malformed-per-batch", "0", "--concurrency", str(concurrency),
-            "--ids-out", str(ids_path), "--processed", str(output_path), timeout_s=timeout_s,
+            "--count",
+            str(count),
+            "--malformed-per-batch",
+            "0",
+            "--concurrency",
+            str(concurrency),
+            "--ids-out",
+            str(ids_path),
+            "--processed",
+            str(output_path),
+            timeout_s=timeout_s,
         )
         client_summary = load.stdout.rsplit("summary", 1)[-1].rstrip()
         say(client_summary)
@@ -300,9 +341,11 @@ class LedgerResult:
         return self.e2e.ok and self.e2e.redelivered == 0 and self.deletes_refused > 0 and self.duplicates > 0
 
     def report(self) -> str:
-        return (f"accepted {self.e2e.accepted}, processed {self.e2e.processed}, dead-lettered "
-                f"{self.e2e.dead_lettered}, lost {self.e2e.lost}, processed twice {self.e2e.redelivered}; "
-                f"deletes refused {self.deletes_refused}, redeliveries skipped as duplicates {self.duplicates}")
+        return (
+            f"accepted {self.e2e.accepted}, processed {self.e2e.processed}, dead-lettered "
+            f"{self.e2e.dead_lettered}, lost {self.e2e.lost}, processed twice {self.e2e.redelivered}; "
+            f"deletes refused {self.deletes_refused}, redeliveries skipped as duplicates {self.duplicates}"
+        )
 
 
 #: The ledger run: SQS refuses the worker's deletes this long after its first message is done.
@@ -310,7 +353,11 @@ REFUSE_DELETES_S = 8.0
 
 
 def run_ledger_e2e(
-    *, count: int, workdir: Path, engine: str = "fauxqs", timeout_s: float = 600,
+    *,
+    count: int,
+    workdir: Path,
+    engine: str = "fauxqs",
+    timeout_s: float = 600,
     log: Optional[Callable[[str], None]] = print,
 ) -> LedgerResult:
     """The end-to-end check with the worker's processed ledger on (PROCESSED_TABLE, on a moto
@@ -326,28 +373,45 @@ def run_ledger_e2e(
     dynamodb_port = free_port()
     dynamodb = Process(
         [sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(dynamodb_port)],
-        env=os.environ, log_path=workdir / "dynamodb.log",
+        env=os.environ,
+        log_path=workdir / "dynamodb.log",
     )
     try:
         wait_for_port(dynamodb_port, 30)
         with local_system(
-            workdir, engine=engine, FAILURE_RATE="0.1", RETRY_BACKOFF_BASE="0", VISIBILITY_TIMEOUT="2",
-            MAX_RECEIVE_COUNT="10", PROCESSED_TABLE="e2e-processed",
+            workdir,
+            engine=engine,
+            FAILURE_RATE="0.1",
+            RETRY_BACKOFF_BASE="0",
+            VISIBILITY_TIMEOUT="2",
+            MAX_RECEIVE_COUNT="10",
+            PROCESSED_TABLE="e2e-processed",
             DYNAMODB_ENDPOINT_URL=f"http://127.0.0.1:{dynamodb_port}",
         ) as system:
             proxy = ApiProxy(system.settings.sqs_endpoint_url or "")
             proxy.refusing = {"AmazonSQS.DeleteMessageBatch"}
             try:
                 worker = system.python(
-                    "worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3",
-                    "--stats-interval", "5", "--summary-json", str(summary_path),
+                    "worker",
+                    "worker.py",
+                    "--output",
+                    str(output_path),
+                    "--exit-when-idle",
+                    "3",
+                    "--stats-interval",
+                    "5",
+                    "--summary-json",
+                    str(summary_path),
                     env={"SQS_ENDPOINT_URL": proxy.url},
                 )
-                say(f"e2e with PROCESSED_TABLE: {engine}, DynamoDB on moto's server; sending {count} messages; "
-                    f"the worker's deletes refused for the first {REFUSE_DELETES_S:g} s")
+                say(
+                    f"e2e with PROCESSED_TABLE: {engine}, DynamoDB on moto's server; sending {count} messages; "
+                    f"the worker's deletes refused for the first {REFUSE_DELETES_S:g} s"
+                )
                 started = time.time()
-                load = system.client("--count", str(count), "--malformed-per-batch", "0", "--ids-out", str(ids_path),
-                                     timeout_s=timeout_s)
+                load = system.client(
+                    "--count", str(count), "--malformed-per-batch", "0", "--ids-out", str(ids_path), timeout_s=timeout_s
+                )
                 while time.time() - started < REFUSE_DELETES_S:
                     time.sleep(0.1)
                 proxy.refusing = set()
@@ -362,10 +426,14 @@ def run_ledger_e2e(
         dynamodb.stop()
     return LedgerResult(
         e2e=E2EResult(
-            accepted=len(accepted), processed=len(accepted & set(processed_ids)),
-            redelivered=len(processed_ids) - len(set(processed_ids)), dead_lettered=len(accepted & dead),
-            lost=len(accepted - set(processed_ids) - dead), in_both=len(set(processed_ids) & dead),
-            client_exit=load.returncode, seconds=time.time() - started,
+            accepted=len(accepted),
+            processed=len(accepted & set(processed_ids)),
+            redelivered=len(processed_ids) - len(set(processed_ids)),
+            dead_lettered=len(accepted & dead),
+            lost=len(accepted - set(processed_ids) - dead),
+            in_both=len(set(processed_ids) & dead),
+            client_exit=load.returncode,
+            seconds=time.time() - started,
         ),
         deletes_refused=proxy.refused["AmazonSQS.DeleteMessageBatch"],
         duplicates=int(worker_summary["duplicates"]),
@@ -375,17 +443,24 @@ def run_ledger_e2e(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000, help="messages to send (default %(default)s)")
-    parser.add_argument("--engine", choices=("fauxqs", "moto"), default=os.environ.get("SQS_LOCAL", "fauxqs"),
-                        help="local SQS engine (SQS_LOCAL, default fauxqs; moto when Node is missing)")
+    parser.add_argument(
+        "--engine",
+        choices=("fauxqs", "moto"),
+        default=os.environ.get("SQS_LOCAL", "fauxqs"),
+        help="local SQS engine (SQS_LOCAL, default fauxqs; moto when Node is missing)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".e2e", help="logs and outputs (default %(default)s)")
     parser.add_argument(
-        "--endpoint", metavar="URL",
+        "--endpoint",
+        metavar="URL",
         help="an SQS endpoint this does not start (LocalStack, ElasticMQ, moto's server), or 'aws' for "
         "real SQS in AWS_REGION with the environment's credentials: the check runs on queues of its own, "
         "deleted afterwards (default: start the local engine)",
     )
     parser.add_argument(
-        "--ledger-count", type=int, default=1000,
+        "--ledger-count",
+        type=int,
+        default=1000,
         help="messages for the second run, with the worker's processed ledger (PROCESSED_TABLE) while its "
         "deletes are refused at first; 0 leaves it out (default %(default)s; left out with --endpoint)",
     )

@@ -30,8 +30,14 @@ class Process(subprocess.Popen[bytes]):
     def __init__(self, args: Sequence[Union[str, Path]], *, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        super().__init__([str(arg) for arg in args], cwd=ROOT, env=dict(env), stdout=self._log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(
+            [str(arg) for arg in args],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def output(self) -> str:

@@ -101,15 +101,20 @@ class OtlpReceiver:
                 for span in scope_spans.spans:
                     services.append((span.trace_id.hex(), service))
                     if self.keep_spans:
-                        decoded.append(ReceivedSpan(
-                            service=service, name=span.name, kind=KINDS.get(span.kind, str(span.kind)),
-                            trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            attributes={item.key: _value(item.value) for item in span.attributes},
-                            links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
-                            status=STATUSES.get(span.status.code, str(span.status.code)),
-                            events=[event.name for event in span.events],
-                        ))
+                        decoded.append(
+                            ReceivedSpan(
+                                service=service,
+                                name=span.name,
+                                kind=KINDS.get(span.kind, str(span.kind)),
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_span_id=span.parent_span_id.hex(),
+                                attributes={item.key: _value(item.value) for item in span.attributes},
+                                links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                                status=STATUSES.get(span.status.code, str(span.status.code)),
+                                events=[event.name for event in span.events],
+                            )
+                        )
         with self._lock:
             self.exports += 1
             self._spans.extend(decoded)

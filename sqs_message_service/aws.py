@@ -22,19 +22,21 @@ from botocore.loaders import Loader
 from .settings import DISTRIBUTION, Settings
 
 #: The error codes of credentials or rights refused, SQS's and DynamoDB's.
-NOT_AUTHORIZED_CODES = frozenset({
-    "AccessDenied",
-    "AccessDeniedException",
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
-    "InvalidSignatureException",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "InvalidSecurity",
-    "MissingAuthenticationToken",
-    "MissingAuthenticationTokenException",
-})
+NOT_AUTHORIZED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "InvalidSignatureException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidSecurity",
+        "MissingAuthenticationToken",
+        "MissingAuthenticationTokenException",
+    }
+)
 #: The error codes of a service asking its caller to slow down.
 THROTTLED_CODES = frozenset({"ThrottlingException", "Throttling", "RequestThrottled", "KmsThrottled", "OverLimit"})
 
@@ -68,13 +70,19 @@ def limits_for(settings: Settings, service: str) -> ClientLimits:
     """The settings of `service`'s client: "sqs" or "dynamodb"."""
     if service == "sqs":
         return ClientLimits(
-            settings.sqs_endpoint_url, settings.sqs_connect_timeout_s, settings.sqs_read_timeout_s,
-            settings.sqs_max_attempts, pool=max(10, settings.send_concurrency * 2),
+            settings.sqs_endpoint_url,
+            settings.sqs_connect_timeout_s,
+            settings.sqs_read_timeout_s,
+            settings.sqs_max_attempts,
+            pool=max(10, settings.send_concurrency * 2),
         )
     if service == "dynamodb":
         return ClientLimits(
-            settings.dynamodb_endpoint_url, settings.dynamodb_connect_timeout_s, settings.dynamodb_read_timeout_s,
-            settings.dynamodb_max_attempts, pool=max(10, settings.handler_threads),  # a call a keyed request
+            settings.dynamodb_endpoint_url,
+            settings.dynamodb_connect_timeout_s,
+            settings.dynamodb_read_timeout_s,
+            settings.dynamodb_max_attempts,
+            pool=max(10, settings.handler_threads),  # a call a keyed request
         )
     raise ValueError(f"no client settings for {service!r}")
 
@@ -88,7 +96,11 @@ def _service_data() -> Loader:
 
 
 def create_client(
-    settings: Settings, *, service: str = "sqs", read_timeout_s: Optional[float] = None, pool: Optional[int] = None,
+    settings: Settings,
+    *,
+    service: str = "sqs",
+    read_timeout_s: Optional[float] = None,
+    pool: Optional[int] = None,
 ) -> Any:
     """A client of `service` ("sqs", or "dynamodb" for IDEMPOTENCY_TABLE), made here and only
     here: that service's timeouts (`read_timeout_s` overrides its read timeout: a long poll's;

@@ -74,7 +74,11 @@ def failure_attributes(
 
 
 def send_dead_letter(
-    dead_letter_queue: SqsQueue, message: ReceivedMessage, reasons: dict[str, str], *, max_message_bytes: int,
+    dead_letter_queue: SqsQueue,
+    message: ReceivedMessage,
+    reasons: dict[str, str],
+    *,
+    max_message_bytes: int,
     earlier: Sequence[Sequence[Any]] = (),
 ) -> bool:
     """Send a copy of `message` to the dead-letter queue with `reasons` (failure_attributes) in
@@ -86,22 +90,29 @@ def send_dead_letter(
     queue its source id deduplicates it."""
     own = without_reasons(message.attributes)
     if len(own) + len(reasons) > MAX_ATTRIBUTES or payload_bytes(message.body, {**own, **reasons}) > max_message_bytes:
-        log.info("message %r has %d attributes: no room for the reasons; SQS's redrive policy moves it",
-                 message.id, len(own))
+        log.info(
+            "message %r has %d attributes: no room for the reasons; SQS's redrive policy moves it", message.id, len(own)
+        )
         return False
     history = earlier_attribute(earlier)
-    if history and len(own) + len(reasons) + 1 <= MAX_ATTRIBUTES and payload_bytes(
-        message.body, {**own, **reasons, **history}
-    ) <= max_message_bytes:
+    if (
+        history
+        and len(own) + len(reasons) + 1 <= MAX_ATTRIBUTES
+        and payload_bytes(message.body, {**own, **reasons, **history}) <= max_message_bytes
+    ):
         reasons = {**reasons, **history}
     copy = OutgoingMessage(
-        body=message.body, attributes={**own, **reasons}, group_id=message.group_id,
-        deduplication_id=message.id if dead_letter_queue.is_fifo else None, trace_header=message.trace_header,
+        body=message.body,
+        attributes={**own, **reasons},
+        group_id=message.group_id,
+        deduplication_id=message.id if dead_letter_queue.is_fifo else None,
+        trace_header=message.trace_header,
     )
     (result,) = dead_letter_queue.send([copy])
     if result.error is not None:
-        log.warning("message %r not sent to the dead-letter queue (%s); SQS's redrive policy moves it",
-                    message.id, result.error)
+        log.warning(
+            "message %r not sent to the dead-letter queue (%s); SQS's redrive policy moves it", message.id, result.error
+        )
     return result.ok
 
 
@@ -117,8 +128,14 @@ class FailureHistory:
 
     def failed(self, message: ReceivedMessage, error: BaseException, at: datetime) -> None:
         attempts = self._attempts.pop(message.id, [])
-        attempts.append([message.receive_count, at.isoformat(timespec="milliseconds"), type(error).__name__,
-                         error_text(error, EARLIER_TEXT_CHARS)])
+        attempts.append(
+            [
+                message.receive_count,
+                at.isoformat(timespec="milliseconds"),
+                type(error).__name__,
+                error_text(error, EARLIER_TEXT_CHARS),
+            ]
+        )
         self._attempts[message.id] = attempts[-EARLIER_MAX:]
         while len(self._attempts) > self.max_messages:
             self._attempts.popitem(last=False)
@@ -145,27 +162,44 @@ def reasons(message: ReceivedMessage) -> dict[str, Any]:
     moved (no worker wrote reasons: the worker's log has them)."""
     attributes = message.attributes
     if SOURCE_ID not in attributes:
-        return {"recorded": False, "source_id": None, "attempts": None, "worker": None, "failures": [],
-                "first_failure_at": None, "last_failure_at": None}
+        return {
+            "recorded": False,
+            "source_id": None,
+            "attempts": None,
+            "worker": None,
+            "failures": [],
+            "first_failure_at": None,
+            "last_failure_at": None,
+        }
     # Attributes are the sender's to write too: anything that is not what a worker writes is
     # left out, never an error that would stop a listing.
     try:
         earlier = json.loads(attributes.get(EARLIER, "[]"))
     except ValueError:
         earlier = []
-    failures = [failure for failure in map(_earlier_failure, earlier if isinstance(earlier, list) else [])
-                if failure is not None]
+    failures = [
+        failure
+        for failure in map(_earlier_failure, earlier if isinstance(earlier, list) else [])
+        if failure is not None
+    ]
     last_at = attributes.get(DEAD_LETTER_PREFIX + "at")
     attempts = _count(attributes.get(DEAD_LETTER_PREFIX + "attempts"))
-    failures.append({
-        "attempt": attempts, "at": last_at,
-        "error_type": attributes.get(DEAD_LETTER_PREFIX + "error_type"),
-        "error": attributes.get(DEAD_LETTER_PREFIX + "error"),
-    })
+    failures.append(
+        {
+            "attempt": attempts,
+            "at": last_at,
+            "error_type": attributes.get(DEAD_LETTER_PREFIX + "error_type"),
+            "error": attributes.get(DEAD_LETTER_PREFIX + "error"),
+        }
+    )
     return {
-        "recorded": True, "source_id": attributes[SOURCE_ID], "attempts": attempts,
-        "worker": attributes.get(DEAD_LETTER_PREFIX + "worker"), "failures": failures,
-        "first_failure_at": failures[0]["at"], "last_failure_at": last_at,
+        "recorded": True,
+        "source_id": attributes[SOURCE_ID],
+        "attempts": attempts,
+        "worker": attributes.get(DEAD_LETTER_PREFIX + "worker"),
+        "failures": failures,
+        "first_failure_at": failures[0]["at"],
+        "last_failure_at": last_at,
     }
 
 
@@ -197,7 +231,8 @@ def sample(dead_letter_queue: SqsQueue, *, max_messages: int, next_wait_s: int =
     try:
         while len(held) < max_messages:
             batch = dead_letter_queue.receive(
-                max_messages=min(BATCH_MAX_ENTRIES, max_messages - len(held)), wait_s=1 if not held else next_wait_s,
+                max_messages=min(BATCH_MAX_ENTRIES, max_messages - len(held)),
+                wait_s=1 if not held else next_wait_s,
                 visibility_timeout_s=HOLD_S,
             )
             if not batch:
@@ -229,8 +264,10 @@ def describe(message: ReceivedMessage, *, body: bool) -> str:
         return attributes.get(DEAD_LETTER_PREFIX + name, "?")
 
     if SOURCE_ID in attributes:
-        why = (f"{reason('attempts')} attempts, {reason('at')}, {reason('worker')}: "
-               f"{reason('error_type')}: {reason('error')}")
+        why = (
+            f"{reason('attempts')} attempts, {reason('at')}, {reason('worker')}: "
+            f"{reason('error_type')}: {reason('error')}"
+        )
     else:
         why = "moved by SQS's redrive policy: no reason recorded (see the worker's log)"
     lines = [f"{attributes.get(SOURCE_ID, message.id)}  {why}"]
@@ -353,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     moving.add_argument("--max", type=int, help="move at most this many (default: all)")
     moving.add_argument("--rate", type=float, help="messages per second at most (default: as fast as SQS goes)")
     moving.add_argument(
-        "--method", choices=("auto", "move-task", "receive"), default="auto",
+        "--method",
+        choices=("auto", "move-task", "receive"),
+        default="auto",
         help="auto (default): StartMessageMoveTask where the endpoint has it and no --max is "
         "given, else receive, send, delete",
     )
@@ -374,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
             list_dead_letters(dead_letter_queue, max_messages=args.max, bodies=args.bodies, out=sys.stdout)
             return EXIT_OK
         moved = redrive(
-            dead_letter_queue, source, method=args.method, max_messages=args.max, rate=args.rate,
+            dead_letter_queue,
+            source,
+            method=args.method,
+            max_messages=args.max,
+            rate=args.rate,
             progress=progress_bar(sys.stderr),
         )
     except SqsError as exc:

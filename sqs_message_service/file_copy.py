@@ -100,8 +100,15 @@ class FileCopy:
     """One copy of INPUT to OUTPUT through the writer at `url`."""
 
     def __init__(
-        self, url: str, *, api_key: Optional[str] = None, read_key: Optional[str] = None, lease_s: int = 60,
-        wait_s: int = 2, idle_timeout_s: float = 60.0, say: Callable[[str], None] = lambda text: None,
+        self,
+        url: str,
+        *,
+        api_key: Optional[str] = None,
+        read_key: Optional[str] = None,
+        lease_s: int = 60,
+        wait_s: int = 2,
+        idle_timeout_s: float = 60.0,
+        say: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.api = Api(url)
         self.api_key = api_key
@@ -154,7 +161,8 @@ class FileCopy:
         """One POST /api/messages; entries SQS could not take now (503) are sent again."""
         for _ in range(30):
             status, answer, headers = self.api.call(
-                "POST", "/api/messages", {"messages": [entry for _, entry in batch]}, key=self.api_key)
+                "POST", "/api/messages", {"messages": [entry for _, entry in batch]}, key=self.api_key
+            )
             if status == 503:
                 time.sleep(_retry_after_s(headers))
                 continue
@@ -183,8 +191,9 @@ class FileCopy:
             written = []
             if not messages:
                 if time.monotonic() - idle_since > self.idle_timeout_s:
-                    raise CopyError(f"{total - next_line} of {total} lines did not come back within "
-                                    f"{self.idle_timeout_s:g} s")
+                    raise CopyError(
+                        f"{total - next_line} of {total} lines did not come back within {self.idle_timeout_s:g} s"
+                    )
                 continue
             idle_since = time.monotonic()
             received += len(messages)

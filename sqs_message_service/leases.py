@@ -58,7 +58,12 @@ class LeaseTable:
     `counted(operation)` is called before each call, `failed()` when one fails (metrics)."""
 
     def __init__(
-        self, table: str, client: Any, *, claimed: str, counted: Callable[[str], None] = _nothing,
+        self,
+        table: str,
+        client: Any,
+        *,
+        claimed: str,
+        counted: Callable[[str], None] = _nothing,
         failed: Callable[[], None] = _nothing,
     ) -> None:
         self.table, self.client, self.claimed = table, client, claimed
@@ -75,10 +80,17 @@ class LeaseTable:
         """A Put that claims `item`'s key when it is free (or, `fresh_only`, when it has no
         record), returning the record that refused it."""
         if fresh_only:
-            return {"TableName": self.table, "Item": item, "ConditionExpression": FRESH,
-                    "ExpressionAttributeNames": {"#key": "key"}, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+            return {
+                "TableName": self.table,
+                "Item": item,
+                "ConditionExpression": FRESH,
+                "ExpressionAttributeNames": {"#key": "key"},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
         return {
-            "TableName": self.table, "Item": item, "ConditionExpression": FREE,
+            "TableName": self.table,
+            "Item": item,
+            "ConditionExpression": FREE,
             "ExpressionAttributeNames": {"#key": "key", "#state": "state"},
             "ExpressionAttributeValues": {":now": {"N": seconds(now)}, ":claimed": {"S": self.claimed}},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -94,7 +106,8 @@ class LeaseTable:
             values[":claimed"] = {"S": self.claimed}
         return {
             "ConditionExpression": OWNED_AND_CLAIMED if still_claimed else OWNED,
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
         }
 
     # The calls.

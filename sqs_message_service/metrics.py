@@ -40,13 +40,16 @@ class SqsMetrics:
 
     def __init__(self) -> None:
         self.requests = Counter(
-            "sqs_requests", "SQS API calls made, by queue and operation",
-            ("queue", "operation"), registry=None,
+            "sqs_requests",
+            "SQS API calls made, by queue and operation",
+            ("queue", "operation"),
+            registry=None,
         )
         self.billable_requests = Counter(
             "sqs_billable_requests",
             "SQS requests billed for those calls: one per call and one per further 64 KiB of payload",
-            ("queue",), registry=None,
+            ("queue",),
+            registry=None,
         )
 
     def expose_in(self, registry: CollectorRegistry) -> None:
@@ -63,33 +66,43 @@ class WriterMetrics(Hooks):
         self.view = view if view is not None else registry
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, found once
         self.requests = Counter(
-            "writer_requests", "HTTP requests answered, by method, route (the spec's path) and status",
-            ("method", "route", "status"), registry=registry,
+            "writer_requests",
+            "HTTP requests answered, by method, route (the spec's path) and status",
+            ("method", "route", "status"),
+            registry=registry,
         )
         self.request_duration = Histogram(
-            "writer_request_duration_seconds", "Time to answer an HTTP request, by method and route",
-            ("method", "route"), buckets=LATENCY_BUCKETS_S, registry=registry,
+            "writer_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route",
+            ("method", "route"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
         self.messages = Counter(
             "writer_messages",
             "Messages by outcome: accepted by SQS, invalid (4xx), unavailable (SQS failed), "
             "busy (refused by the admission limit), backlogged (refused by MAX_QUEUE_DEPTH)",
-            ("outcome",), registry=registry,
+            ("outcome",),
+            registry=registry,
         )
         self.batch_size = Histogram(
-            "writer_send_batch_messages", "Messages per SendMessageBatch call made by the group commit",
-            buckets=BATCH_SIZE_BUCKETS, registry=registry,
+            "writer_send_batch_messages",
+            "Messages per SendMessageBatch call made by the group commit",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
         )
         self.reads = Counter(
             "writer_read_messages",
             "Messages through the read routes, by outcome: received, acknowledged, given_back, dead_lettered "
             "(given back on the last allowed receive), extended, lapsed (a token whose lease had run out)",
-            ("outcome",), registry=registry,
+            ("outcome",),
+            registry=registry,
         )
         self.group_commit_wait = Histogram(
             "writer_group_commit_wait_seconds",
             "Time a message waited in the group commit before its SendMessageBatch call started",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
 
     def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
@@ -98,7 +111,8 @@ class WriterMetrics(Hooks):
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = (
-                self.requests.labels(method, route, str(status)), self.request_duration.labels(method, route),
+                self.requests.labels(method, route, str(status)),
+                self.request_duration.labels(method, route),
             )
         series[0].inc()
         series[1].observe(duration_s)
@@ -125,11 +139,14 @@ class LedgerMetrics:
 
     def __init__(self) -> None:
         self.dynamodb_requests = Counter(
-            "dynamodb_requests", "DynamoDB calls made for the processed ledger, by table and operation",
-            ("table", "operation"), registry=None,
+            "dynamodb_requests",
+            "DynamoDB calls made for the processed ledger, by table and operation",
+            ("table", "operation"),
+            registry=None,
         )
         self.ledger_errors = Counter(
-            "worker_ledger_errors", "Processed-ledger calls that failed: the table unreachable or refusing",
+            "worker_ledger_errors",
+            "Processed-ledger calls that failed: the table unreachable or refusing",
             registry=None,
         )
 
@@ -144,8 +161,19 @@ class WorkerMetrics(Hooks):
     message's life (its attempts, retries, dead-lettering, deletion or giving back) they count
     as hooks (hooks.py), which the worker's parts call as they call tracing's."""
 
-    COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "deleted", "released", "duplicates",
-                "held", "timed_out", "rejected")
+    COUNTERS = (
+        "received",
+        "processed",
+        "failed",
+        "retried",
+        "dead_lettered",
+        "deleted",
+        "released",
+        "duplicates",
+        "held",
+        "timed_out",
+        "rejected",
+    )
     _HELP: ClassVar[dict[str, str]] = {
         "received": "Messages received from SQS",
         "processed": "Messages whose processing succeeded",
@@ -163,32 +191,39 @@ class WorkerMetrics(Hooks):
 
     def __init__(self, registry: CollectorRegistry, ledger: Optional[LedgerMetrics] = None) -> None:
         self.counters = {
-            name: Counter(f"worker_messages_{name}", self._HELP[name], registry=registry)
-            for name in self.COUNTERS
+            name: Counter(f"worker_messages_{name}", self._HELP[name], registry=registry) for name in self.COUNTERS
         }
         self.processing_duration = Histogram(
-            "worker_processing_duration_seconds", "Time the processing step took, failures included",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
+            "worker_processing_duration_seconds",
+            "Time the processing step took, failures included",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
         self.end_to_end = Histogram(
             "worker_end_to_end_latency_seconds",
             "From SQS accepting a message (its SentTimestamp) to its processing succeeding",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
         self.in_flight = Gauge(
-            "worker_messages_in_flight", "Messages received and not yet finished (processing or prefetched)",
+            "worker_messages_in_flight",
+            "Messages received and not yet finished (processing or prefetched)",
             registry=registry,
         )
         self.stuck_threads = Gauge(
-            "worker_stuck_threads", "Threads of a plain step still running past PROCESSING_TIMEOUT (replaced up to "
-            "MAX_STUCK_THREADS; at that bound /health answers 503)", registry=registry,
+            "worker_stuck_threads",
+            "Threads of a plain step still running past PROCESSING_TIMEOUT (replaced up to "
+            "MAX_STUCK_THREADS; at that bound /health answers 503)",
+            registry=registry,
         )
         self.ledger = ledger if ledger is not None else LedgerMetrics()
         self.ledger.expose_in(registry)
         self.dynamodb_requests, self.ledger_errors = self.ledger.dynamodb_requests, self.ledger.ledger_errors
         self.queue_messages = Gauge(
-            "sqs_queue_messages", "Messages in a queue at the last poll, by state (visible, in_flight, delayed)",
-            ("queue", "state"), registry=registry,
+            "sqs_queue_messages",
+            "Messages in a queue at the last poll, by state (visible, in_flight, delayed)",
+            ("queue", "state"),
+            registry=registry,
         )
 
     def add(self, counter: str, amount: int = 1) -> None:
@@ -263,7 +298,8 @@ class WorkerStats:
         now = time.monotonic()
         counts = {name: self.metrics.count(name) for name in WorkerMetrics.COUNTERS}
         mark = StatsMark(
-            now, counts["processed"],
+            now,
+            counts["processed"],
             buckets(self.metrics.processing_duration, "worker_processing_duration_seconds"),
             buckets(self.metrics.end_to_end, "worker_end_to_end_latency_seconds"),
         )
@@ -293,8 +329,11 @@ class WorkerStats:
             calls.update(queue.calls)
         snapshot, _ = self.snapshot()
         return {
-            **snapshot, "sqs_calls": dict(calls), "sqs_billable_requests": self.billable_requests,
-            "dynamodb_calls": self.dynamodb_calls, "ledger_errors": self.ledger_errors,
+            **snapshot,
+            "sqs_calls": dict(calls),
+            "sqs_billable_requests": self.billable_requests,
+            "dynamodb_calls": self.dynamodb_calls,
+            "ledger_errors": self.ledger_errors,
         }
 
     @property

@@ -108,9 +108,11 @@ def queue_fields(*, fifo: bool, content_based_deduplication: bool) -> QueueField
     standard queue no deduplication id."""
     if not fifo:
         return QueueFields(
-            absent=MappingProxyType({
-                "deduplication_id": "deduplication_id is only for FIFO queues; this queue is standard",
-            }),
+            absent=MappingProxyType(
+                {
+                    "deduplication_id": "deduplication_id is only for FIFO queues; this queue is standard",
+                }
+            ),
             required=MappingProxyType({}),
         )
     required = {"group_id": "group_id is required on a FIFO queue"}
@@ -119,9 +121,11 @@ def queue_fields(*, fifo: bool, content_based_deduplication: bool) -> QueueField
             "deduplication_id is required: this FIFO queue has no content-based deduplication"
         )
     return QueueFields(  # read-only: every caller shares the one answer
-        absent=MappingProxyType({
-            "delay_seconds": "delay_seconds is only for standard queues; this queue is FIFO, where SQS takes a "
-            "delay for the whole queue only (its DelaySeconds attribute)",
-        }),
+        absent=MappingProxyType(
+            {
+                "delay_seconds": "delay_seconds is only for standard queues; this queue is FIFO, where SQS takes a "
+                "delay for the whole queue only (its DelaySeconds attribute)",
+            }
+        ),
         required=MappingProxyType(required),
     )

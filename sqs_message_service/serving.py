@@ -67,9 +67,12 @@ class SocketLimits:
     @classmethod
     def of(cls, settings: Settings) -> "SocketLimits":
         return cls(
-            header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
-            max_header_bytes=settings.max_header_bytes, max_connections=settings.max_connections,
-            keep_alive_s=settings.keep_alive_s, retry_after_s=settings.retry_after_s,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            keep_alive_s=settings.keep_alive_s,
+            retry_after_s=settings.retry_after_s,
         )
 
 
@@ -92,13 +95,14 @@ class EarlyRefusal(Protocol):
 ADMITTED = "sqs_message_service.admitted"
 
 
-def plain_response(status: int, reason: str, detail: str, *, retry_after_s: Optional[int] = None,
-                   close: bool = True) -> bytes:
+def plain_response(
+    status: int, reason: str, detail: str, *, retry_after_s: Optional[int] = None, close: bool = True
+) -> bytes:
     """A whole HTTP/1.1 response with a problem+json body, built once and written as it is."""
-    body = json.dumps({"type": "about:blank", "title": reason, "status": status, "detail": detail},
-                      separators=(",", ":")).encode()
-    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/problem+json",
-            f"content-length: {len(body)}"]
+    body = json.dumps(
+        {"type": "about:blank", "title": reason, "status": status, "detail": detail}, separators=(",", ":")
+    ).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/problem+json", f"content-length: {len(body)}"]
     if retry_after_s is not None:
         head.append(f"retry-after: {retry_after_s}")
     if close:
@@ -150,9 +154,12 @@ class GuardedHttp(HttpToolsProtocol):
         if getattr(self.server_state, _SWEEP, None) is None:
             _sweep(self.loop, self.server_state, self.connections, _sweep_interval_s(self.limits))
         if len(self.connections) > self.limits.max_connections:
-            self._throttled.warning(TooManyConnections(
-                f"{len(self.connections) - 1} connections open, MAX_CONNECTIONS={self.limits.max_connections}: "
-                "new connections are answered 503 and closed"))
+            self._throttled.warning(
+                TooManyConnections(
+                    f"{len(self.connections) - 1} connections open, MAX_CONNECTIONS={self.limits.max_connections}: "
+                    "new connections are answered 503 and closed"
+                )
+            )
             self._close_with(_too_many_connections(self.limits.retry_after_s))
             return
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
@@ -356,21 +363,28 @@ class TooManyConnections(Exception):
 _HEAD_TIMED_OUT = plain_response(408, "Request Timeout", "the request's headers did not arrive in time")
 _BODY_TIMED_OUT = plain_response(408, "Request Timeout", "the request's body did not arrive in time")
 _HEAD_TOO_LARGE = plain_response(
-    431, "Request Header Fields Too Large", "the request's headers are larger than the server takes")
+    431, "Request Header Fields Too Large", "the request's headers are larger than the server takes"
+)
 
 
 @functools.lru_cache(maxsize=None)
 def _too_many_connections(retry_after_s: int) -> bytes:
-    return plain_response(503, "Service Unavailable", "too many connections are open; retry later",
-                          retry_after_s=retry_after_s)
+    return plain_response(
+        503, "Service Unavailable", "too many connections are open; retry later", retry_after_s=retry_after_s
+    )
 
 
 def serve(app: Union[Any, str], limits: SocketLimits, *, host: str, port: int, processes: int = 1) -> None:
     """Serve `app` (or, for several processes, the "module:factory" each of them calls) with
     uvicorn and `limits`, until SIGINT or SIGTERM."""
     uvicorn.run(
-        app, host=host, port=port, workers=processes, factory=isinstance(app, str),
+        app,
+        host=host,
+        port=port,
+        workers=processes,
+        factory=isinstance(app, str),
         http=functools.partial(GuardedHttp, limits=limits),  # type: ignore[arg-type]
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # a float works: loop.call_later
-        access_log=False, log_config=None,
+        access_log=False,
+        log_config=None,
     )

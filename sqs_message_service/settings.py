@@ -71,8 +71,13 @@ class Declared:
 
 
 def setting(
-    default: Any, env: str, help: str, *, bounds: Optional[tuple[float, float]] = None,
-    default_text: Optional[str] = None, roles: frozenset[str] = SHARED,
+    default: Any,
+    env: str,
+    help: str,
+    *,
+    bounds: Optional[tuple[float, float]] = None,
+    default_text: Optional[str] = None,
+    roles: frozenset[str] = SHARED,
 ) -> Any:
     """Declare a field of Settings: its default, its environment variable, a one-line help, for
     a number its inclusive bounds, and the parts that read it (every part unless `roles` says).
@@ -86,280 +91,454 @@ class Settings:
     """All settings, with their defaults. Field names carry units."""
 
     sqs_endpoint_url: Optional[str] = setting(
-        None, "SQS_ENDPOINT_URL", "an SQS-compatible endpoint, e.g. http://127.0.0.1:4566; unset: real AWS",
+        None,
+        "SQS_ENDPOINT_URL",
+        "an SQS-compatible endpoint, e.g. http://127.0.0.1:4566; unset: real AWS",
     )
     aws_region: str = setting("us-east-1", "AWS_REGION", "the region of the queue")
     queue_name: str = setting("messages", "QUEUE_NAME", "the queue; a name ending in .fifo means a FIFO queue")
     dlq_name: str = setting(
-        "", "DLQ_NAME", "the dead-letter queue", default_text="<queue>-dlq (<name>-dlq.fifo for FIFO)",
+        "",
+        "DLQ_NAME",
+        "the dead-letter queue",
+        default_text="<queue>-dlq (<name>-dlq.fifo for FIFO)",
     )
     max_receive_count: int = setting(
-        3, "MAX_RECEIVE_COUNT", "receives before a message goes to the dead-letter queue", bounds=(1, 1000),
+        3,
+        "MAX_RECEIVE_COUNT",
+        "receives before a message goes to the dead-letter queue",
+        bounds=(1, 1000),
     )
     visibility_timeout_s: int = setting(
-        30, "VISIBILITY_TIMEOUT", "seconds a received message stays hidden (queue attribute)", bounds=(0, 43_200),
+        30,
+        "VISIBILITY_TIMEOUT",
+        "seconds a received message stays hidden (queue attribute)",
+        bounds=(0, 43_200),
     )
     receive_wait_s: int = setting(
-        20, "RECEIVE_WAIT_SECONDS", "long-poll wait of a receive (queue attribute)", bounds=(0, 20),
+        20,
+        "RECEIVE_WAIT_SECONDS",
+        "long-poll wait of a receive (queue attribute)",
+        bounds=(0, 20),
     )
     max_message_bytes: int = setting(
-        262_144, "MAX_MESSAGE_BYTES",
+        262_144,
+        "MAX_MESSAGE_BYTES",
         "the largest message (body and attributes, UTF-8), up to SQS's 1 MiB; also set on the queue",
         bounds=(1024, SQS_MAX_MESSAGE_BYTES_CEILING),
     )
     max_request_bytes: int = setting(
-        2_097_152, "MAX_REQUEST_BYTES",
+        2_097_152,
+        "MAX_REQUEST_BYTES",
         "the largest request body the writer reads; a larger one is 413 before it is read whole",
-        bounds=(1024, 256 * 1_048_576), roles=WRITER,
+        bounds=(1024, 256 * 1_048_576),
+        roles=WRITER,
     )
     host: str = setting(
-        "127.0.0.1", "HOST",
+        "127.0.0.1",
+        "HOST",
         "the address the writer, the worker's metrics and the console bind; loopback unless you choose",
     )
     port: int = setting(5000, "PORT", "the writer's port", bounds=(1, 65_535), roles=WRITER)
     writer_processes: int = setting(
-        1, "WRITER_PROCESSES", "writer processes serving the one port (uvicorn workers)", bounds=(1, 64), roles=WRITER,
+        1,
+        "WRITER_PROCESSES",
+        "writer processes serving the one port (uvicorn workers)",
+        bounds=(1, 64),
+        roles=WRITER,
     )
     sqs_connect_timeout_s: float = setting(
-        2.0, "SQS_CONNECT_TIMEOUT", "seconds to connect to SQS", bounds=(0.05, 60),
+        2.0,
+        "SQS_CONNECT_TIMEOUT",
+        "seconds to connect to SQS",
+        bounds=(0.05, 60),
     )
     sqs_read_timeout_s: float = setting(
-        5.0, "SQS_READ_TIMEOUT", "seconds to wait for an SQS answer", bounds=(0.05, 300),
+        5.0,
+        "SQS_READ_TIMEOUT",
+        "seconds to wait for an SQS answer",
+        bounds=(0.05, 300),
     )
     sqs_max_attempts: int = setting(
-        3, "SQS_MAX_ATTEMPTS", "attempts per SQS call, with botocore's standard retries (backoff, jitter)",
+        3,
+        "SQS_MAX_ATTEMPTS",
+        "attempts per SQS call, with botocore's standard retries (backoff, jitter)",
         bounds=(1, 10),
     )
     handler_threads: int = setting(
-        64, "HANDLER_THREADS",
+        64,
+        "HANDLER_THREADS",
         "threads running the writer's handlers; one is kept for /api/health, and with the rest busy a "
         "request is 503 at once",
-        bounds=(1, 1024), roles=WRITER,
+        bounds=(1, 1024),
+        roles=WRITER,
     )
     send_concurrency: int = setting(
-        4, "SEND_CONCURRENCY", "SendMessageBatch calls in flight at once under load (group commit)", bounds=(1, 64),
+        4,
+        "SEND_CONCURRENCY",
+        "SendMessageBatch calls in flight at once under load (group commit)",
+        bounds=(1, 64),
         roles=WRITER,
     )
     send_linger_s: float = setting(
-        0.02, "SEND_LINGER",
+        0.02,
+        "SEND_LINGER",
         "seconds a message may wait for others to share its SendMessageBatch call while requests arrive "
         "in a stream; 0: never wait",
-        bounds=(0, 1), roles=WRITER,
+        bounds=(0, 1),
+        roles=WRITER,
     )
     send_timeout_s: float = setting(
-        10.0, "SEND_TIMEOUT", "the longest any request waits for SQS (a send, /api/ready, /api/stats); then 503",
-        bounds=(0.1, 300), roles=WRITER,
+        10.0,
+        "SEND_TIMEOUT",
+        "the longest any request waits for SQS (a send, /api/ready, /api/stats); then 503",
+        bounds=(0.1, 300),
+        roles=WRITER,
     )
     retry_after_s: int = setting(
-        1, "RETRY_AFTER", "the Retry-After seconds sent with a 503", bounds=(1, 3600), roles=WRITER,
+        1,
+        "RETRY_AFTER",
+        "the Retry-After seconds sent with a 503",
+        bounds=(1, 3600),
+        roles=WRITER,
     )
     max_queue_depth: Optional[int] = setting(
-        None, "MAX_QUEUE_DEPTH",
+        None,
+        "MAX_QUEUE_DEPTH",
         "the writer answers 503 while the queue holds more visible messages than this; unset: no backpressure",
-        bounds=(1, 1_000_000_000), roles=WRITER,
+        bounds=(1, 1_000_000_000),
+        roles=WRITER,
     )
     depth_poll_interval_s: float = setting(
-        5.0, "DEPTH_POLL_INTERVAL", "seconds between the writer's reads of the queue depth, for MAX_QUEUE_DEPTH",
-        bounds=(0.1, 3600), roles=WRITER,
+        5.0,
+        "DEPTH_POLL_INTERVAL",
+        "seconds between the writer's reads of the queue depth, for MAX_QUEUE_DEPTH",
+        bounds=(0.1, 3600),
+        roles=WRITER,
     )
     idempotency_window_s: float = setting(  # as long as SQS's own FIFO deduplication interval
-        300.0, "IDEMPOTENCY_WINDOW", "seconds the writer remembers an Idempotency-Key", bounds=(1, 86_400),
+        300.0,
+        "IDEMPOTENCY_WINDOW",
+        "seconds the writer remembers an Idempotency-Key",
+        bounds=(1, 86_400),
         roles=WRITER,
     )
     idempotency_max_keys: int = setting(
-        100_000, "IDEMPOTENCY_MAX_KEYS",
+        100_000,
+        "IDEMPOTENCY_MAX_KEYS",
         "the most keys a writer remembers in memory; past that the oldest go first (about 37 MiB at 100,000)",
-        bounds=(1, 10_000_000), roles=WRITER,
+        bounds=(1, 10_000_000),
+        roles=WRITER,
     )
     idempotency_table: str = setting(
-        "", "IDEMPOTENCY_TABLE",
+        "",
+        "IDEMPOTENCY_TABLE",
         "a DynamoDB table that keeps Idempotency-Keys for every writer process and replica; "
-        "unset: each process keeps its own, in memory", roles=WRITER,
+        "unset: each process keeps its own, in memory",
+        roles=WRITER,
     )
     dynamodb_endpoint_url: Optional[str] = setting(
-        None, "DYNAMODB_ENDPOINT_URL",
+        None,
+        "DYNAMODB_ENDPOINT_URL",
         "a DynamoDB-compatible endpoint for IDEMPOTENCY_TABLE and PROCESSED_TABLE, e.g. http://127.0.0.1:5001; "
         "unset: real AWS",
     )
     dynamodb_connect_timeout_s: float = setting(
-        2.0, "DYNAMODB_CONNECT_TIMEOUT", "seconds to connect to DynamoDB", bounds=(0.05, 60),
+        2.0,
+        "DYNAMODB_CONNECT_TIMEOUT",
+        "seconds to connect to DynamoDB",
+        bounds=(0.05, 60),
     )
     dynamodb_read_timeout_s: float = setting(
-        5.0, "DYNAMODB_READ_TIMEOUT", "seconds to wait for a DynamoDB answer", bounds=(0.05, 300),
+        5.0,
+        "DYNAMODB_READ_TIMEOUT",
+        "seconds to wait for a DynamoDB answer",
+        bounds=(0.05, 300),
     )
     dynamodb_max_attempts: int = setting(
-        3, "DYNAMODB_MAX_ATTEMPTS", "attempts per DynamoDB call, with botocore's standard retries", bounds=(1, 10),
+        3,
+        "DYNAMODB_MAX_ATTEMPTS",
+        "attempts per DynamoDB call, with botocore's standard retries",
+        bounds=(1, 10),
     )
     processed_table: str = setting(
-        "", "PROCESSED_TABLE",
+        "",
+        "PROCESSED_TABLE",
         "a DynamoDB table where the worker records what it processed, so that a redelivered message is not "
         "handed to the processing step again; unset: every delivery is processed",
         roles=WORKER,
     )
     processed_window_s: Optional[int] = setting(
-        None, "PROCESSED_WINDOW", "seconds a message's record in PROCESSED_TABLE keeps it from being processed again",
-        bounds=(60, 31_536_000), default_text="the queue's retention period", roles=WORKER,
+        None,
+        "PROCESSED_WINDOW",
+        "seconds a message's record in PROCESSED_TABLE keeps it from being processed again",
+        bounds=(60, 31_536_000),
+        default_text="the queue's retention period",
+        roles=WORKER,
     )
     worker_concurrency: int = setting(
-        10, "WORKER_CONCURRENCY", "messages the worker processes at once", bounds=(1, 1000), roles=WORKER,
+        10,
+        "WORKER_CONCURRENCY",
+        "messages the worker processes at once",
+        bounds=(1, 1000),
+        roles=WORKER,
     )
     worker_cpu: Optional[int] = setting(
-        None, "WORKER_CPU",
+        None,
+        "WORKER_CPU",
         "run the worker's threads on this one CPU (Linux), for a busy worker; unset: wherever the OS puts them",
-        bounds=(0, 4095), roles=WORKER,
+        bounds=(0, 4095),
+        roles=WORKER,
     )
     process_time_s: float = setting(
-        0.005, "PROCESS_TIME", "seconds of simulated work per message", bounds=(0, 3600), roles=WORKER,
+        0.005,
+        "PROCESS_TIME",
+        "seconds of simulated work per message",
+        bounds=(0, 3600),
+        roles=WORKER,
     )
     failure_rate: float = setting(
-        0.1, "FAILURE_RATE", "probability that simulated work fails", bounds=(0, 1), roles=WORKER,
+        0.1,
+        "FAILURE_RATE",
+        "probability that simulated work fails",
+        bounds=(0, 1),
+        roles=WORKER,
     )
     failure_seed: Optional[int] = setting(
-        None, "FAILURE_SEED", "makes simulated failures repeatable; unset: random", roles=WORKER,
+        None,
+        "FAILURE_SEED",
+        "makes simulated failures repeatable; unset: random",
+        roles=WORKER,
     )
     processor: str = setting(
-        "", "PROCESSOR",
+        "",
+        "PROCESSOR",
         "your processing step: module:function (a plain or an async def function), or an http:// or "
-        "https:// URL each message is POSTed to; unset: the simulated work", roles=WORKER,
+        "https:// URL each message is POSTed to; unset: the simulated work",
+        roles=WORKER,
     )
     processing_timeout_s: float = setting(
-        600.0, "PROCESSING_TIMEOUT",
+        600.0,
+        "PROCESSING_TIMEOUT",
         "seconds an attempt at a message may take; past it the attempt fails (timed out) and the message "
-        "comes back after its backoff", bounds=(0.1, 43_200), roles=WORKER,
+        "comes back after its backoff",
+        bounds=(0.1, 43_200),
+        roles=WORKER,
     )
     max_stuck_threads: Optional[int] = setting(
-        None, "MAX_STUCK_THREADS",
+        None,
+        "MAX_STUCK_THREADS",
         "threads of a plain step still running past PROCESSING_TIMEOUT that the worker replaces; at this "
-        "many its /health answers 503", bounds=(0, 10_000), default_text="WORKER_CONCURRENCY", roles=WORKER,
+        "many its /health answers 503",
+        bounds=(0, 10_000),
+        default_text="WORKER_CONCURRENCY",
+        roles=WORKER,
     )
     retry_backoff_base_s: float = setting(
-        1.0, "RETRY_BACKOFF_BASE", "seconds before a failed message's first retry; doubles with each receive",
-        bounds=(0, 43_200), roles=WORKER,
+        1.0,
+        "RETRY_BACKOFF_BASE",
+        "seconds before a failed message's first retry; doubles with each receive",
+        bounds=(0, 43_200),
+        roles=WORKER,
     )
     retry_backoff_max_s: float = setting(
-        60.0, "RETRY_BACKOFF_MAX", "the longest retry backoff, in seconds", bounds=(0, 43_200), roles=WORKER,
+        60.0,
+        "RETRY_BACKOFF_MAX",
+        "the longest retry backoff, in seconds",
+        bounds=(0, 43_200),
+        roles=WORKER,
     )
     shutdown_grace_s: float = setting(
-        30.0, "SHUTDOWN_GRACE", "seconds to finish in-flight work after SIGINT or SIGTERM", bounds=(0, 3600),
+        30.0,
+        "SHUTDOWN_GRACE",
+        "seconds to finish in-flight work after SIGINT or SIGTERM",
+        bounds=(0, 3600),
         roles=WORKER,
     )
     stats_interval_s: float = setting(
-        2.0, "STATS_INTERVAL", "seconds between the worker's stats reports and queue depth reads",
-        bounds=(0.1, 3600), roles=WORKER,
+        2.0,
+        "STATS_INTERVAL",
+        "seconds between the worker's stats reports and queue depth reads",
+        bounds=(0.1, 3600),
+        roles=WORKER,
     )
     metrics_port: int = setting(
-        9102, "METRICS_PORT", "the worker's Prometheus metrics port, on HOST; 0: none", bounds=(0, 65_535),
+        9102,
+        "METRICS_PORT",
+        "the worker's Prometheus metrics port, on HOST; 0: none",
+        bounds=(0, 65_535),
         roles=WORKER,
     )
     worker_output: Optional[Path] = setting(
-        None, "WORKER_OUTPUT", "a file that gets one JSON line per processed message", roles=WORKER,
+        None,
+        "WORKER_OUTPUT",
+        "a file that gets one JSON line per processed message",
+        roles=WORKER,
     )
     exit_when_idle_s: Optional[float] = setting(
-        None, "EXIT_WHEN_IDLE", "the worker exits once the queue has been empty this many seconds",
-        bounds=(0, 86_400), roles=WORKER,
+        None,
+        "EXIT_WHEN_IDLE",
+        "the worker exits once the queue has been empty this many seconds",
+        bounds=(0, 86_400),
+        roles=WORKER,
     )
     api_keys: str = setting(
-        "", "API_KEYS", "comma-separated keys the writer accepts in X-API-Key; unset: no key needed", roles=WRITER,
+        "",
+        "API_KEYS",
+        "comma-separated keys the writer accepts in X-API-Key; unset: no key needed",
+        roles=WRITER,
     )
     api_keys_file: Optional[Path] = setting(
-        None, "API_KEYS_FILE", "a file of keys, one per line (# comments), added to API_KEYS", roles=WRITER,
+        None,
+        "API_KEYS_FILE",
+        "a file of keys, one per line (# comments), added to API_KEYS",
+        roles=WRITER,
     )
     read_keys: str = setting(
-        "", "READ_KEYS",
+        "",
+        "READ_KEYS",
         "comma-separated keys that may read, acknowledge and give back messages over HTTP (X-API-Key), apart "
-        "from API_KEYS; unset: the read routes refuse every request", roles=WRITER,
+        "from API_KEYS; unset: the read routes refuse every request",
+        roles=WRITER,
     )
     read_max_lease_s: int = setting(
-        300, "READ_MAX_LEASE", "the longest lease (visibility timeout, seconds) a reader may ask for or extend to",
-        bounds=(1, 43_200), roles=WRITER,
+        300,
+        "READ_MAX_LEASE",
+        "the longest lease (visibility timeout, seconds) a reader may ask for or extend to",
+        bounds=(1, 43_200),
+        roles=WRITER,
     )
     read_max_wait_s: int = setting(
-        20, "READ_MAX_WAIT", "the longest long poll (seconds) a reader may ask for; SQS's own limit is 20",
-        bounds=(0, 20), roles=WRITER,
+        20,
+        "READ_MAX_WAIT",
+        "the longest long poll (seconds) a reader may ask for; SQS's own limit is 20",
+        bounds=(0, 20),
+        roles=WRITER,
     )
     read_max_polls: int = setting(
-        16, "READ_MAX_POLLS",
+        16,
+        "READ_MAX_POLLS",
         "long polls a writer process holds at once, each on a handler thread; one more is 503 with Retry-After "
-        "(keep it below HANDLER_THREADS)", bounds=(1, 1024), roles=WRITER,
+        "(keep it below HANDLER_THREADS)",
+        bounds=(1, 1024),
+        roles=WRITER,
     )
     read_token_secret: str = setting(
-        "", "READ_TOKEN_SECRET",
+        "",
+        "READ_TOKEN_SECRET",
         "a secret shared by every writer that serves reads: it signs the copy of a message its token carries on "
         "the last allowed receive, for the dead-letter queue; unset: one made at random per process",
         roles=WRITER,
     )
-    console_port: int = setting(5050, "CONSOLE_PORT", "the operator console's port, on HOST", bounds=(1, 65_535),
-                                roles=CONSOLE)
+    console_port: int = setting(
+        5050, "CONSOLE_PORT", "the operator console's port, on HOST", bounds=(1, 65_535), roles=CONSOLE
+    )
     console_keys: str = setting(
-        "", "CONSOLE_KEYS",
+        "",
+        "CONSOLE_KEYS",
         "comma-separated keys that allow the console's actions (redrive, delete), separate from API_KEYS; "
-        "unset: the console is read-only", roles=CONSOLE,
+        "unset: the console is read-only",
+        roles=CONSOLE,
     )
     console_origin: str = setting(
-        "", "CONSOLE_ORIGIN",
+        "",
+        "CONSOLE_ORIGIN",
         "the console's address as browsers reach it behind a proxy, e.g. https://console.example.com: the one "
-        "origin its actions may come from, and a Host it answers; unset: http://HOST:CONSOLE_PORT", roles=CONSOLE,
+        "origin its actions may come from, and a Host it answers; unset: http://HOST:CONSOLE_PORT",
+        roles=CONSOLE,
     )
     console_scrape: str = setting(
-        "http://127.0.0.1:5000/metrics,http://127.0.0.1:9102/metrics", "CONSOLE_SCRAPE",
+        "http://127.0.0.1:5000/metrics,http://127.0.0.1:9102/metrics",
+        "CONSOLE_SCRAPE",
         "comma-separated /metrics URLs of the writers and workers the console charts (summed); "
-        "unused when PROMETHEUS_URL is set", default_text="the writer's and the worker's of make run", roles=CONSOLE,
+        "unused when PROMETHEUS_URL is set",
+        default_text="the writer's and the worker's of make run",
+        roles=CONSOLE,
     )
     prometheus_url: str = setting(
-        "", "PROMETHEUS_URL",
+        "",
+        "PROMETHEUS_URL",
         "a Prometheus server that scrapes the writers and workers; the console asks it for their rates "
-        "instead of scraping CONSOLE_SCRAPE", roles=CONSOLE,
+        "instead of scraping CONSOLE_SCRAPE",
+        roles=CONSOLE,
     )
     console_refresh_s: float = setting(
-        2.0, "CONSOLE_REFRESH",
+        2.0,
+        "CONSOLE_REFRESH",
         "seconds between the console's readings (one GetQueueAttributes per queue, one scrape per URL), "
-        "however many pages are open", bounds=(0.2, 300), roles=CONSOLE,
+        "however many pages are open",
+        bounds=(0.2, 300),
+        roles=CONSOLE,
     )
     header_timeout_s: float = setting(
-        10.0, "HEADER_TIMEOUT",
+        10.0,
+        "HEADER_TIMEOUT",
         "seconds a connection, and each request from its first byte, has to send the whole of a request's "
-        "headers; then 408 (or a close) and the connection ends", bounds=(0.1, 300), roles=SERVED,
+        "headers; then 408 (or a close) and the connection ends",
+        bounds=(0.1, 300),
+        roles=SERVED,
     )
     body_timeout_s: float = setting(
-        30.0, "BODY_TIMEOUT",
+        30.0,
+        "BODY_TIMEOUT",
         "seconds a request has to send its whole body once its headers are in; then 408 (or a close) and the "
-        "connection ends", bounds=(0.1, 3600), roles=SERVED,
+        "connection ends",
+        bounds=(0.1, 3600),
+        roles=SERVED,
     )
     max_header_bytes: int = setting(
-        16_384, "MAX_HEADER_BYTES",
+        16_384,
+        "MAX_HEADER_BYTES",
         "the largest request line and headers together; larger is 431 and a close, before anything of the "
-        "request is processed", bounds=(1024, 1_048_576), roles=SERVED,
+        "request is processed",
+        bounds=(1024, 1_048_576),
+        roles=SERVED,
     )
     max_connections: int = setting(
-        1000, "MAX_CONNECTIONS",
+        1000,
+        "MAX_CONNECTIONS",
         "open connections per process; past it a new one gets 503 with Retry-After and is closed (keep it "
-        "below the open-files limit, ulimit -n)", bounds=(1, 1_000_000), roles=SERVED,
+        "below the open-files limit, ulimit -n)",
+        bounds=(1, 1_000_000),
+        roles=SERVED,
     )
     keep_alive_s: float = setting(
-        5.0, "KEEP_ALIVE_TIMEOUT",
+        5.0,
+        "KEEP_ALIVE_TIMEOUT",
         "seconds an idle keep-alive connection stays open between requests; behind a load balancer, more "
-        "than its idle timeout", bounds=(0.1, 3600), roles=SERVED,
+        "than its idle timeout",
+        bounds=(0.1, 3600),
+        roles=SERVED,
     )
     otel_traces_exporter: str = setting(
-        "", "OTEL_TRACES_EXPORTER",
+        "",
+        "OTEL_TRACES_EXPORTER",
         "tracing: `otlp` or `console` (comma-separated) turns it on, `none` keeps it off; unset: on when an "
         "OTLP endpoint is set",
     )
     otel_exporter_otlp_endpoint: str = setting(
-        "", "OTEL_EXPORTER_OTLP_ENDPOINT", "tracing: the OTLP/HTTP collector (`/v1/traces` is added); turns tracing on",
+        "",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "tracing: the OTLP/HTTP collector (`/v1/traces` is added); turns tracing on",
     )
     otel_exporter_otlp_traces_endpoint: str = setting(
-        "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tracing: the OTLP/HTTP traces URL, whole; turns tracing on",
+        "",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "tracing: the OTLP/HTTP traces URL, whole; turns tracing on",
     )
     otel_sdk_disabled: str = setting("", "OTEL_SDK_DISABLED", "tracing: `true` keeps it off whatever else is set")
     trace_context_in: str = setting(
-        "auto", "TRACE_CONTEXT_IN",
+        "auto",
+        "TRACE_CONTEXT_IN",
         "tracing: where a message's trace context travels: `AWSTraceHeader` (the system attribute), `attribute` "
         "(a `traceparent` message attribute, one of the ten), or `auto`: AWSTraceHeader on real SQS, the "
         "attribute with SQS_ENDPOINT_URL",
     )
     log_config: Path = setting(
-        DATA_DIR / "log.conf", "LOG_CONFIG", "a logging.config.fileConfig file", default_text="log.conf",
+        DATA_DIR / "log.conf",
+        "LOG_CONFIG",
+        "a logging.config.fileConfig file",
+        default_text="log.conf",
     )
 
     def __post_init__(self) -> None:
@@ -439,15 +618,11 @@ class Settings:
                     "digits, '_', '-' or '.'"
                 )
         if self.trace_context_in not in ("auto", "AWSTraceHeader", "attribute"):
-            raise ConfigError(
-                f"TRACE_CONTEXT_IN={self.trace_context_in!r}: must be auto, AWSTraceHeader or attribute"
-            )
+            raise ConfigError(f"TRACE_CONTEXT_IN={self.trace_context_in!r}: must be auto, AWSTraceHeader or attribute")
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ConfigError(f"API_KEYS_FILE={str(self.api_keys_file)!r}: no such file")
         if self.processor and not re.match(r"^[\w.]+:\w+$", self.processor) and not _STEP_URL.match(self.processor):
-            raise ConfigError(
-                f"PROCESSOR={self.processor!r}: must be 'module:function' or an http:// or https:// URL"
-            )
+            raise ConfigError(f"PROCESSOR={self.processor!r}: must be 'module:function' or an http:// or https:// URL")
         if self.max_request_bytes < self.max_message_bytes:
             raise ConfigError(
                 f"MAX_REQUEST_BYTES={self.max_request_bytes}: must be at least "
@@ -494,8 +669,12 @@ def add_option(parser: argparse.ArgumentParser, flag: str, name: str, settings: 
     `settings`, and a help naming its variable. Parsed into `args.<name>`."""
     declared = DECLARED[name]
     parser.add_argument(
-        flag, dest=name, type=_TYPES[name], default=getattr(settings, name),
-        help=f"{declared.help} ({declared.env}, default %(default)s)", **extra,
+        flag,
+        dest=name,
+        type=_TYPES[name],
+        default=getattr(settings, name),
+        help=f"{declared.help} ({declared.env}, default %(default)s)",
+        **extra,
     )
     parser.set_defaults(**{f"{_FLAG}{name}": flag})  # so that an error names the flag given
 

@@ -119,10 +119,7 @@ class ReceivedMessage:
             receipt_handle=raw["ReceiptHandle"],
             receive_count=int(system.get("ApproximateReceiveCount", 1)),
             sent_at_s=int(sent_ms) / 1000 if sent_ms else None,
-            attributes={
-                name: value.get("StringValue", "")
-                for name, value in raw.get("MessageAttributes", {}).items()
-            },
+            attributes={name: value.get("StringValue", "") for name, value in raw.get("MessageAttributes", {}).items()},
             group_id=system.get("MessageGroupId"),
             deduplication_id=system.get("MessageDeduplicationId"),
             trace_header=system.get("AWSTraceHeader"),
@@ -309,9 +306,9 @@ class SqsQueue:
         """Ask SQS to move every message of this queue (a dead-letter queue) to `destination_arn`
         (StartMessageMoveTask); returns the task's handle."""
         extra = {} if max_per_second is None else {"MaxNumberOfMessagesPerSecond": max_per_second}
-        return self._call(
-            "StartMessageMoveTask", SourceArn=self.arn, DestinationArn=destination_arn, **extra
-        )["TaskHandle"]
+        return self._call("StartMessageMoveTask", SourceArn=self.arn, DestinationArn=destination_arn, **extra)[
+            "TaskHandle"
+        ]
 
     def move_task(self, handle: str) -> dict[str, Any]:
         """The move task's state (ListMessageMoveTasks): Status, ApproximateNumberOfMessagesMoved,
@@ -355,7 +352,9 @@ class SqsQueue:
         entries = [_entry(str(index), message) for index, message in enumerate(messages)]
         try:
             response = self._call(
-                "SendMessageBatch", QueueUrl=self.url, Entries=entries,
+                "SendMessageBatch",
+                QueueUrl=self.url,
+                Entries=entries,
                 payload_bytes=sum(message.size_bytes for message in messages),
             )
         except (QueueUnavailable, MessageRejected, NotAuthorized) as exc:
@@ -364,13 +363,10 @@ class SqsQueue:
             SendResult(error=QueueUnavailable("SendMessageBatch: SQS reported no outcome"))
         ] * len(messages)
         for ok in response.get("Successful", []):
-            results[int(ok["Id"])] = SendResult(
-                message_id=ok["MessageId"], sequence_number=ok.get("SequenceNumber")
-            )
+            results[int(ok["Id"])] = SendResult(message_id=ok["MessageId"], sequence_number=ok.get("SequenceNumber"))
         for failed in response.get("Failed", []):
             results[int(failed["Id"])] = SendResult(error=_entry_error("SendMessageBatch", failed))
         return results
-
 
     def receive(
         self, *, max_messages: int, wait_s: int, visibility_timeout_s: Optional[int] = None
@@ -397,7 +393,10 @@ class SqsQueue:
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=[
-                "ApproximateReceiveCount", "SentTimestamp", "MessageGroupId", "MessageDeduplicationId",
+                "ApproximateReceiveCount",
+                "SentTimestamp",
+                "MessageGroupId",
+                "MessageDeduplicationId",
                 "AWSTraceHeader",
             ],
             MessageAttributeNames=["All"],
@@ -415,9 +414,7 @@ class SqsQueue:
     def change_visibility(self, changes: Sequence[tuple[str, int]]) -> list[EntryOutcome]:
         """Set each (receipt handle, seconds) pair's visibility timeout: 0 makes a message
         visible at once. ChangeMessageVisibilityBatch, ten at a time; one outcome per pair."""
-        entries = [
-            {"ReceiptHandle": handle, "VisibilityTimeout": seconds} for handle, seconds in changes
-        ]
+        entries = [{"ReceiptHandle": handle, "VisibilityTimeout": seconds} for handle, seconds in changes]
         return self._batched("ChangeMessageVisibilityBatch", entries)
 
     def _batched(self, operation: str, entries: list[dict[str, Any]]) -> list[EntryOutcome]:
@@ -447,15 +444,17 @@ class SqsQueue:
 
 #: Codes of a batch entry that sending or settling again cannot change, whatever the entry's
 #: `SenderFault` says: LocalStack marks some of them `SenderFault: false`.
-FINAL_ENTRY_CODES = frozenset({
-    "InvalidMessageContents",
-    "InvalidParameterValue",
-    "InvalidAttributeName",
-    "InvalidAttributeValue",
-    "MissingParameter",
-    "ReceiptHandleIsInvalid",
-    "MessageNotInflight",
-})
+FINAL_ENTRY_CODES = frozenset(
+    {
+        "InvalidMessageContents",
+        "InvalidParameterValue",
+        "InvalidAttributeName",
+        "InvalidAttributeValue",
+        "MissingParameter",
+        "ReceiptHandleIsInvalid",
+        "MessageNotInflight",
+    }
+)
 
 
 #: Codes that say a receipt handle is no longer (or never was) good, whichever engine says them:
@@ -491,8 +490,7 @@ def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
     entry: dict[str, Any] = {"Id": entry_id, "MessageBody": message.body}
     if message.attributes:
         entry["MessageAttributes"] = {
-            name: {"DataType": STRING, "StringValue": value}
-            for name, value in message.attributes.items()
+            name: {"DataType": STRING, "StringValue": value} for name, value in message.attributes.items()
         }
     if message.delay_s is not None:
         entry["DelaySeconds"] = message.delay_s

@@ -28,7 +28,8 @@ def ensure_table(client: Any, table: str, *, role: str = "idempotency-keys", set
             )
     except client.exceptions.ResourceNotFoundException:
         client.create_table(
-            TableName=table, BillingMode="PAY_PER_REQUEST",
+            TableName=table,
+            BillingMode="PAY_PER_REQUEST",
             KeySchema=KEY_SCHEMA,
             AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
             Tags=[{"Key": "application", "Value": DISTRIBUTION}, {"Key": "role", "Value": role}],

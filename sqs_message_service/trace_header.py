@@ -99,8 +99,12 @@ def xray_header(context: Context, existing: Optional[str] = None) -> str:
     trace_id, span_id, sampled = context
     trace_hex = f"{trace_id:032x}"
     kept = {name: value for name, value in fields(existing).items() if name not in ("Root", "Parent", "Sampled")}
-    header = {"Root": f"1-{trace_hex[:8]}-{trace_hex[8:]}", "Parent": f"{span_id:016x}",
-              "Sampled": str(int(sampled)), **kept}
+    header = {
+        "Root": f"1-{trace_hex[:8]}-{trace_hex[8:]}",
+        "Parent": f"{span_id:016x}",
+        "Sampled": str(int(sampled)),
+        **kept,
+    }
     return ";".join(f"{name}={value}" for name, value in header.items())
 
 

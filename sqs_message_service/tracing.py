@@ -129,8 +129,12 @@ def configure(settings: Settings, part: str) -> NoTracing:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     tracing = Tracing(provider, carrier=context_carrier(settings))
-    log.info("tracing on: %s, service %s, context in %s", ", ".join(sorted(exporters)),
-             resource.attributes.get(SERVICE_NAME), tracing.carrier)
+    log.info(
+        "tracing on: %s, service %s, context in %s",
+        ", ".join(sorted(exporters)),
+        resource.attributes.get(SERVICE_NAME),
+        tracing.carrier,
+    )
     return tracing
 
 
@@ -159,9 +163,14 @@ class Tracing(NoTracing):
         (traceparent, tracestate, baggage, as OTEL_PROPAGATORS says); current while the request
         is served."""
         parent = self._propagate.extract(headers, getter=ASGI_HEADERS)  # type: ignore[arg-type]  # its protocol
-        with self.tracer.start_as_current_span(method, context=parent, kind=self._SpanKind.SERVER,
-                                               attributes={"http.request.method": method},
-                                               record_exception=False, set_status_on_exception=False) as span:
+        with self.tracer.start_as_current_span(
+            method,
+            context=parent,
+            kind=self._SpanKind.SERVER,
+            attributes={"http.request.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             yield span
 
     def answered(self, watch: Any, method: str, route: str, status: int, duration_s: float) -> None:
@@ -185,10 +194,16 @@ class Tracing(NoTracing):
         if by_request:
             current = self._trace.get_current_span().get_span_context()
             return self._carrying(message, current) if current.is_valid else message
-        span = self.tracer.start_span(f"create {queue}", kind=self._SpanKind.PRODUCER, attributes={
-            "messaging.system": MESSAGING_SYSTEM, "messaging.operation.name": "create",
-            "messaging.operation.type": "create", "messaging.destination.name": queue,
-        })
+        span = self.tracer.start_span(
+            f"create {queue}",
+            kind=self._SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.name": "create",
+                "messaging.operation.type": "create",
+                "messaging.destination.name": queue,
+            },
+        )
         context = span.get_span_context()
         span.end()
         return self._carrying(message, context)
@@ -219,18 +234,29 @@ class Tracing(NoTracing):
         conventions allow for a span that processes a single message outside any other span (as
         here, on a processor thread): the attempt is then in the message's trace, from the
         client's request on, rather than in a trace of its own linked to it."""
-        parent = self._trace.set_span_in_context(self._trace.NonRecordingSpan(context)) if (
-            context := self._context_of(message)) is not None else None
+        parent = (
+            self._trace.set_span_in_context(self._trace.NonRecordingSpan(context))
+            if (context := self._context_of(message)) is not None
+            else None
+        )
         attributes: dict[str, Any] = {
-            "messaging.system": MESSAGING_SYSTEM, "messaging.operation.name": "process",
-            "messaging.operation.type": "process", "messaging.destination.name": queue,
-            "messaging.message.id": message.id, RECEIVE_COUNT: message.receive_count,
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": message.id,
+            RECEIVE_COUNT: message.receive_count,
         }
         if message.sent_at_s is not None:
             attributes[TIME_IN_QUEUE] = max(0, round(1000 * (time.time() - message.sent_at_s)))
-        with self.tracer.start_as_current_span(f"process {queue}", context=parent, kind=self._SpanKind.CONSUMER,
-                                               attributes=attributes, record_exception=False,
-                                               set_status_on_exception=False) as span:
+        with self.tracer.start_as_current_span(
+            f"process {queue}",
+            context=parent,
+            kind=self._SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             yield span
 
     def settling(self, operation: str, queue: str, messages: Sequence[ReceivedMessage]) -> ContextManager[Any]:
@@ -244,16 +270,22 @@ class Tracing(NoTracing):
         """A CLIENT span for one SQS call on `queue`, current while it runs; with `messages`,
         linked to each one's creation and counting them."""
         attributes: dict[str, Any] = {
-            "messaging.system": MESSAGING_SYSTEM, "messaging.operation.name": operation,
-            "messaging.operation.type": operation_type, "messaging.destination.name": queue,
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.name": operation,
+            "messaging.operation.type": operation_type,
+            "messaging.destination.name": queue,
         }
         links = []
         if messages is not None:
             attributes["messaging.batch.message_count"] = len(messages)
             links = [self._Link(context) for message in messages if (context := self._context_of(message)) is not None]
         return self.tracer.start_as_current_span(
-            f"{operation_type} {queue}", kind=self._SpanKind.CLIENT, links=links, attributes=attributes,
-            record_exception=False, set_status_on_exception=False,
+            f"{operation_type} {queue}",
+            kind=self._SpanKind.CLIENT,
+            links=links,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         )
 
     @contextlib.contextmanager
@@ -304,8 +336,9 @@ class Tracing(NoTracing):
         if carried is None:
             return None
         trace_id, span_id, sampled = carried
-        return self._trace.SpanContext(trace_id, span_id, is_remote=True,
-                                       trace_flags=self._trace.TraceFlags(1 if sampled else 0))
+        return self._trace.SpanContext(
+            trace_id, span_id, is_remote=True, trace_flags=self._trace.TraceFlags(1 if sampled else 0)
+        )
 
     def _current_ids(self) -> Optional[tuple[str, str]]:
         context = self._trace.get_current_span().get_span_context()

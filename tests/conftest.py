@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tier without anyone having to remember."""
     for item in items:
         if item.path.is_relative_to(PROCESS_TESTS) or STARTS_PROCESSES_OR_SERVERS & set(
-                getattr(item, "fixturenames", ())):
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.integration)
     # The process tests first: on several cores (make test) the long ones start at once and the
     # many short ones fill in around them, instead of one core running the longest alone at the end.
@@ -184,9 +185,7 @@ def drain(sqs: Any) -> Callable[[SqsQueue], list[dict]]:
 def live_server(app: Any) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port, in a thread; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -240,7 +239,8 @@ def start_writer(start: Callable[..., Process]) -> Callable[..., tuple[Process, 
         writer = start("server.py", "--port", str(port), env={**env, "WRITER_PROCESSES": str(processes)})
         wait_until(
             lambda: writer.output.count("Application startup complete") == processes and accepts_connections(port),
-            timeout_s=60, what=f"a writer of {processes} process(es) listening",
+            timeout_s=60,
+            what=f"a writer of {processes} process(es) listening",
         )
         return writer, f"http://127.0.0.1:{port}"
 
@@ -250,4 +250,3 @@ def start_writer(start: Callable[..., Process]) -> Callable[..., tuple[Process, 
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-

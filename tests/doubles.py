@@ -126,9 +126,7 @@ class SlowProxy:
             self._connections.discard(task)
 
     @staticmethod
-    async def _forward(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event
-    ) -> None:
+    async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_sent: asyncio.Event) -> None:
         while chunk := await reader.read(65536):
             writer.write(chunk)
             await writer.drain()
@@ -170,4 +168,3 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-

@@ -30,9 +30,7 @@ BIN = Path(sys.executable).parent
 #: The local SQS engine for whole-system tests: SQS_LOCAL when set, else fauxqs when make
 #: installed it, moto without Node.
 LOCAL_ENGINE = os.environ.get("SQS_LOCAL") or (
-    "fauxqs"
-    if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir()
-    else "moto"
+    "fauxqs" if shutil.which("node") is not None and (ROOT / "local/sqs/node_modules/fauxqs").is_dir() else "moto"
 )
 
 
@@ -66,12 +64,14 @@ def start_moto_server(log_path: Path, port: int = 0) -> tuple[Process, str]:
     one, once it listens: the process and its endpoint URL. It is scripts/local_moto.py, where
     DynamoDB's conditional writes are atomic as on AWS."""
     port = port or free_port()
-    process = Process([sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
-                      env=os.environ, log_path=log_path)
+    process = Process(
+        [sys.executable, ROOT / "scripts" / "local_moto.py", "-H", "127.0.0.1", "-p", str(port)],
+        env=os.environ,
+        log_path=log_path,
+    )
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=20, what="moto_server listening")
     except BaseException:
         process.stop()
         raise
     return process, f"http://127.0.0.1:{port}"
-

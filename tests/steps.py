@@ -22,8 +22,17 @@ from sqsinterface import ReceivedMessage
 
 
 def _log(event: str, message: ReceivedMessage) -> None:
-    line = json.dumps({"event": event, "id": message.id, "body": message.body, "key": message.processing_key,
-                       "receive_count": message.receive_count, "pid": os.getpid(), "at": time.time()})
+    line = json.dumps(
+        {
+            "event": event,
+            "id": message.id,
+            "body": message.body,
+            "key": message.processing_key,
+            "receive_count": message.receive_count,
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
+    )
     with open(os.environ["STEP_LOG"], "a", encoding="utf-8") as log:  # one write a line: whole lines
         log.write(line + "\n")
 

@@ -8,9 +8,15 @@ from sqs_message_service.aws import USER_AGENT, create_client, limits_for
 from sqs_message_service.settings import Settings
 
 SETTINGS = Settings(
-    sqs_endpoint_url="http://127.0.0.1:4566", sqs_connect_timeout_s=1.5, sqs_read_timeout_s=7.0, sqs_max_attempts=4,
-    dynamodb_endpoint_url="http://127.0.0.1:5001", dynamodb_connect_timeout_s=0.5, dynamodb_read_timeout_s=2.5,
-    dynamodb_max_attempts=2, handler_threads=32,
+    sqs_endpoint_url="http://127.0.0.1:4566",
+    sqs_connect_timeout_s=1.5,
+    sqs_read_timeout_s=7.0,
+    sqs_max_attempts=4,
+    dynamodb_endpoint_url="http://127.0.0.1:5001",
+    dynamodb_connect_timeout_s=0.5,
+    dynamodb_read_timeout_s=2.5,
+    dynamodb_max_attempts=2,
+    handler_threads=32,
 )
 
 

@@ -64,8 +64,12 @@ def test_a_wrong_setting_is_usage_for_every_entry_point(monkeypatch: pytest.Monk
 
 
 def test_a_wrong_option_is_usage_as_argparse_says_it(capsys: pytest.CaptureFixture[str]) -> None:
-    for main, argv in ((worker.main, ["--concurrency", "0"]), (sqs_setup.main, ["--no-such-option"]),
-                       (dlq.main, ["peek"]), (client.main, ["--concurrency", "0"])):
+    for main, argv in (
+        (worker.main, ["--concurrency", "0"]),
+        (sqs_setup.main, ["--no-such-option"]),
+        (dlq.main, ["peek"]),
+        (client.main, ["--concurrency", "0"]),
+    ):
         with pytest.raises(SystemExit) as shown:
             main(argv)
         assert shown.value.code == EXIT_USAGE
@@ -88,8 +92,9 @@ def test_a_copy_to_a_url_that_is_not_the_writers_is_usage(
     source = tmp_path / "in.txt"
     source.write_text("a line\n", encoding="utf-8")
 
-    exit_code = client.main(["copy", str(source), str(tmp_path / "out.txt"), "--url", f"{live_server}/api/message",
-                             "--wait-ready", "20"])
+    exit_code = client.main(
+        ["copy", str(source), str(tmp_path / "out.txt"), "--url", f"{live_server}/api/message", "--wait-ready", "20"]
+    )
 
     assert exit_code == EXIT_USAGE
     assert "answered 404" in capsys.readouterr().err

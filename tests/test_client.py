@@ -42,14 +42,24 @@ def test_a_load_is_counted_as_the_writer_answered_and_ids_are_written(
 ) -> None:
     ids = io.StringIO()
     load = Client(
-        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
-        concurrency=4, count=50, duration_s=None, ids_out=ids,
+        url=live_server,
+        jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
+        concurrency=4,
+        count=50,
+        duration_s=None,
+        ids_out=ids,
     )
 
     stats = load.run()
 
     assert stats.counts == {
-        "sent": 50, "201": 45, "400": 5, "other 4xx": 0, "5xx": 0, "conn errors": 0, "retry-after": 0,
+        "sent": 50,
+        "201": 45,
+        "400": 5,
+        "other 4xx": 0,
+        "5xx": 0,
+        "conn errors": 0,
+        "retry-after": 0,
     }
     assert stats.unexpected == 0 and not stats.failed
     assert set(ids.getvalue().split()) == {m["MessageId"] for m in drain(queue)}
@@ -57,8 +67,12 @@ def test_a_load_is_counted_as_the_writer_answered_and_ids_are_written(
 
 def test_the_rate_limit_spaces_requests_out(live_server: str) -> None:
     load = Client(
-        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
-        concurrency=4, count=11, duration_s=None, rate=20,
+        url=live_server,
+        jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
+        concurrency=4,
+        count=11,
+        duration_s=None,
+        rate=20,
     )
 
     started = time.monotonic()
@@ -69,8 +83,12 @@ def test_the_rate_limit_spaces_requests_out(live_server: str) -> None:
 
 def test_a_duration_bounds_the_run(live_server: str) -> None:
     load = Client(
-        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
-        concurrency=2, count=None, duration_s=0.5, rate=20,
+        url=live_server,
+        jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
+        concurrency=2,
+        count=None,
+        duration_s=0.5,
+        rate=20,
     )
 
     stats = load.run()
@@ -80,8 +98,12 @@ def test_a_duration_bounds_the_run(live_server: str) -> None:
 
 def test_ctrl_c_ends_the_run_as_its_duration_would_with_the_summary(live_server: str) -> None:
     load = Client(
-        url=live_server, jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
-        concurrency=2, count=None, duration_s=60, rate=20,
+        url=live_server,
+        jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
+        concurrency=2,
+        count=None,
+        duration_s=60,
+        rate=20,
     )
     threading.Timer(0.5, _thread.interrupt_main).start()  # what Ctrl-C does
     out = io.StringIO()
@@ -228,7 +250,8 @@ def test_processing_latency_is_from_sending_to_processed_at(tmp_path: Path) -> N
         return ProcessedRecord.of(message, processed_at_s=processed_at_s).to_line() + "\n"
 
     processed.write_text(
-        line("a", 1000.25) + line("b", 1001.5)
+        line("a", 1000.25)
+        + line("b", 1001.5)
         + line("a", 1010.0)  # a redelivery: the first counts
         + '{"id": "c", "proc'  # a line being written
     )

@@ -102,15 +102,24 @@ def test_the_helpers_read_what_connexion_reads() -> None:
 
 
 def test_connexions_body_validator_is_a_jsonschema_draft_4_validator_the_spec_can_extend() -> None:
-    assert Draft4RequestValidator.META_SCHEMA["id"].startswith("http://json-schema.org/draft-04/"), \
-        moved("Draft4RequestValidator")
+    assert Draft4RequestValidator.META_SCHEMA["id"].startswith("http://json-schema.org/draft-04/"), moved(
+        "Draft4RequestValidator"
+    )
     assert callable(getattr(Draft4RequestValidator, "iter_errors", None)), moved("Draft4RequestValidator")
 
 
 def test_a2wsgi_builds_the_environ_the_bridge_hands_to_flask() -> None:
-    scope = {"type": "http", "method": "POST", "path": "/api/message", "query_string": b"a=1", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
-             "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 1234)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/message",
+        "query_string": b"a=1",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 5000),
+        "client": ("127.0.0.1", 1234),
+    }
 
     environ = build_environ(scope, None)  # type: ignore[arg-type]  # any file-like body
 
@@ -131,15 +140,21 @@ def test_the_flask_bridge_is_where_the_writer_swaps_it() -> None:
 
     # add_wsgi_middleware wraps asgi_app.app: the bridge keeps its WSGI app under that name
     assert callable(flask_asgi.asgi_app.app), moved("FlaskApp._middleware_app")
-    assert "self._middleware_app.asgi_app.app" in inspect.getsource(FlaskApp.add_wsgi_middleware), \
-        moved("FlaskApp._middleware_app")
+    assert "self._middleware_app.asgi_app.app" in inspect.getsource(FlaskApp.add_wsgi_middleware), moved(
+        "FlaskApp._middleware_app"
+    )
 
 
 def test_the_default_middlewares_hold_every_layer_the_writer_changes() -> None:
     defaults = ConnexionMiddleware.default_middlewares
 
-    for layer in ("ServerErrorMiddleware", "SwaggerUIMiddleware", "SecurityMiddleware", "RequestValidationMiddleware",
-                  "ResponseValidationMiddleware"):
+    for layer in (
+        "ServerErrorMiddleware",
+        "SwaggerUIMiddleware",
+        "SecurityMiddleware",
+        "RequestValidationMiddleware",
+        "ResponseValidationMiddleware",
+    ):
         assert layer in [each.__name__ for each in defaults], f"connexion {CONNEXION}: {layer} left default_middlewares"
     assert issubclass(checks.RequestChecks, RequestValidationMiddleware)
 
@@ -149,17 +164,26 @@ def test_swagger_ui_serves_only_under_the_paths_it_is_asked_for() -> None:
 
     served = [options.spec_path or "/openapi.json", options.swagger_ui_path]
 
-    assert all(any(marker in path for marker in stack.SwaggerUIOnItsPaths.MARKERS) for path in served), \
+    assert all(any(marker in path for marker in stack.SwaggerUIOnItsPaths.MARKERS) for path in served), (
         f"connexion {CONNEXION} serves its UI or spec elsewhere: {served}"
+    )
 
 
 def test_no_other_module_of_the_writer_imports_a_connexion_internal() -> None:
     """The documented surface (connexion's top level, its middleware classes for the list,
     jsonifier, exceptions, lifecycle) may be imported anywhere; an internal only here."""
-    documented = {"connexion", "connexion.exceptions", "connexion.jsonifier", "connexion.lifecycle",
-                  "connexion.middleware.main", "connexion.middleware.request_validation",
-                  "connexion.middleware.response_validation", "connexion.middleware.security",
-                  "connexion.middleware.server_error", "connexion.middleware.swagger_ui"}
+    documented = {
+        "connexion",
+        "connexion.exceptions",
+        "connexion.jsonifier",
+        "connexion.lifecycle",
+        "connexion.middleware.main",
+        "connexion.middleware.request_validation",
+        "connexion.middleware.response_validation",
+        "connexion.middleware.security",
+        "connexion.middleware.server_error",
+        "connexion.middleware.swagger_ui",
+    }
     for path in [*Path(writer_package.__file__).parent.glob("*.py"), ROOT / "server.py", ROOT / "message.py"]:
         if path.name == "connexion_hooks.py":
             continue

@@ -277,7 +277,8 @@ def test_make_containers_reads_values_and_durations_as_compose_does(monkeypatch:
     monkeypatch.setenv("SQS_ENDPOINT_URL", "http://localstack:4566")
     monkeypatch.delenv("AWS_REGION", raising=False)
     assert containers.interpolate(["${SQS_ENDPOINT_URL:-http://sqs:9324}", "${AWS_REGION:-us-east-1}"]) == [
-        "http://localstack:4566", "us-east-1",
+        "http://localstack:4566",
+        "us-east-1",
     ]
     assert [containers.seconds(v, 0) for v in ("10s", "1m30s", "500ms", None)] == [10, 90, 0.5, 0]
 
@@ -296,11 +297,14 @@ def test_make_containers_finds_a_service_that_started_before_its_dependency_was_
         assert (report.failures == []) is passes
 
 
-@pytest.mark.parametrize(("status", "is_installed"), [
-    ("install ok installed", True),
-    ("deinstall ok config-files", False),  # removed by `make clean`, its configuration left
-    ("unknown ok not-installed", False),
-])
+@pytest.mark.parametrize(
+    ("status", "is_installed"),
+    [
+        ("install ok installed", True),
+        ("deinstall ok config-files", False),  # removed by `make clean`, its configuration left
+        ("unknown ok not-installed", False),
+    ],
+)
 def test_make_containers_installs_a_package_removed_with_its_configuration_left(
     monkeypatch: pytest.MonkeyPatch, status: str, is_installed: bool
 ) -> None:

@@ -64,10 +64,14 @@ def test_every_operation_answers_as_the_spec_says(kind_app: Any, method: str, pa
     schema = schemathesis.openapi.from_asgi("/api/openapi.json", kind_app, config=config)
     operation = schema[path][method]
 
-    @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE)
-           | operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+    @given(
+        case=operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE)
+        | operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
+    )
     @settings(
-        max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
         suppress_health_check=list(HealthCheck),
     )
     def answers_as_specified(case: Any) -> None:
@@ -78,23 +82,36 @@ def test_every_operation_answers_as_the_spec_says(kind_app: Any, method: str, pa
 
 def test_every_operation_of_the_spec_is_fuzzed() -> None:
     assert {f"{m} {p}" for m, p in OPERATIONS} == {
-        "POST /message", "POST /messages", "GET /health", "GET /ready", "GET /stats",
-        "POST /messages/receive", "POST /messages/acknowledge", "POST /messages/give-back", "POST /messages/extend",
+        "POST /message",
+        "POST /messages",
+        "GET /health",
+        "GET /ready",
+        "GET /stats",
+        "POST /messages/receive",
+        "POST /messages/acknowledge",
+        "POST /messages/give-back",
+        "POST /messages/extend",
     }
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    ("queue_name", "api_key"), [("messages", None), ("orders.fifo", "contract-key")],
+    ("queue_name", "api_key"),
+    [("messages", None), ("orders.fifo", "contract-key")],
     ids=["standard queue", "FIFO queue, with an API key"],
 )
 def test_schemathesis_run_with_every_check_passes(
     moto_server: str, start_writer: Callable[..., Any], queue_name: str, api_key: str | None
 ) -> None:
     # GIVEN a writer process on a queue of this kind, with an API key or none
-    env = {"SQS_ENDPOINT_URL": moto_server, "QUEUE_NAME": queue_name, "API_KEYS": api_key or "",
-           "READ_KEYS": api_key or READ_KEY, "READ_MAX_LEASE": "30",
-           "READ_MAX_WAIT": "1"}  # one key that writes and reads, or reads
+    env = {
+        "SQS_ENDPOINT_URL": moto_server,
+        "QUEUE_NAME": queue_name,
+        "API_KEYS": api_key or "",
+        "READ_KEYS": api_key or READ_KEY,
+        "READ_MAX_LEASE": "30",
+        "READ_MAX_WAIT": "1",
+    }  # one key that writes and reads, or reads
     writer_settings = Settings.from_env(env)
     sqs_setup.set_up(writer_settings, create_client(writer_settings))
     _, url = start_writer(env)
@@ -102,9 +119,24 @@ def test_schemathesis_run_with_every_check_passes(
     # WHEN schemathesis runs from the project's folder with every check, as the config says
     headers = ["-H", f"X-API-Key: {api_key or READ_KEY}"]
     run = subprocess.run(
-        [str(BIN / "schemathesis"), "run", f"{url}/api/openapi.json", "--checks", "all",
-         "--max-examples", "100", "--seed", "20261123", "--no-color", *headers],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"{url}/api/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--seed",
+            "20261123",
+            "--no-color",
+            *headers,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
     # THEN every phase passes, valid and invalid requests alike

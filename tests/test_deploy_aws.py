@@ -37,8 +37,10 @@ ROLES = {
 }
 #: The names deploy/iam's policies give each of the template's queues and tables.
 NAMED_IN_POLICIES = {
-    "Queue": "messages", "DeadLetterQueue": "messages-dlq",
-    "IdempotencyTable": "writer-idempotency-keys", "ProcessedTable": "worker-processed-messages",
+    "Queue": "messages",
+    "DeadLetterQueue": "messages-dlq",
+    "IdempotencyTable": "writer-idempotency-keys",
+    "ProcessedTable": "worker-processed-messages",
 }
 #: What moto's server can create; everything else must wait on Platform=aws.
 LOCAL_TYPES = {"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::IAM::Role"}
@@ -88,8 +90,9 @@ def test_cfn_lint_refuses_a_broken_copy(tmp_path: Path) -> None:
     # GIVEN the template with a property the queue does not have and a reference to nothing
     broken = tmp_path / "stack.yml"
     text = TEMPLATE.read_text()
-    text = text.replace("      VisibilityTimeout: !Ref VisibilityTimeout\n",
-                        "      VisibilityTimeOut: !Ref VisibilityTimeout\n", 1)
+    text = text.replace(
+        "      VisibilityTimeout: !Ref VisibilityTimeout\n", "      VisibilityTimeOut: !Ref VisibilityTimeout\n", 1
+    )
     text = text.replace("TargetValue: !Ref BacklogPerWorkerTask", "TargetValue: !Ref BacklogPerTask", 1)
     broken.write_text(text)
 
@@ -105,7 +108,7 @@ def policy_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
     for statement in statements:
         assert statement["Effect"] == "Allow"
         resource = statement["Resource"]
-        (logical, _attribute), = [resource["Fn::GetAtt"]]
+        ((logical, _attribute),) = [resource["Fn::GetAtt"]]
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         allowed |= {(action, NAMED_IN_POLICIES[logical]) for action in actions}
     return allowed
@@ -127,8 +130,9 @@ def test_every_role_is_for_ecs_tasks_and_every_part_that_runs_has_one() -> None:
     assert set(ROLES) == set(roles) - {"ExecutionRole"}
     for name in ROLES:
         trust = roles[name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-        assert trust == [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
-                          "Action": "sts:AssumeRole"}]
+        assert trust == [
+            {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
     tasks = resources_of(template, "AWS::ECS::TaskDefinition")
     assert tasks["WriterTask"]["Properties"]["TaskRoleArn"] == {"Fn::GetAtt": ["WriterRole", "Arn"]}
     assert tasks["WorkerTask"]["Properties"]["TaskRoleArn"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}
@@ -138,17 +142,30 @@ def test_the_queues_and_tables_are_those_sqs_setup_makes_with_the_settings_defau
     template = load_template()
     parameters, resources = template["Parameters"], template["Resources"]
     defaults = Settings()
-    assert {name: parameters[name]["Default"] for name in (
-        "QueueName", "MaxReceiveCount", "VisibilityTimeout", "ReceiveWaitSeconds", "MaxMessageBytes", "ShutdownGrace",
-    )} == {
-        "QueueName": defaults.queue_name, "MaxReceiveCount": defaults.max_receive_count,
-        "VisibilityTimeout": defaults.visibility_timeout_s, "ReceiveWaitSeconds": defaults.receive_wait_s,
-        "MaxMessageBytes": defaults.max_message_bytes, "ShutdownGrace": defaults.shutdown_grace_s,
+    assert {
+        name: parameters[name]["Default"]
+        for name in (
+            "QueueName",
+            "MaxReceiveCount",
+            "VisibilityTimeout",
+            "ReceiveWaitSeconds",
+            "MaxMessageBytes",
+            "ShutdownGrace",
+        )
+    } == {
+        "QueueName": defaults.queue_name,
+        "MaxReceiveCount": defaults.max_receive_count,
+        "VisibilityTimeout": defaults.visibility_timeout_s,
+        "ReceiveWaitSeconds": defaults.receive_wait_s,
+        "MaxMessageBytes": defaults.max_message_bytes,
+        "ShutdownGrace": defaults.shutdown_grace_s,
     }
     queue, dlq = resources["Queue"]["Properties"], resources["DeadLetterQueue"]["Properties"]
     assert dlq["MessageRetentionPeriod"] == sqs_setup.DLQ_RETENTION_S
-    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
-                                      "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+    }
     assert {"Key": "role", "Value": "queue"} in queue["Tags"]
     assert {"Key": "role", "Value": "dead-letter-queue"} in dlq["Tags"]
     for name, role in (("IdempotencyTable", "idempotency-keys"), ("ProcessedTable", "processed-messages")):
@@ -197,15 +214,14 @@ def test_the_worker_scales_on_visible_messages_over_running_tasks() -> None:
 
 def test_the_alarms_watch_the_dead_letters_and_the_oldest_message() -> None:
     alarms = resources_of(load_template(), "AWS::CloudWatch::Alarm")
-    watched = {
-        (a["Properties"]["MetricName"], json.dumps(a["Properties"]["Dimensions"])) for a in alarms.values()
-    }
+    watched = {(a["Properties"]["MetricName"], json.dumps(a["Properties"]["Dimensions"])) for a in alarms.values()}
 
     def of(queue: str) -> str:
         return json.dumps([{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}])
 
     assert watched == {
-        ("ApproximateNumberOfMessagesVisible", of("DeadLetterQueue")), ("ApproximateAgeOfOldestMessage", of("Queue")),
+        ("ApproximateNumberOfMessagesVisible", of("DeadLetterQueue")),
+        ("ApproximateAgeOfOldestMessage", of("Queue")),
     }
 
 
@@ -220,13 +236,16 @@ def test_what_a_local_cloudformation_cannot_create_waits_on_platform_aws() -> No
 
 # ---- Deployed on moto's server ----
 
+
 @contextlib.contextmanager
 def deployed(endpoint: str, name: str, **parameters: str) -> Iterator[dict[str, str]]:
     """The stack created on `endpoint` with Platform=local: its outputs. Deleted on exit, and
     checked gone."""
     cloudformation = boto3.client("cloudformation", endpoint_url=endpoint, region_name="us-east-1")
     cloudformation.create_stack(
-        StackName=name, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
+        StackName=name,
+        TemplateBody=TEMPLATE.read_text(),
+        Capabilities=["CAPABILITY_IAM"],
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in {"Platform": "local", **parameters}.items()],
     )
 
@@ -282,20 +301,39 @@ def run_against(endpoint: str, outputs: dict[str, str], workdir: Path, *, count:
     id is looked for among the processed and the dead letters."""
     env = {
         **os.environ,
-        "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_REGION": "us-east-1",
-        "SQS_ENDPOINT_URL": endpoint, "DYNAMODB_ENDPOINT_URL": endpoint,
-        "QUEUE_NAME": outputs["QueueName"], "DLQ_NAME": outputs["DeadLetterQueueName"],
-        "IDEMPOTENCY_TABLE": outputs["IdempotencyTableName"], "PROCESSED_TABLE": outputs["ProcessedTableName"],
-        "PORT": str(free_port()), "METRICS_PORT": "0", "RECEIVE_WAIT_SECONDS": "1",
-        "FAILURE_RATE": "0.3", "RETRY_BACKOFF_BASE": "0",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_REGION": "us-east-1",
+        "SQS_ENDPOINT_URL": endpoint,
+        "DYNAMODB_ENDPOINT_URL": endpoint,
+        "QUEUE_NAME": outputs["QueueName"],
+        "DLQ_NAME": outputs["DeadLetterQueueName"],
+        "IDEMPOTENCY_TABLE": outputs["IdempotencyTableName"],
+        "PROCESSED_TABLE": outputs["ProcessedTableName"],
+        "PORT": str(free_port()),
+        "METRICS_PORT": "0",
+        "RECEIVE_WAIT_SECONDS": "1",
+        "FAILURE_RATE": "0.3",
+        "RETRY_BACKOFF_BASE": "0",
     }
     ids_path, output_path = workdir / "accepted-ids.txt", workdir / "processed.jsonl"
     system = LocalSystem(workdir, env)
     try:
         system.start_writer()
         worker = system.python("worker", "worker.py", "--output", str(output_path), "--exit-when-idle", "3")
-        load = system.client("--count", str(count), "--malformed-per-batch", "0", "--concurrency", "8",
-                             "--ids-out", str(ids_path), "--processed", str(output_path), timeout_s=180)
+        load = system.client(
+            "--count",
+            str(count),
+            "--malformed-per-batch",
+            "0",
+            "--concurrency",
+            "8",
+            "--ids-out",
+            str(ids_path),
+            "--processed",
+            str(output_path),
+            timeout_s=180,
+        )
         assert worker.wait(timeout=120) == 0, system.log("worker")[-2000:]
         accepted = set(ids_path.read_text().split())
         processed = [record.id for record in read_records(output_path)]
@@ -303,7 +341,11 @@ def run_against(endpoint: str, outputs: dict[str, str], workdir: Path, *, count:
     finally:
         system.stop()
     return {
-        "client_exit": load.returncode, "accepted": len(accepted), "processed": len(accepted & set(processed)),
-        "dead_lettered": len(accepted & dead), "lost": len(accepted - set(processed) - dead),
-        "in_both": len(set(processed) & dead), "redelivered": len(processed) - len(set(processed)),
+        "client_exit": load.returncode,
+        "accepted": len(accepted),
+        "processed": len(accepted & set(processed)),
+        "dead_lettered": len(accepted & dead),
+        "lost": len(accepted - set(processed) - dead),
+        "in_both": len(set(processed) & dead),
+        "redelivered": len(processed) - len(set(processed)),
     }

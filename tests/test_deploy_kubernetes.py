@@ -35,13 +35,28 @@ AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 # from keda.sh/docs/2.16/reference/scaledobject-spec/).
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 SCALED_OBJECT_SPEC = {
-    "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-    "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
 }
 TRIGGER_FIELDS = {"type", "metadata", "name", "metricType", "useCachedMetrics", "authenticationRef"}
 AWS_SQS_QUEUE_METADATA = {
-    "queueURL", "queueURLFromEnv", "queueLength", "activationQueueLength", "awsRegion", "awsEndpoint",
-    "identityOwner", "scaleOnInFlight", "scaleOnDelayed",
+    "queueURL",
+    "queueURLFromEnv",
+    "queueLength",
+    "activationQueueLength",
+    "awsRegion",
+    "awsEndpoint",
+    "identityOwner",
+    "scaleOnInFlight",
+    "scaleOnDelayed",
 }
 AWS_SECRET_PARAMETERS = {"awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken", "awsRoleArn"}
 AWS_POD_IDENTITY = {"provider": {"aws"}, "identityOwner": {"keda", "workload"}}
@@ -125,8 +140,10 @@ def keda_problems(objects: list[dict[str, Any]]) -> list[str]:
             if trigger.get("authenticationRef", {}).get("name") not in authentications:
                 problems.append(f"trigger: no TriggerAuthentication {trigger.get('authenticationRef')}")
     for name, obj in authentications.items():
-        problems += [f"TriggerAuthentication {name}: {problem}"
-                     for problem in authentication_problems(obj["spec"], by_kind(objects, "Secret"))]
+        problems += [
+            f"TriggerAuthentication {name}: {problem}"
+            for problem in authentication_problems(obj["spec"], by_kind(objects, "Secret"))
+        ]
     return problems
 
 
@@ -211,8 +228,10 @@ def test_each_part_runs_the_image_non_root_read_only_with_requests_and_a_grace_a
 
 def probes(container: dict[str, Any]) -> set[tuple[str, int]]:
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    return {(probe["httpGet"]["path"], ports[probe["httpGet"]["port"]])
-            for probe in (container["readinessProbe"], container["livenessProbe"])}
+    return {
+        (probe["httpGet"]["path"], ports[probe["httpGet"]["port"]])
+        for probe in (container["readinessProbe"], container["livenessProbe"])
+    }
 
 
 def test_the_probes_ask_the_routes_and_ports_the_parts_serve() -> None:
@@ -248,8 +267,10 @@ def test_every_setting_given_is_one_the_service_reads_and_accepts(directory: str
 @pytest.mark.parametrize("directory", RENDERINGS)
 def test_each_part_has_a_disruption_budget_the_writer_a_service_and_an_hpa(directory: str) -> None:
     objects = render(directory)
-    budgets = {o["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
-               for o in by_kind(objects, "PodDisruptionBudget").values()}
+    budgets = {
+        o["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for o in by_kind(objects, "PodDisruptionBudget").values()
+    }
     assert set(PARTS) <= budgets
     assert by_kind(objects, "Service")["writer"]["spec"]["selector"] == {"app.kubernetes.io/name": "writer"}
     hpa = by_kind(objects, "HorizontalPodAutoscaler")["writer"]["spec"]

@@ -45,10 +45,12 @@ def test_list_shows_every_attempt_the_worker_saw_and_counts_in_words(queues: tup
     # GIVEN one dead letter that failed twice before its last attempt
     _, dead_letter_queue = queues
     letter = dead_letter("order 3")
-    earlier = earlier_attribute([
-        [1, "2026-11-22T11:58:00.000+00:00", "TimeoutError", "slow"],
-        [2, "2026-11-22T11:59:00.000+00:00", "KeyError", "'sku'"],
-    ])
+    earlier = earlier_attribute(
+        [
+            [1, "2026-11-22T11:58:00.000+00:00", "TimeoutError", "slow"],
+            [2, "2026-11-22T11:59:00.000+00:00", "KeyError", "'sku'"],
+        ]
+    )
     dead_letter_queue.send([OutgoingMessage(body=letter.body, attributes={**letter.attributes, **earlier})])
     out = io.StringIO()
 
@@ -65,9 +67,7 @@ def test_list_shows_every_attempt_the_worker_saw_and_counts_in_words(queues: tup
     assert lines[3] == "1 dead letter shown ('messages-dlq')"
 
 
-def test_redrive_moves_every_dead_letter_back_exactly_once(
-    queues: tuple[SqsQueue, SqsQueue], drain: Any
-) -> None:
+def test_redrive_moves_every_dead_letter_back_exactly_once(queues: tuple[SqsQueue, SqsQueue], drain: Any) -> None:
     queue, dead_letter_queue = queues
     bodies = [f"order {n}" for n in range(25)]
     dead_letter_queue.send([dead_letter(body, reasons=n % 2 == 0, kind="order") for n, body in enumerate(bodies)])
@@ -126,9 +126,13 @@ def test_where_sqs_has_move_tasks_redrive_uses_one_and_follows_it(monkeypatch: p
     monkeypatch.setattr(dlq, "MOVE_TASK_POLL_S", 0)
     source, dead_letter_queue, stubber = stubbed_queues()
     stubber.add_response(
-        "start_message_move_task", {"TaskHandle": "task-1"},
-        {"SourceArn": "arn:aws:sqs:us-east-1:123456789012:messages-dlq",
-         "DestinationArn": "arn:aws:sqs:us-east-1:123456789012:messages", "MaxNumberOfMessagesPerSecond": 50},
+        "start_message_move_task",
+        {"TaskHandle": "task-1"},
+        {
+            "SourceArn": "arn:aws:sqs:us-east-1:123456789012:messages-dlq",
+            "DestinationArn": "arn:aws:sqs:us-east-1:123456789012:messages",
+            "MaxNumberOfMessagesPerSecond": 50,
+        },
     )
     running = {"TaskHandle": "task-1", "Status": "RUNNING", "ApproximateNumberOfMessagesMoved": 40}
     completed = {"Status": "COMPLETED", "ApproximateNumberOfMessagesMoved": 120}  # SQS drops the handle
@@ -170,8 +174,10 @@ def test_the_history_keeps_each_failed_attempt_until_the_message_is_dead_lettere
     history.failed(first, ValueError("no stock\nat all"), AT)
     history.failed(second, KeyError("sku"), AT)
 
-    assert history.forget("m-1") == [[1, "2026-11-22T12:00:00.000+00:00", "ValueError", "no stock at all"],
-                                     [2, "2026-11-22T12:00:00.000+00:00", "KeyError", "'sku'"]]
+    assert history.forget("m-1") == [
+        [1, "2026-11-22T12:00:00.000+00:00", "ValueError", "no stock at all"],
+        [2, "2026-11-22T12:00:00.000+00:00", "KeyError", "'sku'"],
+    ]
     assert history.forget("m-1") == []  # forgotten once read
     for n in range(3):  # bounded: the oldest message goes first
         history.failed(ReceivedMessage(id=f"x-{n}", body="b", receipt_handle="r"), ValueError("v"), AT)
@@ -190,7 +196,10 @@ def test_reasons_read_back_each_attempt_first_and_last_failure_and_the_source_id
 
     assert why["source_id"] == "src-1" and why["attempts"] == 3 and why["recorded"]
     assert [(f["attempt"], f["error_type"], f["error"]) for f in why["failures"]] == [
-        (1, "ValueError", "first"), (2, "KeyError", "2nd"), (3, "ValueError", "third")]
+        (1, "ValueError", "first"),
+        (2, "KeyError", "2nd"),
+        (3, "ValueError", "third"),
+    ]
     assert why["first_failure_at"] == AT.isoformat()
     assert why["last_failure_at"] == later.isoformat(timespec="milliseconds")
     moved_by_sqs = dlq.reasons(ReceivedMessage(id="dlq-2", body="b", receipt_handle="r", attributes={"own": "x"}))

@@ -51,13 +51,19 @@ def run_worker(
     queue, dead_letter_queue = SqsQueue(settings.queue_name, sqs), SqsQueue(settings.dlq_name, sqs)
     assert all(result.ok for result in queue.send([OutgoingMessage(body=body) for body in bodies]))
     output = io.StringIO()
-    worker = Worker(queue=queue, dead_letter_queue=dead_letter_queue, processor=processing_step(settings, NO_TRACING),
-                    settings=settings, output=OutputWriter(output))
+    worker = Worker(
+        queue=queue,
+        dead_letter_queue=dead_letter_queue,
+        processor=processing_step(settings, NO_TRACING),
+        settings=settings,
+        output=OutputWriter(output),
+    )
 
     assert worker.run(burst=True) == 0
 
-    dead = sqs.receive_message(QueueUrl=dead_letter_queue.url, MaxNumberOfMessages=10,
-                               MessageAttributeNames=["All"]).get("Messages", [])
+    dead = sqs.receive_message(
+        QueueUrl=dead_letter_queue.url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages", [])
     return [line.body for line in parse_lines(output.getvalue().splitlines())], dead
 
 
@@ -73,8 +79,11 @@ def test_orders_are_shipped_once_even_when_delivered_twice(sqs: Any) -> None:
     assert dead == []
 
 
-NOT_ORDERS = [("{not json", "not JSON"), ('["1001"]', "an order is a JSON object"),
-              ('{"order_id": "7", "quantity": 0}', "quantity must be a positive integer")]
+NOT_ORDERS = [
+    ("{not json", "not JSON"),
+    ('["1001"]', "an order is a JSON object"),
+    ('{"order_id": "7", "quantity": 0}', "quantity must be a positive integer"),
+]
 
 
 @pytest.mark.parametrize(("body", "reason"), NOT_ORDERS)

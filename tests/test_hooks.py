@@ -87,13 +87,25 @@ def test_a_worker_calls_its_hooks_at_each_point_of_a_message_s_life_in_order(sqs
             raise Reject("not an order")
 
     seen = Seen()
-    worker = Worker(queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics), processor=step,
-                    settings=settings, output=OutputWriter(io.StringIO()), hooks=seen)
+    worker = Worker(
+        queue=queue,
+        dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics),
+        processor=step,
+        settings=settings,
+        output=OutputWriter(io.StringIO()),
+        hooks=seen,
+    )
     assert worker.run(burst=True) == 0
 
     assert seen.of("order 1") == ["received", "processing", "succeeded", "settled: deleted"]
-    assert seen.of("poison") == ["received", "processing", "failed: not an order", "dead-lettered", "sending",
-                                 "settled: deleted after dead-lettering"]
+    assert seen.of("poison") == [
+        "received",
+        "processing",
+        "failed: not an order",
+        "dead-lettered",
+        "sending",
+        "settled: deleted after dead-lettering",
+    ]
     assert ("failed in seen's attempt", "") in seen.points  # the attempt's own watch, given back
     assert worker.metrics.count("processed") == 1 and worker.metrics.count("rejected") == 1  # the metrics' hooks too
 
@@ -110,8 +122,10 @@ def test_a_writer_calls_its_hooks_for_each_request_and_message(settings: Setting
     assert seen.of("one") == ["created by the request", "sending"]
     assert seen.of("two") == seen.of("three") == ["created", "sending"]
     answered = [point for point, _ in seen.points if point.startswith("answered")]
-    assert answered == ["answered POST /api/message 201 in seen's request",
-                        "answered POST /api/messages 200 in seen's request"]
+    assert answered == [
+        "answered POST /api/message 201 in seen's request",
+        "answered POST /api/messages 200 in seen's request",
+    ]
 
 
 def test_combined_hooks_are_each_called_in_order_each_with_its_own_watch() -> None:
@@ -124,10 +138,16 @@ def test_combined_hooks_are_each_called_in_order_each_with_its_own_watch() -> No
     both.settled(message, "deleted")
 
     assert isinstance(both, HookList) and both.hooks == (first, second)
-    assert first.points == [("processing", "order 1"), ("failed in first's attempt", ""),
-                            ("settled: deleted", "order 1")]
-    assert second.points == [("processing", "order 1"), ("failed in second's attempt", ""),
-                             ("settled: deleted", "order 1")]
+    assert first.points == [
+        ("processing", "order 1"),
+        ("failed in first's attempt", ""),
+        ("settled: deleted", "order 1"),
+    ]
+    assert second.points == [
+        ("processing", "order 1"),
+        ("failed in second's attempt", ""),
+        ("settled: deleted", "order 1"),
+    ]
 
 
 def test_one_watching_hook_among_others_is_called_as_it_would_be_alone() -> None:
@@ -152,8 +172,11 @@ def test_one_watching_hook_among_others_is_called_as_it_would_be_alone() -> None
     both.settled(message, "deleted")
 
     assert watch == "seen's attempt"  # the watching hook's own, not a tuple of one
-    assert watching.points == [("processing", "order 1"), ("failed in seen's attempt", ""),
-                               ("settled: deleted", "order 1")]
+    assert watching.points == [
+        ("processing", "order 1"),
+        ("failed in seen's attempt", ""),
+        ("settled: deleted", "order 1"),
+    ]
     assert counting.settled_messages == 1 and counting.failures == [(None, "no")]  # no watch of its own
 
 

@@ -118,8 +118,16 @@ def recorder(sqs: Any) -> Iterator[CallRecorder]:
 
 def test_deploy_has_a_policy_for_each_part_and_for_the_idempotency_table() -> None:
     assert set(policies()) == {
-        "writer", "worker", "setup", "writer-idempotency", "setup-idempotency", "worker-processed", "setup-processed",
-        "console", "console-actions", "writer-read",
+        "writer",
+        "worker",
+        "setup",
+        "writer-idempotency",
+        "setup-idempotency",
+        "worker-processed",
+        "setup-processed",
+        "console",
+        "console-actions",
+        "writer-read",
     }
 
 
@@ -175,8 +183,10 @@ def test_a_writer_that_serves_reads_needs_exactly_both_writer_policies(
     try:
         assert client.post("/api/messages", json={"messages": [{"body": "a"}, {"body": "b"}]}).status_code == 200
         first, second = receive()
-        assert client.post("/api/messages/extend", json={"tokens": [first], "lease_seconds": 30},
-                           headers=read).status_code == 200
+        assert (
+            client.post("/api/messages/extend", json={"tokens": [first], "lease_seconds": 30}, headers=read).status_code
+            == 200
+        )
         assert client.post("/api/messages/acknowledge", json={"tokens": [first]}, headers=read).status_code == 200
         assert client.post("/api/messages/give-back", json={"tokens": [second]}, headers=read).status_code == 200
         (last,) = receive()  # its last allowed receive: given back, it is dead-lettered
@@ -213,7 +223,10 @@ def run_a_worker(settings: Settings, sqs: Any, recorder: CallRecorder, processed
 
 
 WORKER_SETTINGS: dict[str, Any] = dict(
-    receive_wait_s=1, stats_interval_s=60, retry_backoff_base_s=0, max_receive_count=2,
+    receive_wait_s=1,
+    stats_interval_s=60,
+    retry_backoff_base_s=0,
+    max_receive_count=2,
 )
 
 
@@ -237,9 +250,14 @@ def test_the_worker_with_the_processed_ledger_needs_exactly_both_worker_policies
     assert recorder.take() == grants("worker", "worker-processed")
 
 
-@pytest.mark.parametrize(("table", "policy"), [
-    ({"idempotency_table": TABLE}, "setup-idempotency"), ({"processed_table": PROCESSED_TABLE}, "setup-processed"),
-], ids=["idempotency-table", "processed-table"])
+@pytest.mark.parametrize(
+    ("table", "policy"),
+    [
+        ({"idempotency_table": TABLE}, "setup-idempotency"),
+        ({"processed_table": PROCESSED_TABLE}, "setup-processed"),
+    ],
+    ids=["idempotency-table", "processed-table"],
+)
 def test_setup_with_a_table_needs_exactly_its_policy_beside_setups(
     sqs: Any, dynamodb: Any, recorder: CallRecorder, table: dict[str, Any], policy: str
 ) -> None:
@@ -316,8 +334,13 @@ def test_a_console_that_redrives_and_deletes_needs_both_console_policies(
         dead_letter_queue.start_move_task(destination_arn=queues[0].arn)
     with contextlib.suppress(NotImplementedError):
         dead_letter_queue.move_task("handle")
-    job = dlq.redrive_by_hand(dead_letter_queue, SqsQueue(queues[0].name, queues[0].client), max_messages=None,
-                              rate=None, progress=lambda moved, total: None)
+    job = dlq.redrive_by_hand(
+        dead_letter_queue,
+        SqsQueue(queues[0].name, queues[0].client),
+        max_messages=None,
+        rate=None,
+        progress=lambda moved, total: None,
+    )
     assert job == 2
 
     assert recorder.take() == grants("console", "console-actions")

@@ -91,13 +91,29 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back() -> None:
 def test_the_tests_that_start_processes_are_apart_and_out_of_the_fast_tier() -> None:
     # every file under tests/process/ is integration by its folder: the fast tier collects none
     fast = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not integration",
-         "tests/process"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not integration",
+            "tests/process",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     everything = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/process"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert fast.returncode == 5 and "no tests collected" in fast.stdout, fast.stdout[-2000:]
@@ -105,4 +121,17 @@ def test_the_tests_that_start_processes_are_apart_and_out_of_the_fast_tier() -> 
     # and no whole file of process tests is left elsewhere
     for path in (ROOT / "tests").rglob("test_*.py"):
         if "process" not in path.relative_to(ROOT / "tests").parts:
-            assert "pytestmark = pytest.mark.integration" not in path.read_text(encoding="utf-8"), path
+            assert not re.search(r"^pytestmark = pytest\.mark\.integration", path.read_text(encoding="utf-8"), re.M), (
+                path
+            )
+
+
+def test_no_function_of_the_product_is_over_60_lines() -> None:
+    long = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / f"{name}.py" for name in USERS_NAMES)]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                if node.end_lineno - node.lineno + 1 > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+
+    assert long == []

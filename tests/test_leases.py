@@ -21,8 +21,13 @@ def leases(dynamodb: Any) -> LeaseTable:
 
 
 def record(key: str, owner: str, *, lease_until: float, expires_at: float, state: str = "working") -> dict[str, Any]:
-    return {"key": {"S": key}, "state": {"S": state}, "owner": {"S": owner},
-            "lease_until": {"N": str(lease_until)}, "expires_at": {"N": str(expires_at)}}
+    return {
+        "key": {"S": key},
+        "state": {"S": state},
+        "owner": {"S": owner},
+        "lease_until": {"N": str(lease_until)},
+        "expires_at": {"N": str(expires_at)},
+    }
 
 
 def test_a_claim_takes_a_free_key_and_a_live_one_is_refused_with_its_record(leases: LeaseTable) -> None:
@@ -51,8 +56,15 @@ def test_a_fresh_claim_refuses_any_record_and_a_done_record_within_its_window_is
 ) -> None:
     leases.put_claim(record("k", "a", lease_until=NOW, expires_at=NOW + 3600, state="done"), now=NOW)
 
-    refused = leases.transact([{"Put": leases.claim(record("k", "b", lease_until=NOW + 99, expires_at=NOW + 9),
-                                                    now=NOW + 100, fresh_only=True)}])
+    refused = leases.transact(
+        [
+            {
+                "Put": leases.claim(
+                    record("k", "b", lease_until=NOW + 99, expires_at=NOW + 9), now=NOW + 100, fresh_only=True
+                )
+            }
+        ]
+    )
     with pytest.raises(KeyTaken):
         leases.put_claim(record("k", "b", lease_until=NOW + 130, expires_at=NOW + 3700), now=NOW + 100)
 
@@ -64,8 +76,9 @@ def test_a_change_to_a_claim_is_its_owners_only(leases: LeaseTable) -> None:
 
     def give_back(owner: str) -> None:
         with leases.call("DeleteItem"):
-            leases.client.delete_item(TableName="leases", Key={"key": {"S": "k"}},
-                                      **leases.owned(owner, still_claimed=True))
+            leases.client.delete_item(
+                TableName="leases", Key={"key": {"S": "k"}}, **leases.owned(owner, still_claimed=True)
+            )
 
     with pytest.raises(KeyTaken):
         give_back("someone else")

@@ -149,8 +149,11 @@ def snapshots(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> local_moto.Tran
     installed = local_moto.TransactionSnapshots()
     installed.install(monkeypatch.setattr)
     ensure_table(dynamodb, "ledger")
-    dynamodb.batch_write_item(RequestItems={"ledger": [
-        {"PutRequest": {"Item": {"key": {"S": f"old-{n}"}, "state": {"S": "done"}}}} for n in range(25)]})
+    dynamodb.batch_write_item(
+        RequestItems={
+            "ledger": [{"PutRequest": {"Item": {"key": {"S": f"old-{n}"}, "state": {"S": "done"}}}} for n in range(25)]
+        }
+    )
     for name in ("a", "b", "d"):
         dynamodb.put_item(TableName="ledger", Item={"key": {"S": name}, "state": {"S": "processing"}})
     return installed
@@ -163,13 +166,25 @@ def records(dynamodb: Any) -> dict[str, str]:
 def a_transaction(*, d_condition: str) -> list[dict[str, Any]]:
     """Update a in place, put c, delete b, and put d on `d_condition`."""
     return [
-        {"Update": {"TableName": "ledger", "Key": {"key": {"S": "a"}}, "UpdateExpression": "SET #s = :s",
-                    "ExpressionAttributeNames": {"#s": "state"},
-                    "ExpressionAttributeValues": {":s": {"S": "changed"}}}},
+        {
+            "Update": {
+                "TableName": "ledger",
+                "Key": {"key": {"S": "a"}},
+                "UpdateExpression": "SET #s = :s",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": {":s": {"S": "changed"}},
+            }
+        },
         {"Put": {"TableName": "ledger", "Item": {"key": {"S": "c"}, "state": {"S": "new"}}}},
         {"Delete": {"TableName": "ledger", "Key": {"key": {"S": "b"}}}},
-        {"Put": {"TableName": "ledger", "Item": {"key": {"S": "d"}, "state": {"S": "done"}},
-                 "ConditionExpression": d_condition, "ExpressionAttributeNames": {"#k": "key"}}},
+        {
+            "Put": {
+                "TableName": "ledger",
+                "Item": {"key": {"S": "d"}, "state": {"S": "done"}},
+                "ConditionExpression": d_condition,
+                "ExpressionAttributeNames": {"#k": "key"},
+            }
+        },
     ]
 
 
@@ -203,8 +218,12 @@ def test_on_the_server_one_conditional_put_of_many_at_once_wins(moto_server: str
 
     def claim(key: str) -> bool:
         try:
-            tables.put_item(TableName="claims", Item={"key": {"S": key}, "owner": {"S": uuid.uuid4().hex}},
-                            ConditionExpression="attribute_not_exists(#key)", ExpressionAttributeNames={"#key": "key"})
+            tables.put_item(
+                TableName="claims",
+                Item={"key": {"S": key}, "owner": {"S": uuid.uuid4().hex}},
+                ConditionExpression="attribute_not_exists(#key)",
+                ExpressionAttributeNames={"#key": "key"},
+            )
             return True
         except botocore.exceptions.ClientError as exc:
             assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"

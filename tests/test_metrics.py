@@ -93,9 +93,9 @@ def test_one_sqs_metrics_can_be_exposed_by_several_registries() -> None:
     sqs.requests.labels("messages", "SendMessageBatch").inc()
 
     for registry in (first, second):
-        assert registry.get_sample_value(
-            "sqs_requests_total", {"queue": "messages", "operation": "SendMessageBatch"}
-        ) == 1
+        assert (
+            registry.get_sample_value("sqs_requests_total", {"queue": "messages", "operation": "SendMessageBatch"}) == 1
+        )
 
 
 def test_total_and_by_label_sum_the_matching_samples_of_a_metric_or_a_registry() -> None:

@@ -65,8 +65,11 @@ READ_ROUTES = [
 @pytest.mark.parametrize(("path", "body"), READ_ROUTES, ids=[path for path, _ in READ_ROUTES])
 @pytest.mark.parametrize(
     ("headers", "status", "detail"),
-    [({}, 401, "no X-API-Key header"), ({"X-API-Key": "guess"}, 401, "X-API-Key header holds no key"),
-     (WRITER, 403, "reading needs one of READ_KEYS")],
+    [
+        ({}, 401, "no X-API-Key header"),
+        ({"X-API-Key": "guess"}, 401, "X-API-Key header holds no key"),
+        (WRITER, 403, "reading needs one of READ_KEYS"),
+    ],
     ids=["no key", "a wrong key", "a writer key"],
 )
 def test_reading_takes_a_read_key_only(
@@ -108,8 +111,11 @@ def test_a_message_is_read_with_what_it_was_sent_with_and_acknowledged(client: A
     assert first["attributes"] == {"kind": "order"}
     assert first["receive_count"] == 1 and first["token"].startswith("r1.")
     assert response.status_code == 200
-    assert response.json() == {"done": 2, "failed": 0, "results": [{"index": 0, "status": 200},
-                                                                   {"index": 1, "status": 200}]}
+    assert response.json() == {
+        "done": 2,
+        "failed": 0,
+        "results": [{"index": 0, "status": 200}, {"index": 1, "status": 200}],
+    }
     assert queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
@@ -120,8 +126,11 @@ def test_a_receive_acknowledges_the_tokens_it_is_given_before_it_receives(client
     send(client, "three")
 
     # WHEN the next receive carries the first two's tokens, and one that is not a token
-    response = client.post("/api/messages/receive", headers=READER, json={
-        "max_messages": 10, "lease_seconds": 30, "acknowledge": [m["token"] for m in read] + ["not-a-token"]})
+    response = client.post(
+        "/api/messages/receive",
+        headers=READER,
+        json={"max_messages": 10, "lease_seconds": 30, "acknowledge": [m["token"] for m in read] + ["not-a-token"]},
+    )
 
     # THEN those two are gone, the third came, and each token's outcome is in the answer
     assert response.status_code == 200, response.text
@@ -166,12 +175,15 @@ def test_an_expired_token_is_410_never_500(client: Any) -> None:
     send(client, "leased")
     (first,) = receive(client, lease_seconds=1)
     again = received_soon(client, "redelivery", lease_seconds=30)
-    assert client.post("/api/messages/acknowledge", json={"tokens": [again[0]["token"]]},
-                       headers=READER).status_code == 200
+    assert (
+        client.post("/api/messages/acknowledge", json={"tokens": [again[0]["token"]]}, headers=READER).status_code
+        == 200
+    )
 
     # WHEN the old token extends the lease, or gives the message back
-    extended = client.post("/api/messages/extend", json={"tokens": [first["token"]], "lease_seconds": 60},
-                           headers=READER)
+    extended = client.post(
+        "/api/messages/extend", json={"tokens": [first["token"]], "lease_seconds": 60}, headers=READER
+    )
     given_back = client.post("/api/messages/give-back", json={"tokens": [first["token"]]}, headers=READER)
 
     # THEN each is 410 Gone, with SQS's words
@@ -179,8 +191,19 @@ def test_an_expired_token_is_410_never_500(client: Any) -> None:
     assert_problem(given_back, 410, "ReceiptHandleIsInvalid")
 
 
-@pytest.mark.parametrize("token", ["", "r1", "r1.x.1.aGFuZGxl", "nonsense.token.of.mine", "r1.00000000.1.aGFuZGxl",
-                                   "r1.{tag}.one.aGFuZGxl", "r1.{tag}.1.!!!", "r1.{tag}.1.aGFuZGxl.e30"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "r1",
+        "r1.x.1.aGFuZGxl",
+        "nonsense.token.of.mine",
+        "r1.00000000.1.aGFuZGxl",
+        "r1.{tag}.one.aGFuZGxl",
+        "r1.{tag}.1.!!!",
+        "r1.{tag}.1.aGFuZGxl.e30",
+    ],
+)
 def test_what_is_not_a_token_is_400_before_any_sqs_call(
     client: Any, app: Any, sqs_calls: dict[str, int], token: str
 ) -> None:
@@ -207,8 +230,9 @@ def test_given_back_with_a_delay_it_comes_back_after_it(client: Any, queue: SqsQ
     send(client, "later")
     (message,) = receive(client, lease_seconds=60)
 
-    response = client.post("/api/messages/give-back", json={"tokens": [message["token"]], "delay_seconds": 1},
-                           headers=READER)
+    response = client.post(
+        "/api/messages/give-back", json={"tokens": [message["token"]], "delay_seconds": 1}, headers=READER
+    )
 
     assert response.status_code == 200 and response.json()["results"] == [{"index": 0, "status": 200}]
     assert receive(client) == []
@@ -228,8 +252,9 @@ def test_given_back_on_its_last_receive_it_is_dead_lettered_with_the_readers_rea
     assert last["receive_count"] == 2
 
     # WHEN the reader gives it back once more, with its reason
-    response = client.post("/api/messages/give-back", json={"tokens": [last["token"]], "reason": "schema v3 unknown"},
-                           headers=READER)
+    response = client.post(
+        "/api/messages/give-back", json={"tokens": [last["token"]], "reason": "schema v3 unknown"}, headers=READER
+    )
 
     # THEN it is in the dead-letter queue with that reason, as queue-dlq and the console read it
     assert response.json()["results"] == [{"index": 0, "status": 200, "dead_lettered": True}]
@@ -246,8 +271,9 @@ def test_a_lease_extended_keeps_the_message_hidden(client: Any) -> None:
     send(client, "long job")
     (message,) = receive(client, lease_seconds=1)
 
-    response = client.post("/api/messages/extend", json={"tokens": [message["token"]], "lease_seconds": 30},
-                           headers=READER)
+    response = client.post(
+        "/api/messages/extend", json={"tokens": [message["token"]], "lease_seconds": 30}, headers=READER
+    )
     time.sleep(1.5)  # past the first lease: the message would be visible had it not been extended
 
     assert response.status_code == 200
@@ -255,8 +281,11 @@ def test_a_lease_extended_keeps_the_message_hidden(client: Any) -> None:
 
 
 def test_a_lease_longer_than_read_max_lease_is_400(client: Any) -> None:
-    assert_problem(client.post("/api/messages/receive", json={"lease_seconds": 301}, headers=READER), 400,
-                   "greater than the maximum")
+    assert_problem(
+        client.post("/api/messages/receive", json={"lease_seconds": 301}, headers=READER),
+        400,
+        "greater than the maximum",
+    )
 
 
 def test_on_a_fifo_queue_a_message_carries_its_group_and_order_holds(sqs: Any) -> None:
@@ -268,8 +297,15 @@ def test_on_a_fifo_queue_a_message_carries_its_group_and_order_holds(sqs: Any) -
     client = app.test_client()
     try:
         bodies = [f"line {n}" for n in range(25)]
-        response = client.post("/api/messages", headers=WRITER, json={"messages": [
-            {"body": body, "group_id": "g", "deduplication_id": str(n)} for n, body in enumerate(bodies)]})
+        response = client.post(
+            "/api/messages",
+            headers=WRITER,
+            json={
+                "messages": [
+                    {"body": body, "group_id": "g", "deduplication_id": str(n)} for n, body in enumerate(bodies)
+                ]
+            },
+        )
         assert response.status_code == 200
         read: list[dict] = []
         while batch := receive(client, max_messages=10):
@@ -315,8 +351,9 @@ def test_long_polls_past_read_max_polls_are_503_with_retry_after(one_poll: Any, 
     url = f"http://127.0.0.1:{port}/api/messages/receive"
     try:
         # GIVEN one long poll waiting on an empty queue
-        first = threading.Thread(target=requests.post, args=(url,),
-                                 kwargs={"json": {"wait_seconds": 3}, "headers": READER, "timeout": 10})
+        first = threading.Thread(
+            target=requests.post, args=(url,), kwargs={"json": {"wait_seconds": 3}, "headers": READER, "timeout": 10}
+        )
         first.start()
         time.sleep(0.5)
 

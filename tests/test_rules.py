@@ -69,9 +69,22 @@ def test_a_lone_surrogate_is_refused_by_the_handler_where_no_pattern_can_say_it(
 
 @pytest.mark.parametrize(
     ("name", "allowed"),
-    [("kind", True), ("a.b-c_d", True), ("x" * 256, True), ("AWSx", True), ("x" * 257, False), ("", False),
-     ("AWS.x", False), ("amazon.y", False), ("Amazon.y", False), (".lead", False), ("trail.", False),
-     ("a..b", False), ("Bad Name", False), ("é", False)],
+    [
+        ("kind", True),
+        ("a.b-c_d", True),
+        ("x" * 256, True),
+        ("AWSx", True),
+        ("x" * 257, False),
+        ("", False),
+        ("AWS.x", False),
+        ("amazon.y", False),
+        ("Amazon.y", False),
+        (".lead", False),
+        ("trail.", False),
+        ("a..b", False),
+        ("Bad Name", False),
+        ("é", False),
+    ],
 )
 def test_an_attribute_name_is_judged_alike_by_the_spec_and_the_handler(name: str, allowed: bool) -> None:
     in_spec = 1 <= len(name) <= rules.MAX_ATTRIBUTE_NAME_CHARS and re.match(rules.ATTRIBUTE_NAME_PATTERN, name)
@@ -95,11 +108,19 @@ def test_the_served_spec_and_the_handler_refuse_the_same_fields_with_the_same_wo
     base: dict[str, Any] = {"body": "b", "group_id": "g", "deduplication_id": "d"} if fifo else {"body": "b"}
     for name, why in kind.absent.items():
         with pytest.raises(InvalidMessage) as refused:
-            to_outgoing({**base, name: 1 if name == "delay_seconds" else "x"}, fifo=fifo,
-                        content_based_dedup=content_based, max_bytes=1024)
+            to_outgoing(
+                {**base, name: 1 if name == "delay_seconds" else "x"},
+                fifo=fifo,
+                content_based_dedup=content_based,
+                max_bytes=1024,
+            )
         assert str(refused.value) == why
     for name, why in kind.required.items():
         with pytest.raises(InvalidMessage) as refused:
-            to_outgoing({key: value for key, value in base.items() if key != name}, fifo=fifo,
-                        content_based_dedup=content_based, max_bytes=1024)
+            to_outgoing(
+                {key: value for key, value in base.items() if key != name},
+                fifo=fifo,
+                content_based_dedup=content_based,
+                max_bytes=1024,
+            )
         assert str(refused.value) == why

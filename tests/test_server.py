@@ -59,9 +59,7 @@ def test_the_seed_message_is_accepted_and_is_in_the_queue(client: Any, queue: Sq
 
 
 def test_attributes_and_delay_reach_sqs(client: Any, queue: SqsQueue, sqs: Any) -> None:
-    response = client.post(
-        "/api/message", json={"body": "b", "attributes": {"kind": "order"}, "delay_seconds": 900}
-    )
+    response = client.post("/api/message", json={"body": "b", "attributes": {"kind": "order"}, "delay_seconds": 900})
 
     assert response.status_code == 201
     assert queue.depth()["delayed"] == 1
@@ -154,9 +152,7 @@ def raw_post(base_url: str, headers: str, chunks: Any) -> bytes:
 
 def test_a_request_larger_than_any_valid_one_is_refused_before_it_is_read_whole(live_server: str) -> None:
     # GIVEN a request that declares 100 MiB but sends only 64 KiB of it
-    declared = raw_post(
-        live_server, "Content-Type: application/json\r\nContent-Length: 104857600\r\n", [b"x" * 65536]
-    )
+    declared = raw_post(live_server, "Content-Type: application/json\r\nContent-Length: 104857600\r\n", [b"x" * 65536])
     # AND one without a length that streams 64 KiB chunks, 3 MiB in all (MAX_REQUEST_BYTES is 2)
     chunk = b"x" * 65536
     streamed = raw_post(
@@ -401,9 +397,7 @@ def test_fifo_messages_need_a_group_and_get_a_sequence_number(sqs: Any, drain: A
     client = create_app(settings, queue=queue).test_client()
 
     assert_problem(client.post("/api/message", json=SEED), 400, "group_id is required")
-    assert_problem(
-        client.post("/api/message", json={**SEED, "group_id": "g", "delay_seconds": 3}), 400, "FIFO"
-    )
+    assert_problem(client.post("/api/message", json={**SEED, "group_id": "g", "delay_seconds": 3}), 400, "FIFO")
     accepted = client.post("/api/message", json={**SEED, "group_id": "g"})
     assert accepted.status_code == 201
     (received,) = drain(queue)
@@ -442,9 +436,7 @@ SQS_ROUND_TRIP_S = 0.03
 def test_group_commit_coalesces_concurrent_requests(
     app: Any, live_server: str, queue: SqsQueue, sqs: Any, sqs_calls: dict[str, int], drain: Any
 ) -> None:
-    sqs.meta.events.register(
-        "before-call.sqs.SendMessageBatch", lambda **_: time.sleep(SQS_ROUND_TRIP_S)
-    )
+    sqs.meta.events.register("before-call.sqs.SendMessageBatch", lambda **_: time.sleep(SQS_ROUND_TRIP_S))
 
     def post(number: int) -> requests.Response:
         return requests.post(f"{live_server}/api/message", json={"body": f"message {number}"}, timeout=30)
@@ -551,8 +543,9 @@ def test_a_keyed_message_carries_its_scoped_key_to_the_worker_in_aws_trace_heade
     client: Any, queue: SqsQueue, sqs: Any
 ) -> None:
     sent: list[dict[str, Any]] = []
-    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch",
-                             lambda params, **_: sent.extend(params["Entries"]))
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.SendMessageBatch", lambda params, **_: sent.extend(params["Entries"])
+    )
 
     client.post("/api/message", json=SEED, headers={"Idempotency-Key": "order-1001", "X-API-Key": "client-a"})
     client.post("/api/message", json=SEED)
@@ -690,9 +683,7 @@ def test_an_unreachable_shared_table_refuses_keyed_requests_only(
     assert queue.depth()["visible"] == 1  # the keyed request was not sent
 
 
-def test_bodies_and_attribute_values_stay_out_of_info_logs(
-    client: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_bodies_and_attribute_values_stay_out_of_info_logs(client: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
 
     client.post("/api/message", json={"body": "SECRET-BODY", "attributes": {"k": "SECRET-VALUE"}})

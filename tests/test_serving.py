@@ -12,10 +12,13 @@ from uvicorn.server import ServerState
 
 from sqs_message_service.serving import EARLY_REFUSAL, GuardedHttp, SocketLimits
 
-LIMITS = SocketLimits(header_timeout_s=10, body_timeout_s=30, max_header_bytes=1024, max_connections=2,
-                      keep_alive_s=5, retry_after_s=1)
-MESSAGE = (b'POST /api/message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
-           b'Content-Length: 15\r\n\r\n{"body": "hi"}\n')
+LIMITS = SocketLimits(
+    header_timeout_s=10, body_timeout_s=30, max_header_bytes=1024, max_connections=2, keep_alive_s=5, retry_after_s=1
+)
+MESSAGE = (
+    b"POST /api/message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 15\r\n\r\n{"body": "hi"}\n'
+)
 
 
 class Transport:
@@ -78,8 +81,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def connection(loop: asyncio.AbstractEventLoop, app_state: dict[str, Any],
-               state: ServerState | None = None) -> tuple[GuardedHttp, Transport, list[str]]:
+def connection(
+    loop: asyncio.AbstractEventLoop, app_state: dict[str, Any], state: ServerState | None = None
+) -> tuple[GuardedHttp, Transport, list[str]]:
     """A protocol on a new Transport, and the paths its app was called for."""
     called: list[str] = []
 
@@ -88,8 +92,9 @@ def connection(loop: asyncio.AbstractEventLoop, app_state: dict[str, Any],
 
     config = uvicorn.Config(app, log_config=None)
     config.load()
-    protocol = GuardedHttp(config=config, server_state=state or ServerState(), app_state=app_state,
-                           _loop=loop, limits=LIMITS)
+    protocol = GuardedHttp(
+        config=config, server_state=state or ServerState(), app_state=app_state, _loop=loop, limits=LIMITS
+    )
     transport = Transport()
     protocol.connection_made(transport)
     return protocol, transport, called
@@ -129,7 +134,7 @@ def test_headers_over_the_cap_are_431_and_reach_nothing(loop: asyncio.AbstractEv
     size = -(-len(request) // pieces)
 
     for start in range(0, len(request), size):
-        protocol.data_received(request[start:start + size])
+        protocol.data_received(request[start : start + size])
     loop.run_until_complete(asyncio.sleep(0))
 
     assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.eof

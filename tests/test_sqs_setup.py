@@ -41,9 +41,7 @@ def test_created_queues_are_tagged_and_existing_ones_keep_their_tags(sqs: Any, s
     assert tags("messages-dlq") == {"team": "payments"}
 
 
-def test_a_second_run_changes_nothing_and_says_so(
-    sqs: Any, settings: Settings, sqs_calls: dict[str, int]
-) -> None:
+def test_a_second_run_changes_nothing_and_says_so(sqs: Any, settings: Settings, sqs_calls: dict[str, int]) -> None:
     sqs_setup.set_up(settings, sqs)
     sqs_calls.clear()
 
@@ -99,7 +97,8 @@ def test_with_a_processed_table_setup_makes_it_tagged_for_its_role_and_delete_re
     settings = Settings(idempotency_table="keys", processed_table="processed")
 
     assert sqs_setup.set_up(settings, sqs, dynamodb)[-2:] == [
-        "idempotency table 'keys': created", "processed table 'processed': created",
+        "idempotency table 'keys': created",
+        "processed table 'processed': created",
     ]
     arn = dynamodb.describe_table(TableName="processed")["Table"]["TableArn"]
     tags = {tag["Key"]: tag["Value"] for tag in dynamodb.list_tags_of_resource(ResourceArn=arn)["Tags"]}
@@ -162,8 +161,15 @@ def test_an_invalid_setting_names_the_variable(
     assert "MAX_RECEIVE_COUNT='lots'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException",
-                                  "MissingAuthenticationTokenException"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+    ],
+)
 def test_dynamodb_refusing_the_credentials_is_not_authorized_as_sqs_refusing_them_is(code: str) -> None:
     def refused(tables: Any, table: str) -> str:
         raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "no"}}, "CreateTable")

@@ -111,9 +111,7 @@ def test_an_unreachable_endpoint_is_queue_unavailable_and_fails_entries_not_the_
     assert [type(r.error) for r in results] == [QueueUnavailable, QueueUnavailable]
 
 
-def test_missing_credentials_are_not_authorized(
-    monkeypatch: pytest.MonkeyPatch, closed_endpoint: str
-) -> None:
+def test_missing_credentials_are_not_authorized(monkeypatch: pytest.MonkeyPatch, closed_endpoint: str) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     client = create_client(Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1))
@@ -166,9 +164,13 @@ def test_a_batch_entry_no_retry_can_change_is_final_whatever_its_sender_fault(
     client = boto3.client("sqs", region_name="us-east-1")
     with Stubber(client) as stubber:
         stubber.add_response("get_queue_url", {"QueueUrl": "https://sqs.us-east-1.amazonaws.com/1/q"})
-        stubber.add_response("delete_message_batch", {
-            "Successful": [], "Failed": [{"Id": "0", "SenderFault": sender_fault, "Code": code, "Message": "m"}],
-        })
+        stubber.add_response(
+            "delete_message_batch",
+            {
+                "Successful": [],
+                "Failed": [{"Id": "0", "SenderFault": sender_fault, "Code": code, "Message": "m"}],
+            },
+        )
 
         (outcome,) = SqsQueue("q", client).delete_messages(["rh"])
 

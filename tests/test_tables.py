@@ -40,7 +40,9 @@ def test_ensure_table_turns_ttl_on_where_it_was_off(table: str, dynamodb: Any) -
 
 def test_ensure_table_refuses_a_table_with_another_key(dynamodb: Any) -> None:
     dynamodb.create_table(
-        TableName=TABLE, BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        TableName=TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
     )
 

@@ -39,8 +39,16 @@ def test_a_header_keeps_its_trace_and_its_other_fields_and_gets_the_key_once() -
     assert header.startswith("Root=1-5759e988-bd862e3fe1be46a994272793;") and header.count(IDEMPOTENCY_FIELD) == 1
 
 
-@pytest.mark.parametrize("header", [None, "", "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
-                                    f"Root=1-a-b;{IDEMPOTENCY_FIELD}=order-1001", f"{IDEMPOTENCY_FIELD}={KEY.upper()}"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+        f"Root=1-a-b;{IDEMPOTENCY_FIELD}=order-1001",
+        f"{IDEMPOTENCY_FIELD}={KEY.upper()}",
+    ],
+)
 def test_no_key_is_read_from_a_header_the_writer_did_not_write(header: str | None) -> None:
     assert idempotency_key(header) is None
 
@@ -56,7 +64,10 @@ def test_the_x_ray_header_and_traceparent_carry_the_same_context() -> None:
 
     key = "a" * 32
     assert header == f"Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent={CLIENT_SPAN};Sampled=1;IdempotencyKey={key}"
-    assert from_xray_header(header) == from_traceparent(traceparent(context)) == (
-        int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True)
+    assert (
+        from_xray_header(header)
+        == from_traceparent(traceparent(context))
+        == (int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True)
+    )
     assert from_xray_header("Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1") is None  # no Parent: no span
     assert from_xray_header("IdempotencyKey=" + "a" * 32) is None and from_traceparent("00-zz-yy-01") is None

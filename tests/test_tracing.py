@@ -81,7 +81,8 @@ def test_a_request_continues_the_clients_trace_and_its_message_carries_the_reque
     traced_app: Any, spans: Callable[[], list[ReadableSpan]], drain: Any, queue: SqsQueue
 ) -> None:
     response = traced_app.test_client().post(
-        "/api/message", json={"body": "order 1001", "attributes": {"tenant": "a"}},
+        "/api/message",
+        json={"body": "order 1001", "attributes": {"tenant": "a"}},
         headers={"traceparent": TRACEPARENT_HEADER},
     )
 
@@ -98,9 +99,13 @@ def test_a_request_continues_the_clients_trace_and_its_message_carries_the_reque
     # one SendMessageBatch, a CLIENT span of its own, linked to the message's creation
     assert send.kind is SpanKind.CLIENT and send.parent is None
     assert [link.context.span_id for link in send.links] == [server.context.span_id]
-    assert messaging(send) == {"messaging.system": "aws_sqs", "messaging.operation.name": "send",
-                               "messaging.operation.type": "send", "messaging.destination.name": "messages",
-                               "messaging.batch.message_count": 1}
+    assert messaging(send) == {
+        "messaging.system": "aws_sqs",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": "messages",
+        "messaging.batch.message_count": 1,
+    }
     # the message carries that context; the user's attribute is untouched beside it
     (received,) = drain(queue)
     attributes = {name: value["StringValue"] for name, value in received["MessageAttributes"].items()}
@@ -121,8 +126,12 @@ def test_each_message_of_a_batch_request_has_its_creation_span_and_one_send_link
     for create in creates:  # PRODUCER spans, children of the request's
         assert create.kind is SpanKind.PRODUCER and create.parent is not None
         assert create.parent.span_id == server.context.span_id
-        assert messaging(create) == {"messaging.system": "aws_sqs", "messaging.operation.name": "create",
-                                     "messaging.operation.type": "create", "messaging.destination.name": "messages"}
+        assert messaging(create) == {
+            "messaging.system": "aws_sqs",
+            "messaging.operation.name": "create",
+            "messaging.operation.type": "create",
+            "messaging.destination.name": "messages",
+        }
     assert {link.context.span_id for link in send.links} == {span.context.span_id for span in creates}
     assert messaging(send)["messaging.batch.message_count"] == 2
 
@@ -131,13 +140,17 @@ def test_in_aws_trace_header_the_context_takes_none_of_the_ten_attributes(
     settings: Settings, queue: SqsQueue, sqs: Any, spans: Callable[[], list[ReadableSpan]]
 ) -> None:
     sent: list[dict[str, Any]] = []
-    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch",
-                             lambda params, **_: sent.extend(params["Entries"]))
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.SendMessageBatch", lambda params, **_: sent.extend(params["Entries"])
+    )
     app = create_app(settings, queue=queue, tracing=tracing_in(IN_TRACE_HEADER))
     ten = {f"a{n}": "v" for n in range(10)}
     try:
-        response = app.test_client().post("/api/message", json={"body": "x", "attributes": ten},
-                                          headers={"traceparent": TRACEPARENT_HEADER, "Idempotency-Key": "k-1"})
+        response = app.test_client().post(
+            "/api/message",
+            json={"body": "x", "attributes": ten},
+            headers={"traceparent": TRACEPARENT_HEADER, "Idempotency-Key": "k-1"},
+        )
     finally:
         app.app.extensions[WRITER_EXTENSION].close()
 
@@ -201,10 +214,18 @@ def run_worker(sqs: Any, processor: Callable[[ReceivedMessage], Any], bodies: li
     tracing = tracing_in(IN_ATTRIBUTE)
     queue = SqsQueue(settings.queue_name, sqs)
     with tracing.tracer.start_as_current_span("client's request"):
-        assert all(result.ok for result in queue.send([tracing.created(OutgoingMessage(body=body), queue.name)
-                                                       for body in bodies]))
-    worker = Worker(queue=queue, dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics),
-                    processor=processor, settings=settings, output=OutputWriter(io.StringIO()), tracing=tracing)
+        assert all(
+            result.ok
+            for result in queue.send([tracing.created(OutgoingMessage(body=body), queue.name) for body in bodies])
+        )
+    worker = Worker(
+        queue=queue,
+        dead_letter_queue=SqsQueue(settings.dlq_name, sqs, queue.metrics),
+        processor=processor,
+        settings=settings,
+        output=OutputWriter(io.StringIO()),
+        tracing=tracing,
+    )
     assert worker.run(burst=True) == 0
     return worker
 
@@ -223,8 +244,11 @@ def test_each_attempt_is_a_process_span_in_the_messages_trace_and_the_steps_own_
     (process,) = named(finished, "process messages")
     (own,) = named(finished, "the user's database call")
     receives = [span for span in named(finished, "receive messages") if span.links]
-    (delete,) = [span for span in named(finished, "settle messages")
-                 if (span.attributes or {}).get("messaging.operation.name") == "delete"]
+    (delete,) = [
+        span
+        for span in named(finished, "settle messages")
+        if (span.attributes or {}).get("messaging.operation.name") == "delete"
+    ]
     # parented on the message's creation: the message's trace, from the client's request on
     assert process.kind is SpanKind.CONSUMER and process.parent is not None
     assert (process.context.trace_id, process.parent.span_id) == (create.context.trace_id, create.context.span_id)
@@ -278,9 +302,12 @@ def test_a_failing_attempt_and_the_dead_letter_are_in_the_messages_trace(
         assert (attempt.attributes or {})["error.type"] == "ValueError"
         assert [event.name for event in attempt.events] == ["exception"]
     assert dead_letter.context.trace_id == create.context.trace_id  # the move to the dead-letter queue too
-    assert (dead_letter.parent is not None and dead_letter.parent.span_id == create.context.span_id)
-    retry = [span for span in named(finished, "settle messages")
-             if (span.attributes or {}).get("messaging.operation.name") == "change_visibility"]
+    assert dead_letter.parent is not None and dead_letter.parent.span_id == create.context.span_id
+    retry = [
+        span
+        for span in named(finished, "settle messages")
+        if (span.attributes or {}).get("messaging.operation.name") == "change_visibility"
+    ]
     assert retry and [link.context.span_id for link in retry[0].links] == [create.context.span_id]
 
 
@@ -300,7 +327,7 @@ def test_the_dead_letter_copy_keeps_the_messages_context(sqs: Any, spans: Callab
 
 
 def test_a_log_line_written_inside_a_span_carries_its_trace_and_span_ids(
-    spans: Callable[[], list[ReadableSpan]]
+    spans: Callable[[], list[ReadableSpan]],
 ) -> None:
     tracing = tracing_in(IN_ATTRIBUTE)
     formatter = TraceFormatter("%(message)s%(trace)s")
@@ -318,15 +345,18 @@ def test_a_log_line_written_inside_a_span_carries_its_trace_and_span_ids(
         assert line() == "hello"  # tracing off: nothing looked up
 
 
-@pytest.mark.parametrize(("environment", "on"), [
-    ({}, False),
-    ({"otel_traces_exporter": "otlp"}, True),
-    ({"otel_traces_exporter": "console"}, True),
-    ({"otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}, True),
-    ({"otel_exporter_otlp_traces_endpoint": "http://127.0.0.1:4318/v1/traces"}, True),
-    ({"otel_traces_exporter": "none", "otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}, False),
-    ({"otel_traces_exporter": "otlp", "otel_sdk_disabled": "TRUE"}, False),
-])
+@pytest.mark.parametrize(
+    ("environment", "on"),
+    [
+        ({}, False),
+        ({"otel_traces_exporter": "otlp"}, True),
+        ({"otel_traces_exporter": "console"}, True),
+        ({"otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}, True),
+        ({"otel_exporter_otlp_traces_endpoint": "http://127.0.0.1:4318/v1/traces"}, True),
+        ({"otel_traces_exporter": "none", "otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}, False),
+        ({"otel_traces_exporter": "otlp", "otel_sdk_disabled": "TRUE"}, False),
+    ],
+)
 def test_tracing_is_on_only_when_the_standard_variables_ask(environment: dict[str, Any], on: bool) -> None:
     assert tracing_requested(Settings(**environment)) is on
 
@@ -339,7 +369,8 @@ def test_the_context_travels_in_aws_trace_header_on_real_sqs_and_in_an_attribute
 
 
 def test_tracing_off_adds_no_span_no_attribute_and_imports_nothing_of_opentelemetry() -> None:
-    program = """
+    program = (
+        """
 import json, sys
 from moto import mock_aws
 with mock_aws():
@@ -358,10 +389,13 @@ with mock_aws():
     app.app.extensions["queue_writer"].close()
     print(json.dumps({"status": status, "entry": sent[0],
                       "opentelemetry": sorted(m for m in sys.modules if m.startswith("opentelemetry"))}))
-""" % TRACEPARENT_HEADER
+"""
+        % TRACEPARENT_HEADER
+    )
     env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1", "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.splitlines()[-1])

@@ -15,8 +15,17 @@ from worker import build_parser
 def test_help_documents_every_option_with_its_environment_variable() -> None:
     text = build_parser(Settings()).format_help()
 
-    for variable in ("WORKER_CONCURRENCY", "PROCESS_TIME", "FAILURE_RATE", "FAILURE_SEED", "PROCESSOR",
-                     "WORKER_OUTPUT", "STATS_INTERVAL", "EXIT_WHEN_IDLE", "SHUTDOWN_GRACE"):
+    for variable in (
+        "WORKER_CONCURRENCY",
+        "PROCESS_TIME",
+        "FAILURE_RATE",
+        "FAILURE_SEED",
+        "PROCESSOR",
+        "WORKER_OUTPUT",
+        "STATS_INTERVAL",
+        "EXIT_WHEN_IDLE",
+        "SHUTDOWN_GRACE",
+    ):
         assert variable in text
 
 
@@ -39,8 +48,11 @@ def test_the_worker_refuses_its_own_settings_when_wrong(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
-        ("no_such_step_module:handle", "no module named 'no_such_step_module': a module is found in the working "
-                                       "directory, on PYTHONPATH, or as an installed package"),
+        (
+            "no_such_step_module:handle",
+            "no module named 'no_such_step_module': a module is found in the working "
+            "directory, on PYTHONPATH, or as an installed package",
+        ),
         ("json:no_such_function", "module 'json' ("),
         ("json:__doc__", "'__doc__' in 'json' is a str, not a function"),
         ("broken_step:handle", "importing 'broken_step' raised ZeroDivisionError: division by zero"),
@@ -48,7 +60,11 @@ def test_the_worker_refuses_its_own_settings_when_wrong(monkeypatch: pytest.Monk
     ],
 )
 def test_a_step_that_cannot_be_loaded_stops_the_worker_at_start_with_one_line(
-    spec: str, said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+    spec: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "broken_step.py").write_text("handle = 1 / 0\n")
     (tmp_path / "needs_a_package.py").write_text("import not_installed_anywhere\n")

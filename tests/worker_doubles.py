@@ -91,11 +91,17 @@ def start_worker(sqs: Any) -> Iterator[Callable[..., RunningWorker]]:
         sqs_setup.set_up(settings, sqs)
         queue = SqsQueue(settings.queue_name, sqs)
         group_id = "one-group" if settings.is_fifo else None
-        results = queue.send([
-            OutgoingMessage(body=body, group_id=group_id, attributes=attributes or {},
-                            deduplication_id=deduplication_ids[n] if deduplication_ids else None)
-            for n, body in enumerate(bodies)
-        ])
+        results = queue.send(
+            [
+                OutgoingMessage(
+                    body=body,
+                    group_id=group_id,
+                    attributes=attributes or {},
+                    deduplication_id=deduplication_ids[n] if deduplication_ids else None,
+                )
+                for n, body in enumerate(bodies)
+            ]
+        )
         assert all(result.ok for result in results)
         output = io.StringIO()
         worker = Worker(

@@ -45,7 +45,8 @@ class Console:
         self.feed = feed
         self.dead_letters = dead_letters
         self.guard = Guard(
-            settings.load_console_keys(), origin=settings.console_origin,
+            settings.load_console_keys(),
+            origin=settings.console_origin,
             hosts=answered_hosts(settings.host, settings.console_port, settings.console_origin),
         )
         self.registry = registry
@@ -82,7 +83,10 @@ def middlewares() -> list[Any]:
 
 
 def create_app(
-    settings: Optional[Settings] = None, *, client: Any = None, source: Optional[Source] = None,
+    settings: Optional[Settings] = None,
+    *,
+    client: Any = None,
+    source: Optional[Source] = None,
     start_feed: bool = True,
 ) -> connexion.FlaskApp:
     """Build the console. `settings` default to the environment's; `client`, the SQS client, to
@@ -96,8 +100,12 @@ def create_app(
     ProcessCollector(registry=registry)
     queue = SqsQueue(settings.queue_name, client, metrics)
     dead_letter_queue = SqsQueue(settings.dlq_name, client, metrics)
-    feed = Feed(queue=queue, dead_letter_queue=dead_letter_queue, source=source or source_for(settings),
-                refresh_s=settings.console_refresh_s)
+    feed = Feed(
+        queue=queue,
+        dead_letter_queue=dead_letter_queue,
+        source=source or source_for(settings),
+        refresh_s=settings.console_refresh_s,
+    )
     console = Console(settings, feed, DeadLetters(dead_letter_queue, queue), registry)
 
     @contextlib.asynccontextmanager
@@ -110,7 +118,9 @@ def create_app(
     flask_app: flask.Flask = app.app
     flask_app.config.update(
         SECRET_KEY=secrets.token_bytes(32),  # a session (and its CSRF token) lasts as long as the process
-        SESSION_COOKIE_NAME="console_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="console_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
     )
     flask_app.extensions[CONSOLE_EXTENSION] = console
     flask_app.add_url_rule("/", "page", _page)
@@ -131,8 +141,11 @@ def current_console() -> Console:
 def _page() -> str:
     console = current_console()
     return flask.render_template(
-        "console.html", csrf_token=console.guard.csrf_token(), read_only=console.guard.read_only,
-        queue=console.feed.queue.name, dead_letter_queue=console.feed.dead_letter_queue.name,
+        "console.html",
+        csrf_token=console.guard.csrf_token(),
+        read_only=console.guard.read_only,
+        queue=console.feed.queue.name,
+        dead_letter_queue=console.feed.dead_letter_queue.name,
     )
 
 
@@ -157,19 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return EXIT_USAGE
     settings = with_address(
-        settings, argv, description="The operator console: the system live, and the dead letters with their reasons.",
+        settings,
+        argv,
+        description="The operator console: the system live, and the dead letters with their reasons.",
         port="console_port",
     )
     keys = settings.load_console_keys()
     log.info(
         "console for queue %r on %s: http://%s:%d/ (%s; rates from %s)",
-        settings.queue_name, settings.sqs_endpoint_url or f"AWS {settings.aws_region}", settings.host,
-        settings.console_port, f"{len(keys)} action key(s)" if keys else "read-only: no CONSOLE_KEYS",
+        settings.queue_name,
+        settings.sqs_endpoint_url or f"AWS {settings.aws_region}",
+        settings.host,
+        settings.console_port,
+        f"{len(keys)} action key(s)" if keys else "read-only: no CONSOLE_KEYS",
         settings.prometheus_url or ", ".join(settings.scrape_urls),
     )
     if answered_hosts(settings.host, settings.console_port, settings.console_origin) is None:
-        log.warning("the console listens on every interface and answers any Host: set CONSOLE_ORIGIN to the "
-                    "address browsers use, so that a page of another site cannot reach it by a rebound DNS name")
+        log.warning(
+            "the console listens on every interface and answers any Host: set CONSOLE_ORIGIN to the "
+            "address browsers use, so that a page of another site cannot reach it by a rebound DNS name"
+        )
     serve(create_app(settings), SocketLimits.of(settings), host=settings.host, port=settings.console_port)
     return EXIT_OK
 

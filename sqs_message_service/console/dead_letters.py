@@ -70,8 +70,9 @@ class RedriveJob:
 
     def _run(self, dead_letter_queue: SqsQueue, source: SqsQueue) -> None:
         try:
-            self.moved = redrive(dead_letter_queue, source, rate=self.rate, progress=self._progress,
-                                 say=self.notes.append)
+            self.moved = redrive(
+                dead_letter_queue, source, rate=self.rate, progress=self._progress, say=self.notes.append
+            )
             self.state = "done"
         except SqsError as exc:
             self.state, self.error = "failed", str(exc)
@@ -80,16 +81,29 @@ class RedriveJob:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             self.ended_at = time.time()
-            log.info("console: redrive of all dead letters %s: %d moved%s", self.state, self.moved,
-                     f" ({self.error})" if self.error else "")
+            log.info(
+                "console: redrive of all dead letters %s: %d moved%s",
+                self.state,
+                self.moved,
+                f" ({self.error})" if self.error else "",
+            )
 
     @property
     def running(self) -> bool:
         return self.state == "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"scope": "all", "state": self.state, "moved": self.moved, "total": self.total, "rate": self.rate,
-                "error": self.error, "notes": self.notes, "started_at": self.started_at, "ended_at": self.ended_at}
+        return {
+            "scope": "all",
+            "state": self.state,
+            "moved": self.moved,
+            "total": self.total,
+            "rate": self.rate,
+            "error": self.error,
+            "notes": self.notes,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
 
 
 class Bodies:
@@ -131,7 +145,11 @@ class DeadLetters:
     messages that redrive is looking for, and it would end early)."""
 
     def __init__(
-        self, dead_letter_queue: SqsQueue, source: SqsQueue, *, clock: Callable[[], float] = time.monotonic,
+        self,
+        dead_letter_queue: SqsQueue,
+        source: SqsQueue,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue = dead_letter_queue
         self.source = source
@@ -167,8 +185,10 @@ class DeadLetters:
         may therefore show fewer than it holds (read again)."""
         with self._lock:
             age = self.clock() - self._listed_at
-            if self._listing is not None and self._listing["limit"] >= limit and (
-                age < LISTING_MIN_S or (age < LISTING_FRESH_S and not fresh)
+            if (
+                self._listing is not None
+                and self._listing["limit"] >= limit
+                and (age < LISTING_MIN_S or (age < LISTING_FRESH_S and not fresh))
             ):
                 return {**self._listing, "items": self._listing["items"][:limit]}
             self._may_read()
@@ -177,7 +197,10 @@ class DeadLetters:
             self._bodies.keep(held)
             items = sorted((summary(message) for message in held), key=_failed_at, reverse=True)
             self._listing = {
-                "limit": limit, "read": len(held), "read_at": time.time(), "items": items,
+                "limit": limit,
+                "read": len(held),
+                "read_at": time.time(),
+                "items": items,
                 "read_ms": round((time.monotonic() - started) * 1000, 1),
             }
             self._listed_at = self.clock()
@@ -227,8 +250,9 @@ class DeadLetters:
                 else:
                     failed[message.id] = f"sent back, but still in the dead-letter queue ({error})"
             self._forget(done)
-        log.info("console: redrove %d selected dead letters (%d not found, %d failed)", len(done), len(missing),
-                 len(failed))
+        log.info(
+            "console: redrove %d selected dead letters (%d not found, %d failed)", len(done), len(missing), len(failed)
+        )
         return {"done": done, "missing": missing, "failed": failed}
 
     @contextlib.contextmanager

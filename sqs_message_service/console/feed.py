@@ -29,7 +29,12 @@ class Feed:
     a figure nobody could read is None. `run` reads every `refresh_s` on a thread of its own."""
 
     def __init__(
-        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, source: Source, refresh_s: float,
+        self,
+        *,
+        queue: SqsQueue,
+        dead_letter_queue: SqsQueue,
+        source: Source,
+        refresh_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue

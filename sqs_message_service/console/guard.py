@@ -96,25 +96,35 @@ class Guard:
         """A refusal of any request whose `Host` is not one the console answers for."""
         if self.hosts is None or request.host in self.hosts:
             return None
-        return problem(421, "Misdirected Request",
-                       f"this console answers for {', '.join(sorted(self.hosts))}; set CONSOLE_ORIGIN to the address "
-                       "your browser uses, if it is behind a proxy")
+        return problem(
+            421,
+            "Misdirected Request",
+            f"this console answers for {', '.join(sorted(self.hosts))}; set CONSOLE_ORIGIN to the address "
+            "your browser uses, if it is behind a proxy",
+        )
 
     def refusal(self, request: flask.Request) -> Optional[flask.Response]:
         """Why `request`, one that changes state, is refused; None when it may go on."""
         if self.read_only:
-            return problem(403, "Read-only console",
-                           "this console has no CONSOLE_KEYS: it shows the system but takes no action")
+            return problem(
+                403, "Read-only console", "this console has no CONSOLE_KEYS: it shows the system but takes no action"
+            )
         if not self._keys.matches(request.headers.get(KEY_HEADER)):
             return problem(401, "Unauthorized", f"an action needs one of CONSOLE_KEYS in {KEY_HEADER}")
         if not same_origin(request, self.origin):
-            return problem(403, "Cross-site request refused",
-                           "an action must come from the console's own page (Origin, Sec-Fetch-Site)")
+            return problem(
+                403,
+                "Cross-site request refused",
+                "an action must come from the console's own page (Origin, Sec-Fetch-Site)",
+            )
         expected = flask.session.get(CSRF_SESSION_KEY)
         presented = request.headers.get(CSRF_HEADER, "")
         if not isinstance(expected, str) or not hmac.compare_digest(presented.encode(), expected.encode()):
-            return problem(403, "CSRF token missing or wrong",
-                           f"an action needs the token of the page it comes from in {CSRF_HEADER}; reload the page")
+            return problem(
+                403,
+                "CSRF token missing or wrong",
+                f"an action needs the token of the page it comes from in {CSRF_HEADER}; reload the page",
+            )
         return None
 
 

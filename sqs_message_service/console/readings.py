@@ -182,7 +182,9 @@ class Prometheus:
         except (OSError, ValueError, KeyError) as exc:
             return Figures(dict.fromkeys(RATES), None, None, (SourceState(self.url, ok=False, error=_short(exc)),))
         return Figures(
-            {rate: figures[rate] for rate in RATES}, figures["p50_s"], figures["p99_s"],
+            {rate: figures[rate] for rate in RATES},
+            figures["p50_s"],
+            figures["p99_s"],
             (SourceState(self.url, ok=True),),
         )
 

@@ -37,7 +37,13 @@ class Admission:
     it."""
 
     def __init__(
-        self, *, processed: ProcessedLedger, fifo: bool, in_flight: InFlight, work: WorkQueue, settler: Settler,
+        self,
+        *,
+        processed: ProcessedLedger,
+        fifo: bool,
+        in_flight: InFlight,
+        work: WorkQueue,
+        settler: Settler,
         calls_at_once: int,
     ) -> None:
         self.processed, self.fifo, self.in_flight, self.work, self.settler = processed, fifo, in_flight, work, settler
@@ -46,8 +52,11 @@ class Admission:
         self._lock = threading.Lock()
         self._down = ThrottledLog(log)
         self._claims: GroupCommit[Received, list[Claim]] = GroupCommit(
-            self._claim, max_batch=TRANSACT_MAX_ITEMS // BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
-            max_pending=in_flight.capacity, name="claim",
+            self._claim,
+            max_batch=TRANSACT_MAX_ITEMS // BATCH_MAX_ENTRIES,
+            max_concurrent=calls_at_once,
+            max_pending=in_flight.capacity,
+            name="claim",
         )
 
     @property
@@ -126,9 +135,13 @@ class Admission:
         if any(claim.verdict is Verdict.UNAVAILABLE for claim in claims):
             with self._lock:
                 self.failures += 1  # the pauses between trials grow with each failed one
-            self._down.warning(TableUnavailable(
-                f"PROCESSED_TABLE {self.processed.table!r} did not take the claims: nothing is processed until it "
-                "does, and what was received comes back after its visibility timeout"), "claiming")
+            self._down.warning(
+                TableUnavailable(
+                    f"PROCESSED_TABLE {self.processed.table!r} did not take the claims: nothing is processed until it "
+                    "does, and what was received comes back after its visibility timeout"
+                ),
+                "claiming",
+            )
         elif claims:
             with self._lock:
                 was_down, self.failures = self.failures > 0, 0
@@ -140,7 +153,8 @@ class Admission:
             self.settler.give_back(behind)
         if unclaimed:
             self.settler.leave(unclaimed)
-        refused = [message for unit in work_units(admitted, fifo=self.fifo) if not self.work.put(unit)
-                   for message in unit]
+        refused = [
+            message for unit in work_units(admitted, fifo=self.fifo) if not self.work.put(unit) for message in unit
+        ]
         if refused:  # the processors are stopping: none will start these
             self.settler.give_back(refused)

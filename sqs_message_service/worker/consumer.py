@@ -87,9 +87,20 @@ class Consumer(Part):
     if the process ends first, SQS makes it visible after its visibility timeout."""
 
     def __init__(
-        self, *, queue: SqsQueue, in_flight: InFlight, work: WorkQueue, settler: Settler, metrics: WorkerMetrics,
-        visibility_timeout_s: int, wait_s: int, stop_worker: Callable[[], None], backlog: Backlog,
-        idle_s: Optional[float] = None, helper: int = 0, admission: Optional[Admission] = None,
+        self,
+        *,
+        queue: SqsQueue,
+        in_flight: InFlight,
+        work: WorkQueue,
+        settler: Settler,
+        metrics: WorkerMetrics,
+        visibility_timeout_s: int,
+        wait_s: int,
+        stop_worker: Callable[[], None],
+        backlog: Backlog,
+        idle_s: Optional[float] = None,
+        helper: int = 0,
+        admission: Optional[Admission] = None,
     ) -> None:
         super().__init__(name=f"consumer-helper-{helper}" if helper else "consumer")
         self.queue, self.in_flight, self.work, self.settler, self.metrics = queue, in_flight, work, settler, metrics

@@ -42,8 +42,17 @@ class CoroutineProcessing(Part):
     each unit to the loop."""
 
     def __init__(
-        self, *, work: WorkQueue, processor: Processor, in_flight: InFlight, settler: Settler, metrics: WorkerMetrics,
-        concurrency: int, timeout_s: float, hooks: Hooks = NO_HOOKS, queue_name: str = "",
+        self,
+        *,
+        work: WorkQueue,
+        processor: Processor,
+        in_flight: InFlight,
+        settler: Settler,
+        metrics: WorkerMetrics,
+        concurrency: int,
+        timeout_s: float,
+        hooks: Hooks = NO_HOOKS,
+        queue_name: str = "",
     ) -> None:
         super().__init__(name="coroutines")
         self.work, self.processor, self.in_flight, self.settler = work, processor, in_flight, settler
@@ -109,8 +118,13 @@ class CoroutineProcessing(Part):
                 error = attempt.exception()
         else:
             self.metrics.add("timed_out")
-            log.warning("message %r: the step has run %.1f s, past PROCESSING_TIMEOUT=%g: cancelled, the "
-                        "attempt fails as timed out", message.id, time.monotonic() - started, self.timeout_s)
+            log.warning(
+                "message %r: the step has run %.1f s, past PROCESSING_TIMEOUT=%g: cancelled, the "
+                "attempt fails as timed out",
+                message.id,
+                time.monotonic() - started,
+                self.timeout_s,
+            )
             await self._cancel(attempt)
             error = TimedOut(self.timeout_s)
         self.settler.done(message, error, time.monotonic() - started)
@@ -135,8 +149,12 @@ class CoroutineProcessing(Part):
         done, _ = await asyncio.wait({attempt}, timeout=CANCEL_WAIT_S)
         if attempt not in done:
             self._left_behind += 1
-            log.warning("a cancelled step did not end within %g s (it catches CancelledError?): left running, its "
-                        "message settled without it (%d so far)", CANCEL_WAIT_S, self._left_behind)
+            log.warning(
+                "a cancelled step did not end within %g s (it catches CancelledError?): left running, its "
+                "message settled without it (%d so far)",
+                CANCEL_WAIT_S,
+                self._left_behind,
+            )
         elif not attempt.cancelled():
             attempt.exception()  # retrieved: no "never retrieved" warning
 

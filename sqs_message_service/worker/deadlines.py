@@ -55,7 +55,13 @@ class DeadlineWatch(Part):
     `max_stuck` threads are stuck at once."""
 
     def __init__(
-        self, *, timeout_s: float, max_stuck: int, metrics: WorkerMetrics, settle: Settle, give_back: GiveBack,
+        self,
+        *,
+        timeout_s: float,
+        max_stuck: int,
+        metrics: WorkerMetrics,
+        settle: Settle,
+        give_back: GiveBack,
         replace: Callable[[threading.Thread], None],
     ) -> None:
         super().__init__(name="deadline-watch")
@@ -80,9 +86,12 @@ class DeadlineWatch(Part):
             if self._attempts.pop(thread, None) is not None:
                 return Late.NO
             replaced = self._stuck.pop(thread)
-        log.warning("%s: the step returned after its deadline; its outcome is dropped (the message was already "
-                    "settled as timed out), and the thread %s", thread.name,
-                    "ends: another took its place" if replaced else "takes the next message")
+        log.warning(
+            "%s: the step returned after its deadline; its outcome is dropped (the message was already "
+            "settled as timed out), and the thread %s",
+            thread.name,
+            "ends: another took its place" if replaced else "takes the next message",
+        )
         return Late.END if replaced else Late.CARRY_ON
 
     def stuck(self) -> int:
@@ -117,10 +126,15 @@ class DeadlineWatch(Part):
             self.metrics.add("timed_out")
             log.warning(
                 "message %r: the step on %s has run %.1f s, past PROCESSING_TIMEOUT=%g: the attempt fails as "
-                "timed out; the thread cannot be stopped and is %s (%d stuck)", attempt.message.id, thread.name,
-                now - attempt.started, self.timeout_s,
-                "replaced" if replaced else f"not replaced: MAX_STUCK_THREADS={self.max_stuck} reached, "
-                "/health answers 503", stuck,
+                "timed out; the thread cannot be stopped and is %s (%d stuck)",
+                attempt.message.id,
+                thread.name,
+                now - attempt.started,
+                self.timeout_s,
+                "replaced"
+                if replaced
+                else f"not replaced: MAX_STUCK_THREADS={self.max_stuck} reached, /health answers 503",
+                stuck,
             )
             self._settle(attempt.message, TimedOut(self.timeout_s), now - attempt.started)
             if attempt.rest:

@@ -73,9 +73,16 @@ class Worker:
     receives, through `SqsQueue.watched_by`: a queue's own metrics count its calls."""
 
     def __init__(
-        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, processor: Processor, settings: Settings,
-        output: Optional[OutputWriter] = None, processed: Optional[ProcessedLedger] = None,
-        tracing: Hooks = NO_HOOKS, hooks: Hooks = NO_HOOKS,
+        self,
+        *,
+        queue: SqsQueue,
+        dead_letter_queue: SqsQueue,
+        processor: Processor,
+        settings: Settings,
+        output: Optional[OutputWriter] = None,
+        processed: Optional[ProcessedLedger] = None,
+        tracing: Hooks = NO_HOOKS,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         watching = combine(tracing, hooks)
         queue, dead_letter_queue = queue.watched_by(watching), dead_letter_queue.watched_by(watching)
@@ -96,38 +103,66 @@ class Worker:
         self.metrics.in_flight.set_function(lambda: len(self.in_flight))
         self.work = WorkQueue()
         self.settler = Settler(
-            queue=queue, dead_letter_queue=dead_letter_queue, in_flight=self.in_flight, settings=settings,
-            metrics=self.metrics, output=output, worker_id=self.worker_id,
+            queue=queue,
+            dead_letter_queue=dead_letter_queue,
+            in_flight=self.in_flight,
+            settings=settings,
+            metrics=self.metrics,
+            output=output,
+            worker_id=self.worker_id,
             calls_at_once=1 + self.receivers,  # acks keep up with receives
-            processed=processed, hooks=self.hooks,
+            processed=processed,
+            hooks=self.hooks,
         )
-        self.admission = None if processed is None else Admission(
-            processed=processed, fifo=queue.is_fifo, in_flight=self.in_flight, work=self.work, settler=self.settler,
-            calls_at_once=1 + self.receivers,
-        )
+        self.admission = None if processed is None else self._admission(processed)
         self.consumers: list[Consumer] = []
         self.processors: list[ProcessorThread] = []
         self._processor_numbers = itertools.count()  # processor-0, -1, …: replacements go on counting
-        self.coroutines: Optional[CoroutineProcessing] = None  # an async def step's runner
-        self.watch: Optional[DeadlineWatch] = None  # a plain step's deadlines
-        if runs_as_coroutine(processor):
-            self.coroutines = CoroutineProcessing(
-                work=self.work, processor=processor, in_flight=self.in_flight, settler=self.settler,
-                metrics=self.metrics,
-                concurrency=settings.worker_concurrency, timeout_s=settings.processing_timeout_s, hooks=self.hooks,
-                queue_name=queue.name,
-            )
-        else:
-            max_stuck = settings.max_stuck_threads
-            self.watch = DeadlineWatch(
-                timeout_s=settings.processing_timeout_s, metrics=self.metrics,
-                max_stuck=settings.worker_concurrency if max_stuck is None else max_stuck,
-                settle=self.settler.done, give_back=self.settler.give_back, replace=self._replace_stuck,
-            )
+        # an async def step's runner, or a plain step's deadlines
+        self.coroutines, self.watch = self._step_runner(processor)
         self.heartbeat: Optional[Heartbeat] = None
         self._stop_requested = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopped: Optional[bool] = None  # how the stop went, once it is over
+
+    def _admission(self, processed: ProcessedLedger) -> Admission:
+        """What claims each received message in the processed ledger before the processors see it."""
+        return Admission(
+            processed=processed,
+            fifo=self.queue.is_fifo,
+            in_flight=self.in_flight,
+            work=self.work,
+            settler=self.settler,
+            calls_at_once=1 + self.receivers,
+        )
+
+    def _step_runner(self, processor: Processor) -> tuple[Optional[CoroutineProcessing], Optional[DeadlineWatch]]:
+        """An async def step runs as coroutines on one loop; a plain one on the processor threads,
+        under a DeadlineWatch."""
+        settings = self.settings
+        if runs_as_coroutine(processor):
+            coroutines = CoroutineProcessing(
+                work=self.work,
+                processor=processor,
+                in_flight=self.in_flight,
+                settler=self.settler,
+                metrics=self.metrics,
+                concurrency=settings.worker_concurrency,
+                timeout_s=settings.processing_timeout_s,
+                hooks=self.hooks,
+                queue_name=self.queue.name,
+            )
+            return coroutines, None
+        max_stuck = settings.max_stuck_threads
+        watch = DeadlineWatch(
+            timeout_s=settings.processing_timeout_s,
+            metrics=self.metrics,
+            max_stuck=settings.worker_concurrency if max_stuck is None else max_stuck,
+            settle=self.settler.done,
+            give_back=self.settler.give_back,
+            replace=self._replace_stuck,
+        )
+        return None, watch
 
     def request_stop(self) -> None:
         """Ask `run` to stop the worker; returns at once, from any thread or a signal handler."""
@@ -144,17 +179,27 @@ class Worker:
         backlog = Backlog()  # receives come back full: helpers receive too
         self.consumers = [
             Consumer(
-                queue=self.queue, in_flight=self.in_flight, work=self.work, settler=self.settler, metrics=self.metrics,
-                visibility_timeout_s=visibility_timeout_s, wait_s=0 if burst else self.settings.receive_wait_s,
-                stop_worker=self.request_stop, backlog=backlog,
-                idle_s=0.0 if burst else self.settings.exit_when_idle_s, helper=number, admission=self.admission,
+                queue=self.queue,
+                in_flight=self.in_flight,
+                work=self.work,
+                settler=self.settler,
+                metrics=self.metrics,
+                visibility_timeout_s=visibility_timeout_s,
+                wait_s=0 if burst else self.settings.receive_wait_s,
+                stop_worker=self.request_stop,
+                backlog=backlog,
+                idle_s=0.0 if burst else self.settings.exit_when_idle_s,
+                helper=number,
+                admission=self.admission,
             )
             for number in range(self.receivers)
         ]
         if self.coroutines is None:
             self.processors = [self._processor_thread() for _ in range(self.settings.worker_concurrency)]
         self.heartbeat = Heartbeat(
-            queue=self.queue, in_flight=self.in_flight, visibility_timeout_s=visibility_timeout_s,
+            queue=self.queue,
+            in_flight=self.in_flight,
+            visibility_timeout_s=visibility_timeout_s,
             processed=self.processed,
         )
         parts = (self.settler, *self.consumers, *self.processors, self.coroutines, self.watch, self.heartbeat)
@@ -175,8 +220,14 @@ class Worker:
 
     def _processor_thread(self) -> ProcessorThread:
         return ProcessorThread(
-            next(self._processor_numbers), work=self.work, processor=self.processor, in_flight=self.in_flight,
-            settler=self.settler, watch=self.watch, hooks=self.hooks, queue_name=self.queue.name,
+            next(self._processor_numbers),
+            work=self.work,
+            processor=self.processor,
+            in_flight=self.in_flight,
+            settler=self.settler,
+            watch=self.watch,
+            hooks=self.hooks,
+            queue_name=self.queue.name,
         )
 
     def _replace_stuck(self, stuck: object) -> None:
@@ -229,8 +280,10 @@ class Worker:
             give_back_s = min(GIVE_BACK_S, self.settings.shutdown_grace_s / 10)
             drained = self.in_flight.wait_empty(left_s() - give_back_s)
             if not drained:
-                log.info("grace period ending: cancelling %d attempt(s) still running, handing their messages back",
-                         len(self.in_flight))
+                log.info(
+                    "grace period ending: cancelling %d attempt(s) still running, handing their messages back",
+                    len(self.in_flight),
+                )
                 self.coroutines.give_back_in_flight()
                 drained = self.in_flight.wait_empty(left_s())
         if self.admission is not None:  # what it still claims finds the work queue closed: given back
@@ -249,8 +302,11 @@ class Worker:
         if self.settler.ident is not None:  # started
             self.settler.join(max(1.0, left_s()))
         if not drained:
-            log.warning("grace period (%g s) over with %d messages in flight: they return after their "
-                        "visibility timeout", self.settings.shutdown_grace_s, len(self.in_flight))
+            log.warning(
+                "grace period (%g s) over with %d messages in flight: they return after their visibility timeout",
+                self.settings.shutdown_grace_s,
+                len(self.in_flight),
+            )
         return drained
 
     def _queue_visibility_timeout(self) -> int:
@@ -258,6 +314,9 @@ class Worker:
         try:
             return int(self.queue.attributes(["VisibilityTimeout"])["VisibilityTimeout"])
         except (SqsError, KeyError, ValueError) as exc:
-            log.warning("cannot read the queue's visibility timeout (%s); using VISIBILITY_TIMEOUT=%d",
-                        exc, self.settings.visibility_timeout_s)
+            log.warning(
+                "cannot read the queue's visibility timeout (%s); using VISIBILITY_TIMEOUT=%d",
+                exc,
+                self.settings.visibility_timeout_s,
+            )
             return self.settings.visibility_timeout_s

@@ -21,7 +21,11 @@ class Heartbeat(Part):
     ledger, their claims' leases with them, so that a lease ends when the invisibility does."""
 
     def __init__(
-        self, *, queue: SqsQueue, in_flight: InFlight, visibility_timeout_s: int,
+        self,
+        *,
+        queue: SqsQueue,
+        in_flight: InFlight,
+        visibility_timeout_s: int,
         processed: Optional[ProcessedLedger] = None,
     ) -> None:
         super().__init__(name="heartbeat")

@@ -57,7 +57,10 @@ class HttpStep:
         self.timeout_s = timeout_s
         self.tracing = tracing
         self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=concurrency, block=False, retries=False,
+            num_pools=2,
+            maxsize=concurrency,
+            block=False,
+            retries=False,
             timeout=urllib3.Timeout(total=timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
         )
         self.__name__ = url  # how the worker's log names the step
@@ -65,8 +68,12 @@ class HttpStep:
     def __call__(self, message: ReceivedMessage) -> None:
         try:
             response = self._pool.request(
-                "POST", self.url, body=message.body.encode("utf-8"), headers=self.headers(message),
-                redirect=False, preload_content=False,
+                "POST",
+                self.url,
+                body=message.body.encode("utf-8"),
+                headers=self.headers(message),
+                redirect=False,
+                preload_content=False,
             )
         except urllib3.exceptions.NewConnectionError as exc:  # before TimeoutError: urllib3 makes it one
             raise HttpStepFailed(f"POST {self.url}: {_reason(exc)}") from None

@@ -106,8 +106,12 @@ class InFlight:
     def due(self, before: float) -> list[ReceivedMessage]:
         """The messages whose invisibility ends before `before`, settling ones included."""
         with self._cond:
-            return [message for held in (self._messages, self._settling)
-                    for message, deadline in held.values() if deadline < before]
+            return [
+                message
+                for held in (self._messages, self._settling)
+                for message, deadline in held.values()
+                if deadline < before
+            ]
 
     def extended(self, messages: list[ReceivedMessage], deadline: float) -> None:
         """Their invisibility now ends at `deadline`; those finished meanwhile stay finished."""

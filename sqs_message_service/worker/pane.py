@@ -12,8 +12,14 @@ from .part import Part
 
 
 def render_stats(
-    title: str, snapshot: dict[str, Any], *, in_flight: int, per_second: float,
-    depths: dict[str, Optional[dict[str, int]]], sqs_requests: int = 0, ledger_errors: Optional[int] = None,
+    title: str,
+    snapshot: dict[str, Any],
+    *,
+    in_flight: int,
+    per_second: float,
+    depths: dict[str, Optional[dict[str, int]]],
+    sqs_requests: int = 0,
+    ledger_errors: Optional[int] = None,
 ) -> str:
     """The stats as a block that fits a narrow (28-column) tmux pane; with the processed ledger
     (`ledger_errors` given), its duplicates and errors too."""
@@ -96,8 +102,12 @@ class StatsPane(Part):
         depths = poll_depths(self.worker)
         if self.out is not None:
             text = render_stats(
-                title, snapshot, in_flight=len(self.worker.in_flight), per_second=snapshot["processed_per_s"],
-                depths=depths, sqs_requests=self.stats.billable_requests,
+                title,
+                snapshot,
+                in_flight=len(self.worker.in_flight),
+                per_second=snapshot["processed_per_s"],
+                depths=depths,
+                sqs_requests=self.stats.billable_requests,
                 ledger_errors=self.stats.ledger_errors if self.worker.processed is not None else None,
             )
             clear = "\x1b[H\x1b[2J" if title != "summary" and self.out.isatty() else ""

@@ -80,8 +80,15 @@ class ProcessedLedger:
     owner token, which names this worker's claims."""
 
     def __init__(
-        self, table: str, client: Any, *, queue_name: str, window_s: float, worker_id: Optional[str] = None,
-        metrics: Optional[LedgerMetrics] = None, clock: Callable[[], float] = time.time,
+        self,
+        table: str,
+        client: Any,
+        *,
+        queue_name: str,
+        window_s: float,
+        worker_id: Optional[str] = None,
+        metrics: Optional[LedgerMetrics] = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
         self.client = client
@@ -124,8 +131,11 @@ class ProcessedLedger:
                 if not pending:
                     break
                 pending = self._claim_round(pending, lease_until, verdicts, fresh_only=round_number == 0)
-            lapsing = [(key, claim.message) for key, claim in verdicts.items()
-                       if claim.verdict is Verdict.HELD and claim.held_s < LAPSING_S]
+            lapsing = [
+                (key, claim.message)
+                for key, claim in verdicts.items()
+                if claim.verdict is Verdict.HELD and claim.held_s < LAPSING_S
+            ]
             if lapsing and not pending:  # a dead worker's lease, ending as its message came back
                 time.sleep(max(verdicts[key].held_s for key, _ in lapsing))
                 for key, _ in lapsing:
@@ -148,7 +158,11 @@ class ProcessedLedger:
         return claims
 
     def _claim_round(
-        self, pending: list[tuple[str, ReceivedMessage]], lease_until: float, verdicts: dict[str, Claim], *,
+        self,
+        pending: list[tuple[str, ReceivedMessage]],
+        lease_until: float,
+        verdicts: dict[str, Claim],
+        *,
         fresh_only: bool,
     ) -> list[tuple[str, ReceivedMessage]]:
         """One TransactWriteItems per TRANSACT_MAX_ITEMS claims; what is left undecided. With
@@ -177,8 +191,11 @@ class ProcessedLedger:
         self, key: str, message: ReceivedMessage, now: float, lease_until: float, fresh_only: bool
     ) -> dict[str, Any]:
         item = {
-            "key": {"S": key}, "state": {"S": PROCESSING}, "owner": {"S": self.owner},
-            "lease_until": {"N": seconds(lease_until)}, "message_id": {"S": message.id},
+            "key": {"S": key},
+            "state": {"S": PROCESSING},
+            "owner": {"S": self.owner},
+            "lease_until": {"N": seconds(lease_until)},
+            "message_id": {"S": message.id},
             "expires_at": {"N": str(math.ceil(now + self.window_s))},
         }
         return self.leases.claim(item, now=now, fresh_only=fresh_only)
@@ -206,8 +223,11 @@ class ProcessedLedger:
         by_key: dict[str, dict[str, Any]] = {}
         for message in messages:
             by_key[self.record_key(message)] = {
-                "key": {"S": self.record_key(message)}, "state": {"S": DONE_STATE},
-                "message_id": {"S": message.id}, "done_at": {"N": seconds(now)}, "expires_at": {"N": expires_at},
+                "key": {"S": self.record_key(message)},
+                "state": {"S": DONE_STATE},
+                "message_id": {"S": message.id},
+                "done_at": {"N": seconds(now)},
+                "expires_at": {"N": expires_at},
             }
         failed: dict[str, Exception] = {}
         keys = list(by_key)
@@ -231,8 +251,9 @@ class ProcessedLedger:
                 return
             time.sleep(pause_s)
             pause_s *= 2
-        raise self.leases.unavailable("BatchWriteItem",
-                                      f"{len(requests)} records left unprocessed after {ROUNDS} calls")
+        raise self.leases.unavailable(
+            "BatchWriteItem", f"{len(requests)} records left unprocessed after {ROUNDS} calls"
+        )
 
     # Gives-back and extensions, on this worker's own claims.
 
@@ -241,9 +262,17 @@ class ProcessedLedger:
         retry runs when it comes. Best effort, and never raises: a claim not given back lapses
         with its lease."""
         keys = {self.record_key(message) for message in messages}
-        self._on_own_claims(keys, lambda key: {"Delete": {
-            "TableName": self.table, "Key": {"key": {"S": key}}, **self.leases.owned(self.owner, still_claimed=True),
-        }}, "given back")
+        self._on_own_claims(
+            keys,
+            lambda key: {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": {"key": {"S": key}},
+                    **self.leases.owned(self.owner, still_claimed=True),
+                }
+            },
+            "given back",
+        )
         return [None] * len(messages)
 
     def extend(self, messages: Sequence[ReceivedMessage], *, lease_until: float) -> None:
@@ -254,10 +283,18 @@ class ProcessedLedger:
         keys = {self.record_key(message) for message in messages}
         owned = self.leases.owned(self.owner, still_claimed=True)
         owned["ExpressionAttributeValues"][":lease_until"] = {"N": seconds(lease_until)}
-        self._on_own_claims(keys, lambda key: {"Update": {
-            "TableName": self.table, "Key": {"key": {"S": key}}, "UpdateExpression": "SET lease_until = :lease_until",
-            **owned,
-        }}, "extended")
+        self._on_own_claims(
+            keys,
+            lambda key: {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": {"key": {"S": key}},
+                    "UpdateExpression": "SET lease_until = :lease_until",
+                    **owned,
+                }
+            },
+            "extended",
+        )
 
     def _on_own_claims(self, keys: set[str], item: Callable[[str], dict[str, Any]], done: str) -> None:
         """Change each claim of `keys` that is still this worker's; those that are not (done,
@@ -271,8 +308,11 @@ class ProcessedLedger:
                 for start in range(0, len(pending), TRANSACT_MAX_ITEMS):
                     chunk = pending[start : start + TRANSACT_MAX_ITEMS]
                     reasons = self.leases.transact([item(key) for key in chunk])
-                    undecided += [key for key, reason in zip(chunk, reasons, strict=True)
-                                  if reason is not None and reason.get("Code") != "ConditionalCheckFailed"]
+                    undecided += [
+                        key
+                        for key, reason in zip(chunk, reasons, strict=True)
+                        if reason is not None and reason.get("Code") != "ConditionalCheckFailed"
+                    ]
                 pending = undecided
         except TableUnavailable as exc:
             log.warning("%d claims not %s (%s): they lapse with their leases", len(pending), done, exc)

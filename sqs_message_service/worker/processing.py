@@ -54,8 +54,16 @@ class ProcessorThread(Part):
     done only once the step's code has run."""
 
     def __init__(
-        self, number: int, *, work: WorkQueue, processor: Processor, in_flight: InFlight, settler: Settler,
-        watch: Optional[DeadlineWatch] = None, hooks: Hooks = NO_HOOKS, queue_name: str = "",
+        self,
+        number: int,
+        *,
+        work: WorkQueue,
+        processor: Processor,
+        in_flight: InFlight,
+        settler: Settler,
+        watch: Optional[DeadlineWatch] = None,
+        hooks: Hooks = NO_HOOKS,
+        queue_name: str = "",
     ) -> None:
         super().__init__(name=f"processor-{number}")
         self.work, self.processor, self.in_flight, self.settler = work, processor, in_flight, settler

@@ -67,8 +67,13 @@ class FailureLog(ThrottledLog):
             return
         self._last[kind] = now
         unlogged = self._unlogged.pop(kind, 0)
-        self.logger.warning("step failed: %s: %s (%s)%s", kind, error, what,
-                            f"; {unlogged} more {kind} since the last line" if unlogged else "")
+        self.logger.warning(
+            "step failed: %s: %s (%s)%s",
+            kind,
+            error,
+            what,
+            f"; {unlogged} more {kind} since the last line" if unlogged else "",
+        )
 
 
 class Settler(Part):
@@ -99,9 +104,18 @@ class Settler(Part):
     """
 
     def __init__(
-        self, *, queue: SqsQueue, dead_letter_queue: SqsQueue, in_flight: InFlight, settings: Settings,
-        metrics: WorkerMetrics, output: Optional[OutputWriter], worker_id: str, calls_at_once: int = 2,
-        processed: Optional[ProcessedLedger] = None, hooks: Hooks = NO_HOOKS,
+        self,
+        *,
+        queue: SqsQueue,
+        dead_letter_queue: SqsQueue,
+        in_flight: InFlight,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        output: Optional[OutputWriter],
+        worker_id: str,
+        calls_at_once: int = 2,
+        processed: Optional[ProcessedLedger] = None,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         super().__init__(name="settler")
         self.queue = queue
@@ -119,24 +133,32 @@ class Settler(Part):
         self._cond = threading.Condition()
         self._finished: list[tuple[ReceivedMessage, Optional[BaseException], float]] = []  # (it, error, step's s)
         pending = 10 * settings.worker_concurrency
-        self._deletes: GroupCommit[ReceivedMessage, EntryOutcome] = GroupCommit(
-            self._delete_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
-            max_pending=pending, linger_s=ACK_LINGER_S, name="delete",
+
+        def commit(call: Any, max_batch: int, name: str) -> Any:
+            """Each kind of call in group commits: `calls_at_once` at most, acks kept short."""
+            return GroupCommit(
+                call,
+                max_batch=max_batch,
+                max_concurrent=calls_at_once,
+                max_pending=pending,
+                linger_s=ACK_LINGER_S,
+                name=name,
+            )
+
+        self._deletes: GroupCommit[ReceivedMessage, EntryOutcome] = commit(
+            self._delete_batch, BATCH_MAX_ENTRIES, "delete"
         )
-        self._visibility: GroupCommit[tuple[ReceivedMessage, int], EntryOutcome] = GroupCommit(
-            self._change_visibility_batch, max_batch=BATCH_MAX_ENTRIES, max_concurrent=calls_at_once,
-            max_pending=pending, linger_s=ACK_LINGER_S, name="visibility",
+        self._visibility: GroupCommit[tuple[ReceivedMessage, int], EntryOutcome] = commit(
+            self._change_visibility_batch, BATCH_MAX_ENTRIES, "visibility"
         )
         self.processed = processed
         self._unrecorded: list[tuple[ReceivedMessage, float]] = []  # done, not yet recorded: (it, when to retry)
         if processed is not None:
-            self._records: GroupCommit[ReceivedMessage, Optional[Exception]] = GroupCommit(
-                processed.complete, max_batch=BATCH_WRITE_MAX_ITEMS, max_concurrent=calls_at_once,
-                max_pending=pending, linger_s=ACK_LINGER_S, name="record",
+            self._records: GroupCommit[ReceivedMessage, Optional[Exception]] = commit(
+                processed.complete, BATCH_WRITE_MAX_ITEMS, "record"
             )
-            self._gives_back: GroupCommit[ReceivedMessage, None] = GroupCommit(
-                processed.give_back, max_batch=TRANSACT_MAX_ITEMS, max_concurrent=calls_at_once,
-                max_pending=pending, linger_s=ACK_LINGER_S, name="give-back",
+            self._gives_back: GroupCommit[ReceivedMessage, None] = commit(
+                processed.give_back, TRANSACT_MAX_ITEMS, "give-back"
             )
 
     def done(self, message: ReceivedMessage, error: Optional[BaseException], step_s: float) -> None:
@@ -232,12 +254,20 @@ class Settler(Part):
                 self._hand_over(self._deletes, message, message, "deleted")
                 self.in_flight.finish([message])
             elif self.stopping:
-                log.warning("message %r processed but not recorded as done (%s): stopping, it comes back "
-                            "and is processed again", message.id, error)
+                log.warning(
+                    "message %r processed but not recorded as done (%s): stopping, it comes back "
+                    "and is processed again",
+                    message.id,
+                    error,
+                )
                 self.in_flight.finish([message])
             else:
-                log.warning("message %r processed but not recorded as done (%s): kept, and recorded again "
-                            "in %g s", message.id, error, RECORD_RETRY_S)
+                log.warning(
+                    "message %r processed but not recorded as done (%s): kept, and recorded again in %g s",
+                    message.id,
+                    error,
+                    RECORD_RETRY_S,
+                )
                 with self._cond:
                     self._unrecorded.append((message, time.monotonic() + RECORD_RETRY_S))
                     self._cond.notify()
@@ -259,21 +289,26 @@ class Settler(Part):
                 delay_s = error.seconds
             else:
                 delay_s = compute_backoff(
-                    message.receive_count, base_s=self.settings.retry_backoff_base_s,
+                    message.receive_count,
+                    base_s=self.settings.retry_backoff_base_s,
                     max_s=self.settings.retry_backoff_max_s,
                 )
             self.hooks.retried(message, error, delay_s)
             self._log_failure(message, error, f"back in {delay_s} s")
             self.history.failed(message, error, datetime.now(timezone.utc))
-            self._give_back_then(message, lambda: self._hand_over(
-                self._visibility, (message, delay_s), message, "rescheduled"))
+            self._give_back_then(
+                message, lambda: self._hand_over(self._visibility, (message, delay_s), message, "rescheduled")
+            )
             return
         self.hooks.dead_lettered(message, error)
         with self.hooks.dead_lettering(message):  # tracing: the line and the dead-letter copy's send join its trace
             log.warning(
-                "message %r %s (%s: %s): to the dead-letter queue", message.id,
+                "message %r %s (%s: %s): to the dead-letter queue",
+                message.id,
                 "rejected by the step" if rejected else f"failed {message.receive_count} times",
-                type(error).__name__, error, exc_info=_traceback_of(error),
+                type(error).__name__,
+                error,
+                exc_info=_traceback_of(error),
             )
             sent = self._dead_letter(message, error, self.history.forget(message.id))
         self._give_back_then(message, lambda: None)  # a redrive with the same key is processed again
@@ -289,8 +324,15 @@ class Settler(Part):
         FAILURE_LOG_INTERVAL_S (a step failing on every message is not a log flood), and at DEBUG
         every time, with the step's traceback."""
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("message %r failed on receive %d (%s: %s); %s", message.id, message.receive_count,
-                      type(error).__name__, error, then, exc_info=_traceback_of(error))
+            log.debug(
+                "message %r failed on receive %d (%s: %s); %s",
+                message.id,
+                message.receive_count,
+                type(error).__name__,
+                error,
+                then,
+                exc_info=_traceback_of(error),
+            )
         else:
             self._failure_log.warning(error, f"message {message.id!r}, receive {message.receive_count}; {then}")
 
@@ -311,8 +353,9 @@ class Settler(Part):
     def skip_duplicates(self, messages: list[ReceivedMessage]) -> None:
         """Messages the processed ledger knows as done: deleted without the step."""
         for message in messages:
-            log.debug("message %r (%s) was processed already: deleted as a duplicate", message.id,
-                      message.processing_key)
+            log.debug(
+                "message %r (%s) was processed already: deleted as a duplicate", message.id, message.processing_key
+            )
             self.metrics.add("duplicates")
             self._hand_over(self._deletes, message, message, "deleted as a duplicate")
         self.in_flight.finish(messages)
@@ -379,8 +422,9 @@ class Settler(Part):
         message's own attributes, or SQS refuses the send. The `earlier` attempts' errors this
         worker saw go too where a seventh attribute fits, in number and in size."""
         reasons = failure_attributes(message, error, worker_id=self.worker_id, at=datetime.now(timezone.utc))
-        return send_dead_letter(self.dead_letter_queue, message, reasons,
-                                max_message_bytes=self.settings.max_message_bytes, earlier=earlier)
+        return send_dead_letter(
+            self.dead_letter_queue, message, reasons, max_message_bytes=self.settings.max_message_bytes, earlier=earlier
+        )
 
     def _hand_over(
         self, batcher: GroupCommit[Any, EntryOutcome], item: Any, message: ReceivedMessage, done: str

@@ -76,5 +76,5 @@ class ProblemAnswers:
             return exc.to_problem()
         detail = exc.detail or exc.title or ""
         if exc.status == 401:  # connexion's words name no header: ours say which, and what goes in it
-            detail = (UNAUTHENTICATED_NONE if request.headers.get(API_KEY_HEADER) is None else UNAUTHENTICATED_WRONG)
+            detail = UNAUTHENTICATED_NONE if request.headers.get(API_KEY_HEADER) is None else UNAUTHENTICATED_WRONG
         return await self.handle(request, adapted(detail))

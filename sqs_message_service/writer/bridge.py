@@ -116,7 +116,7 @@ class FlaskBridge:
             written.extend(chunks)
         finally:
             getattr(chunks, "close", lambda: None)()
-        (status, headers), = started
+        ((status, headers),) = started
         return status, headers, b"".join(written)
 
 

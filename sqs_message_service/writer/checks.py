@@ -27,6 +27,7 @@ from .spec import PROPERTY_NAMES, RequestValidator, ServedSpec
 
 log = logging.getLogger(__name__)
 
+
 class OperationChecks:
     """One operation's checks of a request (header parameters and a JSON body: see `uncovered`),
     made as connexion's request validation makes them
@@ -46,8 +47,12 @@ class OperationChecks:
         self.max_bytes = max_bytes
         parameters = list(operation.parameters)
         self.headers = [
-            (param["name"], param["name"].lower().encode("latin-1"), bool(param.get("required")),
-             Draft4Validator(param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER))
+            (
+                param["name"],
+                param["name"].lower().encode("latin-1"),
+                bool(param.get("required")),
+                Draft4Validator(param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER),
+            )
             for param in parameters
         ]
         self.consumes: list[str] = list(operation.consumes)

@@ -43,13 +43,15 @@ USES = {
     "RoutedAPI.add_paths / make_operation": "RequestChecks prepares each operation's checks at start",
     "RoutedMiddleware.apis / add_api": "RequestChecks registers its operations by base path",
     "RequestValidationAPI.make_operation": "operations the prepared checks do not cover get connexion's own",
-    "OpenAPIOperation.parameters / consumes / request_body / body_schema / body_definition":
-        "OperationChecks reads the operation as connexion's validation does",
+    "OpenAPIOperation.parameters / consumes / request_body / body_schema / body_definition": (
+        "OperationChecks reads the operation as connexion's validation does"
+    ),
     "MediaTypeDict": "OperationChecks matches the Content-Type as connexion does",
     "split_content_type / is_nullable": "OperationChecks reads the media type and a nullable body",
     "ApiKeySecurityHandler._resolve_func": "api_key_handler checks the configured keys in constant time",
-    "FlaskApp._middleware_app / FlaskASGIApp.asgi_app(.app)":
-        "use_bridge puts FlaskBridge where connexion keeps its a2wsgi bridge; add_wsgi_middleware wraps its .app",
+    "FlaskApp._middleware_app / FlaskASGIApp.asgi_app(.app)": (
+        "use_bridge puts FlaskBridge where connexion keeps its a2wsgi bridge; add_wsgi_middleware wraps its .app"
+    ),
     "a2wsgi.wsgi.build_environ": "FlaskBridge builds the WSGI environ as a2wsgi does",
     "SwaggerUIMiddleware.default_fn": "SwaggerUIOnItsPaths passes on what its router does not serve, as connexion's",
     "Draft4RequestValidator": "spec.RequestValidator is connexion's (OpenAPI 3.0's draft 4) with x-propertyNames",

@@ -169,8 +169,11 @@ class SharedStore:
         now = self._clock()
         owner = uuid.uuid4().hex
         claim = {
-            "key": {"S": key.hex()}, "fingerprint": {"S": request.hex()}, "state": {"S": SENDING},
-            "owner": {"S": owner}, "lease_until": {"N": _later(now + self.lease_s)},
+            "key": {"S": key.hex()},
+            "fingerprint": {"S": request.hex()},
+            "state": {"S": SENDING},
+            "owner": {"S": owner},
+            "lease_until": {"N": _later(now + self.lease_s)},
             "expires_at": {"N": _later(now + self.window_s)},
         }
         try:
@@ -194,12 +197,15 @@ class SharedStore:
         try:
             with self.leases.call("UpdateItem"):
                 self.client.update_item(
-                    TableName=self.table, Key={"key": {"S": key.hex()}},
-                    UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner", **owned,
+                    TableName=self.table,
+                    Key={"key": {"S": key.hex()}},
+                    UpdateExpression="SET #state = :answered, answer = :answer REMOVE lease_until, #owner",
+                    **owned,
                 )
         except (TableUnavailable, KeyTaken) as exc:
-            log.error("an answer was not kept for its Idempotency-Key (%s): a retry after the lease "
-                      "lapses is sent again", exc)
+            log.error(
+                "an answer was not kept for its Idempotency-Key (%s): a retry after the lease lapses is sent again", exc
+            )
 
     def abandon(self, key: bytes) -> None:
         """The send failed: give the key back (if the claim is still this writer's), so that a
@@ -214,8 +220,9 @@ class SharedStore:
     def _repeat(self, record: Mapping[str, Any], request: bytes) -> dict[str, str]:
         """The answer for a repeat, found in the live `record` of its key."""
         answered = record.get("state", {}).get("S") == ANSWERED
-        return _replay(record.get("fingerprint", {}).get("S") == request.hex(),
-                       record["answer"]["S"] if answered else None)
+        return _replay(
+            record.get("fingerprint", {}).get("S") == request.hex(), record["answer"]["S"] if answered else None
+        )
 
     def _forget_owner(self, key: bytes) -> str:
         with self._lock:

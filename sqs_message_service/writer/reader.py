@@ -53,7 +53,11 @@ class Reader:
     request at once: what the abandoned receive brings back afterwards is made visible again."""
 
     def __init__(
-        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
+        self,
+        settings: Settings,
+        queue: SqsQueue,
+        dead_letter_queue: SqsQueue,
+        metrics: WriterMetrics,
         hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.settings = settings
@@ -89,8 +93,10 @@ class Reader:
 
     def _long_poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> list[ReceivedMessage]:
         if not self._polls.acquire(blocking=False):
-            raise PollsBusy(f"{self.settings.read_max_polls} long polls already wait here (READ_MAX_POLLS); "
-                            "retry later, or with wait_seconds 0")
+            raise PollsBusy(
+                f"{self.settings.read_max_polls} long polls already wait here (READ_MAX_POLLS); "
+                "retry later, or with wait_seconds 0"
+            )
         try:
             future = self._poll(max_messages, wait_s, lease_s)
             done = threading.Event()
@@ -117,8 +123,12 @@ class Reader:
         """The receive on a poll thread, in the request's context (its span: the receive is
         its child)."""
         return self._poll_threads.submit(
-            contextvars.copy_context(), self.queue.receive,
-            max_messages=max_messages, wait_s=wait_s, visibility_timeout_s=lease_s)
+            contextvars.copy_context(),
+            self.queue.receive,
+            max_messages=max_messages,
+            wait_s=wait_s,
+            visibility_timeout_s=lease_s,
+        )
 
     def _give_back_late(self, future: concurrent.futures.Future[list[ReceivedMessage]]) -> None:
         """What a receive abandoned at a stop brought back: visible again at once, lost to no one."""
@@ -127,15 +137,19 @@ class Reader:
         messages = future.result()
         if messages:
             outcomes = self.queue.change_visibility([(message.receipt_handle, 0) for message in messages])
-            log.info("gave back %d messages a long poll brought after the writer began to stop",
-                     sum(outcome is None for outcome in outcomes))
+            log.info(
+                "gave back %d messages a long poll brought after the writer began to stop",
+                sum(outcome is None for outcome in outcomes),
+            )
 
     def _answer(self, message: ReceivedMessage) -> dict[str, Any]:
         attributes = dict(message.attributes)
         if self.hooks.context_attribute is not None:  # the writer's, not the sender's
             attributes.pop(self.hooks.context_attribute, None)
         answer: dict[str, Any] = {
-            "message_id": message.id, "body": message.body, "attributes": attributes,
+            "message_id": message.id,
+            "body": message.body,
+            "attributes": attributes,
             "receive_count": message.receive_count,
             "token": self.tokens.make(message, with_copy=message.receive_count >= self.settings.max_receive_count),
         }
@@ -178,7 +192,8 @@ class Reader:
         """Each token's message hidden for `lease_s` more seconds from now."""
         read = self._read(tokens)
         outcomes = self._each(
-            read, lambda valid: self.queue.change_visibility([(t.receipt_handle, lease_s) for t in valid]))
+            read, lambda valid: self.queue.change_visibility([(t.receipt_handle, lease_s) for t in valid])
+        )
         self._count(outcomes, "extended")
         return outcomes
 
@@ -213,13 +228,16 @@ class Reader:
         message = token.copy
         if message is None:
             if token.carries_copy:
-                log.warning("a token given back on its last receive was signed with another READ_TOKEN_SECRET: "
-                            "SQS's redrive policy moves the message, without the reader's reason")
+                log.warning(
+                    "a token given back on its last receive was signed with another READ_TOKEN_SECRET: "
+                    "SQS's redrive policy moves the message, without the reader's reason"
+                )
             return False
         error = GivenBack(reason or "given back by a reader, with no reason")
         reasons = failure_attributes(message, error, worker_id=self.reader_id, at=datetime.now(timezone.utc))
-        return send_dead_letter(self.dead_letter_queue, message, reasons,
-                                max_message_bytes=self.settings.max_message_bytes)
+        return send_dead_letter(
+            self.dead_letter_queue, message, reasons, max_message_bytes=self.settings.max_message_bytes
+        )
 
     def _delete_dead_lettered(self, token: Token) -> Settled:
         """Only once the dead-letter queue has it: a failure here leaves a copy in each queue,
@@ -228,14 +246,17 @@ class Reader:
         return Settled(error=outcome, dead_lettered=outcome is None)
 
     def _each(
-        self, read: list[Union[Token, NotAToken]], call: Any,
+        self,
+        read: list[Union[Token, NotAToken]],
+        call: Any,
     ) -> list[Settled]:
         """`call` with the valid tokens, and every token's outcome in order."""
         valid = [token for token in read if isinstance(token, Token)]
         done: Sequence[EntryOutcome] = call(valid) if valid else []
         results = iter(done)
-        return [Settled(error=token) if isinstance(token, NotAToken) else Settled(error=next(results))
-                for token in read]
+        return [
+            Settled(error=token) if isinstance(token, NotAToken) else Settled(error=next(results)) for token in read
+        ]
 
     def _count(self, outcomes: Sequence[Settled], done: str) -> None:
         self._outcomes[done].inc(sum(outcome.error is None for outcome in outcomes))
@@ -255,8 +276,12 @@ class PollThreads:
         self._started = 0
         self._lock = threading.Lock()
 
-    def submit(self, context: contextvars.Context, function: Callable[..., Any], **kwargs: Any,
-               ) -> concurrent.futures.Future[Any]:
+    def submit(
+        self,
+        context: contextvars.Context,
+        function: Callable[..., Any],
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((future, context, function, kwargs))
         if not self._idle.acquire(blocking=False):

@@ -97,8 +97,13 @@ class Writer:
     OUTCOMES = ("accepted", "invalid", "unavailable", "busy", "backlogged")
 
     def __init__(
-        self, settings: Settings, queue: SqsQueue, dead_letter_queue: SqsQueue, metrics: WriterMetrics,
-        idempotency: Optional[KeyStore] = None, hooks: Hooks = NO_HOOKS,
+        self,
+        settings: Settings,
+        queue: SqsQueue,
+        dead_letter_queue: SqsQueue,
+        metrics: WriterMetrics,
+        idempotency: Optional[KeyStore] = None,
+        hooks: Hooks = NO_HOOKS,
         entry_problem: Optional[Callable[[Any], Optional[str]]] = None,
     ) -> None:
         self.settings = settings
@@ -124,8 +129,10 @@ class Writer:
         )
         self._backlog: Optional[int] = None  # the queue's depth while over MAX_QUEUE_DEPTH
         # Idempotency-Keys: in this process's memory unless a shared store is given.
-        self.idempotency: KeyStore = idempotency if idempotency is not None else IdempotencyStore(
-            window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys
+        self.idempotency: KeyStore = (
+            idempotency
+            if idempotency is not None
+            else IdempotencyStore(window_s=settings.idempotency_window_s, max_keys=settings.idempotency_max_keys)
         )
         self._closed = threading.Event()
         if settings.max_queue_depth is not None:
@@ -152,8 +159,11 @@ class Writer:
         a deduplication_id, so there every message that gets here has one.)"""
         reserved = self.hooks.context_attribute
         if reserved is not None and reserved in (fields.get("attributes") or {}):
-            raise self.refused(InvalidMessage(
-                f"attribute {reserved!r} carries the trace context while tracing is on; name yours otherwise"))
+            raise self.refused(
+                InvalidMessage(
+                    f"attribute {reserved!r} carries the trace context while tracing is on; name yours otherwise"
+                )
+            )
         if idempotency_key is not None and self.queue.is_fifo and fields.get("deduplication_id") is None:
             fields = {**fields, "deduplication_id": idempotency_key}
         try:
@@ -218,9 +228,7 @@ class Writer:
         except concurrent.futures.TimeoutError:
             future.cancel()  # not sent yet: it never will be; already sent: SQS has it
             result = SendResult(
-                error=QueueUnavailable(
-                    f"SQS did not accept the message within {self.settings.send_timeout_s:g} s"
-                )
+                error=QueueUnavailable(f"SQS did not accept the message within {self.settings.send_timeout_s:g} s")
             )
         self._count_results([result])
         if result.error is not None:
@@ -279,10 +287,12 @@ class Writer:
         for queue, future in zip(queues, futures, strict=True):
             if not future.done():
                 future.cancel()
-                results.append(QueueUnavailable(
-                    f"GetQueueAttributes {queue.name!r}: SQS did not answer within "
-                    f"{self.settings.send_timeout_s:g} s"
-                ))
+                results.append(
+                    QueueUnavailable(
+                        f"GetQueueAttributes {queue.name!r}: SQS did not answer within "
+                        f"{self.settings.send_timeout_s:g} s"
+                    )
+                )
             elif isinstance(error := future.exception(), SqsError):
                 results.append(error)
             else:

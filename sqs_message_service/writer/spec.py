@@ -114,12 +114,15 @@ class ServedSpec:
         instance = error.instance
         if PROPERTY_NAMES in error.schema_path and isinstance(instance, str):
             if instance == self.reserved_attribute:
-                return f"attribute {instance!r} carries the trace context while tracing is on; name yours " \
-                       f"otherwise{where}"
+                return (
+                    f"attribute {instance!r} carries the trace context while tracing is on; name yours otherwise{where}"
+                )
             return (attribute_name_problem(instance) or error.message) + where
         if error.validator == "maxProperties" and path and path[-1] == "attributes" and self.reserved_attribute:
-            return (f"at most {error.validator_value} attributes: while tracing is on, a {self.reserved_attribute!r} "
-                    f"attribute carries the trace context as the tenth{where}")
+            return (
+                f"at most {error.validator_value} attributes: while tracing is on, a {self.reserved_attribute!r} "
+                f"attribute carries the trace context as the tenth{where}"
+            )
         if error.validator == "additionalProperties" and isinstance(instance, dict):
             known = error.schema.get("properties", {})
             for name in instance:
@@ -147,8 +150,15 @@ def load_source(path: Path = SOURCE) -> Mapping[str, Any]:
 
 
 def served_spec(
-    source: Mapping[str, Any], *, fifo: bool, content_based_deduplication: bool, keys_required: bool,
-    reserved_attribute: Optional[str] = None, read_keys: bool = False, max_lease_s: int = 300, max_wait_s: int = 20,
+    source: Mapping[str, Any],
+    *,
+    fifo: bool,
+    content_based_deduplication: bool,
+    keys_required: bool,
+    reserved_attribute: Optional[str] = None,
+    read_keys: bool = False,
+    max_lease_s: int = 300,
+    max_wait_s: int = 20,
 ) -> ServedSpec:
     """`source` (swagger.yml, loaded) fitted to a queue of this kind, to the writer's keys, and
     to an attribute the writer sets itself (`reserved_attribute`: tracing's context, which then

@@ -88,7 +88,12 @@ class RequestObserver:
     """
 
     def __init__(
-        self, app: ASGIApp, *, metrics: WriterMetrics, routes: dict[str, str], hooks: Hooks = NO_HOOKS,
+        self,
+        app: ASGIApp,
+        *,
+        metrics: WriterMetrics,
+        routes: dict[str, str],
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -153,8 +158,15 @@ class Admission:
     test client, a pipelined request). Health checks and scrapes are never refused.
     """
 
-    def __init__(self, *, limit: int, render: Callable[[ServiceError], Response], exempt_paths: frozenset[str],
-                 counted: Callable[[str, str], None], retry_after_s: int) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        render: Callable[[ServiceError], Response],
+        exempt_paths: frozenset[str],
+        counted: Callable[[str, str], None],
+        retry_after_s: int,
+    ) -> None:
         self.limit = limit
         self.render = render  # counts the refusal, logs it (throttled), and answers it
         self.exempt_paths = exempt_paths  # the socket's view of what is never refused
@@ -168,7 +180,9 @@ class Admission:
 
 
 def early_refusals(
-    metrics: WriterMetrics, route_paths: frozenset[str], refused: Callable[[ServiceError], Any],
+    metrics: WriterMetrics,
+    route_paths: frozenset[str],
+    refused: Callable[[ServiceError], Any],
 ) -> Callable[[str, str], None]:
     """What counts a request the socket turned away (Admission.refused): its 503 under its route
     (`other` for a path of no operation), and one message `busy` (`refused`, which also logs it,
@@ -242,5 +256,3 @@ def api_key_handler(keys: frozenset[str], read_keys: frozenset[str] = frozenset(
             return check_reader if security_scheme.get("x-keys") == "READ_KEYS" else check
 
     return ConfiguredApiKeys
-
-

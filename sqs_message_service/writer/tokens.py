@@ -103,15 +103,26 @@ class Tokens:
 
 def _copy_of(message: ReceivedMessage) -> dict[str, Any]:
     return {
-        "id": message.id, "body": message.body, "count": message.receive_count, "attributes": dict(message.attributes),
-        "group": message.group_id, "dedup": message.deduplication_id, "trace": message.trace_header,
+        "id": message.id,
+        "body": message.body,
+        "count": message.receive_count,
+        "attributes": dict(message.attributes),
+        "group": message.group_id,
+        "dedup": message.deduplication_id,
+        "trace": message.trace_header,
         "sent": message.sent_at_s,
     }
 
 
 def _message_from(copy: dict[str, Any], handle: str) -> ReceivedMessage:
     return ReceivedMessage(
-        id=str(copy["id"]), body=str(copy["body"]), receipt_handle=handle, receive_count=int(copy["count"]),
-        sent_at_s=copy.get("sent"), attributes={str(k): str(v) for k, v in dict(copy["attributes"]).items()},
-        group_id=copy.get("group"), deduplication_id=copy.get("dedup"), trace_header=copy.get("trace"),
+        id=str(copy["id"]),
+        body=str(copy["body"]),
+        receipt_handle=handle,
+        receive_count=int(copy["count"]),
+        sent_at_s=copy.get("sent"),
+        attributes={str(k): str(v) for k, v in dict(copy["attributes"]).items()},
+        group_id=copy.get("group"),
+        deduplication_id=copy.get("dedup"),
+        trace_header=copy.get("trace"),
     )

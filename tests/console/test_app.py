@@ -37,7 +37,7 @@ def dead(queues: tuple[SqsQueue, SqsQueue]) -> list[str]:
 
 
 def test_the_page_carries_a_content_security_policy_a_csrf_token_and_its_own_script(
-    console_app: Callable[..., Any]
+    console_app: Callable[..., Any],
 ) -> None:
     page = console_app().test_client()
 
@@ -60,32 +60,45 @@ def test_without_keys_the_console_is_read_only_and_every_action_is_refused(
     page = console_app().test_client()
     token = page_token(page)
 
-    answer = page.post("/api/dead-letters/delete", json={"ids": dead},
-                       headers={"X-Console-Key": "anything", "Origin": ORIGIN, "X-CSRF-Token": token})
+    answer = page.post(
+        "/api/dead-letters/delete",
+        json={"ids": dead},
+        headers={"X-Console-Key": "anything", "Origin": ORIGIN, "X-CSRF-Token": token},
+    )
 
     assert answer.status_code == 403 and answer.headers["Content-Type"] == "application/problem+json"
     assert answer.json()["title"] == "Read-only console"
     assert queues[1].depth()["visible"] == 3
 
 
-@pytest.mark.parametrize(("change", "status", "title"), [
-    ({"X-Console-Key": None}, 401, "Unauthorized"),
-    ({"X-Console-Key": "wrong"}, 401, "Unauthorized"),
-    ({"Origin": "http://evil.example"}, 403, "Cross-site request refused"),
-    ({"Origin": None}, 403, "Cross-site request refused"),
-    ({"Sec-Fetch-Site": "cross-site"}, 403, "Cross-site request refused"),
-    ({"X-CSRF-Token": None}, 403, "CSRF token missing or wrong"),
-    ({"X-CSRF-Token": "forged"}, 403, "CSRF token missing or wrong"),
-])
+@pytest.mark.parametrize(
+    ("change", "status", "title"),
+    [
+        ({"X-Console-Key": None}, 401, "Unauthorized"),
+        ({"X-Console-Key": "wrong"}, 401, "Unauthorized"),
+        ({"Origin": "http://evil.example"}, 403, "Cross-site request refused"),
+        ({"Origin": None}, 403, "Cross-site request refused"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "Cross-site request refused"),
+        ({"X-CSRF-Token": None}, 403, "CSRF token missing or wrong"),
+        ({"X-CSRF-Token": "forged"}, 403, "CSRF token missing or wrong"),
+    ],
+)
 def test_an_action_needs_the_key_the_same_origin_and_the_pages_csrf_token(
-    console_app: Callable[..., Any], dead: list[str], queues: tuple[SqsQueue, SqsQueue],
-    change: dict[str, Any], status: int, title: str,
+    console_app: Callable[..., Any],
+    dead: list[str],
+    queues: tuple[SqsQueue, SqsQueue],
+    change: dict[str, Any],
+    status: int,
+    title: str,
 ) -> None:
     page = console_app(console_keys=f"{KEY},second-key").test_client()
     headers = {"X-Console-Key": KEY, "Origin": ORIGIN, "X-CSRF-Token": page_token(page), **change}
 
-    refused = page.post("/api/dead-letters/delete", json={"ids": dead[:1]},
-                        headers={name: value for name, value in headers.items() if value is not None})
+    refused = page.post(
+        "/api/dead-letters/delete",
+        json={"ids": dead[:1]},
+        headers={name: value for name, value in headers.items() if value is not None},
+    )
 
     assert (refused.status_code, refused.json()["title"]) == (status, title)
     assert refused.headers["Content-Type"] == "application/problem+json"
@@ -111,14 +124,19 @@ def test_a_session_cannot_use_another_sessions_token(console_app: Callable[..., 
     stolen = page_token(theirs)
     page_token(ours)
 
-    answer = ours.post("/api/dead-letters/delete", json={"ids": dead[:1]},
-                       headers={"X-Console-Key": KEY, "Origin": ORIGIN, "X-CSRF-Token": stolen})
+    answer = ours.post(
+        "/api/dead-letters/delete",
+        json={"ids": dead[:1]},
+        headers={"X-Console-Key": KEY, "Origin": ORIGIN, "X-CSRF-Token": stolen},
+    )
 
     assert answer.status_code == 403
 
 
-@pytest.mark.parametrize("body", [{"ids": []}, {"ids": ["a"], "all": True}, {}, {"all": True, "rate": 0},
-                                  {"ids": ["a"], "extra": 1}, {"ids": "a"}])
+@pytest.mark.parametrize(
+    "body",
+    [{"ids": []}, {"ids": ["a"], "all": True}, {}, {"all": True, "rate": 0}, {"ids": ["a"], "extra": 1}, {"ids": "a"}],
+)
 def test_a_malformed_action_is_a_400_problem(console_app: Callable[..., Any], body: dict[str, Any]) -> None:
     page = console_app(console_keys=KEY).test_client()
     headers = {"X-Console-Key": KEY, "Origin": ORIGIN, "X-CSRF-Token": page_token(page)}
@@ -153,12 +171,15 @@ def test_a_request_for_another_host_is_refused_as_a_rebound_dns_name_would_send_
     assert own.status_code == 200
 
 
-@pytest.mark.parametrize(("host", "origin", "answered"), [
-    ("127.0.0.1", "", {"127.0.0.1:5050", "localhost:5050", "[::1]:5050"}),
-    ("10.0.0.7", "", {"10.0.0.7:5050"}),
-    ("0.0.0.0", "", None),  # every interface, no name given: any Host (the console warns at start)
-    ("0.0.0.0", "https://console.example.com", {"console.example.com", "console.example.com:443"}),
-])
+@pytest.mark.parametrize(
+    ("host", "origin", "answered"),
+    [
+        ("127.0.0.1", "", {"127.0.0.1:5050", "localhost:5050", "[::1]:5050"}),
+        ("10.0.0.7", "", {"10.0.0.7:5050"}),
+        ("0.0.0.0", "", None),  # every interface, no name given: any Host (the console warns at start)
+        ("0.0.0.0", "https://console.example.com", {"console.example.com", "console.example.com:443"}),
+    ],
+)
 def test_the_hosts_a_console_answers_for(host: str, origin: str, answered: Any) -> None:
     assert answered_hosts(host, 5050, origin) == (None if answered is None else frozenset(answered))
 
@@ -170,10 +191,12 @@ def test_behind_a_proxy_an_action_must_come_from_console_origin(
     token = page_token(page, Host="console.example.com")
     asked = {"Host": "console.example.com", "X-Console-Key": KEY, "X-CSRF-Token": token}
 
-    as_the_proxy_serves_it = page.post("/api/dead-letters/delete", json={"ids": dead[:1]},
-                                       headers={**asked, "Origin": "https://console.example.com"})
-    from_plain_http = page.post("/api/dead-letters/delete", json={"ids": dead[1:2]},
-                                headers={**asked, "Origin": "http://console.example.com"})
+    as_the_proxy_serves_it = page.post(
+        "/api/dead-letters/delete", json={"ids": dead[:1]}, headers={**asked, "Origin": "https://console.example.com"}
+    )
+    from_plain_http = page.post(
+        "/api/dead-letters/delete", json={"ids": dead[1:2]}, headers={**asked, "Origin": "http://console.example.com"}
+    )
 
     assert as_the_proxy_serves_it.status_code == 200, as_the_proxy_serves_it.text
     assert from_plain_http.status_code == 403

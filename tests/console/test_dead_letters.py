@@ -31,11 +31,12 @@ class Clock:
 
 
 def test_a_listing_is_newest_failure_first_with_each_attempts_reason_and_gives_every_message_back(
-    queues: tuple[SqsQueue, SqsQueue]
+    queues: tuple[SqsQueue, SqsQueue],
 ) -> None:
     queue, dead_letter_queue = queues
-    dead_letter_queue.send([dead_letter("old", minutes=1), dead_letter("new", minutes=9, tenant="a"),
-                            dead_letter("mid", minutes=5)])
+    dead_letter_queue.send(
+        [dead_letter("old", minutes=1), dead_letter("new", minutes=9, tenant="a"), dead_letter("mid", minutes=5)]
+    )
     dead_letter_queue.send([OutgoingMessage(body="moved by sqs")])  # no reasons: SQS's redrive policy moved it
 
     listing = DeadLetters(dead_letter_queue, queue).listing(limit=100)
@@ -78,8 +79,9 @@ def test_one_listing_serves_every_page_for_a_while_then_sqs_is_read_again(queues
 
 def test_a_dead_letter_queue_with_its_own_redrive_policy_is_not_read(queues: tuple[SqsQueue, SqsQueue]) -> None:
     queue, dead_letter_queue = queues
-    dead_letter_queue.set_attributes({"RedrivePolicy": json.dumps({"deadLetterTargetArn": queue.arn,
-                                                                    "maxReceiveCount": "5"})})
+    dead_letter_queue.set_attributes(
+        {"RedrivePolicy": json.dumps({"deadLetterTargetArn": queue.arn, "maxReceiveCount": "5"})}
+    )
     dead_letter_queue.send([dead_letter("a")])
 
     with pytest.raises(PermissionError, match="redrive policy of its own"):
@@ -88,7 +90,7 @@ def test_a_dead_letter_queue_with_its_own_redrive_policy_is_not_read(queues: tup
 
 
 def test_redriving_selected_ones_sends_them_back_without_their_reasons_and_leaves_the_rest(
-    queues: tuple[SqsQueue, SqsQueue]
+    queues: tuple[SqsQueue, SqsQueue],
 ) -> None:
     queue, dead_letter_queue = queues
     dead_letter_queue.send([dead_letter(f"order {n}", tenant="a") for n in range(5)])
@@ -156,8 +158,11 @@ def test_nothing_is_read_while_a_redrive_of_all_runs(queues: tuple[SqsQueue, Sqs
     dead_letters = DeadLetters(dead_letter_queue, queue)
     dead_letters.job = RedriveJob(dead_letter_queue, queue, rate=None)  # running
 
-    for action in (lambda: dead_letters.listing(limit=10), lambda: dead_letters.delete(["x"]),
-                   lambda: dead_letters.redrive_selected(["x"])):
+    for action in (
+        lambda: dead_letters.listing(limit=10),
+        lambda: dead_letters.delete(["x"]),
+        lambda: dead_letters.redrive_selected(["x"]),
+    ):
         with pytest.raises(RuntimeError, match="redrive of every dead letter is running"):
             action()
     assert dead_letter_queue.calls.get("ReceiveMessage", 0) == 0

@@ -27,12 +27,17 @@ def test_a_reading_takes_the_queues_figures_from_sqs(queues: tuple[SqsQueue, Sqs
 
 
 def test_a_page_gets_only_the_readings_it_has_not_seen_and_the_window_is_kept_bounded(
-    queues: tuple[SqsQueue, SqsQueue]
+    queues: tuple[SqsQueue, SqsQueue],
 ) -> None:
     queue, dead_letter_queue = queues
     clock = iter(range(1000, 3000, 300))
-    feed = Feed(queue=queue, dead_letter_queue=dead_letter_queue, source=Scrape(()), refresh_s=300,
-                clock=lambda: float(next(clock)))
+    feed = Feed(
+        queue=queue,
+        dead_letter_queue=dead_letter_queue,
+        source=Scrape(()),
+        refresh_s=300,
+        clock=lambda: float(next(clock)),
+    )
 
     for _ in range(3):
         feed.read_once()
@@ -46,8 +51,9 @@ def test_a_page_gets_only_the_readings_it_has_not_seen_and_the_window_is_kept_bo
 
 def test_an_unreachable_sqs_is_said_and_the_figures_are_missing_not_zero(closed_endpoint: str) -> None:
     client = create_client(Settings(sqs_endpoint_url=closed_endpoint, sqs_max_attempts=1))
-    feed = Feed(queue=SqsQueue("q", client), dead_letter_queue=SqsQueue("q-dlq", client), source=Scrape(()),
-                refresh_s=1)
+    feed = Feed(
+        queue=SqsQueue("q", client), dead_letter_queue=SqsQueue("q-dlq", client), source=Scrape(()), refresh_s=1
+    )
 
     point = feed.read_once()
 
@@ -56,7 +62,7 @@ def test_an_unreachable_sqs_is_said_and_the_figures_are_missing_not_zero(closed_
 
 
 def test_ten_open_pages_cost_sqs_one_get_queue_attributes_per_queue_per_reading(
-    console_app: Callable[..., Any]
+    console_app: Callable[..., Any],
 ) -> None:
     app = console_app()
     feed = app.app.extensions["console"].feed

@@ -13,7 +13,7 @@ from sqs_message_service.metrics import WorkerMetrics, WriterMetrics
 
 
 def test_rates_are_each_pages_increase_over_the_time_between_readings_summed(
-    metrics_page: Callable[[], MetricsPage]
+    metrics_page: Callable[[], MetricsPage],
 ) -> None:
     # GIVEN a writer's page and a worker's, read once
     writer_page, worker_page = metrics_page(), metrics_page()
@@ -41,7 +41,7 @@ def test_rates_are_each_pages_increase_over_the_time_between_readings_summed(
 
 
 def test_a_restarted_process_counts_from_zero_and_a_silent_page_is_left_out_and_said(
-    metrics_page: Callable[[], MetricsPage]
+    metrics_page: Callable[[], MetricsPage],
 ) -> None:
     page = metrics_page()
     metrics = WriterMetrics(page.registry)

@@ -15,21 +15,49 @@ from pathlib import Path
 from harness import ROOT
 from helpers import LOCAL_ENGINE
 
-NAMED = ["writer_vs_bare_connexion", "writer_cpu_ms_per_request",
-         "write_ratio", "sqs_calls_per_msg_write", "sqs_calls_per_msg_worker", "worker_c16_ratio",
-         "worker_c64_ratio", "worker_once_c16_ratio", "dynamodb_calls_per_msg", "writer_tracing_cpu_ratio",
-         "worker_tracing_c16_ratio", "traced_fraction", "console_get_queue_attributes_per_queue_per_refresh",
-         "console_list_100_ms", "overload_goodput_ratio", "overload_created_p99_ms", "overload_unanswered_5s",
-         "e2e_1000_seconds", "e2e_10000_lost", "read_vs_raw"]
+NAMED = [
+    "writer_vs_bare_connexion",
+    "writer_cpu_ms_per_request",
+    "write_ratio",
+    "sqs_calls_per_msg_write",
+    "sqs_calls_per_msg_worker",
+    "worker_c16_ratio",
+    "worker_c64_ratio",
+    "worker_once_c16_ratio",
+    "dynamodb_calls_per_msg",
+    "writer_tracing_cpu_ratio",
+    "worker_tracing_c16_ratio",
+    "traced_fraction",
+    "console_get_queue_attributes_per_queue_per_refresh",
+    "console_list_100_ms",
+    "overload_goodput_ratio",
+    "overload_created_p99_ms",
+    "overload_unanswered_5s",
+    "e2e_1000_seconds",
+    "e2e_10000_lost",
+    "read_vs_raw",
+]
 
 
 def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
 
     run = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--engine", LOCAL_ENGINE, "--workdir", str(tmp_path),
-         "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/bench.py",
+            "--quick",
+            "--engine",
+            LOCAL_ENGINE,
+            "--workdir",
+            str(tmp_path),
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -58,8 +86,15 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     # the console: its readings were counted, and listing consumed none of the dead letters
     assert results["console_readings"] >= 1 and results["console_sqs_calls_per_min"] > 0
     assert results["console_list_left_visible"] == results["console_dead_letters"]
-    for prefix in ("worker_c1", "worker_c4", "worker_c16", "worker_c64", "worker_2proc_c32", "worker_c64_pinned",
-                   "worker_2proc_c32_pinned"):
+    for prefix in (
+        "worker_c1",
+        "worker_c4",
+        "worker_c16",
+        "worker_c64",
+        "worker_2proc_c32",
+        "worker_c64_pinned",
+        "worker_2proc_c32_pinned",
+    ):
         assert 0 < results[f"{prefix}_ratio"] <= 1.05, prefix
         # the median of its drains, which took turns with the other runs'
         assert results[f"{prefix}_ratio_min"] <= results[f"{prefix}_ratio"] <= results[f"{prefix}_ratio_max"], prefix
@@ -80,8 +115,11 @@ def test_a_quick_benchmark_writes_every_named_figure_and_checks_each_target(tmp_
     assert 0 < results["worker_once_c16_ratio"] <= 1.05 and 0 < results["worker_once_off_c16_ratio"] <= 1.05
     assert 0 < results["dynamodb_calls_per_msg"] <= 1 and results["worker_once_sqs_calls_per_msg"] > 0
     assert results["worker_once_cpu_ms_per_msg"] > 0 and results["worker_once_duplicates"] == 0
-    assert all((tmp_path / f"worker-once-{mode}-{drain}.jsonl").stat().st_size > 0
-               for mode in ("on", "off") for drain in range(2))
+    assert all(
+        (tmp_path / f"worker-once-{mode}-{drain}.jsonl").stat().st_size > 0
+        for mode in ("on", "off")
+        for drain in range(2)
+    )
     # tracing: the traced writer's spans reached the receiver, and each traced message's trace
     # held the writer's and the worker's spans
     assert results["write_traced_msgs_per_s"] > 0 and results["write_traced_traces_exported"] > 0

@@ -45,27 +45,51 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     workdir = tmp_path_factory.mktemp("console")
     broken = workdir / "broken"
     with local_system(
-        workdir, engine=LOCAL_ENGINE, MAX_RECEIVE_COUNT="2", RETRY_BACKOFF_BASE="0", FAILURE_RATE="0",
-        PROCESSOR="steps:record", STEP_LOG=str(workdir / "steps.jsonl"), STEP_BROKEN=str(broken),
+        workdir,
+        engine=LOCAL_ENGINE,
+        MAX_RECEIVE_COUNT="2",
+        RETRY_BACKOFF_BASE="0",
+        FAILURE_RATE="0",
+        PROCESSOR="steps:record",
+        STEP_LOG=str(workdir / "steps.jsonl"),
+        STEP_BROKEN=str(broken),
         PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
     ) as running:
         running.python("worker", "worker.py", "--concurrency", "4")
         console_port = free_port()
         scrape = f"{running.writer_url}/metrics,http://127.0.0.1:{running.env['METRICS_PORT']}/metrics"
-        running.python("console", "-m", "sqs_message_service.console", env={
-            "CONSOLE_PORT": str(console_port), "CONSOLE_KEYS": KEY, "CONSOLE_REFRESH": "0.5", "CONSOLE_SCRAPE": scrape,
-        })
+        running.python(
+            "console",
+            "-m",
+            "sqs_message_service.console",
+            env={
+                "CONSOLE_PORT": str(console_port),
+                "CONSOLE_KEYS": KEY,
+                "CONSOLE_REFRESH": "0.5",
+                "CONSOLE_SCRAPE": scrape,
+            },
+        )
         wait_for_port(console_port, 30)
-        yield {"system": running, "url": f"http://127.0.0.1:{console_port}/", "broken": broken,
-               "steps": workdir / "steps.jsonl"}
+        yield {
+            "system": running,
+            "url": f"http://127.0.0.1:{console_port}/",
+            "broken": broken,
+            "steps": workdir / "steps.jsonl",
+        }
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300",
-                     "--disable-gpu", "--no-first-run"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1300",
+        "--disable-gpu",
+        "--no-first-run",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
@@ -183,10 +207,11 @@ def test_the_page_draws_its_charts_and_its_figures_move_under_load(system: dict[
         WebDriverWait(browser, 20, poll_frequency=0.2).until(lambda b: figure(b, "processed") > 20)
         seen = {browser.find_element(By.ID, "figure-processed").text}
         WebDriverWait(browser, 10, poll_frequency=0.2).until(
-            lambda b: b.find_element(By.ID, "figure-processed").text not in seen)
-        WebDriverWait(browser, 20, poll_frequency=0.2).until(lambda b: all(
-            int(series_attribute(b, series, "data-points") or 0) >= 3
-            for series in CHARTED))
+            lambda b: b.find_element(By.ID, "figure-processed").text not in seen
+        )
+        WebDriverWait(browser, 20, poll_frequency=0.2).until(
+            lambda b: all(int(series_attribute(b, series, "data-points") or 0) >= 3 for series in CHARTED)
+        )
         if os.environ.get("CONSOLE_SCREENSHOT"):
             time.sleep(3)
             browser.save_screenshot(os.environ["CONSOLE_SCREENSHOT"])
@@ -251,8 +276,12 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
     javascript_errors(browser)  # the 401 answer is logged as a failed load: expected here, and cleared
 
     # AND the same action from another site, with the key, is refused before it is looked at
-    forged = requests.post(f"{system['url']}api/dead-letters/delete", json={"ids": [target]}, timeout=10,
-                           headers={"X-Console-Key": KEY, "Origin": "http://evil.example", "X-CSRF-Token": "x"})
+    forged = requests.post(
+        f"{system['url']}api/dead-letters/delete",
+        json={"ids": [target]},
+        timeout=10,
+        headers={"X-Console-Key": KEY, "Origin": "http://evil.example", "X-CSRF-Token": "x"},
+    )
     assert forged.status_code == 403 and forged.headers["Content-Type"] == "application/problem+json"
     browser.find_element(By.ID, "read-dead-letters").click()
     time.sleep(1)

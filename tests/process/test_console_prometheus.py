@@ -32,11 +32,21 @@ def prometheus(
     writer, worker = WriterMetrics(pages[0].registry), WorkerMetrics(pages[1].registry)
     config = tmp_path / "prometheus.yml"
     targets = ", ".join(f"'127.0.0.1:{page.port}'" for page in pages)
-    config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: parts\n"
-                      f"    static_configs:\n      - targets: [{targets}]\n")
+    config.write_text(
+        f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: parts\n"
+        f"    static_configs:\n      - targets: [{targets}]\n"
+    )
     port = free_port()
-    process = Process([BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-                       f"--storage.tsdb.path={tmp_path / 'data'}"], env={}, log_path=tmp_path / "prometheus.log")
+    process = Process(
+        [
+            BINARY,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+        ],
+        env={},
+        log_path=tmp_path / "prometheus.log",
+    )
     try:
         wait_until(lambda: accepts_connections(port), timeout_s=30, what="Prometheus listening")
         yield f"http://127.0.0.1:{port}", writer, worker
@@ -45,7 +55,7 @@ def prometheus(
 
 
 def test_the_rates_and_latency_come_from_prometheus_queries(
-    prometheus: tuple[str, WriterMetrics, WorkerMetrics]
+    prometheus: tuple[str, WriterMetrics, WorkerMetrics],
 ) -> None:
     url, writer, worker = prometheus
     stop = threading.Event()
@@ -65,8 +75,11 @@ def test_the_rates_and_latency_come_from_prometheus_queries(
     try:
         source = source_for(Settings(prometheus_url=url))
         assert isinstance(source, Prometheus)
-        wait_until(lambda: (source.read(time.time()).rates["accepted"] or 0) > 5, timeout_s=30,
-                   what="Prometheus answering a rate")
+        wait_until(
+            lambda: (source.read(time.time()).rates["accepted"] or 0) > 5,
+            timeout_s=30,
+            what="Prometheus answering a rate",
+        )
         figures = source.read(time.time())
     finally:
         stop.set()

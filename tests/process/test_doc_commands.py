@@ -65,7 +65,7 @@ def blocks(page: Path) -> list[Block]:
     found = []
     for match in SH_BLOCK.finditer(text):
         line = text.count("\n", 0, match.start("indent")) + 1
-        body = "\n".join(row[len(match["indent"]):] for row in match["body"].splitlines())
+        body = "\n".join(row[len(match["indent"]) :] for row in match["body"].splitlines())
         name = page.relative_to(ROOT).as_posix()
         marker = MARKER.match(match["marker"])
         if marker is None:
@@ -74,8 +74,9 @@ def blocks(page: Path) -> list[Block]:
         options = dict(option.partition("=")[::2] for option in marker["rest"].split() if "=" in option)
         needs = frozenset(filter(None, options.get("needs", "").split(",")))
         stops = options.get("stops-after")
-        found.append(Block(name, line, body, marker["decision"], needs, float(stops) if stops else None,
-                           marker["rest"].strip()))
+        found.append(
+            Block(name, line, body, marker["decision"], needs, float(stops) if stops else None, marker["rest"].strip())
+        )
     return found
 
 
@@ -97,13 +98,23 @@ def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
     sqs_port, writer_port = free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env.update(
-        SQS_ENDPOINT_URL=f"http://127.0.0.1:{sqs_port}", AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
-        AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", METRICS_PORT="0", PORT=str(writer_port),
+        SQS_ENDPOINT_URL=f"http://127.0.0.1:{sqs_port}",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        METRICS_PORT="0",
+        PORT=str(writer_port),
     )
     started: list[Process] = []
     try:
-        started.append(Process([ROOT / "local/sqs/serve.sh"], log_path=logs / "sqs.log",
-                               env={**env, "LOCAL_SQS_PORT": str(sqs_port), "SQS_LOCAL": LOCAL_ENGINE}))
+        started.append(
+            Process(
+                [ROOT / "local/sqs/serve.sh"],
+                log_path=logs / "sqs.log",
+                env={**env, "LOCAL_SQS_PORT": str(sqs_port), "SQS_LOCAL": LOCAL_ENGINE},
+            )
+        )
         wait_until(lambda: accepts_connections(sqs_port), timeout_s=30, what="the local SQS endpoint")
         subprocess.run([sys.executable, "sqs_setup.py"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
         started.append(Process([sys.executable, "server.py"], env=env, log_path=logs / "writer.log"))
@@ -140,8 +151,14 @@ def run_block(block: Block, folder: Path, env: dict[str, str]) -> tuple[int | No
     """The block's exit code (None when it was still running after `stops_after_s`) and output."""
     log = folder / "block.log"
     with open(log, "wb") as out:
-        shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.body], cwd=folder, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        shell = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block.body],
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code: int | None = shell.wait(block.stops_after_s or BLOCK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -165,8 +182,11 @@ def test_the_block_works_as_written(block: Block, request: pytest.FixtureRequest
     if system is not None:
         body = body.replace("127.0.0.1:5000", f"127.0.0.1:{system.writer_port}")
 
-    code, output = run_block(Block(block.page, block.line, body, "runs", block.needs, block.stops_after_s),
-                             checkout_links(tmp_path), block_env(block, system))
+    code, output = run_block(
+        Block(block.page, block.line, body, "runs", block.needs, block.stops_after_s),
+        checkout_links(tmp_path),
+        block_env(block, system),
+    )
 
     if block.stops_after_s is not None:
         assert code in (None, 0), f"{block.id} stopped with {code} before {block.stops_after_s:g} s:\n{output}"

@@ -44,12 +44,21 @@ def test_a_file_through_a_fifo_queue_comes_out_in_order_despite_retries(tmp_path
     source.write_text("\n".join(lines) + "\n")
     output = tmp_path / "processed.jsonl"
 
-    with local_system(tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME="lines.fifo", MAX_RECEIVE_COUNT="10",
-                      RETRY_BACKOFF_BASE="0") as system:
+    with local_system(
+        tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME="lines.fifo", MAX_RECEIVE_COUNT="10", RETRY_BACKOFF_BASE="0"
+    ) as system:
         sent = system.client("--file", str(source), "--group-id", "one-group")
         worker = system.python(
-            "worker", "worker.py", "--output", str(output), "--failure-rate", "0.2", "--seed", "1",
-            "--exit-when-idle", "2",
+            "worker",
+            "worker.py",
+            "--output",
+            str(output),
+            "--failure-rate",
+            "0.2",
+            "--seed",
+            "1",
+            "--exit-when-idle",
+            "2",
         )
         assert worker.wait(timeout=120) == 0
         log = (tmp_path / "worker.log").read_text()
@@ -103,8 +112,9 @@ def test_the_check_runs_against_an_endpoint_it_did_not_start_and_leaves_no_queue
     owner.create_queue(QueueName="theirs")
 
     # WHEN make e2e's check is pointed at it
-    result = run_e2e(count=60, workdir=tmp_path, endpoint=moto_server, failure_rate=0.3,
-                     retry_backoff_base_s=0, log=None)
+    result = run_e2e(
+        count=60, workdir=tmp_path, endpoint=moto_server, failure_rate=0.3, retry_backoff_base_s=0, log=None
+    )
 
     # THEN nothing was lost, and only the queue that was there before is left
     assert result.ok and result.accepted == 60 and result.lost == 0

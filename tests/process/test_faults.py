@@ -79,8 +79,14 @@ def test_kill_9_of_the_worker_during_a_load_loses_no_accepted_message(tmp_path: 
     # GIVEN a load of 1,500 messages, and a worker killed with SIGKILL three times while it
     # works (a short visibility timeout, so that what a killed worker held comes back soon)
     ids_out, outputs, held_at_kill = tmp_path / "accepted.txt", [], []
-    with local_system(tmp_path, engine=LOCAL_ENGINE, FAILURE_RATE="0.1", RETRY_BACKOFF_BASE="0",
-                      VISIBILITY_TIMEOUT="2", MAX_RECEIVE_COUNT="6") as system:
+    with local_system(
+        tmp_path,
+        engine=LOCAL_ENGINE,
+        FAILURE_RATE="0.1",
+        RETRY_BACKOFF_BASE="0",
+        VISIBILITY_TIMEOUT="2",
+        MAX_RECEIVE_COUNT="6",
+    ) as system:
         queue = system.queue(system.settings.queue_name)
         client = start_load(system, ids_out, count=1500, rate=300)
         for attempt in range(3):
@@ -118,7 +124,13 @@ def test_sigterm_during_a_load_exits_0_within_the_grace_period_and_processes_not
         for attempt in range(2):
             outputs.append(tmp_path / f"processed-{attempt}.jsonl")
             worker = start_busy_worker(
-                system, f"worker-{attempt}", outputs[-1], "--process-time", "0.1", "--grace", str(grace_s),
+                system,
+                f"worker-{attempt}",
+                outputs[-1],
+                "--process-time",
+                "0.1",
+                "--grace",
+                str(grace_s),
                 processed=50,
             )
 

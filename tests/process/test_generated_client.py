@@ -25,9 +25,19 @@ READ_KEY = "generated-reader"
 def generate(url: str, where: Path) -> Any:
     """Generate the client from the served spec into `where` and import it."""
     run = subprocess.run(
-        [str(BIN / "openapi-python-client"), "generate", "--url", f"{url}/api/openapi.json",
-         "--output-path", str(where / PACKAGE), "--meta", "none"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "openapi-python-client"),
+            "generate",
+            "--url",
+            f"{url}/api/openapi.json",
+            "--output-path",
+            str(where / PACKAGE),
+            "--meta",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},  # its ruff post-hooks
     )
     output = run.stdout + run.stderr
@@ -49,7 +59,8 @@ def operation(package: Any, name: str) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize(
-    "settings", [Settings(read_keys=READ_KEY), Settings(queue_name="generated.fifo", read_keys=READ_KEY)],
+    "settings",
+    [Settings(read_keys=READ_KEY), Settings(queue_name="generated.fifo", read_keys=READ_KEY)],
     ids=["standard queue", "FIFO queue"],
 )
 def test_a_client_generated_from_the_served_spec_sends_reads_and_acknowledges(
@@ -57,8 +68,9 @@ def test_a_client_generated_from_the_served_spec_sends_reads_and_acknowledges(
 ) -> None:
     # GIVEN a client generated from the spec the writer serves
     package = generate(live_server, tmp_path)
-    with package.AuthenticatedClient(base_url=f"{live_server}/api", token=READ_KEY, prefix="",
-                                     auth_header_name="X-API-Key") as client:
+    with package.AuthenticatedClient(
+        base_url=f"{live_server}/api", token=READ_KEY, prefix="", auth_header_name="X-API-Key"
+    ) as client:
         # WHEN it sends two messages (one alone, one in a batch), reads them and acknowledges them
         post_one, message_type = operation(package, "message_post_message")
         post_many, batch_type = operation(package, "message_post_messages")

@@ -21,8 +21,10 @@ from test_layout import USERS_NAMES
 
 SCRIPTS = ("queue-writer", "queue-worker", "queue-client", "queue-setup", "queue-dlq", "queue-console")
 #: The console's page, script, style and spec: data of its package that the wheel must carry.
-CONSOLE_FILES = {f"sqs_message_service/console/{name}" for name in (
-    "console.yml", "templates/console.html", "static/console.js", "static/console.css")}
+CONSOLE_FILES = {
+    f"sqs_message_service/console/{name}"
+    for name in ("console.yml", "templates/console.html", "static/console.js", "static/console.css")
+}
 
 
 def run(*args: str | Path, cwd: Path) -> str:
@@ -54,12 +56,15 @@ def test_the_console_scripts_are_the_declared_ones_and_run(installed: Path) -> N
 
 
 def test_the_installed_modules_and_files_come_from_the_virtualenv(installed: Path) -> None:
-    where = json.loads(run(
-        installed / "python", "-c",
-        "import json, config, server; "
-        "print(json.dumps([server.__file__, str(config.DATA_DIR), str(config.Settings().log_config)]))",
-        cwd=installed,
-    ))
+    where = json.loads(
+        run(
+            installed / "python",
+            "-c",
+            "import json, config, server; "
+            "print(json.dumps([server.__file__, str(config.DATA_DIR), str(config.Settings().log_config)]))",
+            cwd=installed,
+        )
+    )
     venv = str(installed.parent)
     assert all(path.startswith(venv) for path in where), where  # not the checkout's
     assert where[1].endswith("site-packages/sqs_message_service")  # the package's data, as in a checkout
@@ -123,8 +128,11 @@ def test_the_installed_console_serves_its_page_script_and_api(installed: Path, t
         assert 'name="csrf-token"' in scrape(f"{base}/")
         assert "function drawChart" in scrape(f"{base}/static/console.js")
         assert json.loads(scrape(f"{base}/api/openapi.json"))["paths"].keys() >= {"/overview", "/dead-letters"}
-        wait_until(lambda: json.loads(scrape(f"{base}/api/overview"))["sqs_error"] is not None, timeout_s=30,
-                   what="the console saying SQS does not answer")
+        wait_until(
+            lambda: json.loads(scrape(f"{base}/api/overview"))["sqs_error"] is not None,
+            timeout_s=30,
+            what="the console saying SQS does not answer",
+        )
     finally:
         assert console.stop() in (0, -15), console.output[-3000:]
     assert f"http://127.0.0.1:{port}/" in console.output and "read-only" in console.output

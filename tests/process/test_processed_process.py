@@ -36,8 +36,11 @@ class Ledgered:
         self.tmp_path = tmp_path
         self.step_log = tmp_path / "steps.jsonl"
         self.settings = Settings(
-            sqs_endpoint_url=endpoint, dynamodb_endpoint_url=endpoint, processed_table=TABLE,
-            visibility_timeout_s=VISIBILITY_TIMEOUT_S, max_receive_count=10,
+            sqs_endpoint_url=endpoint,
+            dynamodb_endpoint_url=endpoint,
+            processed_table=TABLE,
+            visibility_timeout_s=VISIBILITY_TIMEOUT_S,
+            max_receive_count=10,
         )
         client = create_client(self.settings)
         self.tables = create_client(self.settings, service="dynamodb")
@@ -56,11 +59,18 @@ class Ledgered:
         self.workers += 1
         summary = self.tmp_path / f"summary-{self.workers}.json"
         env = {
-            "SQS_ENDPOINT_URL": sqs or self.endpoint, "DYNAMODB_ENDPOINT_URL": dynamodb or self.endpoint,
-            "PROCESSED_TABLE": TABLE, "PROCESSOR": "steps:record", "STEP_LOG": str(self.step_log),
+            "SQS_ENDPOINT_URL": sqs or self.endpoint,
+            "DYNAMODB_ENDPOINT_URL": dynamodb or self.endpoint,
+            "PROCESSED_TABLE": TABLE,
+            "PROCESSOR": "steps:record",
+            "STEP_LOG": str(self.step_log),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-            "RECEIVE_WAIT_SECONDS": "1", "RETRY_BACKOFF_BASE": "0", "STATS_INTERVAL": "60",
-            "SQS_MAX_ATTEMPTS": "1", "DYNAMODB_MAX_ATTEMPTS": "1", "DYNAMODB_CONNECT_TIMEOUT": "1",
+            "RECEIVE_WAIT_SECONDS": "1",
+            "RETRY_BACKOFF_BASE": "0",
+            "STATS_INTERVAL": "60",
+            "SQS_MAX_ATTEMPTS": "1",
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+            "DYNAMODB_CONNECT_TIMEOUT": "1",
             "DYNAMODB_READ_TIMEOUT": "2",
         }
         process = self.start_script("worker.py", "--concurrency", "4", "--summary-json", str(summary), *args, env=env)
@@ -127,8 +137,11 @@ def test_a_worker_killed_after_its_step_returned_and_before_the_delete_does_not_
     ids = ledgered.send([f"m{n}" for n in range(20)])
     proxy.refusing = {DELETE}
     first, _ = ledgered.worker(sqs=proxy.url)
-    wait_until(lambda: sum(r["state"]["S"] == "done" for r in ledgered.records().values()) == 20,
-               timeout_s=60, what="20 records done")
+    wait_until(
+        lambda: sum(r["state"]["S"] == "done" for r in ledgered.records().values()) == 20,
+        timeout_s=60,
+        what="20 records done",
+    )
 
     # WHEN it is killed with SIGKILL, and another worker takes the queue
     first.kill()
@@ -204,8 +217,11 @@ def test_with_dynamodb_stopped_nothing_is_processed_blindly_nothing_is_lost_and_
 
         # AND it answers again
         dynamodb.down = False
-        wait_until(lambda: len(ledgered.steps("end")) == 30 and ledgered.drained(), timeout_s=90,
-                   what="every message processed")
+        wait_until(
+            lambda: len(ledgered.steps("end")) == 30 and ledgered.drained(),
+            timeout_s=90,
+            what="every message processed",
+        )
         assert worker.stop(signal.SIGTERM, timeout_s=30) == 0, worker.output[-3000:]
     finally:
         dynamodb.stop()

@@ -28,9 +28,25 @@ READER = {"X-API-Key": "copy-reader"}
 
 def copy(url: str, source: Path, destination: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "client.py", "copy", str(source), str(destination), "--url", url,
-         "--api-key", "copy-writer", "--read-key", "copy-reader", "--idle-timeout", "30"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "client.py",
+            "copy",
+            str(source),
+            str(destination),
+            "--url",
+            url,
+            "--api-key",
+            "copy-writer",
+            "--read-key",
+            "copy-reader",
+            "--idle-timeout",
+            "30",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -38,9 +54,16 @@ def ten_thousand_lines() -> bytes:
     """10,000 lines of every kind a file has: empty ones, tabs, carriage returns, text in many
     scripts (the Basic Multilingual Plane: fauxqs refuses what lies beyond, which SQS takes),
     repeats, and a last line without a newline."""
-    kinds = ["", "\t indented\twith tabs",
-             "caf\u00e9 \u00fcber \u03b1\u03b2\u03b3 \u65e5\u672c\u8a9e \u0645\u0631\u062d\u0628\u0627",
-             "trailing spaces   ", "windows line\r", "the same line", "the same line", "{\"json\": [1, 2]}"]
+    kinds = [
+        "",
+        "\t indented\twith tabs",
+        "caf\u00e9 \u00fcber \u03b1\u03b2\u03b3 \u65e5\u672c\u8a9e \u0645\u0631\u062d\u0628\u0627",
+        "trailing spaces   ",
+        "windows line\r",
+        "the same line",
+        "the same line",
+        '{"json": [1, 2]}',
+    ]
     lines = [f"{n:05d} {kinds[n % len(kinds)]}" if n % 9 else kinds[n % len(kinds)] for n in range(10_000)]
     return ("\n".join(lines)).encode("utf-8")  # no newline after the last
 
@@ -50,8 +73,9 @@ def test_a_10000_line_file_copied_through_the_api_comes_back_identical(tmp_path:
     # GIVEN a writer that reads, on a queue of this kind
     source, destination = tmp_path / "input.txt", tmp_path / "output.txt"
     source.write_bytes(ten_thousand_lines())
-    with local_system(tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME=queue_name, API_KEYS=WRITE_KEY,
-                      READ_KEYS=READ_KEY) as system:
+    with local_system(
+        tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME=queue_name, API_KEYS=WRITE_KEY, READ_KEYS=READ_KEY
+    ) as system:
         # WHEN the file is copied through the API, both ways
         started = time.monotonic()
         run = copy(system.writer_url, source, destination)
@@ -65,8 +89,9 @@ def test_a_10000_line_file_copied_through_the_api_comes_back_identical(tmp_path:
     print(f"{queue_name}: 10,000 lines copied in {took_s:.1f} s")
 
 
-def test_any_line_sqs_can_carry_survives_a_copy(moto_server: str, start_writer: Callable[..., Any],
-                                                tmp_path: Path) -> None:
+def test_any_line_sqs_can_carry_survives_a_copy(
+    moto_server: str, start_writer: Callable[..., Any], tmp_path: Path
+) -> None:
     # GIVEN a writer that reads, on moto's server (fauxqs refuses characters SQS takes)
     env = {"SQS_ENDPOINT_URL": moto_server, "QUEUE_NAME": "lines", **KEYS}
     settings = Settings.from_env(env)
@@ -86,8 +111,9 @@ def test_any_line_sqs_can_carry_survives_a_copy(moto_server: str, start_writer: 
 @pytest.fixture
 def reading_writer(tmp_path: Path) -> Any:
     """A writer that reads, on the local engine, its queue empty."""
-    with local_system(tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME="waits", API_KEYS=WRITE_KEY,
-                      READ_KEYS=READ_KEY) as system:
+    with local_system(
+        tmp_path, engine=LOCAL_ENGINE, QUEUE_NAME="waits", API_KEYS=WRITE_KEY, READ_KEYS=READ_KEY
+    ) as system:
         yield system
 
 
@@ -105,8 +131,11 @@ def test_an_empty_receive_answers_when_its_wait_is_over_and_not_later(reading_wr
 def test_a_long_poll_answers_as_soon_as_a_message_comes(reading_writer: Any) -> None:
     url = reading_writer.writer_url + "/api/messages/receive"
     answered: list[Any] = []
-    poll = threading.Thread(target=lambda: answered.append(
-        (requests.post(url, json={"wait_seconds": 20}, headers=READER, timeout=30), time.monotonic())))
+    poll = threading.Thread(
+        target=lambda: answered.append(
+            (requests.post(url, json={"wait_seconds": 20}, headers=READER, timeout=30), time.monotonic())
+        )
+    )
     poll.start()
     time.sleep(1)
 
@@ -159,14 +188,17 @@ def test_a_writer_stop_cuts_a_long_poll_short_and_loses_nothing(reading_writer: 
 def test_the_lapsed_lease_of_a_message_received_again_is_410_on_the_local_engine(reading_writer: Any) -> None:
     base = reading_writer.writer_url + "/api/messages"
     reading_writer.queue("waits").send([OutgoingMessage(body="slow")])
-    (first,) = requests.post(base + "/receive", json={"wait_seconds": 5, "lease_seconds": 1}, headers=READER,
-                             timeout=30).json()["messages"]
-    again = requests.post(base + "/receive", json={"wait_seconds": 5, "lease_seconds": 30}, headers=READER,
-                          timeout=30).json()["messages"]
+    (first,) = requests.post(
+        base + "/receive", json={"wait_seconds": 5, "lease_seconds": 1}, headers=READER, timeout=30
+    ).json()["messages"]
+    again = requests.post(
+        base + "/receive", json={"wait_seconds": 5, "lease_seconds": 30}, headers=READER, timeout=30
+    ).json()["messages"]
     assert [m["message_id"] for m in again] == [first["message_id"]]
 
-    response = requests.post(base + "/extend", json={"tokens": [first["token"]], "lease_seconds": 30},
-                             headers=READER, timeout=30)
+    response = requests.post(
+        base + "/extend", json={"tokens": [first["token"]], "lease_seconds": 30}, headers=READER, timeout=30
+    )
 
     assert response.status_code == 410, response.text
     assert response.headers["content-type"] == "application/problem+json"

@@ -140,8 +140,9 @@ def test_help_prints_the_usage_at_once_and_starts_nothing(flag: str, runall_env:
 def test_without_the_virtualenv_it_says_to_run_make_run(tmp_path: Path, runall_env: Any) -> None:
     env = runall_env(PY=str(tmp_path / "no-venv" / "bin" / "python"))
 
-    result = subprocess.run([str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True,
-                            timeout=10)
+    result = subprocess.run(
+        [str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True, timeout=10
+    )
 
     assert result.returncode == 1 and "no virtualenv" in result.stderr and "make run" in result.stderr
     assert _no_session(env)
@@ -156,8 +157,9 @@ def test_a_taken_port_stops_it_before_anything_starts_naming_the_port_and_its_se
         env = runall_env(PORT=str(port))
 
         # WHEN the system is started
-        result = subprocess.run([str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True,
-                                timeout=10)
+        result = subprocess.run(
+            [str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True, timeout=10
+        )
 
     # THEN it stops at once, names the port, what holds it and the setting that moves it
     assert result.returncode == 1, result.stdout + result.stderr
@@ -176,8 +178,9 @@ exec {ROOT / ".venv" / "bin" / "python"} "$@"
     python.chmod(0o755)
     env = runall_env(PY=str(python), RUN_DURATION="30")
 
-    result = subprocess.run([str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [str(ROOT / "runall.sh"), "--detached"], env=env, capture_output=True, text=True, timeout=120
+    )
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the worker did not start" in result.stderr

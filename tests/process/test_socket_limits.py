@@ -51,16 +51,21 @@ def read_response(connection: socket.socket) -> bytes:
         assert chunk, f"closed after {received!r}"
         received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
-                  if line.startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+    )
     while len(body) < length:
         body += connection.recv(65536)
     return head + b"\r\n\r\n" + body
 
 
 def message_request(body: bytes = b'{"body": "hello"}', extra: bytes = b"") -> bytes:
-    return (b"POST /api/message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST /api/message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 def accepted(url: str) -> int:
@@ -83,9 +88,11 @@ def test_connections_with_unfinished_headers_are_closed_within_the_header_limit_
 
     # THEN real requests are served meanwhile
     with ThreadPoolExecutor(max_workers=4) as pool:
-        statuses = list(pool.map(
-            lambda n: requests.post(f"{url}/api/message", json={"body": f"m{n}"}, timeout=10).status_code,
-            range(20)))
+        statuses = list(
+            pool.map(
+                lambda n: requests.post(f"{url}/api/message", json={"body": f"m{n}"}, timeout=10).status_code, range(20)
+            )
+        )
     assert statuses == [201] * 20
 
     # AND each slow connection is answered 408 and closed within the limit (and the sweep's tenth)
@@ -112,7 +119,7 @@ def test_headers_over_the_cap_get_431_and_are_not_processed(
     size = -(-len(request) // pieces)
     try:
         for start in range(0, len(request), size):
-            connection.sendall(request[start:start + size])
+            connection.sendall(request[start : start + size])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server answered and closed before the rest arrived
 
@@ -138,7 +145,7 @@ def test_a_body_that_stops_half_way_is_dropped_within_its_limit(
 
     # WHEN a request announces its whole body and sends half of it
     connection = connect(port)
-    connection.sendall(message_request(body)[:-len(body) // 2])
+    connection.sendall(message_request(body)[: -len(body) // 2])
     sent = time.monotonic()
 
     # THEN the connection is answered 408 and closed within the limit, and nothing was sent
@@ -212,8 +219,13 @@ def test_the_connection_cap_holds(moto_server: str, start_writer: Callable[..., 
 def test_the_console_holds_the_same_limits(start: Callable[..., Any]) -> None:
     # GIVEN the console, whose requests must complete their headers within 1 s
     port = free_port()
-    start("-m", "sqs_message_service.console", "--port", str(port),
-          env={"HEADER_TIMEOUT": "1", "SQS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    start(
+        "-m",
+        "sqs_message_service.console",
+        "--port",
+        str(port),
+        env={"HEADER_TIMEOUT": "1", "SQS_ENDPOINT_URL": "http://127.0.0.1:9"},
+    )
     wait_until(lambda: accepts_connections(port), timeout_s=30, what="the console listening")
 
     # WHEN a connection sends the start of a request's headers, and then nothing

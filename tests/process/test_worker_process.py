@@ -53,8 +53,17 @@ def test_sigterm_while_busy_finishes_in_flight_work_and_exits_0(
     output = tmp_path / "processed.jsonl"
 
     worker = start(
-        "worker.py", "--concurrency", "4", "--process-time", "1.5", "--failure-rate", "0",
-        "--output", str(output), "--grace", "10",
+        "worker.py",
+        "--concurrency",
+        "4",
+        "--process-time",
+        "1.5",
+        "--failure-rate",
+        "0",
+        "--output",
+        str(output),
+        "--grace",
+        "10",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1"},
     )
     # Busy for sure: a first message is done, and the worker keeps receiving while it works.
@@ -92,12 +101,21 @@ def test_sigterm_to_an_idle_worker_in_a_20_s_long_poll_exits_at_once_and_loses_n
     queue = SqsQueue(settings.queue_name, client)
     output, metrics_port = tmp_path / "processed.jsonl", free_port()
     worker = start(
-        "worker.py", "--output", str(output), "--failure-rate", "0", "--stats-interval", "60",
+        "worker.py",
+        "--output",
+        str(output),
+        "--failure-rate",
+        "0",
+        "--stats-interval",
+        "60",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "20", "METRICS_PORT": str(metrics_port)},
     )
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    wait_until(lambda: accepts_connections(metrics_port) and receives_started(metrics_url) >= 1,
-               timeout_s=30, what="the worker's first receive under way")
+    wait_until(
+        lambda: accepts_connections(metrics_port) and receives_started(metrics_url) >= 1,
+        timeout_s=30,
+        what="the worker's first receive under way",
+    )
 
     # WHEN it is sent SIGTERM, and a message arrives during the stop
     stopped_at = time.monotonic()
@@ -131,8 +149,19 @@ def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_b
     output = tmp_path / "processed.jsonl"
 
     worker = start(
-        "worker.py", "--failure-rate", "0.3", "--seed", "3", "--process-time", "0.002",
-        "--output", str(output), "--exit-when-idle", "2", "--stats-interval", "5",
+        "worker.py",
+        "--failure-rate",
+        "0.3",
+        "--seed",
+        "3",
+        "--process-time",
+        "0.002",
+        "--output",
+        str(output),
+        "--exit-when-idle",
+        "2",
+        "--stats-interval",
+        "5",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "RETRY_BACKOFF_BASE": "0"},
     )
     assert worker.wait(timeout=240) == 0, worker.output[-2000:]
@@ -146,14 +175,16 @@ def test_300_messages_at_failure_rate_0_3_end_processed_or_dead_lettered_never_b
     assert sum(queue.depth().values()) == 0
 
 
-def test_the_worker_resumes_by_itself_when_sqs_comes_back(
-    start: Callable[..., Any], tmp_path: Path
-) -> None:
+def test_the_worker_resumes_by_itself_when_sqs_comes_back(start: Callable[..., Any], tmp_path: Path) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     output = tmp_path / "processed.jsonl"
     worker = start(
-        "worker.py", "--output", str(output), "--failure-rate", "0",
+        "worker.py",
+        "--output",
+        str(output),
+        "--failure-rate",
+        "0",
         env={"SQS_ENDPOINT_URL": endpoint, "RECEIVE_WAIT_SECONDS": "1", "SQS_MAX_ATTEMPTS": "1"},
     )
     wait_until(lambda: "receiving failed" in worker.output, timeout_s=20, what="outage noticed")
@@ -187,7 +218,11 @@ def test_the_worker_serves_its_metrics_on_metrics_port_and_they_move(
     loaded_queues(moto_server, [f"m{n}" for n in range(5)])
     port = free_port()
     worker = start(
-        "worker.py", "--failure-rate", "0", "--process-time", "0",
+        "worker.py",
+        "--failure-rate",
+        "0",
+        "--process-time",
+        "0",
         env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "METRICS_PORT": str(port)},
     )
     url = f"http://127.0.0.1:{port}/metrics"
@@ -200,9 +235,7 @@ def test_the_worker_serves_its_metrics_on_metrics_port_and_they_move(
     assert worker.stop() == 0
 
 
-def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
-    moto_server: str, start: Callable[..., Any]
-) -> None:
+def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(moto_server: str, start: Callable[..., Any]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -223,8 +256,10 @@ def cpus_of_threads(pid: int) -> set[str]:
     return lists
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="pinning shows only where a process may use more than one CPU (Linux)")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning shows only where a process may use more than one CPU (Linux)",
+)
 def test_worker_cpu_runs_every_thread_of_the_worker_on_that_cpu(
     moto_server: str, start: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -233,10 +268,23 @@ def test_worker_cpu_runs_every_thread_of_the_worker_on_that_cpu(
     output = tmp_path / "processed.jsonl"
 
     worker = start(
-        "worker.py", "--concurrency", "8", "--process-time", "0.05", "--failure-rate", "0",
-        "--output", str(output), "--exit-when-idle", "1",
-        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "WORKER_CPU": str(cpu),
-             "METRICS_PORT": str(free_port())},
+        "worker.py",
+        "--concurrency",
+        "8",
+        "--process-time",
+        "0.05",
+        "--failure-rate",
+        "0",
+        "--output",
+        str(output),
+        "--exit-when-idle",
+        "1",
+        env={
+            "SQS_ENDPOINT_URL": moto_server,
+            "RECEIVE_WAIT_SECONDS": "1",
+            "WORKER_CPU": str(cpu),
+            "METRICS_PORT": str(free_port()),
+        },
     )
     wait_until(lambda: len(output_bodies(output)) >= 1, timeout_s=30, what="first message processed")
     threads_cpus = cpus_of_threads(worker.pid)  # the processors, the consumer, the settler...
@@ -268,18 +316,32 @@ def test_a_step_that_never_returns_is_timed_out_dead_lettered_and_a_sigterm_stil
     queue, dead_letter_queue = loaded_queues(moto_server, bodies)
     port = free_port()
     worker = start(
-        "worker.py", "--concurrency", "2", "--grace", "4",
-        env={"SQS_ENDPOINT_URL": moto_server, "RECEIVE_WAIT_SECONDS": "1", "PROCESSOR": step,
-             "PYTHONPATH": str(ROOT / "tests"), "STEP_LOG": str(tmp_path / "steps.jsonl"),
-             "PROCESSING_TIMEOUT": "1", "MAX_RECEIVE_COUNT": "2", "RETRY_BACKOFF_BASE": "0",
-             "MAX_STUCK_THREADS": "2", "METRICS_PORT": str(port)},
+        "worker.py",
+        "--concurrency",
+        "2",
+        "--grace",
+        "4",
+        env={
+            "SQS_ENDPOINT_URL": moto_server,
+            "RECEIVE_WAIT_SECONDS": "1",
+            "PROCESSOR": step,
+            "PYTHONPATH": str(ROOT / "tests"),
+            "STEP_LOG": str(tmp_path / "steps.jsonl"),
+            "PROCESSING_TIMEOUT": "1",
+            "MAX_RECEIVE_COUNT": "2",
+            "RETRY_BACKOFF_BASE": "0",
+            "MAX_STUCK_THREADS": "2",
+            "METRICS_PORT": str(port),
+        },
     )
     wait_until(lambda: bool(dead_letter_queue.depth()["visible"]), timeout_s=40, what="the hung message dead-lettered")
 
     (dead,) = dead_letter_queue.receive(max_messages=10, wait_s=0)
     assert dead.body == "hang"
     assert (dead.attributes["dead_letter.error_type"], dead.attributes["dead_letter.error"]) == (
-        "TimedOut", "timed out after 1 s")
+        "TimedOut",
+        "timed out after 1 s",
+    )
     assert dead.attributes["dead_letter.attempts"] == "2"
     wait_until(lambda: queue.depth()["visible"] + queue.depth()["in_flight"] == 0, timeout_s=30, what="drained")
     samples = scrape(f"http://127.0.0.1:{port}/metrics")

@@ -42,10 +42,15 @@ class Writers:
 
     def start(self, *, processes: int = 1, dynamodb: str = "") -> tuple[Process, str]:
         """A writer (of `processes` processes on one port), SQS through the proxy; and its URL."""
-        return self._start_writer({
-            "SQS_ENDPOINT_URL": self.proxy.url, "DYNAMODB_ENDPOINT_URL": dynamodb or self.moto_server,
-            "IDEMPOTENCY_TABLE": TABLE, "SEND_TIMEOUT": str(SEND_TIMEOUT_S),
-        }, processes=processes)
+        return self._start_writer(
+            {
+                "SQS_ENDPOINT_URL": self.proxy.url,
+                "DYNAMODB_ENDPOINT_URL": dynamodb or self.moto_server,
+                "IDEMPOTENCY_TABLE": TABLE,
+                "SEND_TIMEOUT": str(SEND_TIMEOUT_S),
+            },
+            processes=processes,
+        )
 
     def messages(self) -> list[str]:
         """The ids of every message in the queue (hidden for the rest of the test)."""
@@ -154,13 +159,14 @@ def test_a_key_held_by_a_writer_killed_mid_send_is_free_once_its_lease_lapses(wr
     assert repeat.json()["message_id"] in writers.messages()
 
 
-def test_with_dynamodb_stopped_keyed_requests_are_503_and_the_rest_go_through(
-    writers: Writers, tmp_path: Path
-) -> None:
+def test_with_dynamodb_stopped_keyed_requests_are_503_and_the_rest_go_through(writers: Writers, tmp_path: Path) -> None:
     dynamodb, dynamodb_url = start_moto_server(tmp_path / "dynamodb.log")
     try:
-        sqs_setup.set_up(Settings(dynamodb_endpoint_url=dynamodb_url, idempotency_table=TABLE), writers.sqs,
-                         create_client(Settings(dynamodb_endpoint_url=dynamodb_url), service="dynamodb"))
+        sqs_setup.set_up(
+            Settings(dynamodb_endpoint_url=dynamodb_url, idempotency_table=TABLE),
+            writers.sqs,
+            create_client(Settings(dynamodb_endpoint_url=dynamodb_url), service="dynamodb"),
+        )
         _, url = writers.start(dynamodb=dynamodb_url)
         assert post(url, "k-1").status_code == 201
     finally:

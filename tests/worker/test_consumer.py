@@ -31,8 +31,16 @@ class DepthReadings:
 
 def burst_consumer(queue: DepthReadings) -> Consumer:
     return Consumer(
-        queue=queue, in_flight=InFlight(10), work=WorkQueue(), settler=None, metrics=None,  # type: ignore[arg-type]
-        visibility_timeout_s=30, wait_s=1, stop_worker=lambda: None, backlog=Backlog(), idle_s=0,
+        queue=queue,  # type: ignore[arg-type]
+        in_flight=InFlight(10),
+        work=WorkQueue(),
+        settler=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        visibility_timeout_s=30,
+        wait_s=1,
+        stop_worker=lambda: None,
+        backlog=Backlog(),
+        idle_s=0,
     )
 
 

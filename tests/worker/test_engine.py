@@ -70,7 +70,9 @@ def test_the_stats_are_the_metrics_prometheus_scrapes(start_worker: Callable[...
 def test_the_stats_pane_shows_percentiles_of_the_last_interval(queues: tuple[SqsQueue, SqsQueue]) -> None:
     queue, dead_letter_queue = queues
     worker = Worker(
-        queue=queue, dead_letter_queue=dead_letter_queue, processor=SimulatedWork(process_time_s=0, failure_rate=0),
+        queue=queue,
+        dead_letter_queue=dead_letter_queue,
+        processor=SimulatedWork(process_time_s=0, failure_rate=0),
         settings=Settings(),
     )
     stats = WorkerStats(worker.metrics, (queue, dead_letter_queue))
@@ -121,7 +123,9 @@ def test_a_message_failing_every_time_is_dead_lettered_with_its_reasons_and_gone
     assert datetime.fromisoformat(attributes["dead_letter.at"]).tzinfo is not None
     earlier = json.loads(attributes["dead_letter.earlier"])  # each attempt's error, as this worker saw them
     assert [(n, kind, text) for n, _, kind, text in earlier] == [
-        (1, "ValueError", "cannot parse order  42"), (2, "ValueError", "cannot parse order  42")]
+        (1, "ValueError", "cannot parse order  42"),
+        (2, "ValueError", "cannot parse order  42"),
+    ]
     stats, _ = running.stats.snapshot()
     assert (stats["failed"], stats["retried"], stats["dead_lettered"], stats["processed"]) == (3, 2, 1, 0)
     assert running.output_lines == []
@@ -257,8 +261,11 @@ def test_the_next_messages_are_received_before_a_processor_frees_up(
 
     # THEN a receive's worth is already taken ahead (prefetched), beside the one in progress
     try:
-        wait_until(lambda: queue.depth()["in_flight"] == 1 + BATCH_MAX_ENTRIES, timeout_s=5,
-                   what="one message in progress and a receive's worth prefetched")
+        wait_until(
+            lambda: queue.depth()["in_flight"] == 1 + BATCH_MAX_ENTRIES,
+            timeout_s=5,
+            what="one message in progress and a receive's worth prefetched",
+        )
     finally:
         finish.set()
     running.worker.stop()
@@ -353,9 +360,7 @@ def test_a_backlog_is_fetched_by_several_receives_at_once(
     assert sum(queue.depth().values()) == 0
 
 
-def test_an_empty_queue_costs_one_long_poll_at_a_time(
-    start_worker: Callable[..., RunningWorker], sqs: Any
-) -> None:
+def test_an_empty_queue_costs_one_long_poll_at_a_time(start_worker: Callable[..., RunningWorker], sqs: Any) -> None:
     receives = ReceivesAtOnce(sqs, hold_s=0)
     running = start_worker(Recorder(), ["the only one"], burst=False, worker_concurrency=64)
     wait_until(lambda: receives.calls >= 3, timeout_s=10, what="the queue polled, empty, twice")
@@ -368,8 +373,9 @@ def test_an_empty_queue_costs_one_long_poll_at_a_time(
 
 def test_an_idle_timer_under_a_second_still_long_polls(start_worker: Callable[..., RunningWorker], sqs: Any) -> None:
     waits: list[int] = []
-    sqs.meta.events.register("provide-client-params.sqs.ReceiveMessage",
-                             lambda params, **_: waits.append(params.get("WaitTimeSeconds", 0)))
+    sqs.meta.events.register(
+        "provide-client-params.sqs.ReceiveMessage", lambda params, **_: waits.append(params.get("WaitTimeSeconds", 0))
+    )
 
     running = start_worker(Recorder(), ["the only one"], burst=False, exit_when_idle_s=0.5)
 
@@ -428,8 +434,9 @@ def test_a_worker_holds_no_more_than_it_can_settle_while_deletes_are_slow(
 
     sqs.meta.events.register("before-call.sqs.DeleteMessageBatch", slow_delete)
     held: list[int] = []
-    running = start_worker(SimulatedWork(process_time_s=0, failure_rate=0), [f"m{n}" for n in range(120)],
-                           worker_concurrency=2)
+    running = start_worker(
+        SimulatedWork(process_time_s=0, failure_rate=0), [f"m{n}" for n in range(120)], worker_concurrency=2
+    )
     metrics = running.worker.metrics
     while running.thread.is_alive():
         held.append(metrics.count("received") - metrics.count("deleted"))
@@ -447,8 +454,7 @@ def test_an_error_while_settling_one_message_leaves_the_worker_settling_the_rest
     start_worker: Callable[..., RunningWorker], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     patched = threading.Event()
-    running = start_worker(lambda message: patched.wait(10), [f"m{n}" for n in range(30)],
-                           visibility_timeout_s=2)
+    running = start_worker(lambda message: patched.wait(10), [f"m{n}" for n in range(30)], visibility_timeout_s=2)
     observe = running.worker.metrics.processing_duration.observe
     broken: list[float] = []
 
@@ -577,16 +583,19 @@ def test_a_message_whose_key_another_worker_holds_comes_back_when_that_lease_end
     # GIVEN a FIFO message (known by its deduplication id, order-1001) whose key a worker that
     # was killed mid-step holds for 2 more seconds
     ensure_table(dynamodb, "processed", role="processed-messages", setting="PROCESSED_TABLE")
-    ledgers = [ProcessedLedger("processed", dynamodb, queue_name="messages.fifo", window_s=3600, worker_id=name)
-               for name in ("killed", "this")]
+    ledgers = [
+        ProcessedLedger("processed", dynamodb, queue_name="messages.fifo", window_s=3600, worker_id=name)
+        for name in ("killed", "this")
+    ]
     held_until, lease_ends_at = time.time() + 2, time.monotonic() + 2
     killed_claim = ReceivedMessage(id="earlier", body="m1", receipt_handle="-", deduplication_id="order-1001")
     assert [c.verdict for c in ledgers[0].claim([killed_claim], lease_until=held_until)] == [Verdict.CLAIMED]
     recorder = Recorder()
 
     # WHEN a worker receives it
-    running = start_worker(recorder, ["m1"], queue_name="messages.fifo", processed=ledgers[1],
-                           deduplication_ids=["order-1001"])
+    running = start_worker(
+        recorder, ["m1"], queue_name="messages.fifo", processed=ledgers[1], deduplication_ids=["order-1001"]
+    )
 
     # THEN it leaves it until that lease ends, then processes it, once
     assert running.wait() == 0
@@ -620,7 +629,9 @@ def test_a_stop_gives_back_the_claims_of_the_messages_it_gives_back(
 
 
 def test_a_table_that_answers_but_takes_no_claim_keeps_the_worker_waiting_longer_each_time(
-    start_worker: Callable[..., RunningWorker], processed: ProcessedLedger, monkeypatch: pytest.MonkeyPatch,
+    start_worker: Callable[..., RunningWorker],
+    processed: ProcessedLedger,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # GIVEN a table that describes itself (DescribeTable answers) but takes no claim, as a
@@ -635,8 +646,9 @@ def test_a_table_that_answers_but_takes_no_claim_keeps_the_worker_waiting_longer
     recorder = Recorder()
 
     # WHEN a worker tries for a while
-    running = start_worker(recorder, [f"m{n}" for n in range(5)], processed=processed, burst=False,
-                           visibility_timeout_s=1)
+    running = start_worker(
+        recorder, [f"m{n}" for n in range(5)], processed=processed, burst=False, visibility_timeout_s=1
+    )
     wait_until(lambda: len(attempts) >= 3, timeout_s=30, what="three claims tried")
     admission = running.worker.admission
     assert admission is not None

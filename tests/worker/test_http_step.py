@@ -86,8 +86,16 @@ def test_a_2xx_is_success_and_the_request_says_what_the_message_is(serve: Callab
     step = HttpStep(server.url, timeout_s=5, concurrency=4)
     trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 
-    step(message("ünïcode body\nline 2", receive_count=3, sent_at_s=1_700_000_000.5, group_id="g1",
-                 attributes={"kind": "order", "note": "naïve ☃"}, trace_header=trace))
+    step(
+        message(
+            "ünïcode body\nline 2",
+            receive_count=3,
+            sent_at_s=1_700_000_000.5,
+            group_id="g1",
+            attributes={"kind": "order", "note": "naïve ☃"},
+            trace_header=trace,
+        )
+    )
 
     ((headers, body),) = server.requests
     assert body == "ünïcode body\nline 2"
@@ -203,7 +211,9 @@ def test_retry_after_reads_an_http_date() -> None:
 
 
 def test_the_worker_settles_each_answer_as_documented(
-    start_worker: Callable[..., RunningWorker], serve: Callable[..., StepServer], drain: Any,
+    start_worker: Callable[..., RunningWorker],
+    serve: Callable[..., StepServer],
+    drain: Any,
 ) -> None:
     """Through a worker: 204 deleted; 429 + Retry-After: 2, then 204; 500 every time, dead-lettered
     with the status and the answer as its reason; 422 dead-lettered on its first attempt."""
@@ -219,8 +229,12 @@ def test_the_worker_settles_each_answer_as_documented(
         return answers[body]
 
     server = serve(answer)
-    running = start_worker(HttpStep(server.url, timeout_s=5, concurrency=4), ["fine", "busy", "broken", "nonsense"],
-                           max_receive_count=2, retry_backoff_base_s=0)
+    running = start_worker(
+        HttpStep(server.url, timeout_s=5, concurrency=4),
+        ["fine", "busy", "broken", "nonsense"],
+        max_receive_count=2,
+        retry_backoff_base_s=0,
+    )
 
     assert running.wait(30) == 0
     assert sorted(line.body for line in running.output_lines) == ["busy", "fine"]
@@ -230,5 +244,7 @@ def test_the_worker_settles_each_answer_as_documented(
         for letter in drain(running.worker.dead_letter_queue)
     }
     assert (dead["broken"]["dead_letter.error"], dead["broken"]["dead_letter.attempts"]) == (
-        "500 Internal Server Error: database down", "2")
+        "500 Internal Server Error: database down",
+        "2",
+    )
     assert (dead["nonsense"]["dead_letter.error_type"], dead["nonsense"]["dead_letter.attempts"]) == ("Reject", "1")

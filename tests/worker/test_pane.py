@@ -15,8 +15,12 @@ def test_render_stats_fits_a_narrow_pane() -> None:
     )
 
     text = render_stats(
-        "worker", snapshot, in_flight=10, per_second=1234.5,
-        depths={"queue": {"visible": 5, "in_flight": 2, "delayed": 1}, "dlq": None}, sqs_requests=40_000,
+        "worker",
+        snapshot,
+        in_flight=10,
+        per_second=1234.5,
+        depths={"queue": {"visible": 5, "in_flight": 2, "delayed": 1}, "dlq": None},
+        sqs_requests=40_000,
     )
 
     assert max(len(line) for line in text.splitlines()) <= 28

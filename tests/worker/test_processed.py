@@ -31,8 +31,13 @@ def table(dynamodb: Any) -> str:
 def a_worker(client: Any, clock: Clock, name: str = "worker-a") -> ProcessedLedger:
     """One worker's ledger: each one is another worker process, with an owner of its own."""
     return ProcessedLedger(
-        TABLE, client, queue_name="messages", window_s=WINDOW_S, worker_id=name,
-        metrics=LedgerMetrics(), clock=clock,
+        TABLE,
+        client,
+        queue_name="messages",
+        window_s=WINDOW_S,
+        worker_id=name,
+        metrics=LedgerMetrics(),
+        clock=clock,
     )
 
 
@@ -70,14 +75,13 @@ def test_a_key_recorded_as_done_is_a_duplicate_for_every_worker(table: str, dyna
     clock.now += 100  # long after the lease: done is done
 
     assert verdicts(second.claim([message(1), message(2)], lease_until=clock.now + 30)) == [
-        Verdict.DONE, Verdict.CLAIMED,
+        Verdict.DONE,
+        Verdict.CLAIMED,
     ]
     assert verdicts(first.claim([message(1)], lease_until=clock.now + 30)) == [Verdict.DONE]
 
 
-def test_a_key_under_another_live_lease_is_held_until_that_lease_ends(
-    table: str, dynamodb: Any, clock: Clock
-) -> None:
+def test_a_key_under_another_live_lease_is_held_until_that_lease_ends(table: str, dynamodb: Any, clock: Clock) -> None:
     holder, other = a_worker(dynamodb, clock), a_worker(dynamodb, clock, "worker-b")
     holder.claim([message(1)], lease_until=NOW + 30)
     clock.now += 10
@@ -96,13 +100,13 @@ def test_a_lapsed_lease_is_claimed_again_at_once(table: str, dynamodb: Any, cloc
     assert verdicts(other.claim([message(1)], lease_until=clock.now + 30)) == [Verdict.CLAIMED]
 
 
-def test_a_lease_ending_as_its_message_comes_back_is_waited_out_not_sent_round_again(
-    table: str, dynamodb: Any
-) -> None:
+def test_a_lease_ending_as_its_message_comes_back_is_waited_out_not_sent_round_again(table: str, dynamodb: Any) -> None:
     # a real clock: the lease of a worker that died ends 0.3 s after its message came back here
     started = time.time()
-    killed, other = (ProcessedLedger(TABLE, dynamodb, queue_name="messages", window_s=WINDOW_S, worker_id=name)
-                     for name in ("killed", "other"))
+    killed, other = (
+        ProcessedLedger(TABLE, dynamodb, queue_name="messages", window_s=WINDOW_S, worker_id=name)
+        for name in ("killed", "other")
+    )
     killed.claim([message(1)], lease_until=started + 0.3)
 
     (claim,) = other.claim([message(1)], lease_until=started + 30)
@@ -172,11 +176,8 @@ def test_completions_leave_in_batches_of_25(table: str, dynamodb: Any, clock: Cl
     assert calls(ledger) == {"TransactWriteItems": 1, "BatchWriteItem": 2}
 
 
-def test_a_table_that_does_not_answer_makes_every_claim_unavailable(
-    closed_endpoint: str, clock: Clock
-) -> None:
-    client = create_client(Settings(dynamodb_endpoint_url=closed_endpoint, dynamodb_max_attempts=1),
-                           service="dynamodb")
+def test_a_table_that_does_not_answer_makes_every_claim_unavailable(closed_endpoint: str, clock: Clock) -> None:
+    client = create_client(Settings(dynamodb_endpoint_url=closed_endpoint, dynamodb_max_attempts=1), service="dynamodb")
     ledger = a_worker(client, clock)
 
     assert verdicts(ledger.claim([message(1), message(2)], lease_until=NOW + 30)) == [Verdict.UNAVAILABLE] * 2
@@ -192,12 +193,19 @@ def test_a_table_that_does_not_answer_makes_every_claim_unavailable(
         ({}, "id:id-1"),
         ({"deduplication_id": "order-1001"}, "dedup:order-1001"),
         ({"deduplication_id": hashlib.sha256(b"body 1").hexdigest()}, "id:id-1"),  # SQS's, from the body
-        ({"trace_header": with_idempotency_key("00112233445566778899aabbccddeeff")},
-         "idempotency:00112233445566778899aabbccddeeff"),
+        (
+            {"trace_header": with_idempotency_key("00112233445566778899aabbccddeeff")},
+            "idempotency:00112233445566778899aabbccddeeff",
+        ),
         ({"trace_header": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}, "id:id-1"),  # someone else's
     ],
-    ids=["message-id", "fifo-deduplication-id", "content-based-deduplication", "writer-idempotency-key",
-         "a-trace-header-without-a-key"],
+    ids=[
+        "message-id",
+        "fifo-deduplication-id",
+        "content-based-deduplication",
+        "writer-idempotency-key",
+        "a-trace-header-without-a-key",
+    ],
 )
 def test_a_message_is_known_by_its_processing_key(fields: dict[str, Any], key: str) -> None:
     assert message(1, **fields).processing_key == key

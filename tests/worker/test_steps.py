@@ -100,7 +100,10 @@ def test_an_async_steps_failures_come_back_and_dead_letter_with_their_reasons(
     assert running.wait() == 0
     (dead,) = dead_letter_reasons(drain, queues[1])
     assert (dead["body"], dead["dead_letter.error_type"], dead["dead_letter.error"]) == (
-        "poison", "ValueError", "cannot read poison")
+        "poison",
+        "ValueError",
+        "cannot read poison",
+    )
     assert [line.body for line in running.output_lines] == ["fine"]
 
 
@@ -125,20 +128,26 @@ def test_a_step_raising_system_exit_fails_that_message_and_the_worker_goes_on(
 
 
 def test_a_plain_step_that_never_returns_is_timed_out_dead_lettered_and_the_worker_still_stops(
-    start_worker: Callable[..., RunningWorker], queues: tuple[SqsQueue, SqsQueue], drain: Any,
+    start_worker: Callable[..., RunningWorker],
+    queues: tuple[SqsQueue, SqsQueue],
+    drain: Any,
     hung: threading.Event,
 ) -> None:
     def step(message: ReceivedMessage) -> None:
         if message.body == "hangs":
             hung.wait()  # a socket with no timeout
 
-    running = start_worker(step, ["hangs", "fine"], processing_timeout_s=0.5, max_receive_count=2,
-                           worker_concurrency=2, shutdown_grace_s=3)
+    running = start_worker(
+        step, ["hangs", "fine"], processing_timeout_s=0.5, max_receive_count=2, worker_concurrency=2, shutdown_grace_s=3
+    )
 
     assert running.wait(30) == 0  # drained: the hung attempts were settled without their threads
     (dead,) = dead_letter_reasons(drain, queues[1])
     assert (dead["body"], dead["dead_letter.error_type"], dead["dead_letter.error"]) == (
-        "hangs", "TimedOut", "timed out after 0.5 s")
+        "hangs",
+        "TimedOut",
+        "timed out after 0.5 s",
+    )
     assert dead["dead_letter.attempts"] == "2"
     stats, _ = running.stats.snapshot()
     assert (stats["timed_out"], stats["dead_lettered"], stats["processed"]) == (2, 1, 1)
@@ -157,16 +166,25 @@ def test_a_stuck_thread_is_replaced_and_health_holds_until_the_bound(
         if message.body == "hangs":
             hung.wait()
 
-    running = start_worker(step, ["hangs"] + [f"m{n}" for n in range(10)], processing_timeout_s=0.3,
-                           max_receive_count=1, worker_concurrency=1, max_stuck_threads=3)
+    running = start_worker(
+        step,
+        ["hangs"] + [f"m{n}" for n in range(10)],
+        processing_timeout_s=0.3,
+        max_receive_count=1,
+        worker_concurrency=1,
+        max_stuck_threads=3,
+    )
 
     assert running.wait(30) == 0
     assert sorted(line.body for line in running.output_lines) == [f"m{n}" for n in range(10)]  # a new thread ran them
     assert running.worker.registry.get_sample_value("worker_stuck_threads") == 1
     assert running.worker.healthy  # 1 stuck, bound 3
     hung.set()  # the hung call returns at last: its outcome is dropped, the thread no longer stuck
-    wait_until(lambda: running.worker.registry.get_sample_value("worker_stuck_threads") == 0, timeout_s=5,
-               what="the stuck thread to return")
+    wait_until(
+        lambda: running.worker.registry.get_sample_value("worker_stuck_threads") == 0,
+        timeout_s=5,
+        what="the stuck thread to return",
+    )
     assert sorted(line.body for line in running.output_lines) == [f"m{n}" for n in range(10)]
 
 
@@ -202,8 +220,14 @@ def test_a_stop_lets_async_attempts_finish_within_the_grace_and_gives_back_the_r
         started.set()
         await asyncio.sleep(0.5 if message.body.startswith("short") else 3600)
 
-    running = start_worker(step, ["short 1", "short 2", "endless"], burst=False, shutdown_grace_s=2,
-                           worker_concurrency=3, processing_timeout_s=7200)
+    running = start_worker(
+        step,
+        ["short 1", "short 2", "endless"],
+        burst=False,
+        shutdown_grace_s=2,
+        worker_concurrency=3,
+        processing_timeout_s=7200,
+    )
     assert started.wait(10)
     time.sleep(0.2)  # all three under way
     begun = time.monotonic()
@@ -235,7 +259,10 @@ def test_reject_dead_letters_on_the_first_attempt_with_its_reason(
     assert attempts == [1]
     (dead,) = dead_letter_reasons(drain, queues[1])
     assert (dead["dead_letter.error_type"], dead["dead_letter.error"], dead["dead_letter.attempts"]) == (
-        "Reject", "not an order: no order_id", "1")
+        "Reject",
+        "not an order: no order_id",
+        "1",
+    )
     stats, _ = running.stats.snapshot()
     assert (stats["rejected"], stats["dead_lettered"], stats["retried"]) == (1, 1, 0)
 

@@ -77,8 +77,13 @@ def test_the_bridge_reads_no_body_for_an_operation_that_takes_none() -> None:
         sent.append(dict(message))
 
     scope = {
-        "type": "http", "method": "GET", "path": "/api/health", "query_string": b"", "headers": [],
-        "http_version": "1.1", "extensions": {"connexion_routing": {"operation_id": "message.health"}},
+        "type": "http",
+        "method": "GET",
+        "path": "/api/health",
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "extensions": {"connexion_routing": {"operation_id": "message.health"}},
     }
 
     # WHEN the bridge serves it
@@ -88,5 +93,3 @@ def test_the_bridge_reads_no_body_for_an_operation_that_takes_none() -> None:
     # THEN the handler ran and answered, and not a byte of the body was read
     assert calls == [b""] and received == []
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"{}"
-
-

@@ -38,8 +38,10 @@ def mostly(valid: st.SearchStrategy[Any], edge: st.SearchStrategy[Any]) -> st.Se
 valid_text = st.from_regex(r"[A-Za-z0-9 .,_-]{1,12}", fullmatch=True)
 edge_texts = st.sampled_from(["", "\x00", "\t\n", "\x7f", "\ufffe", "\U0001f600", "\ud800", "a\n"])
 texts = mostly(valid_text, edge_texts | st.text())
-names = mostly(st.sampled_from(["kind", "a.b", "ok_1", "x" * 256, "AWSx"]),
-               st.sampled_from(["AWS.x", "amazon.y", "x" * 257, "", ".lead", "trail.", "a..b", "Bad Name", "é"]))
+names = mostly(
+    st.sampled_from(["kind", "a.b", "ok_1", "x" * 256, "AWSx"]),
+    st.sampled_from(["AWS.x", "amazon.y", "x" * 257, "", ".lead", "trail.", "a..b", "Bad Name", "é"]),
+)
 ids = mostly(st.from_regex(r"[!-~]{1,128}", fullmatch=True), st.sampled_from(["", "has space", "g" * 129, "é"]))
 messages = st.fixed_dictionaries(
     {"body": texts},
@@ -92,5 +94,3 @@ def test_replay_gives_the_body_read_then_what_comes_after() -> None:
         return [await receive(), await receive()]
 
     assert run(both()) == [{"type": "http.request", "body": b"body", "more_body": False}, {"type": "http.disconnect"}]
-
-

@@ -37,8 +37,12 @@ def test_every_error_has_a_status_a_title_and_its_problem(error_class: type[Answ
 
     body = problem(error)
 
-    assert body == {"type": "about:blank", "title": answered.title, "status": answered.status,
-                    "detail": "what to change"}
+    assert body == {
+        "type": "about:blank",
+        "title": answered.title,
+        "status": answered.status,
+        "detail": "what to change",
+    }
     assert 400 <= answered.status <= 599 and answered.title
     assert answered.retry_later == (answered.status == 503)
     assert answered.outcome in (None, *OUTCOMES)
@@ -48,8 +52,14 @@ def test_only_the_clients_faults_count_as_invalid() -> None:
     invalid = {cls.__name__ for cls in ERROR_CLASSES if answer(cls("")).outcome == "invalid"}
 
     assert invalid == {
-        "RequestRefused", "InvalidRequest", "LengthRequired", "RequestTooLarge", "UnsupportedMediaType",
-        "InvalidMessage", "MessageTooLarge", "MessageRejected",
+        "RequestRefused",
+        "InvalidRequest",
+        "LengthRequired",
+        "RequestTooLarge",
+        "UnsupportedMediaType",
+        "InvalidMessage",
+        "MessageTooLarge",
+        "MessageRejected",
     }
     assert answer(errors.NotAuthorized("")).outcome == answer(errors.QueueNotFound("")).outcome == "unavailable"
 
@@ -68,7 +78,8 @@ def test_the_sqs_interface_says_what_happened_and_the_writer_alone_decides_the_s
 def stubbed() -> Iterator[tuple[Any, Stubber]]:
     """An SQS client whose answers the test gives, in order (botocore's Stubber): no network."""
     client = boto3.client(
-        "sqs", region_name="us-east-1",
+        "sqs",
+        region_name="us-east-1",
         config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 1}),
     )
     with Stubber(client) as stubber:
@@ -84,7 +95,9 @@ def writer_on(client: Any) -> Any:
 
 def send_failing(stubber: Stubber, code: str, http_status: int) -> None:
     stubber.add_client_error(
-        "send_message_batch", service_error_code=code, service_message=f"{code} from SQS",
+        "send_message_batch",
+        service_error_code=code,
+        service_message=f"{code} from SQS",
         http_status_code=http_status,
     )
 
@@ -184,10 +197,13 @@ def test_a_batch_with_sqs_failing_and_an_invalid_entry_still_answers_503(stubbed
 def test_a_batch_partly_taken_answers_200_with_each_entrys_problem(stubbed: tuple[Any, Stubber]) -> None:
     client, stubber = stubbed
     app = writer_on(client)
-    stubber.add_response("send_message_batch", {
-        "Successful": [{"Id": "0", "MessageId": "m-0", "MD5OfMessageBody": "x"}],
-        "Failed": [{"Id": "1", "SenderFault": False, "Code": "AccessDenied", "Message": "no"}],
-    })
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [{"Id": "0", "MessageId": "m-0", "MD5OfMessageBody": "x"}],
+            "Failed": [{"Id": "1", "SenderFault": False, "Code": "AccessDenied", "Message": "no"}],
+        },
+    )
 
     response = app.test_client().post("/api/messages", json={"messages": [SEED, SEED]})
     app.app.extensions[WRITER_EXTENSION].close()

@@ -198,9 +198,7 @@ def test_an_answer_whose_update_is_retried_is_kept_without_complaint(
     assert store.begin(b"k", b"request") == ANSWER
 
 
-def test_the_table_keeps_the_hashed_key_and_the_answer_never_the_body(
-    table: str, dynamodb: Any, clock: Clock
-) -> None:
+def test_the_table_keeps_the_hashed_key_and_the_answer_never_the_body(table: str, dynamodb: Any, clock: Clock) -> None:
     key, request = scoped_key("client's key", "api key"), fingerprint({"body": "a secret"})
     store = shared_store(dynamodb, clock)
     store.begin(key, request)

@@ -112,8 +112,11 @@ def test_group_id_on_a_standard_queue_is_allowed_for_fair_queues() -> None:
     ("fields", "content_based_dedup", "detail"),
     [
         ({"body": "b", "deduplication_id": "d"}, False, "group_id is required"),
-        ({"body": "b", "group_id": "g", "delay_seconds": 1, "deduplication_id": "d"}, True,
-         "delay_seconds is only for standard queues"),
+        (
+            {"body": "b", "group_id": "g", "delay_seconds": 1, "deduplication_id": "d"},
+            True,
+            "delay_seconds is only for standard queues",
+        ),
         ({"body": "b", "group_id": "g"}, False, "deduplication_id is required"),
     ],
 )

@@ -61,13 +61,22 @@ def first_violation(fifo: bool, body: Any, path: tuple[str, ...] = ("Message",))
 @pytest.mark.parametrize(
     ("fifo", "body", "detail"),
     [
-        (False, {"body": "b", "deduplication_id": "d"},
-         "deduplication_id is only for FIFO queues; this queue is standard"),
-        (True, {"body": "b", "group_id": "g", "deduplication_id": "d", "delay_seconds": 1},
-         "delay_seconds is only for standard queues"),
+        (
+            False,
+            {"body": "b", "deduplication_id": "d"},
+            "deduplication_id is only for FIFO queues; this queue is standard",
+        ),
+        (
+            True,
+            {"body": "b", "group_id": "g", "deduplication_id": "d", "delay_seconds": 1},
+            "delay_seconds is only for standard queues",
+        ),
         (True, {"body": "b", "deduplication_id": "d"}, "group_id is required on a FIFO queue"),
-        (True, {"body": "b", "group_id": "g"},
-         "deduplication_id is required: this FIFO queue has no content-based deduplication"),
+        (
+            True,
+            {"body": "b", "group_id": "g"},
+            "deduplication_id is required: this FIFO queue has no content-based deduplication",
+        ),
         (False, {"body": "nul \u0000"}, "body holds U+0000 at position 4, a character SQS does not accept"),
         (False, {"body": "b", "attributes": {"k": "\u0007"}}, "attribute 'k' holds U+0007 at position 0"),
         (False, {"body": "b", "attributes": {"AWS.trace": "v"}}, "attribute name 'AWS.trace' is not allowed"),
@@ -84,14 +93,16 @@ def test_each_entry_of_a_batch_is_judged_on_its_own_by_the_served_fields() -> No
 
     assert spec.entry_problem({"body": "b"}) is None
     assert spec.entry_problem({"body": "b", "deduplication_id": "d"}) == (
-        "deduplication_id is only for FIFO queues; this queue is standard")
+        "deduplication_id is only for FIFO queues; this queue is standard"
+    )
     assert spec.entry_problem({"body": ""}) == "'' should be non-empty - 'body'"
 
 
 def test_the_read_routes_take_read_max_lease_and_ask_no_key_without_read_keys() -> None:
     off = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=True)
-    on = served_spec(SOURCE, fifo=False, content_based_deduplication=False, keys_required=True, read_keys=True,
-                     max_lease_s=60)
+    on = served_spec(
+        SOURCE, fifo=False, content_based_deduplication=False, keys_required=True, read_keys=True, max_lease_s=60
+    )
 
     receive = "/messages/receive"
     assert off.document["paths"][receive]["post"]["security"] == []
