@@ -138,6 +138,9 @@ class HookList(Hooks):
         self._settled = tuple(hook for hook in self.hooks if overrides(hook, "settled"))
 
     def _watch(self, points: list[ContextManager[Any]]) -> ContextManager[Any]:
+        if not points:  # none of them watches: no object per message
+            return UNWATCHED
+
         @contextlib.contextmanager
         def each() -> Iterator[tuple[Any, ...]]:
             with contextlib.ExitStack() as stack:
