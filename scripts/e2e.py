@@ -239,6 +239,15 @@ def local_system(
         yield system
 
 
+def draining_worker(
+    system: LocalSystem, output: Path, summary: Path, env: Optional[Mapping[str, str]] = None
+) -> Process:
+    """The worker of a check: it records what it processed in `output`, exits once the queue has
+    been empty for 3 s, and writes its summary to `summary`."""
+    args = ("--output", str(output), "--exit-when-idle", "3", "--stats-interval", "5", "--summary-json", str(summary))
+    return system.python("worker", "worker.py", *args, env=env)
+
+
 def run_e2e(
     *,
     count: int,
@@ -265,18 +274,7 @@ def run_e2e(
         RETRY_BACKOFF_BASE=str(retry_backoff_base_s),
         **(env or {}),  # type: ignore[arg-type]  # all strings
     ) as system:
-        worker = system.python(
-            "worker",
-            "worker.py",
-            "--output",
-            str(output_path),
-            "--exit-when-idle",
-            "3",
-            "--stats-interval",
-            "5",
-            "--summary-json",
-            str(summary_path),
-        )
+        worker = draining_worker(system, output_path, summary_path)
         where = system.settings.sqs_endpoint_url or f"real SQS in {system.settings.aws_region}"
         say(
             f"e2e: {engine if endpoint is None else 'queue ' + repr(system.settings.queue_name)} at {where}, "
@@ -391,19 +389,7 @@ def run_ledger_e2e(
             proxy = ApiProxy(system.settings.sqs_endpoint_url or "")
             proxy.refusing = {"AmazonSQS.DeleteMessageBatch"}
             try:
-                worker = system.python(
-                    "worker",
-                    "worker.py",
-                    "--output",
-                    str(output_path),
-                    "--exit-when-idle",
-                    "3",
-                    "--stats-interval",
-                    "5",
-                    "--summary-json",
-                    str(summary_path),
-                    env={"SQS_ENDPOINT_URL": proxy.url},
-                )
+                worker = draining_worker(system, output_path, summary_path, env={"SQS_ENDPOINT_URL": proxy.url})
                 say(
                     f"e2e with PROCESSED_TABLE: {engine}, DynamoDB on moto's server; sending {count} messages; "
                     f"the worker's deletes refused for the first {REFUSE_DELETES_S:g} s"
