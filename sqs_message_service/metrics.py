@@ -98,6 +98,12 @@ class WriterMetrics(Hooks):
             ("outcome",),
             registry=registry,
         )
+        self.long_polls = Gauge(
+            "writer_long_polls",
+            "Long polls of the read routes waiting now (at most READ_MAX_POLLS a process)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.group_commit_wait = Histogram(
             "writer_group_commit_wait_seconds",
             "Time a message waited in the group commit before its SendMessageBatch call started",

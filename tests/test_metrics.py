@@ -60,6 +60,7 @@ def test_the_documented_metrics_are_exposed_with_their_types(registry: Collector
         "writer_request_duration_seconds": "histogram",
         "writer_messages": "counter",
         "writer_read_messages": "counter",
+        "writer_long_polls": "gauge",
         "writer_send_batch_messages": "histogram",
         "writer_group_commit_wait_seconds": "histogram",
         "worker_messages_received": "counter",

@@ -355,7 +355,7 @@ def test_long_polls_past_read_max_polls_are_503_with_retry_after(one_poll: Any, 
             target=requests.post, args=(url,), kwargs={"json": {"wait_seconds": 3}, "headers": READER, "timeout": 10}
         )
         first.start()
-        time.sleep(0.5)
+        wait_until(lambda: long_polls_waiting(f"http://127.0.0.1:{port}") == 1, timeout_s=5, what="the first poll")
 
         # WHEN another asks to wait too
         second = requests.post(url, json={"wait_seconds": 3}, headers=READER, timeout=10)
@@ -392,3 +392,23 @@ def test_a_poll_that_raises_hands_its_error_to_the_request() -> None:
 
     with pytest.raises(QueueUnavailable, match="did not answer"):
         future.result(timeout=5)
+
+
+def long_polls_waiting(base_url: str) -> float:
+    """The writer_long_polls gauge of the writer at `base_url`."""
+    return metric(metric_samples(requests.get(f"{base_url}/metrics", timeout=5).text), "writer_long_polls")
+
+
+def test_a_long_poll_is_counted_while_it_waits(live_server: str) -> None:
+    # GIVEN a long poll of 2 s on an empty queue, under way
+    url = f"{live_server}/api/messages/receive"
+    answered: list[Any] = []
+    poll = threading.Thread(
+        target=lambda: answered.append(requests.post(url, json={"wait_seconds": 2}, headers=READER, timeout=10))
+    )
+    poll.start()
+
+    # THEN /metrics counts it while it waits, and not once it has answered
+    wait_until(lambda: long_polls_waiting(live_server) == 1, timeout_s=2, what="the long poll counted")
+    poll.join(10)
+    assert answered[0].status_code == 200 and long_polls_waiting(live_server) == 0

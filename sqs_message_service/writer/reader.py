@@ -98,26 +98,31 @@ class Reader:
                 "retry later, or with wait_seconds 0"
             )
         try:
-            future = self._poll(max_messages, wait_s, lease_s)
-            done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            with self._lock:
-                self._waiting.add(done)
-                if self._stopping.is_set():
-                    done.set()
-            try:
-                done.wait(wait_s + self.settings.sqs_read_timeout_s + self.settings.sqs_connect_timeout_s)
-            finally:
-                with self._lock:
-                    self._waiting.discard(done)
-            if not future.done():  # stopping (or SQS hangs): answer now, give back what comes later
-                future.add_done_callback(self._give_back_late)
-                if self._stopping.is_set():
-                    return []
-                raise QueueUnavailable(f"ReceiveMessage {self.queue.name!r}: SQS did not answer in time")
-            return future.result()
+            with self.metrics.long_polls.track_inprogress():
+                return self._wait_for_poll(max_messages, wait_s, lease_s)
         finally:
             self._polls.release()
+
+    def _wait_for_poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> list[ReceivedMessage]:
+        """The poll's messages once it answers; none at once if the writer begins to stop."""
+        future = self._poll(max_messages, wait_s, lease_s)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        with self._lock:
+            self._waiting.add(done)
+            if self._stopping.is_set():
+                done.set()
+        try:
+            done.wait(wait_s + self.settings.sqs_read_timeout_s + self.settings.sqs_connect_timeout_s)
+        finally:
+            with self._lock:
+                self._waiting.discard(done)
+        if not future.done():  # stopping (or SQS hangs): answer now, give back what comes later
+            future.add_done_callback(self._give_back_late)
+            if self._stopping.is_set():
+                return []
+            raise QueueUnavailable(f"ReceiveMessage {self.queue.name!r}: SQS did not answer in time")
+        return future.result()
 
     def _poll(self, max_messages: int, wait_s: int, lease_s: Optional[int]) -> concurrent.futures.Future[Any]:
         """The receive on a poll thread, in the request's context (its span: the receive is

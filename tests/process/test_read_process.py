@@ -17,7 +17,7 @@ import requests
 import sqs_setup
 from e2e import local_system
 from harness import ROOT
-from helpers import LOCAL_ENGINE, wait_until
+from helpers import LOCAL_ENGINE, metric, metric_samples, wait_until
 from sqs_message_service.settings import Settings
 from sqsinterface import OutgoingMessage, create_client
 
@@ -117,6 +117,16 @@ def reading_writer(tmp_path: Path) -> Any:
         yield system
 
 
+def polls_waiting(system: Any, count: int) -> None:
+    """Once `count` long polls wait in the writer (its writer_long_polls gauge), not a guess."""
+
+    def waiting() -> bool:
+        page = requests.get(system.writer_url + "/metrics", timeout=5).text
+        return metric(metric_samples(page), "writer_long_polls") == count
+
+    wait_until(waiting, timeout_s=10, what=f"{count} long poll(s) waiting in the writer")
+
+
 def test_an_empty_receive_answers_when_its_wait_is_over_and_not_later(reading_writer: Any) -> None:
     url = reading_writer.writer_url + "/api/messages/receive"
 
@@ -137,7 +147,7 @@ def test_a_long_poll_answers_as_soon_as_a_message_comes(reading_writer: Any) -> 
         )
     )
     poll.start()
-    time.sleep(1)
+    polls_waiting(reading_writer, 1)
 
     sent_at = time.monotonic()
     reading_writer.queue("waits").send([OutgoingMessage(body="now")])
@@ -159,7 +169,7 @@ def test_a_writer_stop_cuts_a_long_poll_short_and_loses_nothing(reading_writer: 
 
     poller = threading.Thread(target=poll)
     poller.start()
-    time.sleep(1.0)
+    polls_waiting(reading_writer, 1)
 
     # WHEN the writer gets SIGTERM, and a message arrives while its abandoned receive still waits
     writer = reading_writer.processes["writer"]
