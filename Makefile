@@ -79,9 +79,10 @@ $(PROMETHEUS):
 test: $(STAMP) local-sqs browser prometheus lint
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
-# The quick tier, on every core (pytest-xdist): its tests share no process, file or fixed port.
+# The quick tier, two workers a core (pytest-xdist; many of its tests wait on a clock or a
+# thread more than they compute): its tests share no process, file or fixed port.
 fast: $(STAMP) lint
-	$(PY) -m pytest -m "not integration" -n auto $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" -n $$(( 2 * $$(nproc) )) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
