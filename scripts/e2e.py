@@ -28,7 +28,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from harness import ROOT, ApiProxy, Process, environment, free_port, wait_for_port
 
@@ -59,6 +59,21 @@ class E2EResult:
     worker_sqs_requests: int = 0
     worker_sqs_calls: Mapping[str, int] = field(default_factory=dict)  # by operation
     client_summary: str = ""  # the client's own summary, its sent-to-processed latency included
+
+    @classmethod
+    def of(cls, accepted: set[str], processed_ids: list[str], dead: set[str], **rest: Any) -> E2EResult:
+        """The counts of a run: the ids the writer accepted, those the worker processed (each time
+        it did) and those in the dead-letter queue."""
+        processed = set(processed_ids)
+        return cls(
+            accepted=len(accepted),
+            processed=len(accepted & processed),
+            redelivered=len(processed_ids) - len(processed),
+            dead_lettered=len(accepted & dead),
+            lost=len(accepted - processed - dead),
+            in_both=len(processed & dead),
+            **rest,
+        )
 
     @property
     def ok(self) -> bool:
@@ -307,13 +322,10 @@ def run_e2e(
     latencies = sorted(
         (record.processed_at - record.sent_at).total_seconds() for record in records if record.sent_at is not None
     )
-    return E2EResult(
-        accepted=len(accepted),
-        processed=len(accepted & set(processed_ids)),
-        redelivered=len(processed_ids) - len(set(processed_ids)),
-        dead_lettered=len(accepted & dead),
-        lost=len(accepted - set(processed_ids) - dead),
-        in_both=len(set(processed_ids) & dead),
+    return E2EResult.of(
+        accepted,
+        processed_ids,
+        dead,
         client_exit=load.returncode,
         seconds=last - started,
         latency_p50_s=percentile(latencies, 0.50),
@@ -411,13 +423,10 @@ def run_ledger_e2e(
     finally:
         dynamodb.stop()
     return LedgerResult(
-        e2e=E2EResult(
-            accepted=len(accepted),
-            processed=len(accepted & set(processed_ids)),
-            redelivered=len(processed_ids) - len(set(processed_ids)),
-            dead_lettered=len(accepted & dead),
-            lost=len(accepted - set(processed_ids) - dead),
-            in_both=len(set(processed_ids) & dead),
+        e2e=E2EResult.of(
+            accepted,
+            processed_ids,
+            dead,
             client_exit=load.returncode,
             seconds=time.time() - started,
         ),
