@@ -117,6 +117,26 @@ NO_HOOKS = Hooks()
 WATCHING_POINTS = ("request", "sending", "receiving", "processing", "settling", "dead_lettering")
 
 
+#: Every point of Hooks.
+POINTS = (
+    *WATCHING_POINTS,
+    "answered",
+    "created",
+    "received",
+    "attempted",
+    "retried",
+    "settled",
+    "dead_lettered",
+    "failed",
+    "shutdown",
+)
+
+
+def does_something(hook: Hooks) -> bool:
+    """Whether `hook` overrides any point or adds a context to messages (tracing off does neither)."""
+    return hook.context_attribute is not None or any(overrides(hook, point) for point in POINTS)
+
+
 def overrides(hook: Hooks, point: str) -> bool:
     """Whether `hook` does something at `point` (its class overrides Hooks' do-nothing method)."""
     return getattr(type(hook), point) is not getattr(Hooks, point)
@@ -132,7 +152,8 @@ class HookList(Hooks):
         self.context_attribute = next((hook.context_attribute for hook in self.hooks if hook.context_attribute), None)
         self.context_bytes = sum(hook.context_bytes for hook in self.hooks)
         self.watchers = tuple(hook for hook in self.hooks if any(overrides(hook, p) for p in WATCHING_POINTS))
-        self._watcher = self.watchers[0] if len(self.watchers) == 1 else None
+        # the one that watches, or with none Hooks' own (one shared empty context): no list a call
+        self._watcher = self.watchers[0] if len(self.watchers) == 1 else None if self.watchers else NO_HOOKS
         # once a message: only the hooks that do something there
         self._attempted = tuple(hook for hook in self.hooks if overrides(hook, "attempted"))
         self._settled = tuple(hook for hook in self.hooks if overrides(hook, "settled"))
@@ -223,12 +244,13 @@ class HookList(Hooks):
 
 
 def combine(*hooks: Hooks) -> Hooks:
-    """One `Hooks` calling each of `hooks` in order: NO_HOOKS for none (or only do-nothing
-    ones), the one itself for one, so that a part with no hooks pays for no list."""
+    """One `Hooks` calling each of `hooks` in order, leaving out those that do nothing (tracing
+    off among them): NO_HOOKS for none left, the one itself for one, so that a part with no
+    hooks pays for no list."""
     flat: list[Hooks] = []
     for hook in hooks:
         flat.extend(hook.hooks if isinstance(hook, HookList) else (hook,))
-    watching = [hook for hook in flat if type(hook) is not Hooks]
+    watching = [hook for hook in flat if does_something(hook)]
     if not watching:
         return NO_HOOKS
     return watching[0] if len(watching) == 1 else HookList(watching)

@@ -11,9 +11,10 @@ from typing import Any, ContextManager, Iterator, Optional, Sequence
 
 import sqs_setup
 from server import create_app
-from sqs_message_service.hooks import NO_HOOKS, HookList, Hooks, combine
+from sqs_message_service.hooks import NO_HOOKS, UNWATCHED, HookList, Hooks, combine
 from sqs_message_service.output import OutputWriter
 from sqs_message_service.settings import Settings
+from sqs_message_service.tracing import NO_TRACING
 from sqs_message_service.verdicts import Reject
 from sqs_message_service.worker.engine import Worker
 from sqs_message_service.writer.service import WRITER_EXTENSION
@@ -186,3 +187,16 @@ def test_no_hooks_combine_to_the_hooks_that_do_nothing_and_one_to_itself() -> No
     assert combine() is NO_HOOKS and combine(NO_HOOKS, Hooks()) is NO_HOOKS
     assert combine(NO_HOOKS, seen) is seen
     assert combine(combine(seen, Seen()), Seen()).hooks[0] is seen  # type: ignore[attr-defined]
+
+
+def test_tracing_off_is_left_out_and_a_list_that_watches_nothing_gives_the_one_empty_context() -> None:
+    class Counting(Hooks):
+        def attempted(self, message: Any, error: Optional[BaseException], step_s: float) -> None:
+            pass
+
+    counting = Counting()
+
+    assert combine(NO_TRACING) is NO_HOOKS and combine(NO_TRACING, counting) is counting
+    both = combine(NO_TRACING, counting, Counting())
+    assert isinstance(both, HookList) and len(both.hooks) == 2
+    assert both.processing(object(), "q") is UNWATCHED and both.settling("delete", "q", []) is UNWATCHED
