@@ -148,14 +148,14 @@ fi
 # What each part writes on stderr is also kept (its first 64 KiB) for the start-up checks below.
 stderr_dir=$(mktemp -d "${TMPDIR:-/tmp}/runall.XXXXXX")
 tmux set-environment -t "$SESSION" RUNALL_STDERR_DIR "$stderr_dir"
-tmux new-window -t "$SESSION" -n run "${env_args[@]}" "local/pane.sh $stderr_dir/writer $PY server.py"
+tmux new-window -t "$SESSION" -n run "${env_args[@]}" "local/pane.sh $(printf %q "$stderr_dir/writer") $PY server.py"
 tmux set-option -w -t "$SESSION:run" remain-on-exit on >/dev/null  # keep each summary on screen
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" -e "METRICS_PORT=$metrics_port" \
-  "local/pane.sh $stderr_dir/worker $PY worker.py --stats-interval 1"
+  "local/pane.sh $(printf %q "$stderr_dir/worker") $PY worker.py --stats-interval 1"
 client_key=""
 [ -n "${API_KEYS:-}" ] && client_key="--api-key ${API_KEYS%%,*}"  # the writer's first key
 tmux split-window -h -t "$SESSION:run" "${env_args[@]}" \
-  "local/pane.sh $stderr_dir/client $PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600} $client_key"
+  "local/pane.sh $(printf %q "$stderr_dir/client") $PY client.py --url http://127.0.0.1:${PORT:-5000} --rate ${RUN_RATE:-100} --duration ${RUN_DURATION:-3600} $client_key"
 tmux select-layout -t "$SESSION:run" even-horizontal >/dev/null
 tmux select-pane -t "$SESSION:run.0" -T writer
 tmux select-pane -t "$SESSION:run.1" -T worker
@@ -165,7 +165,7 @@ tmux set-option -w -t "$SESSION:run" pane-border-status top >/dev/null
 tmux new-window -d -t "$SESSION" -n console "${env_args[@]}" -e "CONSOLE_PORT=$console_port" \
   -e "CONSOLE_KEYS=${CONSOLE_KEYS:-}" \
   -e "CONSOLE_SCRAPE=http://127.0.0.1:${PORT:-5000}/metrics,http://127.0.0.1:$metrics_port/metrics" \
-  "local/pane.sh $stderr_dir/console $PY -m sqs_message_service.console"
+  "local/pane.sh $(printf %q "$stderr_dir/console") $PY -m sqs_message_service.console"
 tmux set-option -w -t "$SESSION:console" remain-on-exit on >/dev/null
 
 # Running is said only once each part answers; one that does not (its pane dead, or silent for
