@@ -135,6 +135,10 @@ class ClientStats:
         return "\n".join(lines)
 
 
+#: How long a run stopped by Ctrl-C waits for the answers of the requests in the air.
+INTERRUPTED_WAIT_S = 5.0
+
+
 class Client:
     """Sends `jobs` from `concurrency` threads until `count` requests or `duration_s` seconds."""
 
@@ -234,8 +238,11 @@ class Client:
                     previous = self._report(stats_out, previous, "client")
         except KeyboardInterrupt:
             # Ctrl-C (./runall.sh stop sends it) ends the run as its duration would: no new
-            # request, the summary of what was sent. Requests in the air are not waited for.
+            # request, the answers of those in the air (for a few seconds), then the summary.
             self._interrupted.set()
+            deadline = time.monotonic() + INTERRUPTED_WAIT_S
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
         if stats_out is not None:
             elapsed = time.monotonic() - self.stats.started
             stats_out.write(self.stats.render("summary", per_second=self.stats.counts["sent"] / elapsed) + "\n")

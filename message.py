@@ -117,6 +117,7 @@ def receive_messages(body: dict[str, Any]) -> JsonResponse:
     """The tokens in `acknowledge` first (as POST /messages/acknowledge; their outcomes come in
     the answer, whatever they are), then the receive: a reader's loop makes one request a batch."""
     reader = current_reader()
+    reader.refuse_if_stopping()  # a 503 before any acknowledgement, where it can be
     acknowledged = reader.acknowledge(body["acknowledge"]) if "acknowledge" in body else None
     messages = reader.receive(
         max_messages=body.get("max_messages", 10),

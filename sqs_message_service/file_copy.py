@@ -8,6 +8,7 @@ byte-identical to INPUT.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
@@ -183,12 +184,21 @@ class FileCopy:
     def receive(self, total: int, out: BinaryIO, *, fifo: bool) -> int:
         """Read until every line is written; each acknowledged once it is written (and
         flushed). Returns the deliveries read."""
-        next_line, pending, received = 0, {}, 0  # pending (standard queues): number -> (line, token)
         written: list[str] = []  # tokens of lines written and flushed, acknowledged by the next receive
+        try:
+            return self._read_back(total, out, fifo=fifo, written=written)
+        finally:  # a copy that stops, however, acknowledges what it wrote (best effort on failure)
+            with contextlib.suppress(CopyError, OSError, http.client.HTTPException):
+                self._settle("/api/messages/acknowledge", written)
+
+    def _read_back(self, total: int, out: BinaryIO, *, fifo: bool, written: list[str]) -> int:
+        """The loop of `receive`; `written` holds, at every moment, the tokens of lines written and
+        not yet acknowledged."""
+        next_line, pending, received = 0, {}, 0  # pending (standard queues): number -> (line, token)
         idle_since = time.monotonic()
         while next_line < total:
             messages = self._receive(acknowledge=written)
-            written = []
+            written.clear()
             if not messages:
                 if time.monotonic() - idle_since > self.idle_timeout_s:
                     raise CopyError(
@@ -216,9 +226,10 @@ class FileCopy:
                 done.append(token)
                 next_line += 1
             out.flush()  # written before acknowledged: a copy stopped here loses no line
-            written = done
+            written.extend(done)
             self._settle("/api/messages/give-back", others, delay_seconds=1)
         self._settle("/api/messages/acknowledge", written)
+        written.clear()
         return received
 
     def _receive(self, *, acknowledge: list[str]) -> list[dict[str, Any]]:
@@ -226,7 +237,7 @@ class FileCopy:
         after a 503 as it was: an acknowledgement made twice deletes its message once."""
         request: dict[str, Any] = {"max_messages": 10, "wait_seconds": self.wait_s, "lease_seconds": self.lease_s}
         if acknowledge:
-            request["acknowledge"] = acknowledge
+            request["acknowledge"] = list(acknowledge)
         while True:
             status, answer, headers = self.api.call("POST", "/api/messages/receive", request, key=self.read_key)
             if status == 200:

@@ -412,3 +412,13 @@ def test_a_long_poll_is_counted_while_it_waits(live_server: str) -> None:
     wait_until(lambda: long_polls_waiting(live_server) == 1, timeout_s=2, what="the long poll counted")
     poll.join(10)
     assert answered[0].status_code == 200 and long_polls_waiting(live_server) == 0
+
+
+def test_poll_threads_end_once_closed() -> None:
+    polls = PollThreads()
+    _, thread = polls.submit(contextvars.copy_context(), lambda: (None, threading.current_thread())).result(timeout=5)
+
+    polls.close()
+
+    thread.join(5)
+    assert not thread.is_alive()

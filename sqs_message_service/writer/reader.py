@@ -82,8 +82,7 @@ class Reader:
     def receive(self, *, max_messages: int, wait_s: int, lease_s: Optional[int]) -> list[dict[str, Any]]:
         """Up to `max_messages`, each with its token; none when `wait_s` passed without one, or
         the writer began to stop meanwhile."""
-        if self._stopping.is_set():
-            raise TryLater("the writer is stopping: read through another")
+        self.refuse_if_stopping()
         if wait_s == 0:
             received = self.queue.receive(max_messages=max_messages, wait_s=0, visibility_timeout_s=lease_s)
         else:
@@ -173,7 +172,14 @@ class Reader:
                 done.set()
 
     def close(self) -> None:
+        """Stop, and let the poll threads end once what they run has answered."""
         self.stop()
+        self._poll_threads.close()
+
+    def refuse_if_stopping(self) -> None:
+        """TryLater when the writer is stopping: before a receive changes anything."""
+        if self._stopping.is_set():
+            raise TryLater("the writer is stopping: read through another")
 
     # Acknowledge, give back, extend
 
@@ -295,9 +301,15 @@ class PollThreads:
                 threading.Thread(target=self._work, name=f"long-poll-{self._started}", daemon=True).start()
         return future
 
+    def close(self) -> None:
+        """Let the threads end once the polls queued before have run."""
+        with self._lock:
+            for _ in range(self._started):
+                self._jobs.put(None)
+
     def _work(self) -> None:
-        while True:
-            future, context, function, kwargs = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            future, context, function, kwargs = job
             result, error = None, None
             try:
                 result = context.run(function, **kwargs)
@@ -308,3 +320,5 @@ class PollThreads:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+            # an idle thread holds nothing of the last poll: its request's context, its messages
+            del job, future, context, function, kwargs, result, error
