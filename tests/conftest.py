@@ -7,6 +7,7 @@ either moto in process or a process of ours on 127.0.0.1.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -53,6 +54,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The process tests first: on several cores (make test) the long ones start at once and the
     # many short ones fill in around them, instead of one core running the longest alone at the end.
     items.sort(key=lambda item: not item.path.is_relative_to(PROCESS_TESTS))
+
+
+@pytest.fixture(autouse=True)
+def root_logging_as_it_was() -> Iterator[None]:
+    """An entry point's main() run in a test applies log.conf, whose handler writes to that test's
+    captured stderr, closed once the test ends: a later test's log line would meet a closed
+    stream ("--- Logging error ---"). Each test takes away the stream handlers it added to the
+    root logger, and its level."""
+    root = logging.getLogger()
+    handlers, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:  # pytest's own capture handlers come and go by themselves
+        if type(handler) is logging.StreamHandler and handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
