@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import _thread
 import http.server
 import io
 import itertools
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ import pytest
 
 import client
 from client import Client, file_jobs, load_jobs
-from helpers import metric, metric_samples
+from harness import ROOT
+from helpers import metric, metric_samples, wait_until
 from sqs_message_service.output import ProcessedRecord
 from sqs_message_service.settings import Settings
 from sqsinterface import ReceivedMessage, SqsQueue
@@ -96,25 +100,50 @@ def test_a_duration_bounds_the_run(live_server: str) -> None:
     assert 5 <= stats.counts["sent"] <= 12
 
 
-def test_ctrl_c_ends_the_run_as_its_duration_would_with_the_summary(live_server: str) -> None:
-    load = Client(
-        url=live_server,
-        jobs=load_jobs(batch_size=10, malformed_per_batch=0, run_id="r"),
-        concurrency=2,
-        count=None,
-        duration_s=60,
-        rate=20,
+def sent_to(base_url: str) -> float:
+    """POST /api/message requests the writer at `base_url` has answered."""
+    samples = metric_samples(urllib.request.urlopen(f"{base_url}/metrics", timeout=5).read().decode())
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "writer_requests_total" and ("route", "/api/message") in labels
     )
-    threading.Timer(0.5, _thread.interrupt_main).start()  # what Ctrl-C does
-    out = io.StringIO()
 
+
+def test_ctrl_c_ends_the_run_as_its_duration_would_with_the_summary(live_server: str) -> None:
+    # GIVEN the client sending for a minute, as runall.sh starts it
+    client_process = subprocess.Popen(
+        [
+            sys.executable,
+            "client.py",
+            "--url",
+            live_server,
+            "--rate",
+            "20",
+            "--duration",
+            "60",
+            "--stats-interval",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: sent_to(live_server) > 0, timeout_s=15, what="the client sending")
+
+    # WHEN it gets Ctrl-C (SIGINT, what ./runall.sh stop sends)
     started = time.monotonic()
-    stats = load.run(stats_out=out, stats_interval_s=30)
+    client_process.send_signal(signal.SIGINT)
+    out, err = client_process.communicate(timeout=30)
 
-    assert time.monotonic() - started < 5
-    summary = re.search(r"^summary .*^sent +(\d+)$", out.getvalue(), re.MULTILINE | re.DOTALL)
-    assert summary is not None, out.getvalue()
-    assert 5 <= int(summary[1]) <= 20 and stats.counts["sent"] <= 20
+    # THEN it ends at once, with the summary of what it sent and no traceback
+    assert time.monotonic() - started < 7, out + err
+    assert client_process.returncode == 0, out + err
+    assert "Traceback" not in err, err
+    summary = re.search(r"^summary .*^sent +(\d+)$", out, re.MULTILINE | re.DOTALL)
+    assert summary is not None, out + err
+    assert 1 <= int(summary[1]) <= 100
 
 
 def test_file_mode_sends_every_line_in_order(live_server: str, queue: SqsQueue, drain: Any, tmp_path: Path) -> None:
