@@ -22,6 +22,7 @@ most BLOCK_TIMEOUT_S seconds. A block that fails shows its output.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -126,11 +127,21 @@ def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
 
 
 def checkout_links(folder: Path) -> Path:
-    """`folder` with a link to every file and folder at the top of the checkout."""
+    """`folder` with a link to every file and folder at the top of the checkout, the virtualenv
+    current first: a block's `make` that found it stale would reinstall it through the link, and
+    pip would write the link's path, gone after the test, into every script's first line."""
+    virtualenv_current()
     for entry in ROOT.iterdir():
         if entry.name not in {".git", "processed.jsonl", "accepted.txt", "input.txt"}:
             (folder / entry.name).symlink_to(entry)
     return folder
+
+
+def virtualenv_current() -> None:
+    """`make venv` in the checkout itself, one test process at a time (a no-op when current)."""
+    with open(ROOT / ".venv" / ".doc-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["make", "-s", "venv"], cwd=ROOT, check=True, capture_output=True)
 
 
 def block_env(block: Block, system: LocalSystem | None) -> dict[str, str]:
