@@ -178,10 +178,12 @@ class Client:
             elapsed = time.monotonic() - self.stats.started
             if self._interrupted.is_set() or (self.duration_s is not None and elapsed >= self.duration_s):
                 return None
+            send_at = self.stats.started + self._sent / self.rate if self.rate else 0.0
+            if self.duration_s is not None and send_at - self.stats.started >= self.duration_s:
+                return None  # its turn would come after the run's end: a sender would wait past it
             job = next(self.jobs, None)
             if job is None:
                 return None
-            send_at = self.stats.started + self._sent / self.rate if self.rate else 0.0
             self._sent += 1
         if send_at:
             time.sleep(max(0.0, send_at - time.monotonic()))

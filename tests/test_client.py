@@ -82,10 +82,12 @@ def test_the_rate_limit_spaces_requests_out(live_server: str) -> None:
 
 
 def test_a_duration_bounds_the_run(live_server: str) -> None:
+    # enough senders that the rate, not the writer's answer time, paces them (a loaded machine
+    # answered in 700 ms, and two senders sent 2 in the half second)
     load = Client(
         url=live_server,
         jobs=load_jobs(batch_size=10, malformed_per_batch=1, run_id="r"),
-        concurrency=2,
+        concurrency=10,
         count=None,
         duration_s=0.5,
         rate=20,
