@@ -7,8 +7,9 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from harness import ROOT
 
@@ -88,28 +89,31 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back() -> None:
     assert cycles == []
 
 
+class Collection:
+    """What a pytest run in this process collected, and what its -m deselected."""
+
+    def __init__(self) -> None:
+        self.selected: list[pytest.Item] = []
+        self.deselected: list[pytest.Item] = []
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected.extend(items)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected = list(session.items)
+
+
 def test_the_tests_that_start_processes_are_apart_and_out_of_the_fast_tier() -> None:
     # every test under tests/process/ is integration by its folder: the fast tier collects none
-    fast = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--collect-only",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "not integration",
-            "tests/process",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    # (collected in this process, whose imports are done: a new one would take seconds of CPU)
+    fast = Collection()
+    code = pytest.main(
+        ["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not integration", str(ROOT / "tests" / "process")],
+        plugins=[fast],
     )
 
-    assert fast.returncode == 5 and "deselected" in fast.stdout and "no tests collected" in fast.stdout, fast.stdout
+    assert code == pytest.ExitCode.NO_TESTS_COLLECTED and fast.selected == [] and len(fast.deselected) > 50
+    assert {Path(item.path).parent for item in fast.deselected} == {ROOT / "tests" / "process"}
     # and no whole file of process tests is left elsewhere
     for path in (ROOT / "tests").rglob("test_*.py"):
         if "process" not in path.relative_to(ROOT / "tests").parts:
