@@ -86,7 +86,7 @@ test: $(STAMP) local-sqs browser prometheus lint
 # The quick tier, as make test runs it (many of its tests wait on a clock or a thread more than
 # they compute): its tests share no process, file or fixed port.
 fast: $(STAMP) lint
-	$(PY) -m pytest -m "not integration" $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" --ignore=tests/process $(XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
