@@ -156,13 +156,24 @@ def listed(browser: WebDriver) -> dict[str, str]:
     return found
 
 
+def read_again(browser: WebDriver) -> dict[str, str]:
+    """Press "Read again": the listing that reading brings, once shown (the page counts the
+    readings asked for in body[data-listings-asked])."""
+
+    def asked(b: WebDriver) -> int:
+        return int(b.find_element(By.TAG_NAME, "body").get_attribute("data-listings-asked") or 0)
+
+    before = asked(browser)
+    browser.find_element(By.ID, "read-dead-letters").click()
+    WebDriverWait(browser, 10).until(lambda b: asked(b) > before)
+    return listed(browser)
+
+
 def read_until_listed(browser: WebDriver, text: str, timeout_s: float = 60) -> str:
     """Press "Read again" until a dead letter whose reasons hold `text` is listed; its id."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        browser.find_element(By.ID, "read-dead-letters").click()
-        time.sleep(0.5)
-        for dead_letter_id, shown in listed(browser).items():
+        for dead_letter_id, shown in read_again(browser).items():
             if text in shown:
                 return dead_letter_id
     raise AssertionError(f"no dead letter listed with {text!r} within {timeout_s} s: {listed(browser)}")
@@ -283,9 +294,7 @@ def test_an_action_without_the_right_key_is_refused_and_changes_nothing(
         headers={"X-Console-Key": KEY, "Origin": "http://evil.example", "X-CSRF-Token": "x"},
     )
     assert forged.status_code == 403 and forged.headers["Content-Type"] == "application/problem+json"
-    browser.find_element(By.ID, "read-dead-letters").click()
-    time.sleep(1)
-    assert target in listed(browser)
+    assert target in read_again(browser)
 
 
 def test_a_redrive_of_all_at_a_chosen_rate_shows_its_progress_and_empties_the_dead_letter_queue(

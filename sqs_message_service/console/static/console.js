@@ -205,9 +205,11 @@ function showListing(listing) {
 }
 
 // Only the newest reading asked for is shown: an older answer arriving late never replaces it.
-// The body's data-listing says "reading" until that answer is shown, then "idle".
+// The body's data-listing says "reading" until that answer is shown, then "idle", and its
+// data-listings-asked counts the readings asked for (a script can tell its own from the last).
 async function readDeadLetters(fresh) {
   const asked = (state.listingsAsked = (state.listingsAsked || 0) + 1);
+  document.body.dataset.listingsAsked = String(asked);
   document.body.dataset.listing = "reading";
   try {
     const response = await fetch(`api/dead-letters?limit=100&fresh=${fresh ? "true" : "false"}`, { cache: "no-store" });
