@@ -84,9 +84,14 @@ test: $(STAMP) local-sqs browser prometheus lint
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The quick tier, as make test runs it (many of its tests wait on a clock or a thread more than
-# they compute): its tests share no process, file or fixed port.
-fast: $(STAMP) lint
-	$(PY) -m pytest -m "not integration" --ignore=tests/process $(XDIST) $(PYTEST_ARGS)
+# they compute): its tests share no process, file or fixed port. The lint runs beside them on
+# the core they leave idle; its output follows theirs, and either failing fails make fast.
+fast: $(STAMP)
+	@$(MAKE) --no-print-directory lint > .lint.out 2>&1 & linting=$$!; \
+	$(PY) -m pytest -m "not integration" --ignore=tests/process $(XDIST) $(PYTEST_ARGS); tests=$$?; \
+	wait $$linting; linted=$$?; cat .lint.out; rm -f .lint.out; \
+	[ $$linted -eq 0 ] || echo "make fast: the lint failed (above)" >&2; \
+	[ $$tests -eq 0 ] && [ $$linted -eq 0 ]
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
