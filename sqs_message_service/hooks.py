@@ -117,19 +117,8 @@ NO_HOOKS = Hooks()
 WATCHING_POINTS = ("request", "sending", "receiving", "processing", "settling", "dead_lettering")
 
 
-#: Every point of Hooks.
-POINTS = (
-    *WATCHING_POINTS,
-    "answered",
-    "created",
-    "received",
-    "attempted",
-    "retried",
-    "settled",
-    "dead_lettered",
-    "failed",
-    "shutdown",
-)
+#: Every point of Hooks: its public methods, read from the class so that a new point is one.
+POINTS = tuple(name for name, value in vars(Hooks).items() if callable(value) and not name.startswith("_"))
 
 
 def does_something(hook: Hooks) -> bool:
@@ -152,8 +141,11 @@ class HookList(Hooks):
         self.context_attribute = next((hook.context_attribute for hook in self.hooks if hook.context_attribute), None)
         self.context_bytes = sum(hook.context_bytes for hook in self.hooks)
         self.watchers = tuple(hook for hook in self.hooks if any(overrides(hook, p) for p in WATCHING_POINTS))
-        # the one that watches, or with none Hooks' own (one shared empty context): no list a call
-        self._watcher = self.watchers[0] if len(self.watchers) == 1 else None if self.watchers else NO_HOOKS
+        # the one that watches, or with none Hooks' own (one shared empty context): no list a call;
+        # None when several do
+        self._watcher: Optional[Hooks] = NO_HOOKS
+        if self.watchers:
+            self._watcher = self.watchers[0] if len(self.watchers) == 1 else None
         # once a message: only the hooks that do something there
         self._attempted = tuple(hook for hook in self.hooks if overrides(hook, "attempted"))
         self._settled = tuple(hook for hook in self.hooks if overrides(hook, "settled"))

@@ -23,6 +23,7 @@ most BLOCK_TIMEOUT_S seconds. A block that fails shows its output.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import signal
@@ -137,8 +138,9 @@ def checkout_links(folder: Path) -> Path:
     return folder
 
 
+@functools.cache
 def virtualenv_current() -> None:
-    """`make venv` in the checkout itself, one test process at a time (a no-op when current)."""
+    """`make venv` in the checkout itself, once a test process, one at a time (a no-op when current)."""
     with open(ROOT / ".venv" / ".doc-test.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run(["make", "-s", "venv"], cwd=ROOT, check=True, capture_output=True)
