@@ -36,10 +36,21 @@ stop() {
   pids=$(tmux list-panes -s -t "$SESSION" -F '#{pane_pid}')
   pids="$pids $(for pid in $pids; do pgrep -P "$pid" || true; done)"  # the parts under local/pane.sh
   stderr_dir=$(tmux show-environment -t "$SESSION" RUNALL_STDERR_DIR 2>/dev/null | sed -n 's/^RUNALL_STDERR_DIR=//p')
-  # Ctrl-C in every part's pane: the worker finishes what is in flight, the writer drains; the
-  # local SQS endpoint last, so that what they finish reaches it.
+  # Ctrl-C to the load first, so that its last requests are answered by a writer still serving
+  # (at once, some met a closing writer: connection errors, and the client's exit 1); then in
+  # every other part's pane: the worker finishes what is in flight, the writer drains; the local
+  # SQS endpoint last, so that what they finish reaches it.
+  local client
+  client=$(tmux list-panes -t "$SESSION:run" -F '#{pane_title} #{pane_id}' 2>/dev/null | sed -n 's/^client //p')
+  if [ -n "$client" ]; then
+    tmux send-keys -t "$client" C-c
+    for _ in $(seq 1 70); do  # the client waits up to 5 s for its answers
+      [ "$(tmux display-message -p -t "$client" '#{pane_dead}')" = 1 ] && break
+      sleep 0.1
+    done
+  fi
   for pane in $(tmux list-panes -s -t "$SESSION" -F '#{window_name} #{pane_id}' | grep -v '^sqs ' | cut -d' ' -f2); do
-    tmux send-keys -t "$pane" C-c
+    [ "$pane" = "$client" ] || tmux send-keys -t "$pane" C-c
   done
   for _ in $(seq 1 150); do
     tmux list-panes -s -t "$SESSION" -F '#{window_name} #{pane_dead}' | grep -v '^sqs ' | grep -q ' 0$' || break

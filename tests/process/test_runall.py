@@ -73,6 +73,10 @@ def test_runall_shows_moving_counters_and_stop_leaves_no_process(tmp_path: Path)
 
     assert stopped.returncode == 0, stopped.stderr
     assert "── worker ──" in stopped.stdout and "── client ──" in stopped.stdout  # the summaries, kept
+    # the load stopped first: each of its last requests answered by a writer still serving
+    client = stopped.stdout.split("── client ──")[1]
+    assert re.findall(r"^conn errors +(\d+)$", client, re.M)[-1:] == ["0"], client  # its summary's
+    assert "Pane is dead (status 0" in client, client
     assert subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0
     assert [pid for pid in pane_pids if Path(f"/proc/{pid}").exists()] == []
     assert not _listening(sqs_port) and not _listening(writer_port) and not _listening(console_port)
